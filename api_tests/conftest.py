@@ -1,0 +1,51 @@
+"""Shared fixtures: the digits data and teacher files, and running services.
+
+The services are real: `kdserve up` (uvicorn + a Celery worker process) against the machine's
+Redis (127.0.0.1:6379, a fresh queue name per service) and SQLite, unless a test asks otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from api_tests import digits as dg
+from api_tests.harness import Service
+
+MACHINE_REDIS = os.environ.get("KDSERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_ADMIN_URL = os.environ.get("KDSERVE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def digits() -> dg.Digits:
+    return dg.load()
+
+
+@pytest.fixture(scope="session")
+def teacher_model(digits):
+    return dg.train_teacher(digits)
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory, digits, teacher_model):
+    d = tmp_path_factory.mktemp("uploads")
+    return {
+        "torchscript": dg.save_torchscript(teacher_model, d / "teacher.pt"),
+        "onnx": dg.save_onnx(teacher_model, d / "teacher.onnx"),
+        "npz": dg.save_npz(digits.x_train, digits.y_train, d / "digits.npz"),
+        "csv": dg.save_csv(digits.x_train, digits.y_train, d / "digits.csv"),
+    }
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory):
+    """One service for the session: machine Redis, SQLite, local blobs."""
+    with Service(tmp_path_factory.mktemp("svc"), redis_url=MACHINE_REDIS) as svc:
+        yield svc
+
+
+@pytest.fixture()
+def client(service):
+    with service.client() as c:
+        yield c

@@ -1,0 +1,126 @@
+"""The spine, end to end: a real uvicorn server, a real Celery worker process, a real Redis.
+
+Upload a digits teacher (TorchScript and ONNX) and the data (npz and CSV), run `kd` jobs, download
+the ONNX students and check them in onnxruntime on held-out digits the service never saw."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from api_tests import digits as dg
+from api_tests.harness import wait_job
+
+KD_JOB = {
+    "student": {"architecture": "mlp", "params": {"hidden_sizes": [32]}},
+    "method": {"name": "kd", "params": {"temperature": 4.0, "alpha": 0.9}},
+    "training": {"epochs": 30, "batch_size": 64, "learning_rate": 0.005, "seed": 0},
+}
+
+
+def upload_teacher(client, path, **form):
+    with open(path, "rb") as f:
+        r = client.post("/v1/teachers", files={"file": (path.name, f)}, data=form)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def upload_dataset(client, path, **form):
+    with open(path, "rb") as f:
+        r = client.post("/v1/datasets", files={"file": (path.name, f)}, data=form)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+@pytest.fixture(scope="module")
+def uploads(service, files):
+    with service.client() as c:
+        return {
+            "torchscript": upload_teacher(c, files["torchscript"], name="digits-ts"),
+            "onnx": upload_teacher(c, files["onnx"], name="digits-onnx"),
+            "npz": upload_dataset(c, files["npz"]),
+            "csv": upload_dataset(c, files["csv"], label_column="digit"),
+        }
+
+
+def test_uploads_are_described(uploads, digits):
+    for fmt in ("torchscript", "onnx"):
+        t = uploads[fmt]
+        assert t["format"] == fmt and t["input_shape"] == [64] and t["num_classes"] == 10
+        assert t["num_parameters"] == 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
+    for fmt in ("npz", "csv"):
+        d = uploads[fmt]
+        assert d["format"] == fmt and d["num_rows"] == len(digits.x_train) and d["feature_shape"] == [64]
+        assert d["labeled"] and d["num_classes"] == 10
+        assert sum(d["class_counts"].values()) == len(digits.x_train)
+
+
+def run_onnx(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize("teacher_fmt,data_fmt", [("torchscript", "npz"), ("onnx", "csv"), ("onnx", "npz"),
+                                                  ("torchscript", "csv")])
+def test_kd_job_end_to_end(client, uploads, digits, teacher_model, tmp_path, teacher_fmt, data_fmt):
+    body = {**KD_JOB, "teacher_id": uploads[teacher_fmt]["id"], "dataset_id": uploads[data_fmt]["id"],
+            "metadata": {"case": f"{teacher_fmt}-{data_fmt}"}}
+    r = client.post("/v1/jobs", json=body)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "queued" and job["epochs"] == 30 and job["metadata"] == body["metadata"]
+
+    job = wait_job(client, job["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["progress"] == 1.0 and job["epoch"] == 30 and job["attempts"] == 1
+    assert job["metrics"]["student_accuracy"] > 0.9 and job["metrics"]["agreement"] > 0.9
+
+    events = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+    stages = [e["data"]["stage"] for e in events if e["type"] == "stage" and e["data"] and "stage" in e["data"]]
+    assert stages == ["validating", "caching_teacher", "training", "evaluating", "exporting", "verifying", "publishing"]
+    assert sum(e["type"] == "metrics" for e in events) == 30
+
+    card = client.get(f"/v1/models/{job['model_id']}").json()
+    assert card["job_id"] == job["id"] and card["teacher_id"] == body["teacher_id"]
+    assert card["compression_ratio"] > 10
+    (art,) = card["artifacts"]
+    assert art["precision"] == "fp32" and art["max_abs_diff"] <= 1e-4 and art["argmax_agreement"] == 1.0
+
+    r = client.get(f"/v1/models/{card['id']}/download")
+    assert r.status_code == 200
+    assert r.headers["etag"] == f'"{art["sha256"]}"' and "attachment" in r.headers["content-disposition"]
+    assert hashlib.sha256(r.content).hexdigest() == art["sha256"] and len(r.content) == art["size_bytes"]
+    path = tmp_path / "student.onnx"
+    path.write_bytes(r.content)
+
+    # The downloaded student, in onnxruntime, on digits the service never saw.
+    student_logits = run_onnx(path, digits.x_test)
+    with torch.no_grad():
+        teacher_logits = teacher_model(torch.from_numpy(digits.x_test)).numpy()
+    assert dg.accuracy(student_logits, digits.y_test) >= 0.90
+    assert np.mean(student_logits.argmax(1) == teacher_logits.argmax(1)) >= 0.90
+    # dynamic batch: one sample and an odd batch work too
+    assert run_onnx(path, digits.x_test[:1]).shape == (1, 10)
+    assert run_onnx(path, digits.x_test[:7]).shape == (7, 10)
+
+
+def test_download_supports_range_and_etag(client, uploads):
+    body = {**KD_JOB, "training": {"epochs": 2}, "teacher_id": uploads["onnx"]["id"], "dataset_id": uploads["npz"]["id"]}
+    job = wait_job(client, client.post("/v1/jobs", json=body).json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    url = f"/v1/models/{job['model_id']}/download"
+    full = client.get(url)
+    etag = full.headers["etag"]
+    part = client.get(url, headers={"Range": "bytes=10-99"})
+    assert part.status_code == 206 and part.content == full.content[10:100]
+    assert part.headers["content-range"] == f"bytes 10-99/{len(full.content)}"
+    tail = client.get(url, headers={"Range": "bytes=-16"})
+    assert tail.status_code == 206 and tail.content == full.content[-16:]
+    assert client.get(url, headers={"Range": f"bytes={len(full.content)}-"}).status_code == 416
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+    missing = client.get(url, params={"precision": "int8"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

@@ -1,0 +1,1 @@
+"""kdserve HTTP service: API, persistence, auth, CLI."""

@@ -1,0 +1,117 @@
+"""What every router needs, in one place: the app context, the caller, pagination, uploads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from fastapi import Depends, Request, UploadFile
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service import auth
+from service.errors import ApiError, not_found
+from service.settings import Settings
+from service.store.blobs import LocalBlobStore
+from service.store.db import Database
+
+
+@dataclass
+class Context:
+    settings: Settings
+    db: Database
+    blobs: LocalBlobStore
+    celery: Celery
+    catalog: dict[str, Any]
+
+    @property
+    def python(self) -> str:
+        return self.settings.python or sys.executable
+
+    def method(self, name: str) -> dict | None:
+        return next((m for m in self.catalog["methods"] if m["name"] == name), None)
+
+    def architecture(self, name: str) -> dict | None:
+        return next((a for a in self.catalog["architectures"] if a["name"] == name), None)
+
+
+def load_catalog(python: str) -> dict[str, Any]:
+    """Methods and architectures as the worker code defines them (torch imported in a child only)."""
+    out = subprocess.run([python, "-m", "worker.catalog"], capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(out.stdout)
+
+
+def get_ctx(request: Request) -> Context:
+    return request.app.state.ctx
+
+
+def principal(request: Request, ctx: Context = Depends(get_ctx)) -> auth.Principal:
+    if ctx.settings.auth == "disabled":
+        return auth.Principal(auth.DEFAULT_TENANT, is_admin=True)
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'")
+    who = auth.lookup(ctx.db, key.strip())
+    if who is None:
+        raise ApiError(401, "unauthorized", "invalid or revoked API key")
+    return who
+
+
+def get_owned(s: Session, table, id_: str, who: auth.Principal, kind: str, param: str | None = None):
+    """The row with this id if the caller's tenant owns it; else 404 as if it did not exist."""
+    row = s.scalar(select(table).where(table.id == id_))
+    if row is None or (row.tenant != who.tenant and not who.is_admin):
+        raise not_found(kind, id_, param)
+    return row
+
+
+def paginate(s: Session, table, who: auth.Principal, limit: int, after: str | None, *filters) -> tuple[list, bool]:
+    """Newest first; `after` is the id of the last item of the previous page."""
+    q = select(table).where(*filters)
+    if not who.is_admin:
+        q = q.where(table.tenant == who.tenant)
+    if after:
+        cursor = s.scalar(select(table.seq).where(table.id == after))
+        if cursor is None:
+            raise ApiError(422, "invalid_request", f"unknown cursor {after!r}", "after")
+        q = q.where(table.seq < cursor)
+    rows = list(s.scalars(q.order_by(table.seq.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+async def save_upload(upload: UploadFile, ctx: Context, suffix: str = "") -> tuple[Path, str, int]:
+    """Copy an upload to a temp file in the blob store, hashing as it goes; 413 past the cap."""
+    cap = ctx.settings.max_upload_bytes
+    path = ctx.blobs.temp_path(suffix)
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(path, "wb") as f:
+            while chunk := await upload.read(1 << 20):
+                size += len(chunk)
+                if size > cap:
+                    raise ApiError(413, "payload_too_large", f"the upload exceeds the {cap}-byte limit", "file")
+                digest.update(chunk)
+                f.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    if size == 0:
+        path.unlink(missing_ok=True)
+        raise ApiError(422, "invalid_request", "the uploaded file is empty", "file")
+    return path, digest.hexdigest(), size
+
+
+def parse_json_form(value: str | None, param: str) -> Any:
+    if value is None or value == "":
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise ApiError(422, "invalid_request", f"{param} must be JSON", param)

@@ -1,0 +1,196 @@
+"""/v1/jobs: create (pre-flight checks, Idempotency-Key), get, list, cancel, events (JSON or SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+
+import jsonschema
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import Context, get_ctx, get_owned, paginate, principal
+from service.auth import Principal
+from service.errors import ApiError
+from service.queue import enqueue_job
+from service.schemas import EventOut, JobCreate, JobOut, ListOut
+from service.store.db import TERMINAL, Dataset, Job, JobEvent, Teacher, new_id, now
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger("kdserve.api")
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def to_out(job: Job) -> JobOut:
+    spec = job.spec
+    return JobOut(
+        id=job.id, status=job.status, stage=job.stage, progress=job.progress, epoch=job.epoch,
+        epochs=spec["training"]["epochs"], teacher_id=job.teacher_id, dataset_id=job.dataset_id,
+        validation_dataset_id=job.validation_dataset_id, student=spec["student"], method=spec["method"],
+        training=spec["training"], export=spec["export"], metrics=job.metrics or {}, model_id=job.model_id,
+        error=job.error, attempts=job.attempts, created_at=job.created_at, started_at=job.started_at,
+        finished_at=job.finished_at, estimated_finish=job.estimated_finish, metadata=spec.get("metadata", {}),
+    )
+
+
+def _check_params(schema: dict, params: dict, param_prefix: str) -> dict:
+    """Validate against the registry's JSON schema; return the params with defaults filled in."""
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(params), key=lambda e: list(e.path))
+    if errors:
+        err = errors[0]
+        if err.validator == "additionalProperties":
+            extra = sorted(set(params) - set(schema.get("properties", {})))
+            raise ApiError(422, "invalid_request", f"unknown parameter(s) {extra}; known: {sorted(schema.get('properties', {}))}",
+                           f"{param_prefix}.{extra[0]}" if extra else param_prefix)
+        where = ".".join(str(p) for p in err.path)
+        raise ApiError(422, "invalid_request", f"{where or 'params'}: {err.message}",
+                       f"{param_prefix}.{where}" if where else param_prefix)
+    defaults = {k: v["default"] for k, v in schema.get("properties", {}).items() if "default" in v}
+    return {**defaults, **params}
+
+
+def preflight(ctx: Context, body: JobCreate, who: Principal, s) -> None:
+    method = ctx.method(body.method.name)
+    if method is None:
+        names = [m["name"] for m in ctx.catalog["methods"]]
+        raise ApiError(422, "invalid_request", f"unknown method {body.method.name!r}; choose one of {names}", "method.name")
+    arch = ctx.architecture(body.student.architecture)
+    if arch is None:
+        names = [a["name"] for a in ctx.catalog["architectures"]]
+        raise ApiError(422, "invalid_request", f"unknown architecture {body.student.architecture!r}; choose one of {names}",
+                       "student.architecture")
+    body.method.params = _check_params(method["params"], body.method.params, "method.params")
+    body.student.params = _check_params(arch["params"], body.student.params, "student.params")
+
+    dataset = get_owned(s, Dataset, body.dataset_id, who, "dataset", "dataset_id")
+    val = get_owned(s, Dataset, body.validation_dataset_id, who, "dataset", "validation_dataset_id") \
+        if body.validation_dataset_id else None
+    if val is not None and val.feature_shape != dataset.feature_shape:
+        raise ApiError(422, "invalid_request", f"validation rows have shape {val.feature_shape}, training rows "
+                       f"{dataset.feature_shape}", "validation_dataset_id")
+    if method["needs_labels"] and not dataset.labeled:
+        raise ApiError(422, "invalid_request", f"method {method['name']!r} needs labels and dataset {dataset.id} has none",
+                       "dataset_id")
+    if method["needs_teacher"] and not body.teacher_id:
+        raise ApiError(422, "invalid_request", f"method {method['name']!r} needs a teacher: set teacher_id", "teacher_id")
+    if not body.teacher_id and not dataset.labeled:
+        raise ApiError(422, "invalid_request", "without a teacher the dataset must be labelled", "dataset_id")
+    if body.teacher_id:
+        teacher = get_owned(s, Teacher, body.teacher_id, who, "teacher", "teacher_id")
+        if teacher.input_shape != dataset.feature_shape:
+            raise ApiError(422, "invalid_request", f"dataset rows have shape {dataset.feature_shape} but the teacher "
+                           f"expects input of shape {teacher.input_shape}", "dataset_id")
+        for ds in filter(None, (dataset, val)):
+            if ds.num_classes is not None and ds.num_classes > teacher.num_classes:
+                raise ApiError(422, "label_out_of_range", f"dataset {ds.id} has label {ds.num_classes - 1} but the "
+                               f"teacher has only {teacher.num_classes} classes", "dataset_id")
+
+
+@router.post("", status_code=202, response_model=JobOut)
+def create_job(body: JobCreate, idempotency_key: str | None = Header(None, max_length=255),
+               ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
+    with ctx.db.session() as s:
+        preflight(ctx, body, who, s)
+        spec = body.model_dump(mode="json")
+        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+        if idempotency_key:
+            prior = s.scalar(select(Job).where(Job.tenant == who.tenant, Job.idempotency_key == idempotency_key))
+            if prior is not None:
+                if prior.request_hash != digest:
+                    raise ApiError(409, "conflict", "this Idempotency-Key was used with a different request body")
+                return JSONResponse(to_out(prior).model_dump(mode="json"), status_code=200)
+        job = Job(id=new_id("job"), tenant=who.tenant, status="queued", teacher_id=body.teacher_id,
+                  dataset_id=body.dataset_id, validation_dataset_id=body.validation_dataset_id, spec=spec,
+                  metrics={}, idempotency_key=idempotency_key, request_hash=digest)
+        s.add(job)
+        s.add(JobEvent(job_id=job.id, message="queued", type="stage", data={"status": "queued"}))
+    try:
+        enqueue_job(ctx.celery, job.id, ctx.settings.queue)
+    except Exception as exc:
+        log.warning("broker unavailable, job %s not accepted: %s", job.id, exc)
+        with ctx.db.session() as s:
+            s.query(JobEvent).filter_by(job_id=job.id).delete()
+            s.query(Job).filter_by(id=job.id).delete()
+        raise ApiError(503, "broker_unavailable", "the job queue is unreachable; nothing was created, retry shortly")
+    return to_out(job)
+
+
+@router.get("", response_model=ListOut)
+def list_jobs(status: str | None = Query(None), limit: int = Query(20, ge=1, le=100), after: str | None = None,
+              ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
+    if status is not None and status not in STATUSES:
+        raise ApiError(422, "invalid_request", f"status must be one of {list(STATUSES)}", "status")
+    with ctx.db.session() as s:
+        rows, more = paginate(s, Job, who, limit, after, *([Job.status == status] if status else []))
+        return ListOut(data=[to_out(r) for r in rows], has_more=more)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
+    with ctx.db.session() as s:
+        return to_out(get_owned(s, Job, job_id, who, "job"))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
+    with ctx.db.session() as s:
+        job = get_owned(s, Job, job_id, who, "job")
+        if job.status in TERMINAL:
+            raise ApiError(409, "conflict", f"the job has already {job.status}")
+        if job.status == "queued":
+            job.status, job.finished_at = "cancelled", now()
+            s.add(JobEvent(job_id=job.id, message="cancelled while queued", type="stage", data={"status": "cancelled"}))
+        elif not job.cancel_requested:
+            s.add(JobEvent(job_id=job.id, message="cancel requested; stopping at the next batch", type="message"))
+        job.cancel_requested = True
+        return to_out(job)
+
+
+def _events(ctx: Context, job_id: str, after: int, limit: int) -> tuple[list[EventOut], bool]:
+    with ctx.db.session() as s:
+        rows = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
+                              .order_by(JobEvent.id).limit(limit + 1)))
+        out = [EventOut(id=e.id, created_at=e.created_at, level=e.level, type=e.type, message=e.message, data=e.data)
+               for e in rows[:limit]]
+        return out, len(rows) > limit
+
+
+@router.get("/{job_id}/events")
+async def job_events(request: Request, job_id: str, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+                     ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
+    def owned() -> Job:
+        with ctx.db.session() as s:
+            return get_owned(s, Job, job_id, who, "job")
+
+    await run_in_threadpool(owned)
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        events, more = await run_in_threadpool(_events, ctx, job_id, after, limit)
+        return ListOut(data=events, has_more=more)
+    last = request.headers.get("last-event-id")
+    cursor = int(last) if last and last.isdigit() else after
+
+    async def stream():
+        nonlocal cursor
+        while True:
+            events, more = await run_in_threadpool(_events, ctx, job_id, cursor, 500)
+            for e in events:
+                cursor = e.id
+                yield f"id: {e.id}\nevent: {e.type}\ndata: {e.model_dump_json()}\n\n"
+            if not more:
+                job = await run_in_threadpool(owned)
+                if job.status in TERMINAL:
+                    tail, _ = await run_in_threadpool(_events, ctx, job_id, cursor, 500)
+                    for e in tail:
+                        yield f"id: {e.id}\nevent: {e.type}\ndata: {e.model_dump_json()}\n\n"
+                    return
+                if await request.is_disconnected():
+                    return
+                yield ": keep-alive\n\n"
+                await asyncio.sleep(0.5)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,106 @@
+"""/v1/teachers: upload (probed in a child process before 201), get, list, delete."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import Context, get_ctx, get_owned, paginate, parse_json_form, principal, save_upload
+from service.auth import Principal
+from service.errors import ApiError
+from service.schemas import ListOut, TeacherOut
+from service.store.db import Job, Teacher, new_id
+
+router = APIRouter(prefix="/v1/teachers", tags=["teachers"])
+
+FORMATS = ("torchscript", "onnx", "hf", "safetensors")
+_EXT = {"torchscript": ".pt", "onnx": ".onnx", "hf": ".zip", "safetensors": ".safetensors"}
+
+
+def to_out(row: Teacher) -> TeacherOut:
+    return TeacherOut(id=row.id, name=row.name, format=row.format, sha256=row.sha256, size_bytes=row.size_bytes,
+                      input_shape=row.input_shape, input_dtype=row.input_dtype, num_classes=row.num_classes,
+                      num_parameters=row.num_parameters, created_at=row.created_at)
+
+
+def probe(ctx: Context, path, fmt: str | None, input_shape) -> dict:
+    """Load and run the file in a child process: a hostile or crashing file cannot hurt the API."""
+    cmd = [ctx.python, "-m", "models.teachers", str(path)]
+    if fmt:
+        cmd += ["--format", fmt]
+    if input_shape is not None:
+        cmd += ["--input-shape", json.dumps(input_shape)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=ctx.settings.probe_timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        raise ApiError(422, "unsupported_format", "the teacher did not load and run within the probe time limit", "file")
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise ApiError(422, "unsupported_format", "the teacher crashed its loader; the file is refused", "file")
+    result = json.loads(lines[-1])
+    if not result["ok"]:
+        raise ApiError(422, result["code"], result["message"], result.get("param"))
+    return result
+
+
+@router.post("", status_code=201, response_model=TeacherOut)
+async def create_teacher(
+    file: Annotated[UploadFile, File(description="TorchScript archive or ONNX file")],
+    name: Annotated[str | None, Form(max_length=255)] = None,
+    format: Annotated[str | None, Form()] = None,
+    input_shape: Annotated[str | None, Form(description="JSON list: the per-sample input shape")] = None,
+    ctx: Context = Depends(get_ctx),
+    who: Principal = Depends(principal),
+):
+    if format is not None and format not in FORMATS:
+        raise ApiError(422, "invalid_request", f"format must be one of {list(FORMATS)}", "format")
+    shape = parse_json_form(input_shape, "input_shape")
+    if shape is not None and (not isinstance(shape, list) or not shape
+                              or not all(isinstance(d, int) and 0 < d <= 1 << 20 for d in shape)):
+        raise ApiError(422, "invalid_request", "input_shape must be a JSON list of positive integers", "input_shape")
+    tmp, sha, size = await save_upload(file, ctx)
+    try:
+        info = await run_in_threadpool(probe, ctx, tmp, format, shape)
+        teacher_id = new_id("tch")
+        blob_key = f"teachers/{teacher_id}/teacher{_EXT[info['format']]}"
+        ctx.blobs.put_file(blob_key, tmp, move=True)
+    finally:
+        tmp.unlink(missing_ok=True)
+    row = Teacher(id=teacher_id, tenant=who.tenant, name=name or file.filename or teacher_id, format=info["format"],
+                  sha256=sha, size_bytes=size, input_shape=info["input_shape"], input_dtype=info["input_dtype"],
+                  num_classes=info["num_classes"], num_parameters=info["num_parameters"], blob_key=blob_key)
+    with ctx.db.session() as s:
+        s.add(row)
+    return to_out(row)
+
+
+@router.get("", response_model=ListOut)
+def list_teachers(limit: int = Query(20, ge=1, le=100), after: str | None = None,
+                  ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
+    with ctx.db.session() as s:
+        rows, more = paginate(s, Teacher, who, limit, after)
+        return ListOut(data=[to_out(r) for r in rows], has_more=more)
+
+
+@router.get("/{teacher_id}", response_model=TeacherOut)
+def get_teacher(teacher_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
+    with ctx.db.session() as s:
+        return to_out(get_owned(s, Teacher, teacher_id, who, "teacher"))
+
+
+@router.delete("/{teacher_id}", status_code=204)
+def delete_teacher(teacher_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
+    with ctx.db.session() as s:
+        row = get_owned(s, Teacher, teacher_id, who, "teacher")
+        busy = s.query(Job.id).filter(Job.teacher_id == teacher_id, Job.status.in_(("queued", "running"))).first()
+        if busy:
+            raise ApiError(409, "conflict", f"job {busy[0]} is using this teacher; cancel it or wait for it to end")
+        s.delete(row)
+    ctx.blobs.delete_prefix(f"teachers/{teacher_id}")
+    return Response(status_code=204)

@@ -1,0 +1,43 @@
+"""create_app(): the FastAPI application with its routers, error handlers and lifespan.
+
+Run with `uvicorn --factory service.app:create_app` (what `kdserve up` does)."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import errors
+from service.api import datasets, jobs, models, ops, teachers
+from service.api.deps import Context, load_catalog
+from service.queue import make_celery
+from service.settings import Settings, get_settings
+from service.store.blobs import LocalBlobStore
+from service.store.db import Database
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.resolved_database_url)
+        db.create_all()
+        ctx = Context(settings=settings, db=db, blobs=LocalBlobStore(settings.resolved_blob_dir),
+                      celery=make_celery(settings), catalog={})
+        ctx.catalog = load_catalog(ctx.python)
+        app.state.ctx = ctx
+        logging.getLogger("kdserve.api").info("kdserve API ready: %d methods, %d architectures",
+                                              len(ctx.catalog["methods"]), len(ctx.catalog["architectures"]))
+        yield
+        db.engine.dispose()
+
+    app = FastAPI(title="kdserve", version="0.1.0", lifespan=lifespan,
+                  description="Knowledge distillation as a service: upload a teacher and data, get a small ONNX student.")
+    errors.install(app)
+    for router in (ops.router, teachers.router, datasets.router, jobs.router, models.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,61 @@
+"""API keys: `kd_` + 43 URL-safe characters, stored as sha256 hashes, each bound to a tenant."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from service.store.db import ApiKey, Database, new_id, now
+
+DEFAULT_TENANT = "default"
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant: str
+    is_admin: bool = False
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(db: Database, tenant: str, is_admin: bool = False) -> tuple[str, ApiKey]:
+    key = "kd_" + secrets.token_urlsafe(32)
+    row = ApiKey(id=new_id("key"), tenant=tenant, key_hash=hash_key(key), prefix=key[:8], is_admin=is_admin)
+    with db.session() as s:
+        s.add(row)
+    return key, row
+
+
+def lookup(db: Database, key: str) -> Principal | None:
+    with db.session() as s:
+        row = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
+        return Principal(row.tenant, row.is_admin) if row else None
+
+
+def revoke(db: Database, key_id: str) -> bool:
+    with db.session() as s:
+        row = s.get(ApiKey, key_id)
+        if row is None or row.revoked_at is not None:
+            return False
+        row.revoked_at = now()
+        return True
+
+
+def ensure_bootstrap_key(db: Database, key_file: Path) -> str | None:
+    """On first start: create the `default` tenant's key, write it to key_file (0600) and return it.
+    Returns None when the file exists and its key is still valid."""
+    if key_file.exists() and lookup(db, key_file.read_text().strip()):
+        return None
+    key, _ = create_key(db, DEFAULT_TENANT, is_admin=True)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key

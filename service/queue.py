@@ -1,0 +1,32 @@
+"""The Celery app as both sides see it. The API only sends task names (it never imports worker
+code); the worker registers the tasks on the same app configuration."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from service.settings import Settings
+
+RUN_JOB = "kdserve.run_job"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("kdserve", broker=settings.resolved_redis_url)
+    app.conf.update(
+        task_acks_late=True,                 # a job is acknowledged when it ends, not when it starts
+        task_reject_on_worker_lost=True,     # a killed worker's job goes back to the queue
+        worker_prefetch_multiplier=1,        # a busy worker holds no second job
+        worker_concurrency=1,
+        task_default_queue=settings.queue,
+        task_ignore_result=True,             # the database holds every outcome
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+def enqueue_job(app: Celery, job_id: str, queue: str) -> None:
+    """Send the job id; fail fast (instead of retrying for minutes) when the broker is down."""
+    app.send_task(RUN_JOB, args=[job_id], queue=queue, retry=False)

@@ -1,0 +1,1 @@
+"""Persistence: database tables and queries (db.py), blob store (blobs.py)."""

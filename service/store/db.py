@@ -1,0 +1,181 @@
+"""Database tables and the few queries everything shares. The database is the source of truth:
+the Celery message carries a job id, nothing else."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    revoked_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class Teacher(Base):
+    __tablename__ = "teachers"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    format: Mapped[str] = mapped_column(String(20))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    input_shape: Mapped[list[Any]] = mapped_column(JSON)
+    input_dtype: Mapped[str] = mapped_column(String(20))
+    num_classes: Mapped[int] = mapped_column(Integer)
+    num_parameters: Mapped[int] = mapped_column(Integer)
+    blob_key: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    format: Mapped[str] = mapped_column(String(20))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    num_rows: Mapped[int] = mapped_column(Integer)
+    feature_shape: Mapped[list[Any]] = mapped_column(JSON)
+    labeled: Mapped[bool] = mapped_column(Boolean)
+    num_classes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    class_counts: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    blob_key: Mapped[str] = mapped_column(String(255))  # canonical npz: x float32, y int64 (-1 = unlabelled)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("tenant", "idempotency_key"),)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    status: Mapped[str] = mapped_column(String(20), index=True, default="queued")
+    stage: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    teacher_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    dataset_id: Mapped[str] = mapped_column(String(40), index=True)
+    validation_dataset_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the validated JobCreate body
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    started_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    estimated_finish: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    heartbeat_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    level: Mapped[str] = mapped_column(String(10), default="info")
+    type: Mapped[str] = mapped_column(String(10), default="message")
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Model(Base):
+    __tablename__ = "models"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    job_id: Mapped[str] = mapped_column(String(40), unique=True)  # one model per job: publishing is idempotent
+    card: Mapped[dict[str, Any]] = mapped_column(JSON)  # everything of the model card but the ids above
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class Database:
+    def __init__(self, url: str):
+        self.url = url
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def create_all(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as s:
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
+
+    def ping(self) -> None:
+        with self.engine.connect() as c:
+            c.exec_driver_sql("SELECT 1")
+
+    # -- job helpers used by both the API and the worker --------------------------------------
+
+    def add_event(self, job_id: str, message: str, *, type: str = "message", level: str = "info",
+                  data: dict[str, Any] | None = None) -> None:
+        with self.session() as s:
+            s.add(JobEvent(job_id=job_id, message=message, type=type, level=level, data=data))
+
+    def update_job(self, job_id: str, **fields: Any) -> Job | None:
+        with self.session() as s:
+            job = s.scalar(select(Job).where(Job.id == job_id))
+            if job is None:
+                return None
+            for k, v in fields.items():
+                setattr(job, k, v)
+            return job
+
+    def get_job(self, job_id: str) -> Job | None:
+        with self.session() as s:
+            return s.scalar(select(Job).where(Job.id == job_id))
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()

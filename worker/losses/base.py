@@ -1,0 +1,131 @@
+"""The method registry: one decorated class per distillation method.
+
+Adding a method is one module in this package:
+
+    class MyParams(MethodParams):
+        temperature: float = Field(4.0, gt=0)
+
+    @register_method("mine", params=MyParams, description="...", reference="arXiv:...")
+    class MyLoss(DistillLoss):
+        def forward(self, inp: LossInputs) -> torch.Tensor:
+            ...
+
+`worker/losses/__init__.py` imports every module of the package, so the new method is listed by
+`GET /v1/methods` and usable in `POST /v1/jobs` without touching anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+
+
+class MethodParams(BaseModel):
+    """Base of every method's params schema. Unknown params are an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class LossInputs:
+    """Everything a loss may look at for one batch.
+
+    student_logits: [B, C] raw student outputs (the main head).
+    labels:         [B] int64, -1 where a sample is unlabelled; None for an unlabelled dataset.
+    teacher_logits: [B, C] cached teacher outputs (detached); None for self-distillation.
+    epoch/epochs:   0-based current epoch and the total, for schedules (warm-ups, PS-KD's alpha).
+    extras:         method-specific tensors the trainer provides when a loss asks for them
+                    through `DistillLoss.requires` (e.g. "aux_logits", "prev_probs").
+    """
+
+    student_logits: torch.Tensor
+    labels: torch.Tensor | None = None
+    teacher_logits: torch.Tensor | None = None
+    epoch: int = 0
+    epochs: int = 1
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class DistillLoss(torch.nn.Module):
+    """A distillation objective. It is an nn.Module so a method may own learnable parts
+    (a FitNets regressor, say); the trainer optimises them with the student."""
+
+    # Names of extra inputs this loss needs in LossInputs.extras; the trainer provides them.
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, params: MethodParams):
+        super().__init__()
+        self.params = params
+
+    def forward(self, inp: LossInputs) -> torch.Tensor:  # pragma: no cover - abstract
+        raise TypeError(f"{type(self).__name__} must implement forward()")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    description: str
+    reference: str
+    needs_teacher: bool
+    needs_labels: bool
+    params: type[MethodParams]
+    loss_cls: type[DistillLoss]
+
+    def catalog_entry(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "needs_teacher": self.needs_teacher,
+            "needs_labels": self.needs_labels,
+            "params": self.params.model_json_schema(),
+            "reference": self.reference,
+        }
+
+
+METHODS: dict[str, MethodInfo] = {}
+
+
+def register_method(
+    name: str,
+    *,
+    params: type[MethodParams],
+    description: str,
+    reference: str,
+    needs_teacher: bool = True,
+    needs_labels: bool = False,
+):
+    def decorate(cls: type[DistillLoss]) -> type[DistillLoss]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        METHODS[name] = MethodInfo(name, description, reference, needs_teacher, needs_labels, params, cls)
+        return cls
+
+    return decorate
+
+
+def build_loss(name: str, params: dict[str, Any] | None = None) -> DistillLoss:
+    info = METHODS[name]
+    return info.loss_cls(info.params.model_validate(params or {}))
+
+
+# ---- helpers shared by the method modules ---------------------------------------------------
+
+
+def labelled_ce(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Mean cross-entropy over the labelled samples of the batch (label -1 = unlabelled).
+    Zero (with a graph) when the batch has no labelled sample."""
+    if labels is None:
+        return logits.sum() * 0.0
+    mask = labels >= 0
+    if not bool(mask.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[mask].float(), labels[mask])
+
+
+def kl_batchmean(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) summed over classes, averaged over the batch, from log-probabilities."""
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()

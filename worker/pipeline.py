@@ -1,0 +1,335 @@
+"""A distillation job from queued to published, stage by stage:
+
+    validating → caching_teacher → training → evaluating → exporting → verifying → publishing
+
+Each stage updates the job row (stage, progress, estimated_finish, heartbeat) and writes an event;
+each epoch writes a metrics event. A job that cannot succeed ends `failed` with an error code the
+user can act on. Publishing is keyed by job id, so a rerun never publishes a second model.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import export as onnx_export
+from models.sniff import ModelFileError
+from models.teachers import Teacher, load_teacher, teacher_logits
+from models.zoo import ArchitectureError, count_parameters, create_student
+from service.ingest import load_canonical
+from service.schemas import JobCreate
+from service.settings import get_settings
+from service.store.blobs import LocalBlobStore
+from service.store.db import TERMINAL, Database, Dataset, Job, Model, Teacher as TeacherRow, new_id, now
+from worker import trainer
+from worker.data import Split, split_dataset, whole
+from worker.losses import METHODS, build_loss
+
+log = logging.getLogger("kdserve.worker")
+
+# Share of the progress bar each stage gets; training's share is spread over its epochs.
+STAGES = {
+    "validating": 0.02, "caching_teacher": 0.06, "training": 0.80, "evaluating": 0.02,
+    "exporting": 0.05, "verifying": 0.04, "publishing": 0.01,
+}
+
+
+class JobFailed(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class Cancelled(Exception):
+    pass
+
+
+@lru_cache
+def context() -> tuple[Database, LocalBlobStore]:
+    settings = get_settings()
+    db = Database(settings.resolved_database_url)
+    db.create_all()
+    return db, LocalBlobStore(settings.resolved_blob_dir)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise JobFailed("invalid_request", f"training.device is {requested!r} but this worker has no CUDA device")
+    return torch.device(requested)
+
+
+def run_job(job_id: str) -> None:
+    db, blobs = context()
+    job = db.get_job(job_id)
+    if job is None:
+        log.warning("job %s: not in the database, dropped", job_id)
+        return
+    if job.status in TERMINAL:
+        log.info("job %s: already %s, nothing to do", job_id, job.status)
+        return
+    if job.cancel_requested:
+        _finish(db, job_id, "cancelled", "cancelled before it started")
+        return
+    db.update_job(job_id, status="running", attempts=job.attempts + 1, started_at=job.started_at or now(),
+                  heartbeat_at=now(), error=None)
+    db.add_event(job_id, f"running (attempt {job.attempts + 1})", type="stage", data={"status": "running"})
+    run = JobRun(db, blobs, db.get_job(job_id))
+    try:
+        with run.watch():
+            run.execute()
+    except (Cancelled, trainer.Stopped) as exc:
+        reason = getattr(exc, "reason", "cancelled")
+        if reason == "cancelled":
+            _finish(db, job_id, "cancelled", "cancelled; partial progress kept in the events, nothing published")
+        else:
+            _fail(db, job_id, "timeout", reason)
+    except JobFailed as exc:
+        _fail(db, job_id, exc.code, exc.message)
+    except torch.cuda.OutOfMemoryError:
+        _fail(db, job_id, "out_of_memory", "the device ran out of memory; lower training.batch_size or the student size")
+    except Exception as exc:  # a bug: keep the trace in the log, tell the user something useful
+        log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
+        _fail(db, job_id, "internal_error", f"the worker hit an unexpected error: {type(exc).__name__}: {exc}")
+
+
+def _finish(db: Database, job_id: str, status: str, message: str, **fields) -> None:
+    db.update_job(job_id, status=status, finished_at=now(), estimated_finish=None, **fields)
+    db.add_event(job_id, message, type="stage", level="info" if status != "failed" else "error", data={"status": status})
+
+
+def _fail(db: Database, job_id: str, code: str, message: str) -> None:
+    log.warning("job %s failed: %s: %s", job_id, code, message)
+    _finish(db, job_id, "failed", f"failed: {message}", error={"code": code, "message": message, "param": None})
+
+
+class JobRun:
+    def __init__(self, db: Database, blobs: LocalBlobStore, job: Job):
+        self.db, self.blobs, self.job = db, blobs, job
+        self.spec = JobCreate.model_validate(job.spec)
+        self.timings: dict[str, float] = {}
+        self._stop_reason: str | None = None
+        self._t_start = time.time()
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    @contextmanager
+    def watch(self):
+        """A thread that polls the job row once a second for a cancel request (and the time limit),
+        so the training loop checks a flag, not the database, between batches."""
+        done = threading.Event()
+        limit = self.spec.training.max_duration_s
+
+        def poll() -> None:
+            while not done.wait(1.0):
+                row = self.db.get_job(self.job.id)
+                if row is None or row.cancel_requested:
+                    self._stop_reason = "cancelled"
+                elif limit and time.time() - self._t_start > limit:
+                    self._stop_reason = f"the job ran past training.max_duration_s = {limit} s"
+
+        thread = threading.Thread(target=poll, name=f"watch-{self.job.id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=5)
+
+    def should_stop(self) -> str | None:
+        return self._stop_reason
+
+    def _progress_at(self, stage: str, fraction: float = 0.0) -> float:
+        names = list(STAGES)
+        before = sum(STAGES[n] for n in names[: names.index(stage)])
+        return min(1.0, before + STAGES[stage] * fraction)
+
+    def _update_progress(self, stage: str, fraction: float, **fields) -> None:
+        progress = self._progress_at(stage, fraction)
+        elapsed = time.time() - self._t_start
+        eta = int(self._t_start + elapsed / progress) if progress > 0.05 else None
+        self.db.update_job(self.job.id, stage=stage, progress=round(progress, 4), estimated_finish=eta,
+                           heartbeat_at=now(), **fields)
+
+    @contextmanager
+    def stage(self, name: str):
+        if self._stop_reason:
+            raise trainer.Stopped(self._stop_reason)
+        self._update_progress(name, 0.0)
+        self.db.add_event(self.job.id, name.replace("_", " "), type="stage", data={"stage": name})
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - t0, 4)
+
+    # -- the stages ----------------------------------------------------------------------------
+
+    def execute(self) -> None:
+        spec = self.spec
+        info = METHODS.get(spec.method.name)
+        if info is None:
+            raise JobFailed("invalid_request", f"this worker does not know method {spec.method.name!r}")
+        device = pick_device(spec.training.device)
+
+        with self.stage("validating"):
+            teacher_row, teacher = self._load_teacher(device) if spec.teacher_id else (None, None)
+            train_split, val_split = self._load_data()
+            num_classes = teacher.num_classes if teacher else int(max(train_split.y.max(), val_split.y.max())) + 1
+            input_shape = list(train_split.x.shape[1:])
+            if teacher and teacher.input_shape != input_shape:
+                raise JobFailed("teacher_output_mismatch",
+                                f"dataset rows have shape {input_shape}, the teacher expects {teacher.input_shape}")
+            if int(max(train_split.y.max(), val_split.y.max())) >= num_classes:
+                raise JobFailed("label_out_of_range", f"a label is ≥ the teacher's {num_classes} classes")
+            try:
+                student = create_student(spec.student.architecture, spec.student.params, input_shape, num_classes)
+            except ArchitectureError as exc:
+                raise JobFailed("invalid_request", str(exc))
+            loss_fn = build_loss(spec.method.name, spec.method.params)
+
+        if teacher is not None:
+            with self.stage("caching_teacher"):
+                t0 = time.perf_counter()
+                train_split.teacher_logits = teacher_logits(teacher, train_split.x)
+                val_split.teacher_logits = teacher_logits(teacher, val_split.x)
+                seconds = time.perf_counter() - t0
+                self.db.add_event(self.job.id, f"teacher outputs cached for {len(train_split) + len(val_split)} samples "
+                                  f"in {seconds:.2f} s", data={"teacher_forward_seconds": round(seconds, 4)})
+            if train_split.teacher_logits.shape[1] != num_classes:
+                raise JobFailed("teacher_output_mismatch", "the teacher's output width changed between calls")
+
+        with self.stage("training"):
+            result = trainer.train(student, loss_fn, train_split, val_split, spec.training, device,
+                                   on_epoch=self._on_epoch, should_stop=self.should_stop)
+
+        with self.stage("evaluating"):
+            student = student.cpu().eval()
+            student_logits = trainer.predict(student, val_split.x)
+            metrics = self._final_metrics(student_logits, val_split, result)
+            self.db.update_job(self.job.id, metrics=metrics)
+
+        with tempfile.TemporaryDirectory(dir=self.blobs.root / ".tmp") as tmp:
+            onnx_path = Path(tmp) / "model.onnx"
+            with self.stage("exporting"):
+                try:
+                    onnx_export.export_onnx(student, input_shape, onnx_path, spec.export.opset)
+                except Exception as exc:
+                    raise JobFailed("export_failed", f"ONNX export failed: {type(exc).__name__}: {exc}")
+            with self.stage("verifying"):
+                parity = onnx_export.check_parity(onnx_path, student_logits.numpy(), val_split.x.numpy())
+                data = {"max_abs_diff": parity.max_abs_diff, "max_rel_diff": parity.max_rel_diff,
+                        "argmax_agreement": parity.argmax_agreement, "tolerance": spec.export.parity_tolerance}
+                if not parity.max_abs_diff <= spec.export.parity_tolerance:
+                    self.db.add_event(self.job.id, "ONNX parity check failed", level="error", data=data)
+                    raise JobFailed("parity_failed",
+                                    f"onnxruntime and PyTorch differ by up to {parity.max_abs_diff:.3g} on the "
+                                    f"validation set (tolerance {spec.export.parity_tolerance:g}); nothing published")
+                self.db.add_event(self.job.id, f"ONNX parity ok: max abs diff {parity.max_abs_diff:.3g}", data=data)
+                artifact = self._artifact(onnx_path, "fp32", parity, val_split, input_shape)
+            with self.stage("publishing"):
+                model_id = self._publish(onnx_path, artifact, student, teacher_row, metrics, input_shape, num_classes)
+
+        self.timings["total"] = round(time.time() - self._t_start, 4)
+        _finish(self.db, self.job.id, "succeeded", f"succeeded: model {model_id}", model_id=model_id,
+                progress=1.0, stage=None)
+        self.db.add_event(self.job.id, "stage timings", data={"timings": self.timings,
+                                                               "train_samples_per_second": result.samples_per_second})
+
+    def _load_teacher(self, device: torch.device) -> tuple[TeacherRow, Teacher]:
+        with self.db.session() as s:
+            row = s.query(TeacherRow).filter_by(id=self.spec.teacher_id).one_or_none()
+        if row is None:
+            raise JobFailed("not_found", f"teacher {self.spec.teacher_id} no longer exists")
+        try:
+            teacher = load_teacher(self.blobs.local_path(row.blob_key), row.format, row.input_shape, str(device))
+        except ModelFileError as exc:
+            raise JobFailed(exc.code, exc.message)
+        return row, teacher
+
+    def _dataset(self, dataset_id: str):
+        with self.db.session() as s:
+            row = s.query(Dataset).filter_by(id=dataset_id).one_or_none()
+        if row is None:
+            raise JobFailed("not_found", f"dataset {dataset_id} no longer exists")
+        return load_canonical(self.blobs.local_path(row.blob_key))
+
+    def _load_data(self) -> tuple[Split, Split]:
+        data = self._dataset(self.spec.dataset_id)
+        if self.spec.validation_dataset_id:
+            return whole(data), whole(self._dataset(self.spec.validation_dataset_id))
+        try:
+            return split_dataset(data, self.spec.validation_split, self.spec.training.seed)
+        except ValueError as exc:
+            raise JobFailed("invalid_request", str(exc))
+
+    def _on_epoch(self, m: trainer.EpochMetrics) -> None:
+        epochs = self.spec.training.epochs
+        metrics = dict(self.job.metrics or {})
+        metrics.update(train_loss=m.train_loss, val_loss=m.val_loss)
+        self.job.metrics = metrics
+        self._update_progress("training", m.epoch / epochs, epoch=m.epoch, metrics=metrics)
+        parts = [f"train_loss {m.train_loss:.4f}"]
+        if m.val_accuracy is not None:
+            parts.append(f"val_accuracy {m.val_accuracy:.4f}")
+        if m.val_agreement is not None:
+            parts.append(f"val_agreement {m.val_agreement:.4f}")
+        self.db.add_event(self.job.id, f"epoch {m.epoch}/{epochs}: " + ", ".join(parts), type="metrics",
+                          data=m.__dict__)
+
+    def _final_metrics(self, student_logits: torch.Tensor, val: Split, result: trainer.TrainResult) -> dict:
+        labelled = val.y >= 0
+        pred = student_logits.argmax(1)
+        metrics = {"teacher_accuracy": None, "student_accuracy": None, "agreement": None,
+                   "train_loss": result.history[-1].train_loss if result.history else None,
+                   "val_loss": result.history[-1].val_loss if result.history else None}
+        if bool(labelled.any()):
+            metrics["student_accuracy"] = float((pred[labelled] == val.y[labelled]).float().mean())
+        if val.teacher_logits is not None:
+            t_pred = val.teacher_logits.argmax(1)
+            metrics["agreement"] = float((pred == t_pred).float().mean())
+            if bool(labelled.any()):
+                metrics["teacher_accuracy"] = float((t_pred[labelled] == val.y[labelled]).float().mean())
+        return metrics
+
+    def _artifact(self, path: Path, precision: str, parity, val: Split, input_shape: list[int]) -> dict:
+        labelled = (val.y >= 0).numpy()
+        accuracy = (float(np.mean(parity.onnx_logits.argmax(1)[labelled] == val.y.numpy()[labelled]))
+                    if labelled.any() else None)
+        return {"format": "onnx", "precision": precision, "size_bytes": path.stat().st_size,
+                "sha256": onnx_export.sha256_file(path), "max_abs_diff": parity.max_abs_diff,
+                "argmax_agreement": parity.argmax_agreement, "accuracy": accuracy,
+                "latency_ms_batch1": round(onnx_export.latency_ms(path, input_shape), 5)}
+
+    def _publish(self, onnx_path: Path, artifact: dict, student, teacher_row, metrics, input_shape, num_classes) -> str:
+        with self.db.session() as s:
+            existing = s.query(Model).filter_by(job_id=self.job.id).one_or_none()
+            if existing is not None:  # a redelivered job that already published: keep the first model
+                return existing.id
+        model_id = new_id("mdl")
+        artifact = dict(artifact, blob_key=f"models/{model_id}/model.{artifact['precision']}.onnx")
+        self.blobs.put_file(artifact["blob_key"], onnx_path)
+        n_params = count_parameters(student)
+        t_params = teacher_row.num_parameters if teacher_row else None
+        card = {
+            "teacher_id": self.spec.teacher_id, "dataset_id": self.spec.dataset_id,
+            "method": self.spec.method.model_dump(), "student": self.spec.student.model_dump(),
+            "num_parameters": n_params, "teacher_num_parameters": t_params,
+            "compression_ratio": round(t_params / n_params, 3) if t_params else None,
+            "metrics": {k: metrics[k] for k in ("teacher_accuracy", "student_accuracy", "agreement")},
+            "input": {"name": onnx_export.INPUT_NAME, "shape": [-1, *input_shape], "datatype": "FP32"},
+            "output": {"name": onnx_export.OUTPUT_NAME, "shape": [-1, num_classes], "datatype": "FP32"},
+            "artifacts": [artifact],
+        }
+        name = self.job.spec.get("metadata", {}).get("name") or f"{self.spec.student.architecture}-{self.spec.method.name}-{self.job.id[-6:]}"
+        with self.db.session() as s:
+            s.add(Model(id=model_id, tenant=self.job.tenant, name=name, job_id=self.job.id, card=card))
+        return model_id
