@@ -57,8 +57,8 @@ def save_torchscript(model: nn.Module, path: Path) -> Path:
     return path
 
 
-def save_onnx(model: nn.Module, path: Path) -> Path:
-    torch.onnx.export(model, (torch.zeros(2, 64),), str(path), input_names=["input"], output_names=["logits"],
+def save_onnx(model: nn.Module, path: Path, width: int = 64) -> Path:
+    torch.onnx.export(model, (torch.zeros(2, width),), str(path), input_names=["input"], output_names=["logits"],
                       dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False)
     return path
 
@@ -83,3 +83,4 @@ def save_csv(x: np.ndarray, y: np.ndarray | None, path: Path, label_position: in
                 cells.insert(label_position, str(int(y[i])))
             w.writerow(cells)
     return path
+

@@ -75,6 +75,12 @@ class Service:
                 self.proc.kill()
                 self.proc.wait()
 
+    def create_key(self, tenant: str) -> str:
+        """A new API key for `tenant`, made the way an operator would: `kdserve keys create`."""
+        out = subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "--tenant", tenant], cwd=REPO,
+                             env=self.env, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
     def client(self, api_key: str | None = "default", timeout: float = 120) -> httpx.Client:
         key = self.api_key if api_key == "default" else api_key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
