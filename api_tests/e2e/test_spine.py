@@ -124,3 +124,18 @@ def test_download_supports_range_and_etag(client, uploads):
     assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
     missing = client.get(url, params={"precision": "int8"})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_parity_gate_fails_the_job(client, uploads):
+    """A tolerance below float32 rounding: onnxruntime's kernels cannot meet it, the gate must
+    fail the job with parity_failed and publish nothing."""
+    body = {**KD_JOB, "student": {"architecture": "mlp", "params": {"hidden_sizes": [256, 256]}},
+            "training": {"epochs": 1}, "export": {"parity_tolerance": 1e-12},
+            "teacher_id": uploads["onnx"]["id"], "dataset_id": uploads["npz"]["id"]}
+    job = wait_job(client, client.post("/v1/jobs", json=body).json()["id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "parity_failed", job
+    assert job["model_id"] is None
+    assert not [m for m in client.get("/v1/models", params={"limit": 100}).json()["data"] if m["job_id"] == job["id"]]
+    events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    failed = [e for e in events if e["message"] == "ONNX parity check failed"]
+    assert failed and failed[0]["data"]["max_abs_diff"] > 1e-12

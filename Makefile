@@ -1,0 +1,44 @@
+# kdserve — two commands on a fresh machine:
+#   make run    set up .venv and start the service (API :8000 + worker + embedded Redis + SQLite)
+#   make test   set up .venv and run the whole test suite (starts Redis/PostgreSQL if they are down)
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+
+.PHONY: venv run worker test unit bench clean
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch from PyPI is a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# Independent reference implementations for the loss cross-checks. --no-deps: they must not
+	# replace our torch (torchdistill's loss module imports without torchvision).
+	$(BIN)/pip install -q --no-deps torchdistill==1.1.5
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: venv
+	$(BIN)/kdserve up
+
+worker: venv
+	$(BIN)/kdserve worker
+
+test: venv
+	scripts/ensure-services
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+unit: venv
+	$(BIN)/python -m pytest -q api_tests/unit
+
+bench: venv
+	scripts/ensure-services
+	$(BIN)/python -m bench.spine
+
+clean:
+	rm -rf $(VENV) .kdserve *.egg-info
