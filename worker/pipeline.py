@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sqlalchemy.exc import IntegrityError
 
 from models import export as onnx_export
 from models.sniff import ModelFileError
@@ -329,7 +330,12 @@ class JobRun:
             "output": {"name": onnx_export.OUTPUT_NAME, "shape": [-1, num_classes], "datatype": "FP32"},
             "artifacts": [artifact],
         }
-        name = self.job.spec.get("metadata", {}).get("name") or f"{self.spec.student.architecture}-{self.spec.method.name}-{self.job.id[-6:]}"
-        with self.db.session() as s:
-            s.add(Model(id=model_id, tenant=self.job.tenant, name=name, job_id=self.job.id, card=card))
+        name = self.spec.metadata.get("name") or f"{self.spec.student.architecture}-{self.spec.method.name}-{self.job.id[-6:]}"
+        try:
+            with self.db.session() as s:
+                s.add(Model(id=model_id, tenant=self.job.tenant, name=name, job_id=self.job.id, card=card))
+        except IntegrityError:  # another delivery of this job published first: keep that one
+            self.blobs.delete_prefix(f"models/{model_id}")
+            with self.db.session() as s:
+                return s.query(Model).filter_by(job_id=self.job.id).one().id
         return model_id

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 
 import jsonschema
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -176,6 +177,7 @@ async def job_events(request: Request, job_id: str, after: int = Query(0, ge=0),
 
     async def stream():
         nonlocal cursor
+        last_sent = time.monotonic()
         while True:
             events, more = await run_in_threadpool(_events, ctx, job_id, cursor, 500)
             for e in events:
@@ -190,7 +192,9 @@ async def job_events(request: Request, job_id: str, after: int = Query(0, ge=0),
                     return
                 if await request.is_disconnected():
                     return
-                yield ": keep-alive\n\n"
+                if time.monotonic() - last_sent > 15:
+                    last_sent = time.monotonic()
+                    yield ": keep-alive\n\n"
                 await asyncio.sleep(0.5)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
