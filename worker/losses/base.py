@@ -115,15 +115,20 @@ def build_loss(name: str, params: dict[str, Any] | None = None) -> DistillLoss:
 # ---- helpers shared by the method modules ---------------------------------------------------
 
 
-def labelled_ce(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """Mean cross-entropy over the labelled samples of the batch (label -1 = unlabelled).
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """Compute in at least float32 (fp16/bf16 → fp32), never down-cast float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def labelled_ce(logits: torch.Tensor, labels: torch.Tensor | None, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over the labelled samples of the batch (label -1 = unlabelled), in ≥ fp32.
     Zero (with a graph) when the batch has no labelled sample."""
     if labels is None:
         return logits.sum() * 0.0
     mask = labels >= 0
     if not bool(mask.any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits[mask].float(), labels[mask])
+    return F.cross_entropy(upcast(logits[mask]), labels[mask], label_smoothing=label_smoothing)
 
 
 def kl_batchmean(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from .base import DistillLoss, LossInputs, MethodParams, kl_batchmean, labelled_ce, register_method
+from .base import DistillLoss, LossInputs, MethodParams, kl_batchmean, labelled_ce, register_method, upcast
 
 
 class KDParams(MethodParams):
@@ -24,8 +24,8 @@ class KDParams(MethodParams):
 class KDLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
         tau, alpha = self.params.temperature, self.params.alpha
-        log_ps = F.log_softmax(inp.student_logits.float() / tau, dim=1)
-        log_pt = F.log_softmax(inp.teacher_logits.float() / tau, dim=1)
+        log_ps = F.log_softmax(upcast(inp.student_logits) / tau, dim=1)
+        log_pt = F.log_softmax(upcast(inp.teacher_logits) / tau, dim=1)
         soft = tau * tau * kl_batchmean(log_pt, log_ps)
         return (1.0 - alpha) * labelled_ce(inp.student_logits, inp.labels) + alpha * soft
 
@@ -44,11 +44,4 @@ class CEParams(MethodParams):
 )
 class CELoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
-        if inp.labels is None:
-            return inp.student_logits.sum() * 0.0
-        mask = inp.labels >= 0
-        if not bool(mask.any()):
-            return inp.student_logits.sum() * 0.0
-        return F.cross_entropy(
-            inp.student_logits[mask].float(), inp.labels[mask], label_smoothing=self.params.label_smoothing
-        )
+        return labelled_ce(inp.student_logits, inp.labels, self.params.label_smoothing)

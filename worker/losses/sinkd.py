@@ -1,0 +1,113 @@
+"""SinKD: batch-wise Sinkhorn distance for KD (METHODS.md §3).
+
+Cui et al., "Sinkhorn Distance Minimization for Knowledge Distillation", LREC-COLING 2024,
+arXiv:2402.17110 (official code 2018cx/SinKD, `loss.py` class `Sinkhorn`).
+
+The B student and B teacher prediction vectors are two point clouds in R^C; one OT problem is
+solved over the B×B sample-pair cost:
+
+    P^S_i = softmax(s_i/τ_s),  P^T_j = softmax(t_j/τ_s)               τ_s = 2 in the code
+    M_ij  = ‖P^S_i − P^T_j‖₁                                          (cdist, p = 1), M ∈ [0, 2]
+    Π⁰ = K = exp(−M/ε); n_iter times: rows /= row sums, then cols /= col sums      (ε = 0.1, 20 iters)
+    L_Sink = w · Σ_ij Π_ij M_ij                                       (unit marginals: mass B)
+
+Gradients flow through Π (all iterations) and M. Only ⟨Π, M⟩ is returned (Cuturi's "Sinkhorn
+distance"), no −εH(Π) term.
+
+The iterations run in the log domain: log Π⁰ = −M/ε, then log Π −= logsumexp over rows, then over
+columns. That is the same sequence of normalisations as the code's multiplicative form, exactly,
+but a kernel entry never underflows to 0 (the code's form breaks for ε ≲ 0.02 or in fp16).
+
+Combination — the GLUE trainer's intended objective (`glue_train.py`, §3):
+
+    L = (1 − α)·CE(s, y) + α·L_KD(τ) + β·L_Sink,
+    L_KD = mean_i(−Σ_c p^T_τ,c log p^S_τ,c)      the CE form, without τ²
+
+The CE form is kept (not the KL form) because §3 pins it for this trainer: its gradient equals the
+KL form's, and its value is larger by the teacher entropy mean_i H(p^T_τ,i), a constant for the
+student. Defaults are that trainer's argparse defaults: α = 0.8, τ = 2, β = 1; w = 0.001 (BERT/GLUE).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from .base import DistillLoss, LossInputs, MethodParams, register_method
+from .common import labelled_ce, check_logits, require_teacher, upcast
+
+
+def sinkhorn_plan(cost: torch.Tensor, epsilon: float = 0.1, n_iter: int = 20) -> torch.Tensor:
+    """Π after `n_iter` (row, column) normalisations of K = exp(−cost/ε), unit marginals, log domain.
+
+    The last step normalises columns, so column sums are exactly 1 and row sums ≈ 1."""
+    log_plan = -cost / epsilon
+    for _ in range(n_iter):
+        log_plan = log_plan - torch.logsumexp(log_plan, dim=1, keepdim=True)  # rows sum to 1
+        log_plan = log_plan - torch.logsumexp(log_plan, dim=0, keepdim=True)  # columns sum to 1
+    return log_plan.exp()
+
+
+def sinkhorn_cost_matrix(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 2.0) -> torch.Tensor:
+    """M_ij = ‖softmax(s_i/τ) − softmax(t_j/τ)‖₁, shape [B, B] (rows = student, cols = teacher)."""
+    ps = F.softmax(upcast(student_logits) / tau, dim=1)
+    pt = F.softmax(upcast(teacher_logits) / tau, dim=1)
+    return torch.cdist(ps, pt, p=1)
+
+
+def sinkhorn_cost(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    tau: float = 2.0,
+    epsilon: float = 0.1,
+    n_iter: int = 20,
+    return_plan: bool = False,
+):
+    """Raw ⟨Π, M⟩ (no weight w). With return_plan, also (Π, M)."""
+    cost = sinkhorn_cost_matrix(student_logits, teacher_logits, tau)
+    plan = sinkhorn_plan(cost, epsilon, n_iter)
+    value = (plan * cost).sum()
+    if return_plan:
+        return value, plan, cost
+    return value
+
+
+class SinKDParams(MethodParams):
+    alpha: float = Field(0.8, ge=0, le=1, description="weight of the CE-form KD term; the label CE gets 1 − alpha")
+    temperature: float = Field(2.0, gt=0, description="temperature τ of the CE-form KD term (no τ² factor)")
+    beta: float = Field(1.0, ge=0, description="weight β of the Sinkhorn term")
+    sinkhorn_weight: float = Field(
+        0.001,
+        ge=0,
+        description="scale w inside the Sinkhorn term, L_Sink = w·⟨Π, M⟩ (0.001 BERT/GLUE, 0.0008 T0/GPT-Neo)",
+    )
+    sinkhorn_temperature: float = Field(
+        2.0, gt=0, description="temperature τ_s of the distributions in the cost (2 in the code)"
+    )
+    epsilon: float = Field(0.1, gt=0, description="entropic regularisation ε of the Gibbs kernel exp(−M/ε)")
+    n_iter: int = Field(20, ge=1, le=1000, description="number of (row, column) Sinkhorn normalisations")
+
+
+@register_method(
+    "sinkd",
+    params=SinKDParams,
+    description="SinKD: (1−α)·CE(s, y) + α·mean_i(−Σ_c p^T_τ log p^S_τ) + β·w·⟨Π, M⟩, where Π is the batch-wise "
+    "Sinkhorn plan (unit marginals, log-domain iterations) over the B×B L1 cost between softmax(s/τ_s) and "
+    "softmax(t/τ_s) rows. The KD term is the CE form without τ², as in the reference GLUE trainer. Depends on batch "
+    "composition; unlabelled samples contribute the KD and Sinkhorn terms only.",
+    reference="Cui et al. 2024, Sinkhorn Distance Minimization for Knowledge Distillation, arXiv:2402.17110; "
+    "METHODS.md §3",
+)
+class SinKDLoss(DistillLoss):
+    def forward(self, inp: LossInputs) -> torch.Tensor:
+        p = self.params
+        check_logits(inp.student_logits)
+        teacher = require_teacher(inp.teacher_logits, inp.student_logits, "sinkd")
+        s, t = upcast(inp.student_logits), upcast(teacher)
+        # CE-form soft loss: mean_i −Σ_c p^T_c log p^S_c at temperature τ
+        log_ps = F.log_softmax(s / p.temperature, dim=1)
+        pt = F.softmax(t / p.temperature, dim=1)
+        kd = -(pt * log_ps).sum(dim=1).mean()
+        sink = p.sinkhorn_weight * sinkhorn_cost(s, t, p.sinkhorn_temperature, p.epsilon, p.n_iter)
+        return (1.0 - p.alpha) * labelled_ce(inp.student_logits, inp.labels) + p.alpha * kd + p.beta * sink
