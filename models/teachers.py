@@ -28,27 +28,40 @@ SUPPORTED = ("torchscript", "onnx")
 
 
 class Teacher:
+    """One interface over every format.
+
+    `output_names` lists the model's outputs; `logits_name` is the one that holds the class
+    logits (an output called "logits", else the first). The others (hidden states, embeddings)
+    can serve as feature hints for methods such as FitNets or LELP."""
+
     format: str
     input_shape: list[int]
     input_dtype: str = "float32"
-    num_classes: int
+    num_classes: int = 0
     num_parameters: int
+    output_names: list[str]
+    logits_name: str
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+    def run(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise TypeError
 
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x, [self.logits_name])[self.logits_name]
 
-def _pick_logits(out: Any) -> torch.Tensor:
-    """Teachers may return a tensor, a tuple (logits first) or a dict with a `logits` entry."""
+
+def named_outputs(out: Any) -> dict[str, torch.Tensor]:
+    """A tensor is `logits`; a tuple's tensors are "0", "1", …; a dict keeps its keys."""
     if isinstance(out, torch.Tensor):
-        return out
+        return {"logits": out}
     if isinstance(out, dict):
-        if "logits" in out:
-            return out["logits"]
-        return next(iter(out.values()))
-    if isinstance(out, (tuple, list)) and out:
-        return out[0]
-    raise ModelFileError("teacher_output_mismatch", f"the teacher returned {type(out).__name__}, not a tensor")
+        named = {str(k): v for k, v in out.items() if isinstance(v, torch.Tensor)}
+    elif isinstance(out, (tuple, list)):
+        named = {str(i): v for i, v in enumerate(out) if isinstance(v, torch.Tensor)}
+    else:
+        named = {}
+    if not named:
+        raise ModelFileError("teacher_output_mismatch", f"the teacher returned {type(out).__name__} without tensors")
+    return named
 
 
 class TorchScriptTeacher(Teacher):
@@ -62,7 +75,7 @@ class TorchScriptTeacher(Teacher):
         self.device = device
         self.num_parameters = int(sum(p.numel() for p in self.module.parameters()))
         self.input_shape = list(input_shape) if input_shape else self._guess_input_shape()
-        self.num_classes = 0
+        self.output_names, self.logits_name = [], ""
 
     def _guess_input_shape(self) -> list[int]:
         first = next(iter(self.module.parameters()), None)
@@ -72,9 +85,16 @@ class TorchScriptTeacher(Teacher):
             "invalid_request", "cannot tell the input shape of this TorchScript model; pass input_shape", "input_shape"
         )
 
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return _pick_logits(self.module(x.to(self.device, non_blocking=True))).float()
+    def discover_outputs(self, out: dict[str, torch.Tensor]) -> None:
+        self.output_names = list(out)
+        self.logits_name = "logits" if "logits" in out else self.output_names[0]
+
+    def run(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            out = named_outputs(self.module(x.to(self.device, non_blocking=True)))
+        if not self.output_names:
+            self.discover_outputs(out)
+        return {n: out[n].float() for n in names}
 
 
 class OnnxTeacher(Teacher):
@@ -117,15 +137,13 @@ class OnnxTeacher(Teacher):
             self.input_shape = [int(d) for d in declared]
         else:
             raise ModelFileError("invalid_request", f"the model's input {inputs[0].shape} has free dimensions; pass input_shape", "input_shape")
-        outputs = self.session.get_outputs()
-        names = [o.name for o in outputs]
-        self.output_name = "logits" if "logits" in names else names[0]
-        self.num_classes = 0
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.logits_name = "logits" if "logits" in self.output_names else self.output_names[0]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def run(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
         arr = x.detach().cpu().numpy().astype(self.np_dtype, copy=False)
-        (out,) = self.session.run([self.output_name], {self.input_name: arr})
-        return torch.from_numpy(np.asarray(out)).float()
+        outs = self.session.run(list(names), {self.input_name: arr})
+        return {n: torch.from_numpy(np.asarray(o)).float() for n, o in zip(names, outs)}
 
 
 def load_teacher(path: Path, fmt: str | None = None, input_shape: Sequence[int] | None = None,
@@ -139,7 +157,10 @@ def load_teacher(path: Path, fmt: str | None = None, input_shape: Sequence[int] 
     teacher: Teacher = (TorchScriptTeacher if detected == "torchscript" else OnnxTeacher)(Path(path), input_shape, device)
     batch = torch.zeros([2, *teacher.input_shape])
     try:
-        out = teacher(batch)
+        if isinstance(teacher, TorchScriptTeacher):
+            with torch.no_grad():
+                teacher.discover_outputs(named_outputs(teacher.module(batch.to(teacher.device))))
+        outputs = teacher.run(batch, teacher.output_names)
     except ModelFileError:
         raise
     except Exception as exc:
@@ -148,6 +169,8 @@ def load_teacher(path: Path, fmt: str | None = None, input_shape: Sequence[int] 
             f"the teacher fails on input of shape {list(batch.shape)}: {_first_line(exc)}",
             "input_shape",
         )
+    out = outputs[teacher.logits_name]
+    teacher.output_shapes = {n: list(o.shape[1:]) for n, o in outputs.items()}
     if out.dim() != 2 or out.shape[0] != 2 or out.shape[1] < 1:
         raise ModelFileError(
             "teacher_output_mismatch", f"the teacher must return [batch, num_classes] logits, got shape {list(out.shape)}"
@@ -159,9 +182,13 @@ def load_teacher(path: Path, fmt: str | None = None, input_shape: Sequence[int] 
 
 
 @torch.no_grad()
-def teacher_logits(teacher: Teacher, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """The teacher's logits for every row of x, computed once, on the CPU."""
-    return torch.cat([teacher(x[i : i + batch_size]).cpu() for i in range(0, len(x), batch_size)])
+def teacher_outputs(teacher: Teacher, x: torch.Tensor, feature: str | None = None,
+                    batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The teacher's logits (and the named feature output) for every row of x, in one pass, on the CPU."""
+    names = [teacher.logits_name] + ([feature] if feature else [])
+    parts = [teacher.run(x[i : i + batch_size], names) for i in range(0, len(x), batch_size)]
+    logits = torch.cat([p[teacher.logits_name].cpu() for p in parts])
+    return logits, (torch.cat([p[feature].cpu() for p in parts]) if feature else None)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -179,7 +206,9 @@ def _probe_main(argv: list[str]) -> int:
         shape = json.loads(args.input_shape) if args.input_shape else None
         t = load_teacher(Path(args.path), args.format, shape)
         result = {"ok": True, "format": t.format, "input_shape": t.input_shape, "input_dtype": t.input_dtype,
-                  "num_classes": t.num_classes, "num_parameters": t.num_parameters}
+                  "num_classes": t.num_classes, "num_parameters": t.num_parameters,
+                  "outputs": [{"name": n, "shape": t.output_shapes[n], "logits": n == t.logits_name}
+                              for n in t.output_names]}
     except ModelFileError as exc:
         result = {"ok": False, "code": exc.code, "message": exc.message, "param": exc.param}
     print(json.dumps(result))

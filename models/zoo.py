@@ -32,10 +32,14 @@ class Student(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features, logits) in one pass."""
-        feats = self.body(x)
-        return feats, self.head(feats)
+    def forward_features(self, x: torch.Tensor, layer: int = -1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(output of body[layer], penultimate features, logits) in one pass; layer -1 is the last."""
+        h, hint = x, None
+        for i, module in enumerate(self.body):
+            h = module(h)
+            if i == layer:
+                hint = h
+        return (h if hint is None else hint), h, self.head(h)
 
 
 @dataclass(frozen=True)

@@ -50,14 +50,33 @@ class TrainingSpec(Strict):
 
 class ExportSpec(Strict):
     onnx: Literal[True] = Field(True, description="the student is always exported to ONNX")
-    opset: int = Field(17, ge=13, le=21)
-    quantize: list[Literal["int8"]] = Field(default_factory=list, description="extra precisions to publish")
+    opset: int = Field(18, ge=13, le=21, description="ONNX opset; 18 is what the exporter targets natively (older "
+                       "opsets go through a version converter that not every op survives)")
+    quantize: list[Literal["int8", "fp16"]] = Field(
+        default_factory=list, max_length=2,
+        description="extra precisions to publish: int8 (dynamic for MLP/transformer students, static QDQ calibrated "
+        "on training samples for CNNs) and fp16 (for GPU serving); each is measured on the validation set and "
+        "published only within max_accuracy_drop",
+    )
     parity_tolerance: float = Field(1e-4, gt=0, description="max abs logit difference ORT vs PyTorch")
     max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="a variant losing more is not published")
 
 
+class TeacherRefinement(Strict):
+    method: Literal["mcmi"] = Field("mcmi", description="fine-tune the teacher with this objective before distilling")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class JobCreate(Strict):
     teacher_id: str | None = None
+    teacher_features: str | None = Field(
+        None, max_length=255,
+        description="name of the teacher output to use as features, for methods that need them (fitnet, lelp); "
+        "see the teacher's `outputs`",
+    )
+    teacher_refinement: TeacherRefinement | None = Field(
+        None, description="refine a TorchScript teacher (e.g. MCMI) before distilling; the refined teacher is stored too",
+    )
     dataset_id: str
     validation_dataset_id: str | None = None
     validation_split: float = Field(0.1, gt=0, lt=0.9)
@@ -82,6 +101,8 @@ class TeacherOut(BaseModel):
     input_dtype: str
     num_classes: int
     num_parameters: int
+    outputs: list[dict[str, Any]] = Field(default_factory=list, description="every output: name, per-sample shape, "
+                                          "and whether it is the logits")
     created_at: int
 
 
@@ -172,6 +193,7 @@ class ModelOut(BaseModel):
     student: dict[str, Any]
     num_parameters: int
     teacher_num_parameters: int | None
+    refined_teacher_id: str | None = Field(None, description="the MCMI-refined teacher this student learned from")
     compression_ratio: float | None
     metrics: dict[str, float | None]
     input: TensorSpec

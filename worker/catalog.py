@@ -11,10 +11,14 @@ import sys
 def catalog() -> dict:
     from models.zoo import ARCHITECTURES
     from worker.losses import METHODS
+    from worker.losses.mcmi import MCMIParams
 
     return {
         "methods": [m.catalog_entry() for m in METHODS.values()],
         "architectures": [a.catalog_entry() for a in ARCHITECTURES.values()],
+        "refinements": [{"name": "mcmi", "params": MCMIParams.model_json_schema(),
+                         "description": "MCMI: fine-tune the teacher on CE − λ·CMI before distilling (METHODS.md §9)",
+                         "reference": "Ye et al. 2024, arXiv:2401.08732"}],
     }
 
 

@@ -15,6 +15,7 @@ class Split:
     x: torch.Tensor  # float32 [N, *shape]
     y: torch.Tensor  # int64 [N], -1 = unlabelled
     teacher_logits: torch.Tensor | None = None  # [N, C], filled by the caching stage
+    teacher_features: torch.Tensor | None = None  # [N, ...], the teacher output a job names, if any
 
     def __len__(self) -> int:
         return len(self.x)
@@ -25,7 +26,7 @@ class Split:
 
     def to(self, device: torch.device) -> "Split":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Split(move(self.x), move(self.y), move(self.teacher_logits))
+        return Split(move(self.x), move(self.y), move(self.teacher_logits), move(self.teacher_features))
 
 
 def split_dataset(data: Parsed, fraction: float, seed: int) -> tuple[Split, Split]:

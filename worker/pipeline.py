@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from models import export as onnx_export
 from models.sniff import ModelFileError
-from models.teachers import Teacher, load_teacher, teacher_logits
+from models.teachers import Teacher, TorchScriptTeacher, load_teacher, teacher_outputs
 from models.zoo import ArchitectureError, count_parameters, create_student
 from service.ingest import load_canonical
 from service.schemas import JobCreate
@@ -32,6 +32,8 @@ from service.settings import get_settings
 from service.store.blobs import LocalBlobStore
 from service.store.db import TERMINAL, Database, Dataset, Job, Model, Teacher as TeacherRow, new_id, now
 from worker import trainer
+from worker.losses.mcmi import MCMIParams
+from worker.refine import refine_mcmi
 from worker.data import Split, split_dataset, whole
 from worker.losses import METHODS, build_loss
 
@@ -39,8 +41,8 @@ log = logging.getLogger("kdserve.worker")
 
 # Share of the progress bar each stage gets; training's share is spread over its epochs.
 STAGES = {
-    "validating": 0.02, "caching_teacher": 0.06, "training": 0.80, "evaluating": 0.02,
-    "exporting": 0.05, "verifying": 0.04, "publishing": 0.01,
+    "validating": 0.02, "refining_teacher": 0.10, "caching_teacher": 0.04, "training": 0.70, "evaluating": 0.02,
+    "exporting": 0.05, "verifying": 0.04, "quantizing": 0.02, "publishing": 0.01,
 }
 
 
@@ -119,6 +121,7 @@ class JobRun:
         self.db, self.blobs, self.job = db, blobs, job
         self.spec = JobCreate.model_validate(job.spec)
         self.timings: dict[str, float] = {}
+        self.refined_teacher_id: str | None = None
         self._stop_reason: str | None = None
         self._t_start = time.time()
 
@@ -191,17 +194,24 @@ class JobRun:
                                 f"dataset rows have shape {input_shape}, the teacher expects {teacher.input_shape}")
             if int(max(train_split.y.max(), val_split.y.max())) >= num_classes:
                 raise JobFailed("label_out_of_range", f"a label is ≥ the teacher's {num_classes} classes")
+            if spec.teacher_features and spec.teacher_features not in teacher.output_names:
+                raise JobFailed("invalid_request", f"the teacher has no output {spec.teacher_features!r}")
+            loss_fn = build_loss(spec.method.name, spec.method.params)
             try:
-                student = create_student(spec.student.architecture, spec.student.params, input_shape, num_classes)
+                student = create_student(spec.student.architecture, spec.student.params, input_shape,
+                                         loss_fn.output_width(num_classes))
             except ArchitectureError as exc:
                 raise JobFailed("invalid_request", str(exc))
-            loss_fn = build_loss(spec.method.name, spec.method.params)
+
+        if spec.teacher_refinement is not None:
+            with self.stage("refining_teacher"):
+                teacher_row, teacher = self._refine_teacher(teacher_row, teacher, train_split, device)
 
         if teacher is not None:
             with self.stage("caching_teacher"):
                 t0 = time.perf_counter()
-                train_split.teacher_logits = teacher_logits(teacher, train_split.x)
-                val_split.teacher_logits = teacher_logits(teacher, val_split.x)
+                for split in (train_split, val_split):
+                    split.teacher_logits, split.teacher_features = teacher_outputs(teacher, split.x, spec.teacher_features)
                 seconds = time.perf_counter() - t0
                 self.db.add_event(self.job.id, f"teacher outputs cached for {len(train_split) + len(val_split)} samples "
                                   f"in {seconds:.2f} s", data={"teacher_forward_seconds": round(seconds, 4)})
@@ -209,12 +219,17 @@ class JobRun:
                 raise JobFailed("teacher_output_mismatch", "the teacher's output width changed between calls")
 
         with self.stage("training"):
-            result = trainer.train(student, loss_fn, train_split, val_split, spec.training, device,
-                                   on_epoch=self._on_epoch, should_stop=self.should_stop)
+            try:
+                result = trainer.train(student, loss_fn, train_split, val_split, spec.training, device,
+                                       on_epoch=self._on_epoch, should_stop=self.should_stop)
+            except trainer.SetupError as exc:
+                raise JobFailed("invalid_request", str(exc))
+        # What is evaluated and exported: the student's main head only (auxiliary heads stay behind),
+        # mapped to class logits by the method (LELP's subclass head).
+        model = trainer.predictor(student.cpu().eval(), loss_fn.cpu())
 
         with self.stage("evaluating"):
-            student = student.cpu().eval()
-            student_logits = trainer.predict(student, val_split.x)
+            student_logits = trainer.predict(model, val_split.x)
             metrics = self._final_metrics(student_logits, val_split, result)
             self.db.update_job(self.job.id, metrics=metrics)
 
@@ -222,11 +237,15 @@ class JobRun:
             onnx_path = Path(tmp) / "model.onnx"
             with self.stage("exporting"):
                 try:
-                    onnx_export.export_onnx(student, input_shape, onnx_path, spec.export.opset)
+                    onnx_export.export_onnx(model, input_shape, onnx_path, spec.export.opset)
                 except Exception as exc:
                     raise JobFailed("export_failed", f"ONNX export failed: {type(exc).__name__}: {exc}")
             with self.stage("verifying"):
-                parity = onnx_export.check_parity(onnx_path, student_logits.numpy(), val_split.x.numpy())
+                try:
+                    parity = onnx_export.check_parity(onnx_path, student_logits.numpy(), val_split.x.numpy())
+                except Exception as exc:  # the exported file does not load or run in onnxruntime
+                    raise JobFailed("export_failed", f"onnxruntime cannot run the exported model (opset "
+                                    f"{spec.export.opset}): {type(exc).__name__}: {str(exc)[:300]}")
                 data = {"max_abs_diff": parity.max_abs_diff, "max_rel_diff": parity.max_rel_diff,
                         "argmax_agreement": parity.argmax_agreement, "tolerance": spec.export.parity_tolerance}
                 if not parity.max_abs_diff <= spec.export.parity_tolerance:
@@ -237,13 +256,43 @@ class JobRun:
                 self.db.add_event(self.job.id, f"ONNX parity ok: max abs diff {parity.max_abs_diff:.3g}", data=data)
                 artifact = self._artifact(onnx_path, "fp32", parity, val_split, input_shape)
             with self.stage("publishing"):
-                model_id = self._publish(onnx_path, artifact, student, teacher_row, metrics, input_shape, num_classes)
+                model_id = self._publish(onnx_path, artifact, model, teacher_row, metrics, input_shape, num_classes)
 
         self.timings["total"] = round(time.time() - self._t_start, 4)
         _finish(self.db, self.job.id, "succeeded", f"succeeded: model {model_id}", model_id=model_id,
                 progress=1.0, stage=None)
         self.db.add_event(self.job.id, "stage timings", data={"timings": self.timings,
                                                                "train_samples_per_second": result.samples_per_second})
+
+    def _refine_teacher(self, row: TeacherRow, teacher: Teacher, train: Split, device: torch.device):
+        """MCMI fine-tuning of a TorchScript teacher; the refined teacher is stored as a new teacher."""
+        if not isinstance(teacher, TorchScriptTeacher):
+            raise JobFailed("invalid_request", "only a TorchScript teacher can be refined")
+        params = MCMIParams.model_validate(self.spec.teacher_refinement.params)
+
+        def on_epoch(epoch: int, loss: float, cmi: float) -> None:
+            self._update_progress("refining_teacher", epoch / params.epochs)
+            self.db.add_event(self.job.id, f"teacher refinement epoch {epoch}/{params.epochs}: loss {loss:.4f}, "
+                              f"CMI {cmi:.4f}", type="metrics", data={"refine_epoch": epoch, "loss": loss, "cmi": cmi})
+
+        refine_mcmi(teacher, train, params, device, self.spec.training.seed, self.should_stop, on_epoch)
+        refined_id = new_id("tch")
+        blob_key = f"teachers/{refined_id}/teacher.pt"
+        with tempfile.TemporaryDirectory(dir=self.blobs.root / ".tmp") as tmp:
+            path = Path(tmp) / "teacher.pt"
+            teacher.module.cpu().save(str(path))
+            refined = load_teacher(path, "torchscript", row.input_shape, str(device))
+            self.blobs.put_file(blob_key, path)
+            refined_row = TeacherRow(
+                id=refined_id, tenant=self.job.tenant, name=f"{row.name} (MCMI-refined, job {self.job.id})",
+                format="torchscript", sha256=onnx_export.sha256_file(path), size_bytes=path.stat().st_size,
+                input_shape=row.input_shape, input_dtype=row.input_dtype, num_classes=refined.num_classes,
+                num_parameters=refined.num_parameters, outputs=row.outputs, blob_key=blob_key)
+        with self.db.session() as s:
+            s.add(refined_row)
+        self.refined_teacher_id = refined_id
+        self.db.add_event(self.job.id, f"refined teacher stored as {refined_id}", data={"refined_teacher_id": refined_id})
+        return refined_row, refined
 
     def _load_teacher(self, device: torch.device) -> tuple[TeacherRow, Teacher]:
         with self.db.session() as s:
@@ -310,7 +359,7 @@ class JobRun:
                 "argmax_agreement": parity.argmax_agreement, "accuracy": accuracy,
                 "latency_ms_batch1": round(onnx_export.latency_ms(path, input_shape), 5)}
 
-    def _publish(self, onnx_path: Path, artifact: dict, student, teacher_row, metrics, input_shape, num_classes) -> str:
+    def _publish(self, onnx_path: Path, artifact: dict, model, teacher_row, metrics, input_shape, num_classes) -> str:
         with self.db.session() as s:
             existing = s.query(Model).filter_by(job_id=self.job.id).one_or_none()
             if existing is not None:  # a redelivered job that already published: keep the first model
@@ -318,12 +367,13 @@ class JobRun:
         model_id = new_id("mdl")
         artifact = dict(artifact, blob_key=f"models/{model_id}/model.{artifact['precision']}.onnx")
         self.blobs.put_file(artifact["blob_key"], onnx_path)
-        n_params = count_parameters(student)
+        n_params = count_parameters(model)
         t_params = teacher_row.num_parameters if teacher_row else None
         card = {
             "teacher_id": self.spec.teacher_id, "dataset_id": self.spec.dataset_id,
             "method": self.spec.method.model_dump(), "student": self.spec.student.model_dump(),
             "num_parameters": n_params, "teacher_num_parameters": t_params,
+            "refined_teacher_id": self.refined_teacher_id,
             "compression_ratio": round(t_params / n_params, 3) if t_params else None,
             "metrics": {k: metrics[k] for k in ("teacher_accuracy", "student_accuracy", "agreement")},
             "input": {"name": onnx_export.INPUT_NAME, "shape": [-1, *input_shape], "datatype": "FP32"},

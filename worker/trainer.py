@@ -3,6 +3,10 @@
 
 The whole split is moved to the device once (the datasets here fit in memory); batches are index
 slices of those tensors, so there is no per-batch host→device copy and nothing assumes a CPU.
+
+A method asks for more than logits through its loss's `requires` (see worker/losses/base.py):
+an auxiliary head, the student's or teacher's features, or last epoch's predictions. The
+`Batcher` below builds those for a batch; nothing is computed that the method did not ask for.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
+from models.zoo import Student
 from service.schemas import TrainingSpec
 from worker.data import Split
-from worker.losses import DistillLoss, LossInputs
+from worker.losses import DistillLoss, LossInputs, PrepareData
 
 
 class Stopped(Exception):
@@ -25,6 +31,10 @@ class Stopped(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class SetupError(ValueError):
+    """The method cannot run with this student, teacher or data (a user error, not a bug)."""
 
 
 @dataclass
@@ -44,6 +54,74 @@ class TrainResult:
     samples_per_second: float = 0.0
 
 
+class Predictor(torch.nn.Module):
+    """What evaluation and export see: the student, then the method's class-logit mapping
+    (the identity for every method but LELP, whose head has S outputs per class)."""
+
+    def __init__(self, student: Student, loss_fn: DistillLoss):
+        super().__init__()
+        self.student = student
+        self.to_classes = loss_fn.class_logits  # a bound method: the loss's own parts stay out of the graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_classes(self.student(x))
+
+
+def predictor(student: Student, loss_fn: DistillLoss) -> torch.nn.Module:
+    overridden = type(loss_fn).class_logits is not DistillLoss.class_logits
+    return Predictor(student, loss_fn) if overridden else student
+
+
+class Batcher:
+    """Builds LossInputs for a batch, with exactly the extras the loss requires."""
+
+    def __init__(self, student: Student, loss_fn: DistillLoss, train: Split, device: torch.device):
+        self.student, self.loss_fn = student, loss_fn
+        needs = loss_fn.requires
+        self.layer = loss_fn.student_layer()
+        if not -1 <= self.layer < len(student.body):
+            raise SetupError(f"student_layer {self.layer} is out of range: the student body has {len(student.body)} "
+                             "modules")
+        self.wants_features = bool(needs & {"aux_logits", "student_features"})
+        width = student.head.out_features
+        self.aux_head = torch.nn.Linear(student.feature_dim, width).to(device) if "aux_logits" in needs else None
+        if "teacher_features" in needs and train.teacher_features is None:
+            raise SetupError("this method needs teacher features: name a teacher output in the job's teacher_features")
+        self.prev_probs = None
+        if "prev_probs" in needs:  # last epoch's own predictions; one-hot labels (uniform if none) to start
+            self.prev_probs = torch.full((len(train), width), 1.0 / width, device=device)
+            labelled = train.y >= 0
+            self.prev_probs[labelled] = F.one_hot(train.y[labelled], width).float().to(device)
+
+    def parameters(self):
+        return [] if self.aux_head is None else list(self.aux_head.parameters())
+
+    def inputs(self, split: Split, idx: torch.Tensor | None, labels_ok: bool, epoch: int, epochs: int,
+               training: bool) -> LossInputs:
+        x = split.x if idx is None else split.x[idx]
+        take = (lambda t: t) if idx is None else (lambda t: t[idx])  # noqa: E731
+        extras = {}
+        if self.wants_features:
+            hint, feats, logits = self.student.forward_features(x, self.layer)
+            if self.aux_head is not None:
+                extras["aux_logits"] = self.aux_head(feats)
+            if "student_features" in self.loss_fn.requires:
+                extras["student_features"] = hint
+        else:
+            logits = self.student(x)
+        if "teacher_features" in self.loss_fn.requires:
+            extras["teacher_features"] = take(split.teacher_features)
+        if self.prev_probs is not None and training:
+            extras["prev_probs"] = self.prev_probs[idx]
+            self.prev_probs[idx] = F.softmax(logits.detach().float(), dim=1)
+        return LossInputs(
+            student_logits=logits,
+            labels=take(split.y) if labels_ok else None,
+            teacher_logits=None if split.teacher_logits is None else take(split.teacher_logits),
+            epoch=epoch, epochs=epochs, extras=extras,
+        )
+
+
 def make_optimizer(params, spec: TrainingSpec) -> torch.optim.Optimizer:
     if spec.optimizer == "sgd":
         return torch.optim.SGD(params, lr=spec.learning_rate, momentum=0.9, weight_decay=spec.weight_decay, nesterov=True)
@@ -53,7 +131,7 @@ def make_optimizer(params, spec: TrainingSpec) -> torch.optim.Optimizer:
 
 
 def train(
-    student: torch.nn.Module,
+    student: Student,
     loss_fn: DistillLoss,
     train_split: Split,
     val_split: Split,
@@ -64,11 +142,19 @@ def train(
 ) -> TrainResult:
     torch.manual_seed(spec.seed)
     student.to(device)
-    loss_fn.to(device)
     train_d, val_d = train_split.to(device), val_split.to(device)
     has_labels = bool(train_split.labelled.any())
+    batcher = Batcher(student, loss_fn, train_d, device)
+    with torch.no_grad():
+        hint_shape = tuple(batcher.student.forward_features(train_d.x[:2], batcher.layer)[0].shape)
+    try:
+        loss_fn.prepare(PrepareData(hint_shape, train_d.teacher_logits, train_d.teacher_features, train_d.y))
+    except ValueError as exc:
+        raise SetupError(str(exc)) from exc
+    loss_fn.to(device)
 
-    optimizer = make_optimizer(list(student.parameters()) + list(loss_fn.parameters()), spec)
+    params = list(student.parameters()) + list(loss_fn.parameters()) + batcher.parameters()
+    optimizer = make_optimizer(params, spec)
     steps_per_epoch = math.ceil(len(train_d) / spec.batch_size)
     # Cosine decay to zero over the whole run: one schedule that works for every method here.
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.epochs * steps_per_epoch)
@@ -78,6 +164,7 @@ def train(
     trained_samples, train_seconds = 0, 0.0
     for epoch in range(spec.epochs):
         student.train()
+        loss_fn.train()
         t0 = time.perf_counter()
         order = torch.randperm(len(train_d), generator=generator).to(device)
         total, count = torch.zeros((), device=device), 0
@@ -88,15 +175,7 @@ def train(
             idx = order[start : start + spec.batch_size]
             if len(idx) < 2 and count:  # a trailing batch of one breaks BatchNorm; the next shuffle places it elsewhere
                 continue
-            logits = student(train_d.x[idx])
-            inp = LossInputs(
-                student_logits=logits,
-                labels=train_d.y[idx] if has_labels else None,
-                teacher_logits=None if train_d.teacher_logits is None else train_d.teacher_logits[idx],
-                epoch=epoch,
-                epochs=spec.epochs,
-            )
-            loss = loss_fn(inp)
+            loss = loss_fn(batcher.inputs(train_d, idx, has_labels, epoch, spec.epochs, training=True))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -106,7 +185,7 @@ def train(
         seconds = time.perf_counter() - t0
         trained_samples += count
         train_seconds += seconds
-        metrics = evaluate_epoch(student, loss_fn, val_d, epoch, spec)
+        metrics = evaluate_epoch(student, loss_fn, batcher, val_d, epoch, spec)
         record = EpochMetrics(
             epoch=epoch + 1, train_loss=float(total) / max(count, 1), seconds=seconds,
             lr=optimizer.param_groups[0]["lr"], **metrics,
@@ -124,13 +203,25 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> 
 
 
 @torch.no_grad()
-def evaluate_epoch(student, loss_fn: DistillLoss, val: Split, epoch: int, spec: TrainingSpec) -> dict:
-    logits = predict(student, val.x)
+def evaluate_epoch(student: Student, loss_fn: DistillLoss, batcher: Batcher, val: Split, epoch: int,
+                   spec: TrainingSpec) -> dict:
+    """Validation loss (in training-sized batches: some losses depend on the batch) and metrics."""
+    student.eval()
+    loss_fn.eval()
     labelled = val.y >= 0
-    inp = LossInputs(logits, val.y if bool(labelled.any()) else None, val.teacher_logits, epoch, spec.epochs)
-    # A loss that needs per-batch extras (auxiliary heads, last epoch's predictions) has no whole-set value.
-    val_loss = None if loss_fn.requires else float(loss_fn(inp))
-    pred = logits.argmax(1)
+    # Last epoch's predictions exist only for training samples: such a method has no validation loss.
+    with_loss = "prev_probs" not in loss_fn.requires
+    parts, total = [], 0.0
+    for start in range(0, len(val), spec.batch_size):
+        idx = torch.arange(start, min(start + spec.batch_size, len(val)), device=val.x.device)
+        if with_loss:
+            inp = batcher.inputs(val, idx, bool(labelled.any()), epoch, spec.epochs, training=False)
+            total += float(loss_fn(inp)) * len(idx)
+            logits = inp.student_logits
+        else:
+            logits = student(val.x[idx])
+        parts.append(loss_fn.class_logits(logits).float())
+    pred = torch.cat(parts).argmax(1)
     acc = float((pred[labelled] == val.y[labelled]).float().mean()) if bool(labelled.any()) else None
     agree = None if val.teacher_logits is None else float((pred == val.teacher_logits.argmax(1)).float().mean())
-    return {"val_loss": val_loss, "val_accuracy": acc, "val_agreement": agree}
+    return {"val_loss": total / len(val) if with_loss else None, "val_accuracy": acc, "val_agreement": agree}

@@ -32,7 +32,7 @@ DEFAULTS = {
     "pld": {"temperature": 4.0},
     "dhkd": {"temperature": 2.0, "alpha": 1.0, "gamma": 1.0, "binary_kl": "norm", "kd_stop_epoch": None},
     "pskd": {"alpha_T": 0.8},
-    "fitnet": {"hint_weight": 100.0, "ce_weight": 1.0, "kd_weight": 0.0, "temperature": 4.0},
+    "fitnet": {"hint_weight": 100.0, "ce_weight": 1.0, "kd_weight": 0.0, "temperature": 4.0, "student_layer": -1},
 }
 
 

@@ -77,12 +77,28 @@ def preflight(ctx: Context, body: JobCreate, who: Principal, s) -> None:
     if method["needs_labels"] and not dataset.labeled:
         raise ApiError(422, "invalid_request", f"method {method['name']!r} needs labels and dataset {dataset.id} has none",
                        "dataset_id")
-    if method["needs_teacher"] and not body.teacher_id:
+    if (method["needs_teacher"] or body.teacher_refinement) and not body.teacher_id:
         raise ApiError(422, "invalid_request", f"method {method['name']!r} needs a teacher: set teacher_id", "teacher_id")
     if not body.teacher_id and not dataset.labeled:
         raise ApiError(422, "invalid_request", "without a teacher the dataset must be labelled", "dataset_id")
+    if "teacher_features" in method["requires"] and not body.teacher_features:
+        raise ApiError(422, "invalid_request", f"method {method['name']!r} needs teacher features: set teacher_features "
+                       "to the name of one of the teacher's outputs", "teacher_features")
+    if body.teacher_refinement:
+        spec = next(r for r in ctx.catalog["refinements"] if r["name"] == body.teacher_refinement.method)
+        body.teacher_refinement.params = _check_params(spec["params"], body.teacher_refinement.params,
+                                                       "teacher_refinement.params")
+        if not dataset.labeled:
+            raise ApiError(422, "invalid_request", "teacher refinement needs a labelled dataset", "dataset_id")
     if body.teacher_id:
         teacher = get_owned(s, Teacher, body.teacher_id, who, "teacher", "teacher_id")
+        names = [o["name"] for o in teacher.outputs or []]
+        if body.teacher_features and body.teacher_features not in names:
+            raise ApiError(422, "invalid_request", f"the teacher has no output {body.teacher_features!r}; its outputs "
+                           f"are {names}", "teacher_features")
+        if body.teacher_refinement and teacher.format != "torchscript":
+            raise ApiError(422, "invalid_request", "only a TorchScript teacher can be refined (an ONNX teacher is "
+                           "a black box)", "teacher_refinement")
         if teacher.input_shape != dataset.feature_shape:
             raise ApiError(422, "invalid_request", f"dataset rows have shape {dataset.feature_shape} but the teacher "
                            f"expects input of shape {teacher.input_shape}", "dataset_id")

@@ -25,7 +25,7 @@ _EXT = {"torchscript": ".pt", "onnx": ".onnx", "hf": ".zip", "safetensors": ".sa
 def to_out(row: Teacher) -> TeacherOut:
     return TeacherOut(id=row.id, name=row.name, format=row.format, sha256=row.sha256, size_bytes=row.size_bytes,
                       input_shape=row.input_shape, input_dtype=row.input_dtype, num_classes=row.num_classes,
-                      num_parameters=row.num_parameters, created_at=row.created_at)
+                      num_parameters=row.num_parameters, outputs=row.outputs or [], created_at=row.created_at)
 
 
 def probe(ctx: Context, path, fmt: str | None, input_shape) -> dict:
@@ -74,7 +74,8 @@ async def create_teacher(
         tmp.unlink(missing_ok=True)
     row = Teacher(id=teacher_id, tenant=who.tenant, name=name or file.filename or teacher_id, format=info["format"],
                   sha256=sha, size_bytes=size, input_shape=info["input_shape"], input_dtype=info["input_dtype"],
-                  num_classes=info["num_classes"], num_parameters=info["num_parameters"], blob_key=blob_key)
+                  num_classes=info["num_classes"], num_parameters=info["num_parameters"], outputs=info["outputs"],
+                  blob_key=blob_key)
     with ctx.db.session() as s:
         s.add(row)
     return to_out(row)

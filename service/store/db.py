@@ -49,6 +49,7 @@ class Teacher(Base):
     input_dtype: Mapped[str] = mapped_column(String(20))
     num_classes: Mapped[int] = mapped_column(Integer)
     num_parameters: Mapped[int] = mapped_column(Integer)
+    outputs: Mapped[list[Any]] = mapped_column(JSON, default=list)
     blob_key: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[int] = mapped_column(Integer, default=now)
 

@@ -50,11 +50,30 @@ class LossInputs:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class PrepareData:
+    """What a loss may look at once, before training (to size or fit its own parts)."""
+
+    student_feature_shape: tuple[int, ...]  # one batch's student hint feature shape, e.g. (B, D)
+    teacher_logits: torch.Tensor | None     # [N, C] over the training split
+    teacher_features: torch.Tensor | None   # [N, ...] the teacher output named by the job
+    labels: torch.Tensor                    # [N], -1 = unlabelled
+
+
 class DistillLoss(torch.nn.Module):
     """A distillation objective. It is an nn.Module so a method may own learnable parts
-    (a FitNets regressor, say); the trainer optimises them with the student."""
+    (a FitNets regressor, say); the trainer optimises them with the student.
 
-    # Names of extra inputs this loss needs in LossInputs.extras; the trainer provides them.
+    Extras the trainer can provide (declare them in `requires`):
+      "aux_logits"        [B, C]  an auxiliary linear head on the student's penultimate features
+                                  (trained with the student, never exported)
+      "student_features"  the output of `student_layer()` of the student's body (default: the
+                                  penultimate features [B, D])
+      "teacher_features"  [B, ...] the teacher output the job names in `teacher_features`
+      "prev_probs"        [B, C]  the student's own softmax for these samples from the previous
+                                  epoch (one-hot labels before the first)
+    """
+
     requires: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: MethodParams):
@@ -63,6 +82,23 @@ class DistillLoss(torch.nn.Module):
 
     def forward(self, inp: LossInputs) -> torch.Tensor:  # pragma: no cover - abstract
         raise TypeError(f"{type(self).__name__} must implement forward()")
+
+    # Hooks with defaults; a method overrides only what it needs.
+
+    def output_width(self, num_classes: int) -> int:
+        """Width of the student's head (LELP's is S·C)."""
+        return num_classes
+
+    def class_logits(self, student_logits: torch.Tensor) -> torch.Tensor:
+        """Class logits from the head's output; what evaluation and the exported model return."""
+        return student_logits
+
+    def student_layer(self) -> int:
+        """Index into the student's `body` whose output is "student_features" (-1: the last)."""
+        return -1
+
+    def prepare(self, data: PrepareData) -> None:
+        """Called once before the optimizer is built: create or fit the loss's own parts."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +117,7 @@ class MethodInfo:
             "description": self.description,
             "needs_teacher": self.needs_teacher,
             "needs_labels": self.needs_labels,
+            "requires": sorted(self.loss_cls.requires),
             "params": self.params.model_json_schema(),
             "reference": self.reference,
         }

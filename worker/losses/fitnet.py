@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from .base import DistillLoss, LossInputs, MethodParams, register_method
+from .base import DistillLoss, LossInputs, MethodParams, PrepareData, register_method
 from .common import labelled_ce, check_logits, require_extra, require_teacher, upcast
 
 
@@ -72,6 +72,10 @@ class FitNetParams(MethodParams):
         0.0, ge=0, description="weight of an optional Hinton KD term τ²·KL(p^T_τ ‖ p^S_τ); 0 = none"
     )
     temperature: float = Field(4.0, gt=0, description="temperature τ of the optional KD term")
+    student_layer: int = Field(
+        -1, ge=-1, le=63,
+        description="index of the student body module whose output is the hint (-1: the penultimate features)",
+    )
 
 
 @register_method(
@@ -94,6 +98,14 @@ class FitNetLoss(DistillLoss):
         """Create the regressor from one batch's feature shapes (call before building the optimizer)."""
         self.regressor = make_regressor(student_feat_shape, teacher_feat_shape)
         return self.regressor
+
+    def student_layer(self) -> int:
+        return self.params.student_layer
+
+    def prepare(self, data: PrepareData) -> None:
+        if data.teacher_features is None:
+            raise ValueError("fitnet needs teacher features: name a teacher output in the job's teacher_features")
+        self.setup(data.student_feature_shape, (1, *data.teacher_features.shape[1:]))
 
     def hint_loss(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
         """MSE_mean(r(F_S), F_T), the teacher feature detached."""

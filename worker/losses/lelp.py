@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from .base import DistillLoss, LossInputs, MethodParams, register_method
+from .base import DistillLoss, LossInputs, MethodParams, PrepareData, register_method
 from .common import labelled_ce, check_logits, require_extra, upcast
 
 _FITTED = ("sub_means", "sub_directions", "sub_scales")
@@ -126,6 +126,11 @@ class LELPLoss(DistillLoss):
 
     def class_logits(self, student_logits: torch.Tensor) -> torch.Tensor:
         return class_logits(student_logits, self.params.num_subclasses)
+
+    def prepare(self, data: PrepareData) -> None:
+        if data.teacher_features is None or data.teacher_logits is None:
+            raise ValueError("lelp needs teacher features: name the teacher's embedding output in teacher_features")
+        self.fit(data.teacher_features.flatten(1), data.teacher_logits, data.labels)
 
     @property
     def fitted(self) -> bool:
