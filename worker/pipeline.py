@@ -197,6 +197,7 @@ class JobRun:
             if spec.teacher_features and spec.teacher_features not in teacher.output_names:
                 raise JobFailed("invalid_request", f"the teacher has no output {spec.teacher_features!r}")
             loss_fn = build_loss(spec.method.name, spec.method.params)
+            torch.manual_seed(spec.training.seed)  # the student's initial weights are part of the seeded run
             try:
                 student = create_student(spec.student.architecture, spec.student.params, input_shape,
                                          loss_fn.output_width(num_classes))

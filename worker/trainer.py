@@ -83,6 +83,8 @@ class Batcher:
             raise SetupError(f"student_layer {self.layer} is out of range: the student body has {len(student.body)} "
                              "modules")
         self.wants_features = bool(needs & {"aux_logits", "student_features"})
+        self.wants_hint = "student_features" in needs
+        self.wants_teacher_features = "teacher_features" in needs
         width = student.head.out_features
         self.aux_head = torch.nn.Linear(student.feature_dim, width).to(device) if "aux_logits" in needs else None
         if "teacher_features" in needs and train.teacher_features is None:
@@ -98,18 +100,19 @@ class Batcher:
 
     def inputs(self, split: Split, idx: torch.Tensor | None, labels_ok: bool, epoch: int, epochs: int,
                training: bool) -> LossInputs:
-        x = split.x if idx is None else split.x[idx]
-        take = (lambda t: t) if idx is None else (lambda t: t[idx])  # noqa: E731
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t if idx is None or t is None else t[idx]
+
         extras = {}
         if self.wants_features:
-            hint, feats, logits = self.student.forward_features(x, self.layer)
+            hint, feats, logits = self.student.forward_features(take(split.x), self.layer)
             if self.aux_head is not None:
                 extras["aux_logits"] = self.aux_head(feats)
-            if "student_features" in self.loss_fn.requires:
+            if self.wants_hint:
                 extras["student_features"] = hint
         else:
-            logits = self.student(x)
-        if "teacher_features" in self.loss_fn.requires:
+            logits = self.student(take(split.x))
+        if self.wants_teacher_features:
             extras["teacher_features"] = take(split.teacher_features)
         if self.prev_probs is not None and training:
             extras["prev_probs"] = self.prev_probs[idx]
@@ -117,7 +120,7 @@ class Batcher:
         return LossInputs(
             student_logits=logits,
             labels=take(split.y) if labels_ok else None,
-            teacher_logits=None if split.teacher_logits is None else take(split.teacher_logits),
+            teacher_logits=take(split.teacher_logits),
             epoch=epoch, epochs=epochs, extras=extras,
         )
 
@@ -155,9 +158,8 @@ def train(
 
     params = list(student.parameters()) + list(loss_fn.parameters()) + batcher.parameters()
     optimizer = make_optimizer(params, spec)
-    steps_per_epoch = math.ceil(len(train_d) / spec.batch_size)
     # Cosine decay to zero over the whole run: one schedule that works for every method here.
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.epochs * steps_per_epoch)
+    total_steps, step = spec.epochs * math.ceil(len(train_d) / spec.batch_size), 0
     generator = torch.Generator().manual_seed(spec.seed)
 
     result = TrainResult()
@@ -167,27 +169,31 @@ def train(
         loss_fn.train()
         t0 = time.perf_counter()
         order = torch.randperm(len(train_d), generator=generator).to(device)
-        total, count = torch.zeros((), device=device), 0
+        losses, sizes = [], []  # kept on the device: no sync per batch
         for start in range(0, len(order), spec.batch_size):
             reason = should_stop()
             if reason:
                 raise Stopped(reason)
             idx = order[start : start + spec.batch_size]
-            if len(idx) < 2 and count:  # a trailing batch of one breaks BatchNorm; the next shuffle places it elsewhere
+            if len(idx) < 2 and sizes:  # a trailing batch of one breaks BatchNorm; the next shuffle places it elsewhere
                 continue
             loss = loss_fn(batcher.inputs(train_d, idx, has_labels, epoch, spec.epochs, training=True))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
-            total += loss.detach() * len(idx)
-            count += len(idx)
+            step += 1
+            for group in optimizer.param_groups:
+                group["lr"] = 0.5 * spec.learning_rate * (1 + math.cos(math.pi * step / total_steps))
+            losses.append(loss.detach())
+            sizes.append(len(idx))
+        count = sum(sizes)
+        epoch_loss = float((torch.stack(losses) * torch.tensor(sizes, device=device)).sum()) / count
         seconds = time.perf_counter() - t0
         trained_samples += count
         train_seconds += seconds
         metrics = evaluate_epoch(student, loss_fn, batcher, val_d, epoch, spec)
         record = EpochMetrics(
-            epoch=epoch + 1, train_loss=float(total) / max(count, 1), seconds=seconds,
+            epoch=epoch + 1, train_loss=epoch_loss, seconds=seconds,
             lr=optimizer.param_groups[0]["lr"], **metrics,
         )
         result.history.append(record)

@@ -154,7 +154,7 @@ def build_loss(name: str, params: dict[str, Any] | None = None) -> DistillLoss:
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
     """Compute in at least float32 (fp16/bf16 → fp32), never down-cast float64."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def labelled_ce(logits: torch.Tensor, labels: torch.Tensor | None, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -162,12 +162,12 @@ def labelled_ce(logits: torch.Tensor, labels: torch.Tensor | None, label_smoothi
     Zero (with a graph) when the batch has no labelled sample."""
     if labels is None:
         return logits.sum() * 0.0
-    mask = labels >= 0
-    if not bool(mask.any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(upcast(logits[mask]), labels[mask], label_smoothing=label_smoothing)
+    # ignore_index instead of a boolean mask: no host sync and no gather on the hot path.
+    total = F.cross_entropy(upcast(logits), labels, ignore_index=-1, reduction="sum", label_smoothing=label_smoothing)
+    return total / (labels >= 0).sum().clamp_min(1)
 
 
 def kl_batchmean(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) summed over classes, averaged over the batch, from log-probabilities."""
-    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+    """KL(p || q) summed over classes, averaged over the batch, from log-probabilities.
+    (F.kl_div takes the arguments the other way round: input = log q, target = log p.)"""
+    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
