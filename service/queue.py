@@ -3,6 +3,10 @@ code); the worker registers the tasks on the same app configuration."""
 
 from __future__ import annotations
 
+import base64
+import json
+
+import redis
 from celery import Celery
 
 from service.settings import Settings
@@ -30,3 +34,25 @@ def make_celery(settings: Settings) -> Celery:
 def enqueue_job(app: Celery, job_id: str, queue: str) -> None:
     """Send the job id; fail fast (instead of retrying for minutes) when the broker is down."""
     app.send_task(RUN_JOB, args=[job_id], queue=queue, retry=False)
+
+
+def redis_client(url: str) -> redis.Redis:
+    """redis-py for a Celery broker URL (Celery's `redis+socket://` is redis-py's `unix://`)."""
+    if url.startswith("redis+socket://"):
+        url = "unix://" + url[len("redis+socket://"):]
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+
+
+def waiting_job_ids(client: redis.Redis, queue: str) -> set[str]:
+    """Job ids whose messages wait in the queue (Celery's Redis transport keeps them in a list
+    named after the queue). Messages already taken by a worker are not in it."""
+    ids = set()
+    for raw in client.lrange(queue, 0, -1):
+        try:
+            message = json.loads(raw)
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            if message.get("headers", {}).get("task") == RUN_JOB and args:
+                ids.add(str(args[0]))
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue  # not one of ours
+    return ids

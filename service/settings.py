@@ -27,6 +27,28 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(7 * 24 * 3600, description="Redis redelivery timeout; longer than any job")
     python: str | None = Field(None, description="interpreter for torch-side helpers (teacher probe, catalogue)")
 
+    max_attempts: int = Field(3, ge=1, description="deliveries of a job before it fails with worker_lost")
+    heartbeat_s: float = Field(5.0, gt=0, description="how often a running job's worker says it is alive")
+    stale_after_s: float = Field(30.0, gt=0, description="a running job silent this long has lost its worker")
+    reaper_interval_s: float = Field(10.0, gt=0, description="how often workers look for lost and unsent jobs")
+    cancel_grace_s: float = Field(30.0, gt=0, description="a cancelled job stuck this long has its worker killed")
+    tenant_max_active_jobs: int = Field(100, ge=1, description="queued + running jobs per tenant (429 past it)")
+    tenant_max_storage_bytes: int = Field(200 * 1024**3, ge=1, description="teachers + datasets + models per tenant (413)")
+    max_zip_members: int = Field(10_000, ge=1, description="members of an uploaded zip (npz, archives)")
+    max_unzipped_bytes: int = Field(8 * 1024**3, ge=1, description="declared uncompressed size of an uploaded zip")
+
+    # Serving (models/runtime.py): onnxruntime sessions in the API process.
+    preload_models: str = Field("", description="comma-separated model ids (`mdl_…` or `mdl_…:int8`) loaded at start "
+                                "instead of on first use")
+    model_cache_size: int = Field(32, ge=1, description="most onnxruntime sessions kept loaded (least recently used "
+                                  "is dropped first)")
+    model_cache_bytes: int = Field(4 * 1024**3, ge=1, description="most bytes of model files kept loaded")
+    batching: bool = Field(True, description="dynamic batching: concurrent requests to one model run as one batch")
+    batch_max_size: int = Field(64, ge=1, le=65_536, description="most samples (rows) in one dynamic batch")
+    batch_max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits for more requests")
+    inference_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per session; 0 = its default "
+                                   "(one per physical core)")
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'kdserve.db').resolve()}"

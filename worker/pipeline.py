@@ -9,7 +9,9 @@ user can act on. Publishing is keyed by job id, so a rerun never publishes a sec
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -46,6 +48,9 @@ STAGES = {
 }
 
 
+LEASE_LOST = "lease_lost"
+
+
 class JobFailed(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -72,8 +77,11 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def run_job(job_id: str) -> None:
+def run_job(job_id: str, delivery: str) -> None:
+    """Run one delivery of a job. `delivery` names this worker process and message; the job row's
+    lease (worker + heartbeat) makes sure only one delivery runs a job at a time."""
     db, blobs = context()
+    settings = get_settings()
     job = db.get_job(job_id)
     if job is None:
         log.warning("job %s: not in the database, dropped", job_id)
@@ -82,43 +90,55 @@ def run_job(job_id: str) -> None:
         log.info("job %s: already %s, nothing to do", job_id, job.status)
         return
     if job.cancel_requested:
-        _finish(db, job_id, "cancelled", "cancelled before it started")
+        _finish(db, blobs, job_id, "cancelled", "cancelled before it started")
         return
-    db.update_job(job_id, status="running", attempts=job.attempts + 1, started_at=job.started_at or now(),
-                  heartbeat_at=now(), error=None)
-    db.add_event(job_id, f"running (attempt {job.attempts + 1})", type="stage", data={"status": "running"})
-    run = JobRun(db, blobs, db.get_job(job_id))
+    if job.attempts >= settings.max_attempts:
+        _fail(db, blobs, job_id, "worker_lost", f"the job's worker was lost {job.attempts} times "
+              f"(KDSERVE_MAX_ATTEMPTS = {settings.max_attempts}); it will not be retried")
+        return
+    if not db.claim_job(job_id, delivery, now() - int(settings.stale_after_s)):
+        log.info("job %s: held by a live worker, delivery %s dropped", job_id, delivery)
+        return
+    job = db.get_job(job_id)
+    db.add_event(job_id, f"running (attempt {job.attempts})", type="stage", data={"status": "running",
+                                                                              "attempt": job.attempts})
+    run = JobRun(db, blobs, job, delivery)
     try:
         with run.watch():
             run.execute()
     except (Cancelled, trainer.Stopped) as exc:
         reason = getattr(exc, "reason", "cancelled")
         if reason == "cancelled":
-            _finish(db, job_id, "cancelled", "cancelled; partial progress kept in the events, nothing published")
+            _finish(db, blobs, job_id, "cancelled", "cancelled; partial progress kept in the events, nothing published")
+        elif reason == LEASE_LOST:
+            log.warning("job %s: another delivery took it over; this one stops without touching it", job_id)
         else:
-            _fail(db, job_id, "timeout", reason)
+            _fail(db, blobs, job_id, "timeout", reason)
     except JobFailed as exc:
-        _fail(db, job_id, exc.code, exc.message)
+        _fail(db, blobs, job_id, exc.code, exc.message)
     except torch.cuda.OutOfMemoryError:
-        _fail(db, job_id, "out_of_memory", "the device ran out of memory; lower training.batch_size or the student size")
+        _fail(db, blobs, job_id, "out_of_memory",
+              "the device ran out of memory; lower training.batch_size or the student size")
     except Exception as exc:  # a bug: keep the trace in the log, tell the user something useful
         log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
-        _fail(db, job_id, "internal_error", f"the worker hit an unexpected error: {type(exc).__name__}: {exc}")
+        _fail(db, blobs, job_id, "internal_error", f"the worker hit an unexpected error: {type(exc).__name__}: {exc}")
 
 
-def _finish(db: Database, job_id: str, status: str, message: str, **fields) -> None:
+def _finish(db: Database, blobs: LocalBlobStore, job_id: str, status: str, message: str, **fields) -> None:
     db.update_job(job_id, status=status, finished_at=now(), estimated_finish=None, **fields)
     db.add_event(job_id, message, type="stage", level="info" if status != "failed" else "error", data={"status": status})
+    blobs.delete_prefix(f"checkpoints/{job_id}")  # a finished job never resumes
 
 
-def _fail(db: Database, job_id: str, code: str, message: str) -> None:
+def _fail(db: Database, blobs: LocalBlobStore, job_id: str, code: str, message: str) -> None:
     log.warning("job %s failed: %s: %s", job_id, code, message)
-    _finish(db, job_id, "failed", f"failed: {message}", error={"code": code, "message": message, "param": None})
+    _finish(db, blobs, job_id, "failed", f"failed: {message}", error={"code": code, "message": message, "param": None})
 
 
 class JobRun:
-    def __init__(self, db: Database, blobs: LocalBlobStore, job: Job):
-        self.db, self.blobs, self.job = db, blobs, job
+    def __init__(self, db: Database, blobs: LocalBlobStore, job: Job, delivery: str):
+        self.db, self.blobs, self.job, self.delivery = db, blobs, job, delivery
+        self.checkpoint_key = f"checkpoints/{job.id}/last.pt"
         self.spec = JobCreate.model_validate(job.spec)
         self.timings: dict[str, float] = {}
         self.refined_teacher_id: str | None = None
@@ -129,16 +149,32 @@ class JobRun:
 
     @contextmanager
     def watch(self):
-        """A thread that polls the job row once a second for a cancel request (and the time limit),
-        so the training loop checks a flag, not the database, between batches."""
+        """A thread beside the run: it renews the job's lease (heartbeat), and polls the row once a
+        second for a cancel request and the time limit, so the training loop checks a flag, not the
+        database, between batches. A run that ignores a cancel for cancel_grace_s (stuck in one
+        step) is ended the hard way: the job is marked cancelled and this worker process exits."""
         done = threading.Event()
+        settings = get_settings()
         limit = self.spec.training.max_duration_s
+        last_beat, cancel_seen = 0.0, None
 
         def poll() -> None:
+            nonlocal last_beat, cancel_seen
             while not done.wait(1.0):
+                if time.time() - last_beat >= settings.heartbeat_s:
+                    last_beat = time.time()
+                    if not self.db.heartbeat(self.job.id, self.delivery):
+                        self._stop_reason = LEASE_LOST
                 row = self.db.get_job(self.job.id)
                 if row is None or row.cancel_requested:
-                    self._stop_reason = "cancelled"
+                    self._stop_reason = self._stop_reason or "cancelled"
+                    cancel_seen = cancel_seen or time.time()
+                    if time.time() - cancel_seen > settings.cancel_grace_s:
+                        log.error("job %s ignored its cancel for %.0f s: terminating this worker", self.job.id,
+                                  settings.cancel_grace_s)
+                        _finish(self.db, self.blobs, self.job.id, "cancelled",
+                                "cancelled; the worker was stuck and was terminated")
+                        os._exit(70)  # the supervisor (kdserve up, systemd, k8s) starts a fresh worker
                 elif limit and time.time() - self._t_start > limit:
                     self._stop_reason = f"the job ran past training.max_duration_s = {limit} s"
 
@@ -220,9 +256,14 @@ class JobRun:
                 raise JobFailed("teacher_output_mismatch", "the teacher's output width changed between calls")
 
         with self.stage("training"):
+            resume = self._load_checkpoint(device)
+            if resume is not None:
+                self.db.add_event(self.job.id, f"resumed from the checkpoint after epoch {resume['epoch']}",
+                                  data={"resume_epoch": resume["epoch"]})
             try:
                 result = trainer.train(student, loss_fn, train_split, val_split, spec.training, device,
-                                       on_epoch=self._on_epoch, should_stop=self.should_stop)
+                                       on_epoch=self._on_epoch, should_stop=self.should_stop,
+                                       checkpoint=self._save_checkpoint, resume=resume)
             except trainer.SetupError as exc:
                 raise JobFailed("invalid_request", str(exc))
         # What is evaluated and exported: the student's main head only (auxiliary heads stay behind),
@@ -260,10 +301,23 @@ class JobRun:
                 model_id = self._publish(onnx_path, artifact, model, teacher_row, metrics, input_shape, num_classes)
 
         self.timings["total"] = round(time.time() - self._t_start, 4)
-        _finish(self.db, self.job.id, "succeeded", f"succeeded: model {model_id}", model_id=model_id,
+        _finish(self.db, self.blobs, self.job.id, "succeeded", f"succeeded: model {model_id}", model_id=model_id,
                 progress=1.0, stage=None)
         self.db.add_event(self.job.id, "stage timings", data={"timings": self.timings,
                                                                "train_samples_per_second": result.samples_per_second})
+
+    def _save_checkpoint(self, state: dict) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        self.blobs.put_bytes(self.checkpoint_key, buf.getvalue())
+
+    def _load_checkpoint(self, device: torch.device) -> dict | None:
+        if not self.blobs.exists(self.checkpoint_key):
+            return None
+        # our own file, still loaded without a general unpickler: tensors and plain containers only
+        state = torch.load(io.BytesIO(self.blobs.get_bytes(self.checkpoint_key)), map_location=device,
+                           weights_only=True)
+        return state if 0 < state.get("epoch", 0) <= self.spec.training.epochs else None
 
     def _refine_teacher(self, row: TeacherRow, teacher: Teacher, train: Split, device: torch.device):
         """MCMI fine-tuning of a TorchScript teacher; the refined teacher is stored as a new teacher."""

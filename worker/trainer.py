@@ -98,6 +98,16 @@ class Batcher:
     def parameters(self):
         return [] if self.aux_head is None else list(self.aux_head.parameters())
 
+    def state_dict(self) -> dict:
+        return {"aux_head": None if self.aux_head is None else self.aux_head.state_dict(),
+                "prev_probs": self.prev_probs}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.aux_head is not None:
+            self.aux_head.load_state_dict(state["aux_head"])
+        if self.prev_probs is not None:
+            self.prev_probs.copy_(state["prev_probs"])
+
     def inputs(self, split: Split, idx: torch.Tensor | None, labels_ok: bool, epoch: int, epochs: int,
                training: bool) -> LossInputs:
         def take(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -142,7 +152,13 @@ def train(
     device: torch.device,
     on_epoch: Callable[[EpochMetrics], None] = lambda m: None,
     should_stop: Callable[[], str | None] = lambda: None,
+    checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
 ) -> TrainResult:
+    """Train `student` in place. With `checkpoint`, the full training state (weights, optimizer,
+    schedule position, shuffling RNG, the loss's and batcher's own parts) is handed to it after
+    every epoch; `resume` is such a state, and training continues after its epoch exactly as if it
+    had never stopped."""
     torch.manual_seed(spec.seed)
     student.to(device)
     train_d, val_d = train_split.to(device), val_split.to(device)
@@ -163,8 +179,17 @@ def train(
     generator = torch.Generator().manual_seed(spec.seed)
 
     result = TrainResult()
-    trained_samples, train_seconds = 0, 0.0
-    for epoch in range(spec.epochs):
+    trained_samples, train_seconds, first_epoch = 0, 0.0, 0
+    if resume is not None:
+        student.load_state_dict(resume["student"])
+        loss_fn.load_state_dict(resume["loss"])
+        batcher.load_state_dict(resume["batcher"])
+        optimizer.load_state_dict(resume["optimizer"])
+        generator.set_state(resume["generator"])
+        step, first_epoch = resume["step"], resume["epoch"]
+        result.history = [EpochMetrics(**m) for m in resume["history"]]
+        trained_samples, train_seconds = resume["trained_samples"], resume["train_seconds"]
+    for epoch in range(first_epoch, spec.epochs):
         student.train()
         loss_fn.train()
         t0 = time.perf_counter()
@@ -198,6 +223,13 @@ def train(
         )
         result.history.append(record)
         on_epoch(record)
+        if checkpoint is not None:
+            checkpoint({
+                "epoch": epoch + 1, "step": step, "student": student.state_dict(), "loss": loss_fn.state_dict(),
+                "batcher": batcher.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "history": [m.__dict__ for m in result.history],
+                "trained_samples": trained_samples, "train_seconds": train_seconds,
+            })
     result.samples_per_second = trained_samples / train_seconds if train_seconds else 0.0
     return result
 

@@ -123,7 +123,7 @@ def create_job(body: JobCreate, idempotency_key: str | None = Header(None, max_l
                 return JSONResponse(to_out(prior).model_dump(mode="json"), status_code=200)
         job = Job(id=new_id("job"), tenant=who.tenant, status="queued", teacher_id=body.teacher_id,
                   dataset_id=body.dataset_id, validation_dataset_id=body.validation_dataset_id, spec=spec,
-                  metrics={}, idempotency_key=idempotency_key, request_hash=digest)
+                  metrics={}, idempotency_key=idempotency_key, request_hash=digest, dispatched_at=now())
         s.add(job)
         s.add(JobEvent(job_id=job.id, message="queued", type="stage", data={"status": "queued"}))
     try:

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import redis
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Context, get_ctx, principal
 from service.auth import Principal
+from service.queue import redis_client
 from service.schemas import ListOut
 
 router = APIRouter(tags=["operations"])
-
-
-def redis_client(url: str) -> redis.Redis:
-    """redis-py for a Celery broker URL (Celery's `redis+socket://` is redis-py's `unix://`)."""
-    if url.startswith("redis+socket://"):
-        url = "unix://" + url[len("redis+socket://"):]
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
 
 
 @router.get("/healthz")

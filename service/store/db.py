@@ -8,7 +8,8 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event, select
+from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event,
+                        func, select, update)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -98,6 +99,8 @@ class Job(Base):
     finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
     estimated_finish: Mapped[int | None] = mapped_column(Integer, nullable=True)
     heartbeat_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)  # the delivery that holds the job
+    dispatched_at: Mapped[int | None] = mapped_column(Integer, nullable=True)  # last time its id was sent to the broker
 
 
 class JobEvent(Base):
@@ -168,6 +171,25 @@ class Database:
             for k, v in fields.items():
                 setattr(job, k, v)
             return job
+
+    def claim_job(self, job_id: str, worker: str, stale_before: int) -> bool:
+        """Atomically take a job for this delivery: a queued job, or a running one whose worker went
+        silent before `stale_before`. False when another live delivery holds it (or it ended)."""
+        with self.session() as s:
+            claimed = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.cancel_requested.is_(False),
+                       (Job.status == "queued") | ((Job.status == "running") & (Job.heartbeat_at < stale_before)))
+                .values(status="running", worker=worker, heartbeat_at=now(), attempts=Job.attempts + 1,
+                        started_at=func.coalesce(Job.started_at, now()), error=None)
+            ).rowcount
+        return claimed == 1
+
+    def heartbeat(self, job_id: str, worker: str) -> bool:
+        """Refresh the lease; False when this delivery no longer holds the job."""
+        with self.session() as s:
+            return s.execute(update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == "running")
+                             .values(heartbeat_at=now())).rowcount == 1
 
     def get_job(self, job_id: str) -> Job | None:
         with self.session() as s:
