@@ -1,13 +1,15 @@
 # kdserve — two commands on a fresh machine:
 #   make run    set up .venv and start the service (API :8000 + worker + embedded Redis + SQLite)
-#   make test   set up .venv and run the whole test suite (starts Redis/PostgreSQL if they are down)
+#   make test   set up .venv and run the whole test suite (starts Redis/PostgreSQL if they are down,
+#               installs Debian's chromium for the dashboard test if it is missing)
+#   make demo   against a running service: distil a digits teacher end to end
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: venv run worker test unit bench clean
+.PHONY: venv run worker demo test unit bench clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +30,11 @@ run: venv
 
 worker: venv
 	$(BIN)/kdserve worker
+
+# Against a running service (`make run` in another terminal, or KDSERVE_URL/KDSERVE_API_KEY):
+# train a digits teacher here, distil it with a live progress bar, download and check the student.
+demo: venv
+	$(BIN)/kdserve demo
 
 test: venv
 	scripts/ensure-services

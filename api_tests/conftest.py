@@ -40,8 +40,9 @@ def files(tmp_path_factory, digits, teacher_model):
 
 @pytest.fixture(scope="session")
 def service(tmp_path_factory):
-    """One service for the session: machine Redis, SQLite, local blobs."""
-    with Service(tmp_path_factory.mktemp("svc"), redis_url=MACHINE_REDIS) as svc:
+    """One service for the session: machine Redis, SQLite, local blobs; 1 GiB upload cap, 256 MiB unzip cap."""
+    limits = {"KDSERVE_MAX_UPLOAD_BYTES": str(1024**3), "KDSERVE_MAX_UNZIPPED_BYTES": str(256 * 1024**2)}
+    with Service(tmp_path_factory.mktemp("svc"), redis_url=MACHINE_REDIS, extra_env=limits) as svc:
         yield svc
 
 

@@ -45,10 +45,13 @@ class Service:
 
     def __enter__(self) -> "Service":
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "up", "--port", str(self.port)], cwd=REPO, env=self.env,
-            stdout=subprocess.PIPE, stderr=open(self.log, "ab"), text=True,
-        )
+        # stdout goes to the log file too, never to a pipe nobody reads: uvicorn writes an access-log
+        # line per request there, and a full pipe (64 KiB, ~700 requests) would block its event loop.
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "up", "--port", str(self.port)], cwd=REPO, env=self.env,
+                stdout=log, stderr=subprocess.STDOUT,
+            )
         deadline = time.time() + 120
         while True:
             if self.proc.poll() is not None:

@@ -98,6 +98,12 @@ def sniff(path: Path) -> Sniffed:
                     "upload TorchScript (torch.jit.script/trace + save) or ONNX instead",
                 )
             if any(n.rsplit("/", 1)[-1] == "config.json" for n in names):
+                if not any(n.endswith(".safetensors") for n in names) and any(
+                        n.lower().endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")) for n in names):
+                    raise ModelFileError(
+                        "unsafe_file", "the folder's weights are Python pickles (.bin/.pt), which can run arbitrary "
+                        "code when loaded; they were not loaded. Save the model with save_pretrained(..., "
+                        "safe_serialization=True) to get model.safetensors")
                 return Sniffed("hf")
         raise ModelFileError("unsupported_format", "zip archive is neither TorchScript nor a Hugging Face folder")
     if head[:1] == b"\x80" or head[:2] in (b"(d", b"(l", b"}q", b"]q") or head[:1] == b"c":

@@ -6,6 +6,12 @@
 TorchScript runs in torch (on the worker's device); ONNX runs in onnxruntime as a black box that
 only has to produce logits. Nothing here unpickles: `models.sniff` refuses pickles first.
 
+A Hugging Face folder (`hf`, a zip of config.json + *.safetensors + tokenizer files) is a text
+teacher: `HfTeacher.run` takes token tensors (input_ids, attention_mask, token_type_ids) instead
+of one float tensor, and its tokenizer travels with it (`tokenizer_json`). It is loaded with
+transformers offline (`local_files_only`, HF_HUB_OFFLINE), never with `trust_remote_code`, and
+only safetensors weights are ever read: pickled `.bin` files are not even extracted.
+
 `python -m models.teachers PATH [--format F] [--input-shape JSON]` probes a file (sniff, load, run
 one synthetic batch) and prints one JSON line; the API runs it in a child process so that a
 hostile or crashing file can never take the API down, and the API process never imports torch.
@@ -15,8 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
-from pathlib import Path
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,7 +34,8 @@ import torch
 
 from models.sniff import ModelFileError, sniff
 
-SUPPORTED = ("torchscript", "onnx")
+SUPPORTED = ("torchscript", "onnx", "hf")
+TASKS = ("classification", "embedding")
 
 
 class Teacher:
@@ -146,14 +157,304 @@ class OnnxTeacher(Teacher):
         return {n: torch.from_numpy(np.asarray(o)).float() for n, o in zip(names, outs)}
 
 
+# ---- Hugging Face folders ----------------------------------------------------------------------
+
+# What is extracted from an `hf` zip; everything else (pickled .bin/.pt weights, code, READMEs) is
+# left in the archive, so nothing but JSON, text vocabularies and safetensors is ever opened.
+_HF_FILES = {"config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "modules.json",
+             "sentence_bert_config.json", "config_sentence_transformers.json", "model.safetensors.index.json"}
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# Tokenizer files shipped beside a student (the canonical tokenizer.json is always written).
+TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+                   "vocab.json", "merges.txt")
+
+
+def _hf_root(names: list[str]) -> PurePosixPath:
+    """The folder holding the shallowest config.json (a zip may wrap the model folder in one
+    directory; sentence-transformers folders have deeper config.json files for their modules)."""
+    configs = sorted((PurePosixPath(n) for n in names if n.rsplit("/", 1)[-1] == "config.json"),
+                     key=lambda p: len(p.parts))
+    if not configs:
+        raise ModelFileError("unsupported_format", "the zip has no config.json: upload a Hugging Face model folder")
+    return configs[0].parent
+
+
+def extract_hf(path: Path, dest: Path) -> None:
+    """Extract the files a Hugging Face folder needs, refusing pickled weights.
+
+    Member paths were checked by the API (service.uploads.check_archive); they are checked again
+    here since the worker must not trust its blob store blindly."""
+    with zipfile.ZipFile(path) as zf:
+        names = [n for n in zf.namelist() if not n.endswith("/")]
+        root = _hf_root(names)
+        wanted, pickles, weights = [], [], 0
+        for name in names:
+            p = PurePosixPath(name)
+            if p.is_absolute() or ".." in p.parts or (root.parts and p.parts[: len(root.parts)] != root.parts):
+                continue
+            rel = PurePosixPath(*p.parts[len(root.parts):])
+            if rel.name.endswith(".safetensors"):
+                weights += 1
+                wanted.append((name, rel))
+            elif rel.name.lower().endswith(_PICKLE_SUFFIXES):
+                pickles.append(str(rel))
+            elif str(rel) in _HF_FILES or (len(rel.parts) == 2 and rel.parts[0].endswith("_Pooling")
+                                           and rel.name == "config.json"):
+                wanted.append((name, rel))
+        if not weights:
+            if pickles:
+                raise ModelFileError(
+                    "unsafe_file", f"the folder's weights are Python pickles ({', '.join(sorted(pickles)[:3])}), which "
+                    "can run arbitrary code when loaded; they were not loaded. Save the model with "
+                    "save_pretrained(..., safe_serialization=True) to get model.safetensors")
+            raise ModelFileError("unsupported_format", "the folder has no *.safetensors weights")
+        for name, rel in wanted:
+            target = dest / Path(*rel.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(name) as src, open(target, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelFileError("unsupported_format", f"{path.name} is not valid JSON: {_first_line(exc)}")
+    if not isinstance(value, dict):
+        raise ModelFileError("unsupported_format", f"{path.name} must hold a JSON object")
+    return value
+
+
+def sentence_pooling(folder: Path) -> tuple[str, bool]:
+    """(pooling, normalize) as a sentence-transformers folder declares them (modules.json and its
+    Pooling module's config); a plain transformers folder gets the convention: mean, normalised."""
+    modules_file = folder / "modules.json"
+    if not modules_file.exists():
+        return "mean", True
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+        assert isinstance(modules, list)
+    except (ValueError, AssertionError, OSError):
+        raise ModelFileError("unsupported_format", "modules.json is not a JSON list of sentence-transformers modules")
+    types = [str(m.get("type", "")) for m in modules if isinstance(m, dict)]
+    normalize = any(t.endswith(".Normalize") for t in types)
+    pooling = "mean"
+    for m in modules:
+        if isinstance(m, dict) and str(m.get("type", "")).endswith(".Pooling"):
+            cfg_path = folder / str(m.get("path", "")) / "config.json"
+            if cfg_path.exists():
+                cfg = _read_json(cfg_path)
+                if cfg.get("pooling_mode_cls_token"):
+                    pooling = "cls"
+                elif not cfg.get("pooling_mode_mean_tokens", True):
+                    raise ModelFileError("unsupported_format", "only mean or CLS-token pooling is supported "
+                                         f"(the folder's Pooling config is {cfg})")
+    return pooling, normalize
+
+
+class HfTeacher(Teacher):
+    """A Hugging Face encoder: a sequence classifier (logits) or a sentence-embedding model
+    (pooled as its sentence-transformers config says: mean or CLS, L2-normalised when it has a
+    Normalize module). Its outputs are `logits` or `sentence_embedding`, plus `hidden_states.K`:
+    the masked-mean token vector after layer K (0 = the embeddings), a feature hint for FitNets."""
+
+    format = "hf"
+    input_dtype = "int64"
+
+    def __init__(self, path: Path, task: str | None = None, device: str = "cpu"):
+        if task is not None and task not in TASKS:
+            raise ModelFileError("invalid_request", f"task must be one of {list(TASKS)}", "task")
+        os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be fetched from a hub, whatever the config says
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        self.device = device
+        with tempfile.TemporaryDirectory(prefix="kdserve-hf-") as tmp:
+            folder = Path(tmp)
+            extract_hf(path, folder)
+            self.config = _read_json(folder / "config.json")
+            self.model_type = str(self.config.get("model_type") or "")
+            archs = [str(a) for a in self.config.get("architectures") or []]
+            self.task = task or ("classification" if any(a.endswith("ForSequenceClassification") for a in archs)
+                                 else "embedding")
+            self.pooling, self.normalize = sentence_pooling(folder) if self.task == "embedding" else ("cls", False)
+            self.model = self._load_model(folder)
+            self._load_tokenizer(folder)
+        self.model.to(device).eval()
+        self.num_parameters = int(sum(p.numel() for p in self.model.parameters()))
+        cfg = self.model.config
+        self.num_layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
+        self.hidden_size = int(getattr(cfg, "hidden_size", 0) or 0)
+        self.max_positions = int(getattr(cfg, "max_position_embeddings", 0) or 512)
+        self.model_vocab_size = int(getattr(cfg, "vocab_size", 0) or 0)
+        if self.model_vocab_size and self.vocab_size > self.model_vocab_size:
+            raise ModelFileError(
+                "teacher_output_mismatch", f"the tokenizer has {self.vocab_size} tokens but the model's embedding table "
+                f"has {self.model_vocab_size} rows: ids past {self.model_vocab_size - 1} would index outside it. The "
+                "tokenizer does not belong to this model")
+        self.input_shape = [-1]
+        self.accepts_token_types = "token_type_ids" in self._forward_params()
+        self.logits_name = "logits" if self.task == "classification" else "sentence_embedding"
+        self.output_names = [self.logits_name] + [f"hidden_states.{i}" for i in range(self.num_layers + 1)]
+
+    def _load_model(self, folder: Path):
+        import transformers
+
+        transformers.logging.set_verbosity_error()  # its load reports go to stdout, where the probe answers
+        transformers.logging.disable_progress_bar()
+
+        common = {"local_files_only": True, "trust_remote_code": False, "use_safetensors": True,
+                  "dtype": torch.float32}
+        try:
+            if self.task == "classification":
+                model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+                    str(folder), output_loading_info=True, **common)
+            else:
+                extra = {"add_pooling_layer": False} if self.model_type in ("bert", "roberta", "xlm-roberta") else {}
+                model, info = transformers.AutoModel.from_pretrained(str(folder), output_loading_info=True, **common,
+                                                                     **extra)
+        except Exception as exc:
+            raise ModelFileError("unsupported_format", f"transformers cannot load this folder as a {self.task} model "
+                                 f"(model_type {self.model_type or '?'}; custom code is never run): {_first_line(exc)}")
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:  # transformers would fill them with random weights: a teacher that knows nothing there
+            raise ModelFileError(
+                "teacher_output_mismatch", f"the folder's weights lack {len(missing)} tensor(s) a {self.task} model "
+                f"needs ({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}); a classification teacher must "
+                "be saved from a …ForSequenceClassification model, or upload it with task=embedding", "task")
+        return model
+
+    def _load_tokenizer(self, folder: Path) -> None:
+        """The tokenizer as one canonical tokenizer.json (what the worker tokenises with and what
+        ships beside the student), plus the original tokenizer files, kept in memory."""
+        import transformers
+
+        if not any((folder / n).exists() for n in ("tokenizer.json", "vocab.txt", "vocab.json")):
+            raise ModelFileError("unsupported_format", "the folder has no tokenizer (tokenizer.json, or vocab.txt / "
+                                 "vocab.json + merges.txt): a text teacher must ship the tokenizer it was trained with")
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+            backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+            if backend is None:
+                raise ValueError(f"{type(tok).__name__} has no fast (tokenizers) backend")
+            self.tokenizer_json = backend.to_str()
+        except Exception as exc:
+            raise ModelFileError("unsupported_format", f"the tokenizer does not load: {_first_line(exc)}")
+        from models import textio
+
+        self.tokenizer = textio.load_tokenizer(self.tokenizer_json)
+        self.vocab_size = int(self.tokenizer.get_vocab_size(with_added_tokens=True))
+        self.pad_token_id = textio.pad_id(self.tokenizer)
+        self.sep_token_id = textio.sep_id(self.tokenizer)
+        self.tokenizer_files = {n: (folder / n).read_bytes() for n in TOKENIZER_FILES if (folder / n).exists()}
+
+    def _forward_params(self) -> set[str]:
+        import inspect
+
+        return set(inspect.signature(self.model.forward).parameters)
+
+    @property
+    def output_dim(self) -> int:
+        return self.num_classes if self.task == "classification" else self.hidden_size
+
+    def details(self) -> dict[str, Any]:
+        """What pre-flight checks and text students need to know, stored with the teacher row."""
+        return {"task": self.task, "model_type": self.model_type, "vocab_size": self.vocab_size,
+                "model_vocab_size": self.model_vocab_size, "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers, "num_heads": int(getattr(self.model.config, "num_attention_heads", 0) or 0),
+                "max_positions": self.max_positions, "output_dim": self.output_dim, "pooling": self.pooling,
+                "normalize": self.normalize, "tokenizer": True, "pad_token_id": self.pad_token_id,
+                "sep_token_id": self.sep_token_id}
+
+    def run(self, x, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """x: (input_ids, attention_mask, token_type_ids), int64 [B, L] each."""
+        ids, mask, types = (t.to(self.device) for t in x)
+        want_hidden = any(n.startswith("hidden_states.") for n in names)
+        kwargs = {"input_ids": ids, "attention_mask": mask}
+        if self.accepts_token_types:
+            kwargs["token_type_ids"] = types
+        with torch.no_grad():
+            out = self.model(**kwargs, output_hidden_states=want_hidden)
+        result: dict[str, torch.Tensor] = {}
+        for n in names:
+            if n == "logits" and self.task == "classification":
+                result[n] = out.logits.float()
+            elif n == "sentence_embedding" and self.task == "embedding":
+                h = out.last_hidden_state.float()
+                emb = masked_mean(h, mask) if self.pooling == "mean" else h[:, 0]
+                result[n] = torch.nn.functional.normalize(emb, dim=-1) if self.normalize else emb
+            elif (m := re.fullmatch(r"hidden_states\.(\d+)", n)) and int(m.group(1)) <= self.num_layers:
+                result[n] = masked_mean(out.hidden_states[int(m.group(1))].float(), mask)
+            else:
+                raise ModelFileError("invalid_request", f"the teacher has no output {n!r}", "teacher_features")
+        return result
+
+
+def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+
+def _probe_hf(teacher: HfTeacher) -> None:
+    """Run one tokenised pair of sentences through the teacher; sets num_classes and output shapes."""
+    from models import textio
+
+    enc = textio.encode(teacher.tokenizer, ["kdserve checks this teacher.", "a second, longer sentence to pad"],
+                        max_length=min(32, teacher.max_positions))
+    batch = tuple(torch.from_numpy(a) for a in (enc.input_ids, enc.attention_mask, enc.token_type_ids))
+    try:
+        outputs = teacher.run(batch, teacher.output_names)
+    except ModelFileError:
+        raise
+    except Exception as exc:
+        raise ModelFileError("teacher_output_mismatch", f"the teacher fails on a tokenised sentence: {_first_line(exc)}")
+    out = outputs[teacher.logits_name]
+    if out.dim() != 2 or out.shape[0] != 2 or not torch.isfinite(out).all():
+        raise ModelFileError("teacher_output_mismatch", f"the teacher's {teacher.logits_name} is not a finite "
+                             f"[batch, width] tensor (got shape {list(out.shape)})")
+    teacher.output_shapes = {n: list(o.shape[1:]) for n, o in outputs.items()}
+    teacher.num_classes = int(out.shape[1]) if teacher.task == "classification" else 0
+    if teacher.task == "embedding":
+        teacher.hidden_size = int(out.shape[1])
+
+
+@torch.no_grad()
+def text_teacher_outputs(teacher: HfTeacher, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor,
+                         feature: str | None = None, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The teacher's output (and the named feature) for every row, batched by length: rows are
+    sorted by token count and each batch is cut to its longest row, so short sentences do not pay
+    for the longest one. Results come back in the original row order."""
+    names = [teacher.logits_name] + ([feature] if feature else [])
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths, descending=True)
+    outs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(int(lengths[idx].max()), 1)
+        part = teacher.run((ids[idx, :width], mask[idx, :width], types[idx, :width]), names)
+        for n in names:
+            outs[n].append(part[n].cpu())
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order))
+    joined = {n: torch.cat(v)[inverse] for n, v in outs.items()}
+    return joined[teacher.logits_name], (joined[feature] if feature else None)
+
+
 def load_teacher(path: Path, fmt: str | None = None, input_shape: Sequence[int] | None = None,
-                 device: str = "cpu") -> Teacher:
-    """Sniff, load and run one synthetic batch; sets num_classes. Raises ModelFileError."""
+                 device: str = "cpu", task: str | None = None) -> Teacher:
+    """Sniff, load and run one synthetic batch (a tokenised sentence for a text teacher); sets
+    num_classes. Raises ModelFileError."""
     detected = sniff(Path(path)).format
     if fmt and fmt != detected:
         raise ModelFileError("unsupported_format", f"format says {fmt!r} but the file is {detected}", "format")
     if detected not in SUPPORTED:
         raise ModelFileError("unsupported_format", f"teacher format {detected!r} is not supported yet", "format")
+    if detected == "hf":
+        hf_teacher = HfTeacher(Path(path), task, device)
+        _probe_hf(hf_teacher)
+        return hf_teacher
+    if task is not None:
+        raise ModelFileError("invalid_request", "task applies to Hugging Face folders only", "task")
     teacher: Teacher = (TorchScriptTeacher if detected == "torchscript" else OnnxTeacher)(Path(path), input_shape, device)
     batch = torch.zeros([2, *teacher.input_shape])
     try:
@@ -201,14 +502,16 @@ def _probe_main(argv: list[str]) -> int:
     ap.add_argument("path")
     ap.add_argument("--format", default=None)
     ap.add_argument("--input-shape", default=None, help="JSON list, per-sample shape")
+    ap.add_argument("--task", default=None, choices=TASKS, help="hf folders: the head to use (default: from config)")
     args = ap.parse_args(argv)
     try:
         shape = json.loads(args.input_shape) if args.input_shape else None
-        t = load_teacher(Path(args.path), args.format, shape)
+        t = load_teacher(Path(args.path), args.format, shape, task=args.task)
         result = {"ok": True, "format": t.format, "input_shape": t.input_shape, "input_dtype": t.input_dtype,
                   "num_classes": t.num_classes, "num_parameters": t.num_parameters,
                   "outputs": [{"name": n, "shape": t.output_shapes[n], "logits": n == t.logits_name}
-                              for n in t.output_names]}
+                              for n in t.output_names],
+                  "details": t.details() if isinstance(t, HfTeacher) else None}
     except ModelFileError as exc:
         result = {"ok": False, "code": exc.code, "message": exc.message, "param": exc.param}
     print(json.dumps(result))

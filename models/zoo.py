@@ -19,7 +19,7 @@ from torch import nn
 
 
 class ArchParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Student(nn.Module):
@@ -47,18 +47,26 @@ class ArchInfo:
     name: str
     description: str
     params: type[ArchParams]
-    build: Callable[[Any, list[int], int], Student]
+    build: Callable[..., Student]
+    inputs: str = "tensor"  # "tensor": one float tensor; "text": input_ids + attention_mask from a teacher's tokenizer
+    needs_teacher_weights: bool = False
 
     def catalog_entry(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "params": self.params.model_json_schema()}
+        return {"name": self.name, "description": self.description, "params": self.params.model_json_schema(),
+                "inputs": self.inputs, "needs_teacher_weights": self.needs_teacher_weights}
 
 
 ARCHITECTURES: dict[str, ArchInfo] = {}
 
 
-def register_architecture(name: str, *, params: type[ArchParams], description: str):
-    def decorate(fn: Callable[[Any, list[int], int], Student]):
-        ARCHITECTURES[name] = ArchInfo(name, description, params, fn)
+def register_architecture(name: str, *, params: type[ArchParams], description: str, inputs: str = "tensor",
+                          needs_teacher_weights: bool = False):
+    """Register a student builder. A "tensor" builder is `fn(params, input_shape, num_classes)`; a
+    "text" builder is `fn(params, source)` with a models.text.TextSource (the teacher's tokenizer
+    facts, output width and, when needed, its weights)."""
+
+    def decorate(fn: Callable[..., Student]):
+        ARCHITECTURES[name] = ArchInfo(name, description, params, fn, inputs, needs_teacher_weights)
         return fn
 
     return decorate
@@ -68,9 +76,20 @@ class ArchitectureError(ValueError):
     """The architecture cannot be built for this input (e.g. a CNN on a non-image shape)."""
 
 
-def create_student(name: str, params: dict[str, Any] | None, input_shape: Sequence[int], num_classes: int) -> Student:
+def create_student(name: str, params: dict[str, Any] | None, input_shape: Sequence[int], num_classes: int,
+                   source: Any = None) -> Student:
+    """Build a student. Text architectures take `source` (models.text.TextSource) instead of the
+    input shape; its output_dim is the head's width."""
     info = ARCHITECTURES[name]
-    return info.build(info.params.model_validate(params or {}), list(input_shape), num_classes)
+    p = info.params.model_validate(params or {})
+    if info.inputs == "text":
+        if source is None:
+            raise ArchitectureError(f"{name} is a text student: it needs a text teacher (format hf) and a text dataset")
+        return info.build(p, source)
+    if source is not None:
+        raise ArchitectureError(f"{name} takes numeric features, not text; use a text student (transformer, "
+                                "layer_dropped)")
+    return info.build(p, list(input_shape), num_classes)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -154,3 +173,197 @@ def cnn(p: CNNParams, input_shape: list[int], num_classes: int) -> Student:
     if p.dropout:
         layers.append(nn.Dropout(p.dropout))
     return Student(nn.Sequential(*layers), c, num_classes)
+
+
+# ---- patch_transformer ----------------------------------------------------------------------
+
+
+class PatchTransformerParams(ArchParams):
+    patch_size: int = Field(
+        8, ge=1, le=1024,
+        description="features per token for a flat input (consecutive, zero-padded to a multiple); "
+        "side of the square patch for an image input ([H, W] or [C, H, W]) or when image_shape is set",
+    )
+    image_shape: list[int] | None = Field(
+        None, min_length=2, max_length=3,
+        description="[C, H, W] or [H, W] to cut a flat feature vector into square image patches instead of chunks",
+    )
+    dim: int = Field(64, ge=8, le=4096, description="token width (d_model); a multiple of heads")
+    depth: int = Field(2, ge=1, le=24, description="number of encoder layers")
+    heads: int = Field(4, ge=1, le=64)
+    mlp_ratio: float = Field(2.0, gt=0, le=8, description="feed-forward width = mlp_ratio × dim")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class PatchTokens(nn.Module):
+    """A sample → [tokens, dim]: cut into patches, one shared Linear per patch, plus a learned
+    position per token.
+
+    Cutting is a reshape (no convolution), so the whole student stays MatMul-heavy and dynamic int8
+    quantization covers it. Every reshape keeps the batch dimension as -1: that is what lets the
+    ONNX export keep a dynamic batch."""
+
+    def __init__(self, input_shape: list[int], p: PatchTransformerParams):
+        super().__init__()
+        self.flat = len(input_shape) == 1 and p.image_shape is None
+        if self.flat:
+            features = input_shape[0]
+            self.pad = (-features) % p.patch_size
+            num_tokens, token_width = (features + self.pad) // p.patch_size, p.patch_size
+            self.grid: tuple[int, ...] = (num_tokens, token_width)
+        else:
+            c, h, w = image_shape_for(input_shape, p.image_shape)
+            if h % p.patch_size or w % p.patch_size:
+                raise ArchitectureError(f"an image of {h}×{w} cannot be cut into {p.patch_size}×{p.patch_size} "
+                                        "patches; choose a patch_size that divides both sides")
+            self.pad = 0
+            self.grid = (c, h // p.patch_size, p.patch_size, w // p.patch_size, p.patch_size)
+            num_tokens, token_width = (h // p.patch_size) * (w // p.patch_size), c * p.patch_size**2
+        self.embed = nn.Linear(token_width, p.dim)
+        self.position = nn.Parameter(torch.randn(1, num_tokens, p.dim) * 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flat:
+            x = x.reshape(x.shape[0], -1)
+            if self.pad:
+                x = nn.functional.pad(x, (0, self.pad))
+            x = x.reshape(-1, *self.grid)
+        else:
+            c, gh, ph, gw, pw = self.grid
+            x = x.reshape(-1, c, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)  # [B, gh, gw, C, ph, pw]
+            x = x.reshape(-1, gh * gw, c * ph * pw)
+        return self.embed(x) + self.position
+
+
+class TokenMeanPool(nn.Module):
+    """[B, tokens, dim] → [B, dim]: final LayerNorm (the encoder is pre-norm), then the mean token."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.norm(h).mean(dim=1)
+
+
+@register_architecture(
+    "patch_transformer", params=PatchTransformerParams,
+    description="Transformer encoder on patches of a numeric input (ViT-style): a flat input is cut into chunks of "
+    "patch_size features, an image into patch_size² squares; tokens + learned positions → pre-norm encoder layers "
+    "→ mean pool → linear head.",
+)
+def patch_transformer(p: PatchTransformerParams, input_shape: list[int], num_classes: int) -> Student:
+    if p.dim % p.heads:
+        raise ArchitectureError(f"dim {p.dim} is not a multiple of heads {p.heads}")
+    # One body entry per encoder layer (not one nn.TransformerEncoder), so a feature hint can attach
+    # to any layer's output like it does for the other architectures' blocks.
+    layers = [nn.TransformerEncoderLayer(p.dim, p.heads, dim_feedforward=max(1, int(p.dim * p.mlp_ratio)),
+                                         dropout=p.dropout, activation="gelu", batch_first=True, norm_first=True)
+              for _ in range(p.depth)]
+    body = nn.Sequential(PatchTokens(input_shape, p), *layers, TokenMeanPool(p.dim))
+    return Student(body, p.dim, num_classes)
+
+
+
+# ---- text students (models/text.py has the encoder) -------------------------------------------
+
+
+class TransformerParams(ArchParams):
+    layers: int = Field(4, ge=1, le=48, description="encoder layers")
+    hidden: int = Field(256, ge=8, le=4096, description="width of the residual stream; a multiple of heads")
+    heads: int = Field(4, ge=1, le=64, description="attention heads")
+    intermediate: int | None = Field(None, ge=8, le=16384, description="feed-forward width (default 4 × hidden)")
+    max_positions: int | None = Field(None, ge=2, le=8192,
+                                      description="position embeddings (default: the teacher's, at most 512)")
+    vocab_size: int | None = Field(
+        None, ge=2, le=1_000_000,
+        description="rows of the token embedding (default: the teacher tokenizer's size; it may be larger, e.g. "
+        "padded to a multiple of 64, but never smaller: the tokenizer would emit ids past the table)",
+    )
+    pooling: Literal["mean", "cls"] = Field("mean", description="sentence vector: mean of the tokens, or the first "
+                                            "token (through a dense + tanh pooler for classification)")
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+@register_architecture(
+    "transformer", params=TransformerParams, inputs="text",
+    description="A small BERT-style encoder trained from scratch on text: the teacher's tokenizer and vocabulary, "
+    "post-LayerNorm layers, mean (or first-token) pooling, a linear head (class logits, or a learned projection to "
+    "the teacher's embedding width, L2-normalised when the teacher's embeddings are). ONNX inputs: input_ids and "
+    "attention_mask, dynamic batch and sequence.",
+)
+def transformer(p: TransformerParams, source) -> Student:
+    from models import text
+
+    if p.hidden % p.heads:
+        raise ArchitectureError(f"hidden {p.hidden} is not a multiple of heads {p.heads}")
+    vocab = p.vocab_size or source.vocab_size
+    if vocab < source.vocab_size:
+        raise ArchitectureError(f"vocab_size {vocab} is smaller than the teacher tokenizer's {source.vocab_size} tokens")
+    return text.build_transformer(source, layers=p.layers, hidden=p.hidden, heads=p.heads,
+                                  intermediate=p.intermediate or 4 * p.hidden,
+                                  max_positions=p.max_positions or min(source.max_positions, 512), vocab_size=vocab,
+                                  pooling=p.pooling, dropout=p.dropout)
+
+
+class LayerDroppedParams(ArchParams):
+    layers: list[int] | None = Field(
+        None, min_length=1, max_length=64,
+        description="0-based indices of the teacher layers to keep, in increasing order (e.g. [1, 3, 5])",
+    )
+    every: int | None = Field(
+        None, ge=1, le=64,
+        description="keep every k-th layer: k−1, 2k−1, … (the top layer is kept when k divides the depth); "
+        "default 2 when layers is not given",
+    )
+    hidden_size: int | None = Field(
+        None, ge=8, le=8192,
+        description="a narrower residual stream than the teacher's: the teacher's weights are projected onto the "
+        "top principal directions of its hidden states on the training texts, attention and feed-forward widths "
+        "stay; an embedding student's head is the learned projection back to the teacher's width",
+    )
+    dropout: float = Field(0.1, ge=0, lt=1)
+    freeze_embeddings: bool = Field(
+        True, description="keep the token-embedding table as copied (projected) from the teacher: tokens absent from "
+        "the training texts stay where the teacher put them, and the largest matrix needs no optimizer state",
+    )
+
+
+def layer_dropped_keep(p: LayerDroppedParams, num_layers: int) -> list[int]:
+    """The teacher layers a layer_dropped student keeps (shared with the API's pre-flight check)."""
+    if p.layers is not None and p.every is not None:
+        raise ArchitectureError("give layers or every, not both")
+    if p.layers is not None:
+        if sorted(set(p.layers)) != p.layers:
+            raise ArchitectureError(f"layers {p.layers} must be distinct and increasing")
+        if p.layers[0] < 0 or p.layers[-1] >= num_layers:
+            raise ArchitectureError(f"layers {p.layers} are out of range: the teacher has layers 0..{num_layers - 1}")
+        return list(p.layers)
+    from models.text import every_kth
+
+    keep = every_kth(num_layers, p.every or 2)
+    if not keep:
+        raise ArchitectureError(f"every={p.every} keeps no layer of a {num_layers}-layer teacher")
+    return keep
+
+
+@register_architecture(
+    "layer_dropped", params=LayerDroppedParams, inputs="text", needs_teacher_weights=True,
+    description="A copy of a BERT-family teacher (model_type bert: BERT, MiniLM, BGE, E5, …) keeping every k-th "
+    "layer or a chosen list, initialised from the teacher's weights (DistilBERT-style), optionally with a narrower "
+    "hidden size initialised by projecting the teacher onto its principal directions. Same head as the teacher.",
+)
+def layer_dropped(p: LayerDroppedParams, source) -> Student:
+    from models import text
+
+    if source.state_dict is None or source.model_type not in text.BERT_LAYOUT_TYPES:
+        raise ArchitectureError(f"layer_dropped copies a BERT-family teacher (model_type {list(text.BERT_LAYOUT_TYPES)}); "
+                                f"this teacher is {source.model_type!r}: use the transformer student")
+    num_layers = int(source.config["num_hidden_layers"])
+    hidden = int(source.config["hidden_size"])
+    if p.hidden_size is not None and p.hidden_size > hidden:
+        raise ArchitectureError(f"hidden_size {p.hidden_size} is wider than the teacher's {hidden}")
+    student = text.build_layer_dropped(source, keep=layer_dropped_keep(p, num_layers),
+                                       hidden_size=p.hidden_size if p.hidden_size != hidden else None, dropout=p.dropout)
+    student.embeddings.word.weight.requires_grad_(not p.freeze_embeddings)
+    return student

@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import errors
-from service.api import datasets, jobs, models, ops, teachers
+from service import errors, openapi
+from service.api import datasets, inference_v2, jobs, models, ops, teachers
+from service.api import dashboard
+from service.api import metrics as metrics_api
 from service.api.deps import Context, load_catalog
 from service.queue import make_celery
 from service.settings import Settings, get_settings
@@ -30,14 +32,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                       celery=make_celery(settings), catalog={})
         ctx.catalog = load_catalog(ctx.python)
         app.state.ctx = ctx
-        logging.getLogger("kdserve.api").info("kdserve API ready: %d methods, %d architectures",
-                                              len(ctx.catalog["methods"]), len(ctx.catalog["architectures"]))
+        app.state.serving = inference_v2.Serving(settings)
+        preloaded = app.state.serving.preload(ctx)
+        logging.getLogger("kdserve.api").info("kdserve API ready: %d methods, %d architectures, %d models preloaded",
+                                              len(ctx.catalog["methods"]), len(ctx.catalog["architectures"]),
+                                              len(preloaded))
         yield
+        app.state.serving.close()
         db.engine.dispose()
 
     app = FastAPI(title="kdserve", version="0.1.0", lifespan=lifespan,
                   description="Knowledge distillation as a service: upload a teacher and data, get a small ONNX student.")
     errors.install(app)
-    for router in (ops.router, teachers.router, datasets.router, jobs.router, models.router):
+    for router in (ops.router, teachers.router, datasets.router, jobs.router, models.router, inference_v2.router):
         app.include_router(router)
+    app.include_router(metrics_api.router)  # GET /metrics (Prometheus)
+    app.include_router(dashboard.router)    # GET / (the dashboard) and its files under /web
+    dashboard.mount_static(app)
+    openapi.install(app)  # document the real error shapes
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +34,27 @@ def create_key(db: Database, tenant: str, is_admin: bool = False) -> tuple[str, 
     return key, row
 
 
+# Valid keys seen in the last CACHE_TTL_S seconds, so a busy client (inference, polling) costs one
+# database read per key per TTL instead of one per request. A revoked key stops working within it.
+CACHE_TTL_S = 5.0
+_cache: dict[tuple[str, str], tuple[float, Principal]] = {}
+
+
 def lookup(db: Database, key: str) -> Principal | None:
+    digest = hash_key(key)
+    hit = _cache.get((db.url, digest))
+    if hit and hit[0] > time.monotonic():
+        return hit[1]
     with db.session() as s:
-        row = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
-        return Principal(row.tenant, row.is_admin) if row else None
+        row = s.scalar(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))
+        who = Principal(row.tenant, row.is_admin) if row else None
+    if who is None:
+        _cache.pop((db.url, digest), None)
+    else:
+        if len(_cache) > 10_000:
+            _cache.clear()
+        _cache[(db.url, digest)] = (time.monotonic() + CACHE_TTL_S, who)
+    return who
 
 
 def revoke(db: Database, key_id: str) -> bool:
@@ -45,7 +63,8 @@ def revoke(db: Database, key_id: str) -> bool:
         if row is None or row.revoked_at is not None:
             return False
         row.revoked_at = now()
-        return True
+    _cache.clear()  # this process forgets at once; other API processes within CACHE_TTL_S
+    return True
 
 
 def ensure_bootstrap_key(db: Database, key_file: Path) -> str | None:

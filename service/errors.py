@@ -1,4 +1,7 @@
-"""One error shape for every /v1 route: {"error": {"code", "message", "param"}}."""
+"""One error shape for every /v1 route: {"error": {"code", "message", "param"}}.
+
+/v2 routes (Open Inference Protocol) answer `{"error": "<message>"}` instead, as that protocol
+says, and a request body that does not validate there is a 400, not a 422."""
 
 from __future__ import annotations
 
@@ -31,6 +34,15 @@ def error_response(status: int, code: str, message: str, param: str | None = Non
                         headers=headers)
 
 
+def is_v2(request: Request) -> bool:
+    path = request.url.path
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def v2_error_response(status: int, message: str, headers=None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
 def _loc_to_param(loc) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
     return ".".join(parts) or None
@@ -38,24 +50,36 @@ def _loc_to_param(loc) -> str | None:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError):
+    async def _api_error(request: Request, exc: ApiError):
+        if is_v2(request):
+            return v2_error_response(exc.status, exc.message)
         return error_response(exc.status, exc.code, exc.message, exc.param)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError):
+    async def _validation(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = _loc_to_param(first.get("loc", ()))
         msg = first.get("msg", "invalid request")
-        if first.get("type") == "json_invalid":
-            msg = "the request body is not valid JSON"
+        if first.get("type") == "json_invalid":  # loc is ("body", <character offset>): not a field
+            msg, param = "the request body is not valid JSON", None
+        if is_v2(request):
+            return v2_error_response(400, f"{param}: {msg}" if param else msg)
         return error_response(422, "invalid_request", f"{param}: {msg}" if param else msg, param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException):
+        if is_v2(request):
+            return v2_error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            # FastAPI's answer when the JSON decoder itself gives up (e.g. an integer of 5000 digits)
+            return error_response(422, "invalid_request", "the request body could not be parsed as JSON "
+                                  "(malformed, or a number beyond what JSON parsers accept)")
         code = _STATUS_CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        if is_v2(request):
+            return v2_error_response(500, "an unexpected error occurred; it has been logged")
         return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # ---- errors -------------------------------------------------------------------------------
@@ -67,6 +67,11 @@ class TeacherRefinement(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class TextSpec(Strict):
+    max_length: int = Field(128, ge=2, le=8192, description="text jobs: tokens per text (or text pair) after the "
+                            "teacher's tokenizer; longer texts are truncated (at most the teacher's position count)")
+
+
 class JobCreate(Strict):
     teacher_id: str | None = None
     teacher_features: str | None = Field(
@@ -84,6 +89,7 @@ class JobCreate(Strict):
     method: MethodSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
+    text: TextSpec = Field(default_factory=TextSpec, description="tokenisation of text datasets (ignored otherwise)")
     metadata: dict[str, str] = Field(default_factory=dict, max_length=32)
 
 
@@ -104,6 +110,9 @@ class TeacherOut(BaseModel):
     outputs: list[dict[str, Any]] = Field(default_factory=list, description="every output: name, per-sample shape, "
                                           "and whether it is the logits")
     created_at: int
+    details: dict[str, Any] | None = Field(None, description="text teachers (format hf): task (classification or "
+                                           "embedding), model_type, vocab_size, hidden_size, num_layers, max_positions, "
+                                           "output_dim, pooling, normalize")
 
 
 class DatasetOut(BaseModel):
@@ -119,6 +128,8 @@ class DatasetOut(BaseModel):
     num_classes: int | None
     class_counts: dict[str, int] | None
     created_at: int
+    details: dict[str, Any] | None = Field(None, description="text datasets (jsonl): kind, text_pairs, mean_chars, "
+                                           "max_chars")
 
 
 class JobMetrics(BaseModel):
@@ -127,6 +138,10 @@ class JobMetrics(BaseModel):
     agreement: float | None = None
     train_loss: float | None = None
     val_loss: float | None = None
+    mean_cosine: float | None = Field(None, description="embedding students: mean cosine to the teacher's vectors "
+                                      "on the validation set")
+    neighbour_overlap_at_10: float | None = Field(None, description="embedding students: share of each validation "
+                                                  "text's 10 nearest neighbours the student and teacher agree on")
 
 
 class JobOut(BaseModel):
@@ -171,6 +186,12 @@ class TensorSpec(BaseModel):
     datatype: str
 
 
+class OutputDiffOut(BaseModel):
+    name: str
+    max_abs_diff: float | None
+    max_rel_diff: float | None
+
+
 class Artifact(BaseModel):
     format: str
     precision: str
@@ -180,6 +201,28 @@ class Artifact(BaseModel):
     argmax_agreement: float | None
     accuracy: float | None
     latency_ms_batch1: float | None
+    # Added with the int8/fp16 variants; absent on cards published before them.
+    max_rel_diff: float | None = Field(None, description="max |onnx − pytorch| / |pytorch| over the validation set "
+                                       "(|pytorch| floored at 1e-3 of the output's largest magnitude)")
+    outputs: list[OutputDiffOut] | None = Field(None, description="max abs and relative diff per model output")
+    accuracy_delta: float | None = Field(None, description="accuracy minus the fp32 artifact's accuracy (fraction)")
+    latency_ms_batch64: float | None = Field(None, description="median onnxruntime CPU latency at batch 64")
+    cuda_latency_ms_batch1: float | None = Field(None, description="set only when a session really ran on CUDA")
+    cuda_latency_ms_batch64: float | None = None
+    quantization: str | None = Field(None, description="how this precision was made (e.g. dynamic int8, static QDQ)")
+    providers: list[str] | None = Field(None, description="onnxruntime execution providers the latencies were measured on")
+    opset: int | None = Field(None, description="ONNX opset the file was written with")
+    mean_cosine: float | None = Field(None, description="embedding students: mean cosine of this file's outputs to "
+                                      "the PyTorch student's (fp32) on the validation set")
+    sequence_length: int | None = Field(None, description="text students: tokens per row the latencies were measured at "
+                                        "(the validation set's median)")
+
+
+class Bundle(BaseModel):
+    format: str = Field(description="zip: the ONNX file as model.onnx plus tokenizer/ (text students)")
+    precision: str
+    size_bytes: int
+    sha256: str
 
 
 class ModelOut(BaseModel):
@@ -200,6 +243,12 @@ class ModelOut(BaseModel):
     output: TensorSpec
     artifacts: list[Artifact]
     created_at: int
+    inputs: list[TensorSpec] | None = Field(None, description="every input, when there is more than one (text students: "
+                                            "input_ids and attention_mask)")
+    bundles: list[Bundle] | None = Field(None, description="text students: per precision, a zip of the ONNX file and "
+                                         "the tokenizer (GET …/download?format=zip&precision=…)")
+    text: dict[str, Any] | None = Field(None, description="text students: task, max_length, output, normalized, "
+                                        "pooling, text_pairs, vocab_size, tokenizer_files")
 
 
 class ListOut(BaseModel):
@@ -209,9 +258,13 @@ class ListOut(BaseModel):
 
 
 class PredictIn(Strict):
-    inputs: list[Any] = Field(min_length=1, description="a batch of samples, each of the model's input shape")
+    inputs: list[Any] = Field(min_length=1, description="a batch of samples, each of the model's input shape "
+                              "(text students: a list of strings)")
+    text_pairs: list[Any] | None = Field(None, description="text students trained on pairs: the second text of each")
 
 
 class PredictOut(BaseModel):
     logits: list[list[float]]
     predictions: list[int]
+    embeddings: list[list[float]] | None = Field(None, description="embedding text students: the sentence vectors "
+                                                 "(logits and predictions are then empty)")

@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     model_cache_bytes: int = Field(4 * 1024**3, ge=1, description="most bytes of model files kept loaded")
     batching: bool = Field(True, description="dynamic batching: concurrent requests to one model run as one batch")
     batch_max_size: int = Field(64, ge=1, le=65_536, description="most samples (rows) in one dynamic batch")
-    batch_max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits for more requests")
+    batch_max_wait_ms: float = Field(1.0, ge=0, le=1000, description="how long an idle model waits for more requests "
+                                     "before running a batch (busy, requests pile up for its next run anyway)")
     inference_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per session; 0 = its default "
                                    "(one per physical core)")
 

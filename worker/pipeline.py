@@ -22,21 +22,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
 from models import export as onnx_export
+from models import text_export, textio
 from models.sniff import ModelFileError
-from models.teachers import Teacher, TorchScriptTeacher, load_teacher, teacher_outputs
-from models.zoo import ArchitectureError, count_parameters, create_student
-from service.ingest import load_canonical
+from models.teachers import HfTeacher, Teacher, TorchScriptTeacher, load_teacher, teacher_outputs, text_teacher_outputs
+from models.text import TextSource
+from models.zoo import ARCHITECTURES, ArchitectureError, count_parameters, create_student
+from service.ingest import TextParsed, load_canonical
 from service.schemas import JobCreate
 from service.settings import get_settings
 from service.store.blobs import LocalBlobStore
-from service.store.db import TERMINAL, Database, Dataset, Job, Model, Teacher as TeacherRow, new_id, now
+from service.store.db import TERMINAL, Database, Dataset, Job, JobEvent, Model, Teacher as TeacherRow, new_id, now
 from worker import trainer
 from worker.losses.mcmi import MCMIParams
 from worker.refine import refine_mcmi
-from worker.data import Split, split_dataset, whole
+from worker.data import Split, Tokens, split_dataset, whole
 from worker.losses import METHODS, build_loss
 
 log = logging.getLogger("kdserve.worker")
@@ -125,8 +128,13 @@ def run_job(job_id: str, delivery: str) -> None:
 
 
 def _finish(db: Database, blobs: LocalBlobStore, job_id: str, status: str, message: str, **fields) -> None:
-    db.update_job(job_id, status=status, finished_at=now(), estimated_finish=None, **fields)
-    db.add_event(job_id, message, type="stage", level="info" if status != "failed" else "error", data={"status": status})
+    # The final status and its event in one transaction: a reader that sees the job ended (the
+    # SSE stream, say) also sees the event that says so.
+    with db.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(status=status, finished_at=now(), estimated_finish=None,
+                                                             **fields))
+        s.add(JobEvent(job_id=job_id, message=message, type="stage", level="info" if status != "failed" else "error",
+                       data={"status": status}))
     blobs.delete_prefix(f"checkpoints/{job_id}")  # a finished job never resumes
 
 
@@ -222,21 +230,27 @@ class JobRun:
 
         with self.stage("validating"):
             teacher_row, teacher = self._load_teacher(device) if spec.teacher_id else (None, None)
-            train_split, val_split = self._load_data()
-            num_classes = teacher.num_classes if teacher else int(max(train_split.y.max(), val_split.y.max())) + 1
+            self.text = isinstance(teacher, HfTeacher)
+            train_split, val_split = self._load_data(teacher)
+            self.embedding = self.text and teacher.task == "embedding"
+            if self.embedding:
+                num_classes = teacher.output_dim  # the student's output width: the embedding's
+            else:
+                num_classes = teacher.num_classes if teacher else int(max(train_split.y.max(), val_split.y.max())) + 1
             input_shape = list(train_split.x.shape[1:])
-            if teacher and teacher.input_shape != input_shape:
+            if teacher and not self.text and teacher.input_shape != input_shape:
                 raise JobFailed("teacher_output_mismatch",
                                 f"dataset rows have shape {input_shape}, the teacher expects {teacher.input_shape}")
-            if int(max(train_split.y.max(), val_split.y.max())) >= num_classes:
+            if not self.embedding and int(max(train_split.y.max(), val_split.y.max())) >= num_classes:
                 raise JobFailed("label_out_of_range", f"a label is ≥ the teacher's {num_classes} classes")
             if spec.teacher_features and spec.teacher_features not in teacher.output_names:
                 raise JobFailed("invalid_request", f"the teacher has no output {spec.teacher_features!r}")
             loss_fn = build_loss(spec.method.name, spec.method.params)
             torch.manual_seed(spec.training.seed)  # the student's initial weights are part of the seeded run
             try:
+                source = self._text_source(teacher, train_split, loss_fn.output_width(num_classes)) if self.text else None
                 student = create_student(spec.student.architecture, spec.student.params, input_shape,
-                                         loss_fn.output_width(num_classes))
+                                         loss_fn.output_width(num_classes), source=source)
             except ArchitectureError as exc:
                 raise JobFailed("invalid_request", str(exc))
 
@@ -247,11 +261,22 @@ class JobRun:
         if teacher is not None:
             with self.stage("caching_teacher"):
                 t0 = time.perf_counter()
-                for split in (train_split, val_split):
-                    split.teacher_logits, split.teacher_features = teacher_outputs(teacher, split.x, spec.teacher_features)
+                cached = self._load_text_cache() if self.text else None
+                for i, split in enumerate((train_split, val_split)):
+                    if cached is not None:
+                        split.teacher_logits, split.teacher_features = cached[i]
+                    elif self.text:
+                        split.teacher_logits, split.teacher_features = text_teacher_outputs(
+                            teacher, split.x, split.mask, split.types, spec.teacher_features)
+                    else:
+                        split.teacher_logits, split.teacher_features = teacher_outputs(teacher, split.x,
+                                                                                       spec.teacher_features)
                 seconds = time.perf_counter() - t0
-                self.db.add_event(self.job.id, f"teacher outputs cached for {len(train_split) + len(val_split)} samples "
-                                  f"in {seconds:.2f} s", data={"teacher_forward_seconds": round(seconds, 4)})
+                if self.text and cached is None:
+                    self._save_text_cache(train_split, val_split)
+                self.db.add_event(self.job.id, f"teacher outputs {'reused' if cached else 'cached'} for "
+                                  f"{len(train_split) + len(val_split)} samples in {seconds:.2f} s",
+                                  data={"teacher_forward_seconds": round(seconds, 4), "reused": cached is not None})
             if train_split.teacher_logits.shape[1] != num_classes:
                 raise JobFailed("teacher_output_mismatch", "the teacher's output width changed between calls")
 
@@ -263,7 +288,7 @@ class JobRun:
             try:
                 result = trainer.train(student, loss_fn, train_split, val_split, spec.training, device,
                                        on_epoch=self._on_epoch, should_stop=self.should_stop,
-                                       checkpoint=self._save_checkpoint, resume=resume)
+                                       checkpoint=self._save_checkpoint, resume=resume, embedding=self.embedding)
             except trainer.SetupError as exc:
                 raise JobFailed("invalid_request", str(exc))
         # What is evaluated and exported: the student's main head only (auxiliary heads stay behind),
@@ -271,10 +296,25 @@ class JobRun:
         model = trainer.predictor(student.cpu().eval(), loss_fn.cpu())
 
         with self.stage("evaluating"):
-            student_logits = trainer.predict(model, val_split.x)
+            student_logits = trainer.predict(model, val_split)
             metrics = self._final_metrics(student_logits, val_split, result)
             self.db.update_job(self.job.id, metrics=metrics)
 
+        if self.text:
+            model_id = self._export_text(model, student_logits, val_split, teacher, teacher_row, metrics)
+        else:
+            model_id = self._export_tensor(model, student_logits, val_split, teacher_row, metrics, input_shape,
+                                           num_classes)
+
+        self.timings["total"] = round(time.time() - self._t_start, 4)
+        _finish(self.db, self.blobs, self.job.id, "succeeded", f"succeeded: model {model_id}", model_id=model_id,
+                progress=1.0, stage=None)
+        self.db.add_event(self.job.id, "stage timings", data={"timings": self.timings,
+                                                               "train_samples_per_second": result.samples_per_second})
+
+    def _export_tensor(self, model, student_logits, val_split: Split, teacher_row, metrics, input_shape,
+                       num_classes) -> str:
+        spec = self.spec
         with tempfile.TemporaryDirectory(dir=self.blobs.root / ".tmp") as tmp:
             onnx_path = Path(tmp) / "model.onnx"
             with self.stage("exporting"):
@@ -298,13 +338,116 @@ class JobRun:
                 self.db.add_event(self.job.id, f"ONNX parity ok: max abs diff {parity.max_abs_diff:.3g}", data=data)
                 artifact = self._artifact(onnx_path, "fp32", parity, val_split, input_shape)
             with self.stage("publishing"):
-                model_id = self._publish(onnx_path, artifact, model, teacher_row, metrics, input_shape, num_classes)
+                return self._publish(onnx_path, artifact, model, teacher_row, metrics, input_shape, num_classes)
 
-        self.timings["total"] = round(time.time() - self._t_start, 4)
-        _finish(self.db, self.blobs, self.job.id, "succeeded", f"succeeded: model {model_id}", model_id=model_id,
-                progress=1.0, stage=None)
-        self.db.add_event(self.job.id, "stage timings", data={"timings": self.timings,
-                                                               "train_samples_per_second": result.samples_per_second})
+    def _export_text(self, model, student_logits: torch.Tensor, val: Split, teacher: HfTeacher, teacher_row,
+                     metrics: dict) -> str:
+        """Export a text student (input_ids + attention_mask), gate it on parity, make the requested
+        variants and publish it with its tokenizer (per precision: the .onnx file, and a zip of it
+        with the tokenizer files)."""
+        from models.text import Embeddings
+
+        spec = self.spec
+        task = teacher.task
+        output_name = text_export.EMBEDDING_OUTPUT if self.embedding else text_export.LOGITS_OUTPUT
+        ids, mask = val.x.numpy(), val.mask.numpy()
+        reference = student_logits.numpy()
+        labels = None if self.embedding else val.y.numpy()
+        seq_len = max(int(val.mask.sum(1).float().median()), 2)
+        positions = next(m for m in model.modules() if isinstance(m, Embeddings)).position.num_embeddings
+        with tempfile.TemporaryDirectory(dir=self.blobs.root / ".tmp") as tmp:
+            onnx_path = Path(tmp) / "model.onnx"
+            with self.stage("exporting"):
+                try:
+                    text_export.export_text_onnx(model, onnx_path, spec.export.opset, output_name, positions)
+                except Exception as exc:
+                    raise JobFailed("export_failed", f"ONNX export failed: {type(exc).__name__}: {exc}")
+            with self.stage("verifying"):
+                try:
+                    parity = text_export.check_text_parity(onnx_path, reference, ids, mask, task)
+                except Exception as exc:
+                    raise JobFailed("export_failed", f"onnxruntime cannot run the exported model (opset "
+                                    f"{spec.export.opset}): {type(exc).__name__}: {str(exc)[:300]}")
+                data = {"max_abs_diff": parity.max_abs_diff, "max_rel_diff": parity.max_rel_diff,
+                        "agreement": parity.agreement, "tolerance": spec.export.parity_tolerance}
+                if not parity.max_abs_diff <= spec.export.parity_tolerance:
+                    self.db.add_event(self.job.id, "ONNX parity check failed", level="error", data=data)
+                    raise JobFailed("parity_failed",
+                                    f"onnxruntime and PyTorch differ by up to {parity.max_abs_diff:.3g} on the "
+                                    f"validation set (tolerance {spec.export.parity_tolerance:g}); nothing published")
+                self.db.add_event(self.job.id, f"ONNX parity ok: max abs diff {parity.max_abs_diff:.3g}", data=data)
+                artifact = text_export.artifact_fields(onnx_path, "fp32", parity, parity.outputs, labels, task,
+                                                       seq_len, teacher.vocab_size)
+                artifact["quantization"] = "none (fp32)"
+            variants = []
+            if spec.export.quantize:
+                with self.stage("quantizing"):
+                    variants = text_export.build_text_variants(
+                        onnx_path, list(spec.export.quantize), ids=ids, mask=mask, reference=reference, labels=labels,
+                        task=task, max_drop=spec.export.max_accuracy_drop, seq_len=seq_len,
+                        vocab_size=teacher.vocab_size, out_dir=Path(tmp))
+                    for v in variants:
+                        self.db.add_event(self.job.id, v.reason, level="info" if v.published else "warning",
+                                          data={"precision": v.precision, "published": v.published})
+            files = [("fp32", onnx_path, artifact)] + [(v.precision, v.path, v.artifact) for v in variants if v.published]
+            with self.stage("publishing"):
+                return self._publish_text(files, model, teacher, teacher_row, metrics, output_name,
+                                          int(reference.shape[1]), Path(tmp))
+
+    def _publish_text(self, files, model, teacher: HfTeacher, teacher_row, metrics, output_name: str, width: int,
+                      tmp: Path) -> str:
+        with self.db.session() as s:
+            existing = s.query(Model).filter_by(job_id=self.job.id).one_or_none()
+            if existing is not None:  # a redelivered job that already published: keep the first model
+                return existing.id
+        model_id = new_id("mdl")
+        prefix = f"models/{model_id}"
+        data = self._dataset_row(self.spec.dataset_id)
+        text_info = {"task": teacher.task, "max_length": self.max_length, "inputs": [textio.INPUT_IDS,
+                     textio.ATTENTION_MASK], "output": output_name, "normalized": bool(self.embedding and teacher.normalize),
+                     "pooling": teacher.pooling if self.embedding else "cls",
+                     "text_pairs": bool((data.details or {}).get("text_pairs")), "vocab_size": teacher.vocab_size}
+        tokenizer = text_export.tokenizer_bundle(teacher.tokenizer_json, teacher.tokenizer_files, text_info)
+        for name, content in tokenizer.items():
+            self.blobs.put_bytes(f"{prefix}/tokenizer/{name}", content)
+        artifacts, bundles = [], []
+        for precision, path, artifact in files:
+            artifacts.append(dict(artifact, blob_key=f"{prefix}/model.{precision}.onnx"))
+            self.blobs.put_file(artifacts[-1]["blob_key"], path)
+            zip_path = tmp / f"model.{precision}.zip"
+            text_export.write_zip(zip_path, path, tokenizer)
+            bundles.append({"format": "zip", "precision": precision, "blob_key": f"{prefix}/model.{precision}.zip",
+                            "size_bytes": zip_path.stat().st_size, "sha256": onnx_export.sha256_file(zip_path)})
+            self.blobs.put_file(bundles[-1]["blob_key"], zip_path)
+        n_params = count_parameters(model)
+        t_params = teacher_row.num_parameters if teacher_row else None
+        keys = ("teacher_accuracy", "student_accuracy", "agreement", "mean_cosine", "neighbour_overlap_at_10")
+        card = {
+            "teacher_id": self.spec.teacher_id, "dataset_id": self.spec.dataset_id,
+            "method": self.spec.method.model_dump(), "student": self.spec.student.model_dump(),
+            "num_parameters": n_params, "teacher_num_parameters": t_params, "refined_teacher_id": None,
+            "compression_ratio": round(t_params / n_params, 3) if t_params else None,
+            "metrics": {k: metrics[k] for k in keys if k in metrics},
+            "input": {"name": textio.INPUT_IDS, "shape": [-1, -1], "datatype": "INT64"},
+            "inputs": [{"name": textio.INPUT_IDS, "shape": [-1, -1], "datatype": "INT64"},
+                       {"name": textio.ATTENTION_MASK, "shape": [-1, -1], "datatype": "INT64"}],
+            "output": {"name": output_name, "shape": [-1, width], "datatype": "FP32"},
+            "artifacts": artifacts, "bundles": bundles,
+            "text": dict(text_info, tokenizer_files=sorted(tokenizer)),
+        }
+        name = self.spec.metadata.get("name") or f"{self.spec.student.architecture}-{self.spec.method.name}-{self.job.id[-6:]}"
+        try:
+            with self.db.session() as s:
+                s.add(Model(id=model_id, tenant=self.job.tenant, name=name, job_id=self.job.id, card=card))
+        except IntegrityError:  # another delivery of this job published first: keep that one
+            self.blobs.delete_prefix(prefix)
+            with self.db.session() as s:
+                return s.query(Model).filter_by(job_id=self.job.id).one().id
+        return model_id
+
+    def _dataset_row(self, dataset_id: str) -> Dataset:
+        with self.db.session() as s:
+            return s.query(Dataset).filter_by(id=dataset_id).one()
 
     def _save_checkpoint(self, state: dict) -> None:
         buf = io.BytesIO()
@@ -367,14 +510,78 @@ class JobRun:
             raise JobFailed("not_found", f"dataset {dataset_id} no longer exists")
         return load_canonical(self.blobs.local_path(row.blob_key))
 
-    def _load_data(self) -> tuple[Split, Split]:
-        data = self._dataset(self.spec.dataset_id)
+    def _load_data(self, teacher: Teacher | None) -> tuple[Split, Split]:
+        data = self._prepare(self._dataset(self.spec.dataset_id), teacher)
         if self.spec.validation_dataset_id:
-            return whole(data), whole(self._dataset(self.spec.validation_dataset_id))
+            return whole(data), whole(self._prepare(self._dataset(self.spec.validation_dataset_id), teacher))
         try:
             return split_dataset(data, self.spec.validation_split, self.spec.training.seed)
         except ValueError as exc:
             raise JobFailed("invalid_request", str(exc))
+
+    def _prepare(self, data, teacher: Teacher | None):
+        """Tabular data as it is; text tokenised with the teacher's tokenizer at the job's max_length."""
+        is_text = isinstance(data, TextParsed)
+        if is_text != isinstance(teacher, HfTeacher):
+            raise JobFailed("invalid_request", "a text dataset needs a text teacher (format hf) and a text teacher "
+                            "needs a text dataset (jsonl)")
+        if not is_text:
+            return data
+        max_length = min(self.spec.text.max_length, teacher.max_positions)
+        try:
+            enc = textio.encode(teacher.tokenizer, data.texts, max_length, data.pairs)
+        except textio.TokenizerError as exc:
+            raise JobFailed("invalid_request", str(exc))
+        self.max_length = max_length
+        return Tokens(enc.input_ids, enc.attention_mask, enc.token_type_ids, data.y)
+
+    def _text_cache_key(self) -> str:
+        """Text teachers are expensive to run, and jobs comparing students on the same data ask the
+        same question: their outputs are kept in the blob store, keyed by everything that decides
+        them (teacher, data, split, tokenisation, feature), so later jobs skip the teacher."""
+        import hashlib
+        import json as _json
+
+        spec = self.spec
+        ident = {"teacher": spec.teacher_id, "dataset": spec.dataset_id, "validation": spec.validation_dataset_id,
+                 "split": spec.validation_split, "seed": spec.training.seed, "max_length": self.max_length,
+                 "feature": spec.teacher_features, "version": 1}
+        digest = hashlib.sha256(_json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+        return f"cache/teacher_outputs/{spec.teacher_id}/{digest}.pt"
+
+    def _load_text_cache(self):
+        key = self._text_cache_key()
+        if not self.blobs.exists(key):
+            return None
+        state = torch.load(io.BytesIO(self.blobs.get_bytes(key)), map_location="cpu", weights_only=True)
+        return [(state[f"{n}_logits"], state.get(f"{n}_features")) for n in ("train", "val")]
+
+    def _save_text_cache(self, train: Split, val: Split) -> None:
+        state = {}
+        for n, split in (("train", train), ("val", val)):
+            state[f"{n}_logits"] = split.teacher_logits
+            if split.teacher_features is not None:
+                state[f"{n}_features"] = split.teacher_features
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        self.blobs.put_bytes(self._text_cache_key(), buf.getvalue())
+
+    def _text_source(self, teacher: HfTeacher, train: Split, width: int) -> TextSource:
+        """What a text student is built from; the teacher's weights only for architectures that copy
+        them, and a few hundred training texts to fit a narrow student's projection."""
+        info = ARCHITECTURES.get(self.spec.student.architecture)
+        weights = info is not None and info.needs_teacher_weights
+        calibration = None
+        if weights:
+            n = min(256, len(train))
+            width_used = max(int(train.mask[:n].sum(1).max()), 1)
+            calibration = (train.x[:n, :width_used], train.mask[:n, :width_used])
+        return TextSource(
+            vocab_size=teacher.vocab_size, pad_token_id=teacher.pad_token_id, sep_token_id=teacher.sep_token_id,
+            max_positions=teacher.max_positions, task=teacher.task, output_dim=width, pooling=teacher.pooling,
+            normalize=teacher.normalize, model_type=teacher.model_type, config=teacher.config,
+            state_dict={k: v.detach().cpu() for k, v in teacher.model.state_dict().items()} if weights else None,
+            calibration=calibration)
 
     def _on_epoch(self, m: trainer.EpochMetrics) -> None:
         epochs = self.spec.training.epochs
@@ -383,6 +590,8 @@ class JobRun:
         self.job.metrics = metrics
         self._update_progress("training", m.epoch / epochs, epoch=m.epoch, metrics=metrics)
         parts = [f"train_loss {m.train_loss:.4f}"]
+        if m.val_cosine is not None:
+            parts.append(f"val_cosine {m.val_cosine:.4f}")
         if m.val_accuracy is not None:
             parts.append(f"val_accuracy {m.val_accuracy:.4f}")
         if m.val_agreement is not None:
@@ -396,6 +605,11 @@ class JobRun:
         metrics = {"teacher_accuracy": None, "student_accuracy": None, "agreement": None,
                    "train_loss": result.history[-1].train_loss if result.history else None,
                    "val_loss": result.history[-1].val_loss if result.history else None}
+        if getattr(self, "embedding", False):
+            metrics["mean_cosine"] = float(torch.nn.functional.cosine_similarity(
+                student_logits, val.teacher_logits.float(), dim=1).mean())
+            metrics["neighbour_overlap_at_10"] = neighbour_overlap(student_logits, val.teacher_logits.float(), 10)
+            return metrics
         if bool(labelled.any()):
             metrics["student_accuracy"] = float((pred[labelled] == val.y[labelled]).float().mean())
         if val.teacher_logits is not None:
@@ -444,3 +658,22 @@ class JobRun:
             with self.db.session() as s:
                 return s.query(Model).filter_by(job_id=self.job.id).one().id
         return model_id
+
+
+def neighbour_overlap(student: torch.Tensor, teacher: torch.Tensor, k: int) -> float | None:
+    """Mean share of each row's k nearest neighbours (cosine, itself excluded) that the student's
+    space and the teacher's have in common: how well the student serves retrieval in its place."""
+    n = min(len(student), 2000)  # an n×n similarity matrix: a sample is plenty for an average
+    if n <= k:
+        return None
+    student, teacher = student[:n], teacher[:n]
+
+    def knn(x: torch.Tensor) -> torch.Tensor:
+        xn = torch.nn.functional.normalize(x.float(), dim=1)
+        sim = xn @ xn.T
+        sim.fill_diagonal_(-float("inf"))
+        return sim.topk(k, dim=1).indices
+
+    a, b = knn(student), knn(teacher)
+    hits = (a.unsqueeze(2) == b.unsqueeze(1)).any(2).float().sum(1)
+    return float((hits / k).mean())

@@ -7,6 +7,10 @@ slices of those tensors, so there is no per-batch host→device copy and nothing
 A method asks for more than logits through its loss's `requires` (see worker/losses/base.py):
 an auxiliary head, the student's or teacher's features, or last epoch's predictions. The
 `Batcher` below builds those for a batch; nothing is computed that the method did not ask for.
+
+Text splits carry input_ids and an attention mask; each batch is cut to its own longest row
+(`model_inputs`), so a batch of short sentences does not pay for the longest one in the dataset.
+A tabular batch is the same index slice it always was.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class EpochMetrics:
     val_agreement: float | None
     seconds: float
     lr: float
+    val_cosine: float | None = None  # embedding students: mean cosine to the teacher's vectors
 
 
 @dataclass
@@ -63,8 +68,10 @@ class Predictor(torch.nn.Module):
         self.student = student
         self.to_classes = loss_fn.class_logits  # a bound method: the loss's own parts stay out of the graph
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_classes(self.student(x))
+    # Named parameters, not *inputs: torch.export matches dynamic shapes to the signature.
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.student(x) if attention_mask is None else self.student(x, attention_mask)
+        return self.to_classes(logits)
 
 
 def predictor(student: Student, loss_fn: DistillLoss) -> torch.nn.Module:
@@ -98,6 +105,17 @@ class Batcher:
     def parameters(self):
         return [] if self.aux_head is None else list(self.aux_head.parameters())
 
+    @staticmethod
+    def model_inputs(split: Split, idx: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """What the student is called with for these rows: (x,) or, for text, (input_ids,
+        attention_mask) cut to the batch's longest row."""
+        x = split.x if idx is None else split.x[idx]
+        if split.mask is None:
+            return (x,)
+        mask = split.mask if idx is None else split.mask[idx]
+        width = max(int(mask.sum(1).max()), 1)  # one host sync per text batch
+        return x[:, :width], mask[:, :width]
+
     def state_dict(self) -> dict:
         return {"aux_head": None if self.aux_head is None else self.aux_head.state_dict(),
                 "prev_probs": self.prev_probs}
@@ -114,14 +132,15 @@ class Batcher:
             return t if idx is None or t is None else t[idx]
 
         extras = {}
+        inputs = self.model_inputs(split, idx)
         if self.wants_features:
-            hint, feats, logits = self.student.forward_features(take(split.x), self.layer)
+            hint, feats, logits = self.student.forward_features(*inputs, layer=self.layer)
             if self.aux_head is not None:
                 extras["aux_logits"] = self.aux_head(feats)
             if self.wants_hint:
                 extras["student_features"] = hint
         else:
-            logits = self.student(take(split.x))
+            logits = self.student(*inputs)
         if self.wants_teacher_features:
             extras["teacher_features"] = take(split.teacher_features)
         if self.prev_probs is not None and training:
@@ -154,18 +173,22 @@ def train(
     should_stop: Callable[[], str | None] = lambda: None,
     checkpoint: Callable[[dict], None] | None = None,
     resume: dict | None = None,
+    embedding: bool = False,
 ) -> TrainResult:
     """Train `student` in place. With `checkpoint`, the full training state (weights, optimizer,
     schedule position, shuffling RNG, the loss's and batcher's own parts) is handed to it after
     every epoch; `resume` is such a state, and training continues after its epoch exactly as if it
-    had never stopped."""
+    had never stopped. `embedding`: the student outputs vectors, not class logits (validation
+    reports their mean cosine to the teacher's instead of accuracy)."""
     torch.manual_seed(spec.seed)
     student.to(device)
     train_d, val_d = train_split.to(device), val_split.to(device)
     has_labels = bool(train_split.labelled.any())
     batcher = Batcher(student, loss_fn, train_d, device)
     with torch.no_grad():
-        hint_shape = tuple(batcher.student.forward_features(train_d.x[:2], batcher.layer)[0].shape)
+        first = torch.arange(min(2, len(train_d)), device=train_d.x.device)
+        hint_shape = tuple(batcher.student.forward_features(*batcher.model_inputs(train_d, first),
+                                                            layer=batcher.layer)[0].shape)
     try:
         loss_fn.prepare(PrepareData(hint_shape, train_d.teacher_logits, train_d.teacher_features, train_d.y))
     except ValueError as exc:
@@ -216,7 +239,7 @@ def train(
         seconds = time.perf_counter() - t0
         trained_samples += count
         train_seconds += seconds
-        metrics = evaluate_epoch(student, loss_fn, batcher, val_d, epoch, spec)
+        metrics = evaluate_epoch(student, loss_fn, batcher, val_d, epoch, spec, embedding)
         record = EpochMetrics(
             epoch=epoch + 1, train_loss=epoch_loss, seconds=seconds,
             lr=optimizer.param_groups[0]["lr"], **metrics,
@@ -235,14 +258,20 @@ def train(
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+def predict(model: torch.nn.Module, data: torch.Tensor | Split, batch_size: int = 1024) -> torch.Tensor:
+    """The model's outputs for every row of a tensor or a Split (text: batches of 64 rows, each cut
+    to its longest row)."""
     model.eval()
+    if isinstance(data, Split) and data.is_text:
+        rows = torch.arange(len(data), device=data.x.device)
+        return torch.cat([model(*Batcher.model_inputs(data, rows[i : i + 64])) for i in range(0, len(data), 64)]).float()
+    x = data.x if isinstance(data, Split) else data
     return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).float()
 
 
 @torch.no_grad()
 def evaluate_epoch(student: Student, loss_fn: DistillLoss, batcher: Batcher, val: Split, epoch: int,
-                   spec: TrainingSpec) -> dict:
+                   spec: TrainingSpec, embedding: bool = False) -> dict:
     """Validation loss (in training-sized batches: some losses depend on the batch) and metrics."""
     student.eval()
     loss_fn.eval()
@@ -257,8 +286,14 @@ def evaluate_epoch(student: Student, loss_fn: DistillLoss, batcher: Batcher, val
             total += float(loss_fn(inp)) * len(idx)
             logits = inp.student_logits
         else:
-            logits = student(val.x[idx])
+            logits = student(*batcher.model_inputs(val, idx))
         parts.append(loss_fn.class_logits(logits).float())
+    if embedding:
+        out = torch.cat(parts)
+        cosine = None if val.teacher_logits is None else float(
+            F.cosine_similarity(out, val.teacher_logits.float(), dim=1).mean())
+        return {"val_loss": total / len(val) if with_loss else None, "val_accuracy": None, "val_agreement": None,
+                "val_cosine": cosine}
     pred = torch.cat(parts).argmax(1)
     acc = float((pred[labelled] == val.y[labelled]).float().mean()) if bool(labelled.any()) else None
     agree = None if val.teacher_logits is None else float((pred == val.teacher_logits.argmax(1)).float().mean())

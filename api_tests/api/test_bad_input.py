@@ -190,3 +190,24 @@ def test_other_tenants_ids_answer_404(service, client, good, files):
         body = {**KD_JOB, "teacher_id": good["teacher"]["id"], "dataset_id": good["dataset"]["id"]}
         assert_error(other.post("/v1/jobs", json=body), 404, "not_found")
     assert client.get(f"/v1/models/{job['model_id']}").status_code == 200
+
+
+def test_revoked_key_stops_working(service):
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from api_tests.harness import REPO
+
+    made = json.loads(subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "--tenant", "c", "--json"],
+                                     cwd=REPO, env=service.env, capture_output=True, text=True, check=True).stdout)
+    with service.client(api_key=made["key"]) as c:
+        assert c.get("/v1/jobs").status_code == 200
+        subprocess.run([sys.executable, "-m", "service.cli", "keys", "revoke", made["id"]], cwd=REPO, env=service.env,
+                       capture_output=True, check=True)
+        deadline = time.time() + 10  # the API caches a valid key for 5 s
+        while c.get("/v1/jobs").status_code == 200:
+            assert time.time() < deadline
+            time.sleep(0.5)
+        assert_error(c.get("/v1/jobs"), 401, "unauthorized")

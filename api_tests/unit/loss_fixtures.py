@@ -63,6 +63,9 @@ REQUIRES = {
     "pskd": {"prev_probs"},
     "fitnet": {"student_features", "teacher_features"},
     "lelp": {"teacher_features"},
+    "embedding_mse": set(),
+    "embedding_cosine": set(),
+    "embedding_relational": set(),
 }
 # methods whose loss is undefined with a single class: they must raise ValueError
 UNDEFINED_FOR_ONE_CLASS = {"nkd", "uskd", "dkd", "dist"}

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from service import ingest
-from service.api.deps import Context, get_ctx, get_owned, paginate, principal, save_upload
+from service import ingest, metrics, uploads
+from service.api.deps import Context, check_storage, get_ctx, get_owned, paginate, principal
 from service.auth import Principal
 from service.errors import ApiError
 from service.schemas import DatasetOut, ListOut
@@ -20,42 +18,59 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 def to_out(row: Dataset) -> DatasetOut:
     return DatasetOut(id=row.id, name=row.name, format=row.format, sha256=row.sha256, size_bytes=row.size_bytes,
                       num_rows=row.num_rows, feature_shape=row.feature_shape, labeled=row.labeled,
-                      num_classes=row.num_classes, class_counts=row.class_counts, created_at=row.created_at)
+                      num_classes=row.num_classes, class_counts=row.class_counts, created_at=row.created_at,
+                      details=row.details)
 
 
-def _ingest(ctx: Context, tmp, fmt: str | None, filename: str | None, label_column: str):
+def _ingest(ctx: Context, tmp, fmt: str | None, filename: str | None, label_column: str, text_column: str = "text",
+            text_pair_column: str = "text_pair"):
     if fmt is None:
         with open(tmp, "rb") as f:
             fmt = ingest.detect_format(filename, f.read(4096))
-    parsed = ingest.parse(tmp, fmt, label_column)
+    parsed = ingest.parse(tmp, fmt, label_column, text_column, text_pair_column)
     canonical = ctx.blobs.temp_path(".npz")
     parsed.save(canonical)
     return fmt, parsed.summary(), canonical
 
 
-@router.post("", status_code=201, response_model=DatasetOut)
-async def create_dataset(
-    file: Annotated[UploadFile, File(description="npz (x, optional y) or CSV with a header row")],
-    name: Annotated[str | None, Form(max_length=255)] = None,
-    format: Annotated[str | None, Form()] = None,
-    label_column: Annotated[str, Form(max_length=255)] = "label",
-    ctx: Context = Depends(get_ctx),
-    who: Principal = Depends(principal),
-):
-    if format is not None and format not in ingest.FORMATS:
-        raise ApiError(422, "unsupported_format", f"format must be one of {list(ingest.FORMATS)}", "format")
-    tmp, sha, size = await save_upload(file, ctx)
+DATASET_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary",
+                 "description": "npz (x, optional y), CSV with a header row, or JSONL text (one object per line)"},
+        "name": {"type": "string", "maxLength": 255},
+        "format": {"type": "string", "enum": list(ingest.FORMATS)},
+        "label_column": {"type": "string", "default": "label"},
+        "text_column": {"type": "string", "default": "text", "description": "jsonl: the field holding the text"},
+        "text_pair_column": {"type": "string", "default": "text_pair",
+                             "description": "jsonl: the field holding the second text of a pair (when present)"}}}}}}}
+
+
+@router.post("", status_code=201, response_model=DatasetOut, openapi_extra=DATASET_FORM)
+async def create_dataset(request: Request, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
+    upload = await uploads.receive(request, ctx.settings, ctx.blobs.temp_path)
     try:
-        fmt, summary, canonical = await run_in_threadpool(_ingest, ctx, tmp, format, file.filename, label_column)
+        form = upload.fields
+        fmt = form.get("format") or None
+        if fmt is not None and fmt not in ingest.FORMATS:
+            raise ApiError(422, "unsupported_format", f"format must be one of {list(ingest.FORMATS)}", "format")
+        metrics.observe_upload("dataset", upload.size)
+        check_storage(ctx, who, upload.size)
+        uploads.check_archive(upload.path, ctx.settings)
+        label_column = form.get("label_column") or "label"
+        text_column = form.get("text_column") or "text"
+        text_pair_column = form.get("text_pair_column") or "text_pair"
+        fmt, summary, canonical = await run_in_threadpool(_ingest, ctx, upload.path, fmt, upload.filename, label_column,
+                                                          text_column, text_pair_column)
     except ingest.DatasetError as exc:
         raise ApiError(422, exc.code, exc.message, exc.param)
     finally:
-        tmp.unlink(missing_ok=True)
+        upload.discard()
     dataset_id = new_id("ds")
     blob_key = f"datasets/{dataset_id}/data.npz"
     ctx.blobs.put_file(blob_key, canonical, move=True)
-    row = Dataset(id=dataset_id, tenant=who.tenant, name=name or file.filename or dataset_id, format=fmt, sha256=sha,
-                  size_bytes=size, blob_key=blob_key, **summary)
+    name = (form.get("name") or "")[:255] or upload.filename or dataset_id
+    row = Dataset(id=dataset_id, tenant=who.tenant, name=name, format=fmt, sha256=upload.sha256,
+                  size_bytes=upload.size, blob_key=blob_key, **summary)
     with ctx.db.session() as s:
         s.add(row)
     return to_out(row)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -11,15 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from fastapi import Depends, Request, UploadFile
-from sqlalchemy import select
+from fastapi import Depends, Request
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service import auth
 from service.errors import ApiError, not_found
 from service.settings import Settings
 from service.store.blobs import LocalBlobStore
-from service.store.db import Database
+from service.store.db import Database, Dataset, Model, Teacher
 
 
 @dataclass
@@ -86,26 +85,23 @@ def paginate(s: Session, table, who: auth.Principal, limit: int, after: str | No
     return rows[:limit], len(rows) > limit
 
 
-async def save_upload(upload: UploadFile, ctx: Context, suffix: str = "") -> tuple[Path, str, int]:
-    """Copy an upload to a temp file in the blob store, hashing as it goes; 413 past the cap."""
-    cap = ctx.settings.max_upload_bytes
-    path = ctx.blobs.temp_path(suffix)
-    digest, size = hashlib.sha256(), 0
-    try:
-        with open(path, "wb") as f:
-            while chunk := await upload.read(1 << 20):
-                size += len(chunk)
-                if size > cap:
-                    raise ApiError(413, "payload_too_large", f"the upload exceeds the {cap}-byte limit", "file")
-                digest.update(chunk)
-                f.write(chunk)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    if size == 0:
-        path.unlink(missing_ok=True)
-        raise ApiError(422, "invalid_request", "the uploaded file is empty", "file")
-    return path, digest.hexdigest(), size
+def check_storage(ctx: Context, who: auth.Principal, incoming: int) -> None:
+    """413 when this upload would take the tenant past KDSERVE_TENANT_MAX_STORAGE_BYTES."""
+    used = tenant_storage_bytes(ctx.db, who.tenant)
+    limit = ctx.settings.tenant_max_storage_bytes
+    if used + incoming > limit:
+        raise ApiError(413, "payload_too_large", f"tenant {who.tenant!r} stores {used} bytes; this upload of "
+                       f"{incoming} would pass its {limit}-byte quota; delete teachers, datasets or models first",
+                       "file")
+
+
+def tenant_storage_bytes(db: Database, tenant: str) -> int:
+    with db.session() as s:
+        used = sum(s.scalars(select(func.coalesce(func.sum(t.size_bytes), 0)).where(t.tenant == tenant)).one()
+                   for t in (Teacher, Dataset))
+        for card in s.scalars(select(Model.card).where(Model.tenant == tenant)):
+            used += sum(a.get("size_bytes", 0) for a in card.get("artifacts", []))
+    return int(used)
 
 
 def parse_json_form(value: str | None, param: str) -> Any:

@@ -6,16 +6,18 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import time
 
 import jsonschema
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import select
+from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Context, get_ctx, get_owned, paginate, principal
 from service.auth import Principal
+from service.ingest import TEXT_FORMATS
 from service.errors import ApiError
 from service.queue import enqueue_job
 from service.schemas import EventOut, JobCreate, JobOut, ListOut
@@ -39,8 +41,20 @@ def to_out(job: Job) -> JobOut:
     )
 
 
+def _non_finite(value, path: str) -> str | None:
+    """The path of the first NaN or infinite number in a JSON value (JSON itself has none, but
+    Python's parser accepts NaN and Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return next((p for k, v in items if (p := _non_finite(v, f"{path}.{k}"))), None)
+
+
 def _check_params(schema: dict, params: dict, param_prefix: str) -> dict:
     """Validate against the registry's JSON schema; return the params with defaults filled in."""
+    bad = _non_finite(params, param_prefix)
+    if bad:
+        raise ApiError(422, "invalid_request", f"{bad} must be a finite number", bad)
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(params), key=lambda e: list(e.path))
     if errors:
         err = errors[0]
@@ -90,8 +104,9 @@ def preflight(ctx: Context, body: JobCreate, who: Principal, s) -> None:
                                                        "teacher_refinement.params")
         if not dataset.labeled:
             raise ApiError(422, "invalid_request", "teacher refinement needs a labelled dataset", "dataset_id")
-    if body.teacher_id:
-        teacher = get_owned(s, Teacher, body.teacher_id, who, "teacher", "teacher_id")
+    teacher = get_owned(s, Teacher, body.teacher_id, who, "teacher", "teacher_id") if body.teacher_id else None
+    text_preflight(body, method, arch, dataset, val, teacher)
+    if teacher is not None:
         names = [o["name"] for o in teacher.outputs or []]
         if body.teacher_features and body.teacher_features not in names:
             raise ApiError(422, "invalid_request", f"the teacher has no output {body.teacher_features!r}; its outputs "
@@ -99,13 +114,92 @@ def preflight(ctx: Context, body: JobCreate, who: Principal, s) -> None:
         if body.teacher_refinement and teacher.format != "torchscript":
             raise ApiError(422, "invalid_request", "only a TorchScript teacher can be refined (an ONNX teacher is "
                            "a black box)", "teacher_refinement")
-        if teacher.input_shape != dataset.feature_shape:
+        if teacher.format != "hf" and teacher.input_shape != dataset.feature_shape:
             raise ApiError(422, "invalid_request", f"dataset rows have shape {dataset.feature_shape} but the teacher "
                            f"expects input of shape {teacher.input_shape}", "dataset_id")
+        embedding_teacher = (teacher.details or {}).get("task") == "embedding"
         for ds in filter(None, (dataset, val)):
-            if ds.num_classes is not None and ds.num_classes > teacher.num_classes:
+            if not embedding_teacher and ds.num_classes is not None and ds.num_classes > teacher.num_classes:
                 raise ApiError(422, "label_out_of_range", f"dataset {ds.id} has label {ds.num_classes - 1} but the "
                                f"teacher has only {teacher.num_classes} classes", "dataset_id")
+
+
+TEXT_ARCHITECTURES_HINT = "transformer (from scratch) or layer_dropped (a copy of a BERT teacher)"
+
+
+def text_preflight(body: JobCreate, method: dict, arch: dict, dataset: Dataset, val: Dataset | None,
+                   teacher: Teacher | None) -> None:
+    """Text jobs: the dataset, teacher, student and method must agree on text, on the tokenizer and
+    on the head. A text dataset is tokenised with the teacher's tokenizer at job start, and the
+    student shares that vocabulary: a mismatch here would otherwise surface as an index error
+    deep in training (the most common failure of distillation between transformers)."""
+    text_data = dataset.format in TEXT_FORMATS
+    text_arch = arch.get("inputs") == "text"
+    text_teacher = teacher is not None and teacher.format == "hf"
+    if val is not None and (val.format in TEXT_FORMATS) != text_data:
+        raise ApiError(422, "invalid_request", f"validation dataset {val.id} and dataset {dataset.id} must both be text "
+                       "or both numeric", "validation_dataset_id")
+    if text_data:
+        if teacher is None:
+            raise ApiError(422, "invalid_request", f"dataset {dataset.id} is text: it is tokenised with the teacher's "
+                           "tokenizer, so set teacher_id to a text teacher (format hf)", "teacher_id")
+        if not text_teacher:
+            raise ApiError(422, "invalid_request", f"dataset {dataset.id} is text but teacher {teacher.id} ({teacher.format}) "
+                           "has no tokenizer; use a Hugging Face teacher (format hf) whose tokenizer the student will "
+                           "share", "teacher_id")
+        if not text_arch:
+            raise ApiError(422, "invalid_request", f"student architecture {arch['name']!r} takes numeric features; for "
+                           f"text use {TEXT_ARCHITECTURES_HINT}", "student.architecture")
+    else:
+        if text_teacher:
+            raise ApiError(422, "invalid_request", f"teacher {teacher.id} is a text model (format hf); its dataset must "
+                           f"be text (jsonl), and dataset {dataset.id} is {dataset.format}", "dataset_id")
+        if text_arch:
+            raise ApiError(422, "invalid_request", f"{arch['name']!r} is a text student and dataset {dataset.id} is "
+                           f"numeric ({dataset.format}); use mlp, cnn or patch_transformer", "student.architecture")
+        return
+    d = teacher.details or {}
+    task, vocab = d.get("task"), int(d.get("vocab_size") or 0)
+    if body.text.max_length > int(d.get("max_positions") or 512):
+        raise ApiError(422, "invalid_request", f"text.max_length {body.text.max_length} is more than the teacher's "
+                       f"{d.get('max_positions')} positions", "text.max_length")
+    if method.get("compares", "logits") == "logits" and task == "embedding":
+        raise ApiError(422, "invalid_request", f"method {method['name']!r} compares class logits through a softmax, "
+                       f"and teacher {teacher.id} is a sentence-embedding model (no classes); use embedding_cosine, "
+                       "embedding_mse or embedding_relational", "method.name")
+    if method["needs_labels"] and task == "embedding":
+        raise ApiError(422, "invalid_request", f"method {method['name']!r} trains on class labels; an embedding "
+                       "student has no class head", "method.name")
+    p = body.student.params
+    if arch["name"] == "transformer":
+        if p.get("vocab_size") is not None and p["vocab_size"] < vocab:
+            raise ApiError(422, "invalid_request", f"vocabulary mismatch: student.params.vocab_size is {p['vocab_size']} "
+                           f"but teacher {teacher.id}'s tokenizer has {vocab} tokens; ids ≥ {p['vocab_size']} would "
+                           "index outside the student's embedding table. Leave vocab_size out to use the tokenizer's",
+                           "student.params.vocab_size")
+        if p.get("hidden", 1) % p.get("heads", 1):
+            raise ApiError(422, "invalid_request", f"student.params.hidden {p['hidden']} must be a multiple of heads "
+                           f"{p['heads']}", "student.params.hidden")
+        if p.get("max_positions") is not None and p["max_positions"] < body.text.max_length:
+            raise ApiError(422, "invalid_request", f"student.params.max_positions {p['max_positions']} is less than "
+                           f"text.max_length {body.text.max_length}", "student.params.max_positions")
+    elif arch["name"] == "layer_dropped":
+        if d.get("model_type") != "bert":
+            raise ApiError(422, "invalid_request", f"layer_dropped copies a BERT-family teacher (model_type bert); "
+                           f"teacher {teacher.id} is {d.get('model_type')!r}: use the transformer student",
+                           "student.architecture")
+        layers, n = p.get("layers"), int(d.get("num_layers") or 0)
+        if layers is not None and p.get("every") is not None:
+            raise ApiError(422, "invalid_request", "give student.params.layers or every, not both", "student.params.layers")
+        if layers is not None and (sorted(set(layers)) != layers or layers[0] < 0 or layers[-1] >= n):
+            raise ApiError(422, "invalid_request", f"student.params.layers {layers} must be distinct, increasing and "
+                           f"within the teacher's layers 0..{n - 1}", "student.params.layers")
+        if layers is None and (p.get("every") or 2) > n:
+            raise ApiError(422, "invalid_request", f"every={p.get('every')} keeps no layer of a {n}-layer teacher",
+                           "student.params.every")
+        if p.get("hidden_size") is not None and p["hidden_size"] > int(d.get("hidden_size") or 0):
+            raise ApiError(422, "invalid_request", f"student.params.hidden_size {p['hidden_size']} is wider than the "
+                           f"teacher's {d.get('hidden_size')}", "student.params.hidden_size")
 
 
 @router.post("", status_code=202, response_model=JobOut)
@@ -113,6 +207,13 @@ def create_job(body: JobCreate, idempotency_key: str | None = Header(None, max_l
                ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
     with ctx.db.session() as s:
         preflight(ctx, body, who, s)
+        active = s.scalar(select(func.count()).select_from(Job).where(
+            Job.tenant == who.tenant, Job.status.in_(("queued", "running"))))
+        if active >= ctx.settings.tenant_max_active_jobs and not (
+                idempotency_key and s.scalar(select(Job.id).where(Job.tenant == who.tenant,
+                                                                  Job.idempotency_key == idempotency_key))):
+            raise ApiError(429, "rate_limited", f"tenant {who.tenant!r} has {active} queued or running jobs, its limit "
+                           "(KDSERVE_TENANT_MAX_ACTIVE_JOBS); wait for one to end or cancel one")
         spec = body.model_dump(mode="json")
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
         if idempotency_key:

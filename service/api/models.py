@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import re
+import time
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
+from starlette.concurrency import run_in_threadpool
+
+from service import text_serving
 from service.api.deps import Context, get_ctx, get_owned, paginate, principal
+from service.api.inference_v2 import Serving, TensorError, check_finite, serving, to_array, to_model_input
+from service import metrics
 from service.auth import Principal
-from service.errors import ApiError
-from service.schemas import ListOut, ModelOut
+from service.errors import ApiError, not_found
+from service.schemas import ListOut, ModelOut, PredictIn, PredictOut
 from service.store.db import Model
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -19,8 +26,9 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 def to_out(row: Model) -> ModelOut:
     card = row.card
     artifacts = [{k: v for k, v in a.items() if k != "blob_key"} for a in card["artifacts"]]
+    bundles = [{k: v for k, v in b.items() if k != "blob_key"} for b in card.get("bundles") or []] or None
     return ModelOut(id=row.id, name=row.name, job_id=row.job_id, created_at=row.created_at,
-                    **{**card, "artifacts": artifacts})
+                    **{**card, "artifacts": artifacts, "bundles": bundles})
 
 
 @router.get("", response_model=ListOut)
@@ -45,13 +53,15 @@ def download_model(request: Request, model_id: str, format: str = Query("onnx"),
                    ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
     with ctx.db.session() as s:
         row = get_owned(s, Model, model_id, who, "model")
-    artifact = next((a for a in row.card["artifacts"] if a["format"] == format and a["precision"] == precision), None)
+    # `bundles`: text students' zips (model.onnx + tokenizer/), one per precision (format=zip)
+    files = row.card["artifacts"] + row.card.get("bundles", [])
+    artifact = next((a for a in files if a["format"] == format and a["precision"] == precision), None)
     if artifact is None:
-        have = [f"{a['format']}/{a['precision']}" for a in row.card["artifacts"]]
+        have = [f"{a['format']}/{a['precision']}" for a in files]
         raise ApiError(404, "not_found", f"model {model_id} has no {format}/{precision} artifact; it has {have}", "precision")
     path = ctx.blobs.local_path(artifact["blob_key"])
     size, etag = path.stat().st_size, f'"{artifact["sha256"]}"'
-    filename = f"{row.name}.{precision}.onnx"
+    filename = f"{row.name}.{precision}.{'zip' if format == 'zip' else 'onnx'}"
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{filename}"'}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
@@ -85,9 +95,73 @@ def _file_range(path, start: int, end: int):
             yield chunk
 
 
+@router.post("/{model_id}/predict", response_model=PredictOut)
+async def predict(request: Request, model_id: str, body: PredictIn, precision: str = Query("fp32"),
+                  ctx: Context = Depends(get_ctx), who: Principal = Depends(principal),
+                  srv: Serving = Depends(serving)):
+    """Logits and predicted classes for a batch of samples, each of the model's input shape (or
+    flattened to its number of features). Runs in the same batched onnxruntime sessions as /v2."""
+    served = await srv.served(ctx, who, model_id, precision)
+    if served.model_id != model_id:  # /v1 names models by id only (resolve also takes names)
+        raise not_found("model", model_id)
+    t0 = time.perf_counter()
+    loaded = await srv.load(served)
+    if text_serving.is_text_model(served.card):
+        return await _predict_text(request, ctx, served, loaded, body, t0)
+    info = loaded.inputs[0]
+    sample = list(info.shape[1:])
+    try:
+        x = to_array(body.inputs, "FP64", "inputs")
+        if x.ndim == 2 and -1 not in sample and x.shape[1] == math.prod(sample) and len(sample) != 1:
+            x = x.reshape(len(x), *sample)  # flattened samples of an image-shaped input
+        x = to_model_input(x, info, "inputs")
+        outputs = await loaded.infer({info.name: x}, [loaded.output_names[0]])
+        check_finite(outputs)
+    except TensorError as exc:
+        metrics.observe_inference(model_id, protocol="v1", batch_size=0, seconds=0.0, outcome="error")
+        raise ApiError(422, "invalid_request", f"{exc}; send a list of samples, each of shape {sample}", "inputs")
+    logits = outputs[loaded.output_names[0]]
+    answer = PredictOut(logits=logits.tolist(), predictions=logits.argmax(axis=1).tolist())
+    metrics.observe_inference(model_id, protocol="v1", batch_size=len(x), seconds=time.perf_counter() - t0)
+    return answer
+
+
+def text_tokenizers(request: Request) -> text_serving.TextTokenizers:
+    """The API process's tokenizers of text students (created on first use)."""
+    state = request.app.state
+    if getattr(state, "text_tokenizers", None) is None:
+        state.text_tokenizers = text_serving.TextTokenizers()
+    return state.text_tokenizers
+
+
+async def _predict_text(request: Request, ctx: Context, served, loaded, body: PredictIn, t0: float):
+    """A text student: `inputs` are strings (and `text_pairs` their second texts), tokenised here
+    with the student's tokenizer. Classification → logits and predictions; embeddings → embeddings."""
+    try:
+        texts = text_serving.strings(body.inputs, "inputs")
+        pairs = text_serving.strings(body.text_pairs, "text_pairs") if body.text_pairs is not None else None
+        tok = await run_in_threadpool(text_tokenizers(request).get, ctx.blobs, served.model_id, served.card)
+        feeds = text_serving.text_feeds(tok, texts, pairs)
+        name = loaded.output_names[0]
+        outputs = await loaded.infer(feeds, [name])
+        check_finite(outputs)
+    except (text_serving.TextInputError, TensorError) as exc:
+        metrics.observe_inference(served.model_id, protocol="v1", batch_size=0, seconds=0.0, outcome="error")
+        raise ApiError(422, "invalid_request", f"{exc}; send a list of strings", "inputs")
+    out = outputs[name]
+    if served.card["text"]["task"] == "embedding":
+        answer = PredictOut(logits=[], predictions=[], embeddings=out.tolist())
+    else:
+        answer = PredictOut(logits=out.tolist(), predictions=out.argmax(axis=1).tolist())
+    metrics.observe_inference(served.model_id, protocol="v1", batch_size=len(texts), seconds=time.perf_counter() - t0)
+    return answer
+
+
 @router.delete("/{model_id}", status_code=204)
-def delete_model(model_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
+def delete_model(model_id: str, request: Request, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
     with ctx.db.session() as s:
         s.delete(get_owned(s, Model, model_id, who, "model"))
+    request.app.state.serving.forget(model_id)  # stop serving it from memory too
+    text_tokenizers(request).forget(model_id)
     ctx.blobs.delete_prefix(f"models/{model_id}")
     return Response(status_code=204)

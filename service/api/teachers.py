@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import Context, get_ctx, get_owned, paginate, parse_json_form, principal, save_upload
+from models.sniff import ModelFileError, sniff
+from service import metrics, uploads
+from service.api.deps import Context, check_storage, get_ctx, get_owned, paginate, parse_json_form, principal
 from service.auth import Principal
 from service.errors import ApiError
 from service.schemas import ListOut, TeacherOut
@@ -19,23 +19,34 @@ from service.store.db import Job, Teacher, new_id
 router = APIRouter(prefix="/v1/teachers", tags=["teachers"])
 
 FORMATS = ("torchscript", "onnx", "hf", "safetensors")
+TASKS = ("classification", "embedding")
 _EXT = {"torchscript": ".pt", "onnx": ".onnx", "hf": ".zip", "safetensors": ".safetensors"}
 
 
 def to_out(row: Teacher) -> TeacherOut:
     return TeacherOut(id=row.id, name=row.name, format=row.format, sha256=row.sha256, size_bytes=row.size_bytes,
                       input_shape=row.input_shape, input_dtype=row.input_dtype, num_classes=row.num_classes,
-                      num_parameters=row.num_parameters, outputs=row.outputs or [], created_at=row.created_at)
+                      num_parameters=row.num_parameters, outputs=row.outputs or [], created_at=row.created_at,
+                      details=row.details)
 
 
-def probe(ctx: Context, path, fmt: str | None, input_shape) -> dict:
-    """Load and run the file in a child process: a hostile or crashing file cannot hurt the API."""
+def probe(ctx: Context, path, fmt: str | None, input_shape, task: str | None = None) -> dict:
+    """Load and run the file in a child process: a hostile or crashing file cannot hurt the API.
+    The sniff (pure Python, nothing unpickled) runs here first, so garbage and pickles are refused
+    without starting a process."""
+    try:
+        sniff(path)
+    except ModelFileError as exc:
+        raise ApiError(422, exc.code, exc.message, exc.param)
     cmd = [ctx.python, "-m", "models.teachers", str(path)]
     if fmt:
         cmd += ["--format", fmt]
     if input_shape is not None:
         cmd += ["--input-shape", json.dumps(input_shape)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    if task is not None:
+        cmd += ["--task", task]
+    # HF_HUB_OFFLINE: a Hugging Face folder is loaded from its own files, nothing is fetched.
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=ctx.settings.probe_timeout_s, env=env)
     except subprocess.TimeoutExpired:
@@ -49,33 +60,48 @@ def probe(ctx: Context, path, fmt: str | None, input_shape) -> dict:
     return result
 
 
-@router.post("", status_code=201, response_model=TeacherOut)
-async def create_teacher(
-    file: Annotated[UploadFile, File(description="TorchScript archive or ONNX file")],
-    name: Annotated[str | None, Form(max_length=255)] = None,
-    format: Annotated[str | None, Form()] = None,
-    input_shape: Annotated[str | None, Form(description="JSON list: the per-sample input shape")] = None,
-    ctx: Context = Depends(get_ctx),
-    who: Principal = Depends(principal),
-):
-    if format is not None and format not in FORMATS:
-        raise ApiError(422, "invalid_request", f"format must be one of {list(FORMATS)}", "format")
-    shape = parse_json_form(input_shape, "input_shape")
-    if shape is not None and (not isinstance(shape, list) or not shape
-                              or not all(isinstance(d, int) and 0 < d <= 1 << 20 for d in shape)):
-        raise ApiError(422, "invalid_request", "input_shape must be a JSON list of positive integers", "input_shape")
-    tmp, sha, size = await save_upload(file, ctx)
+TEACHER_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary",
+                 "description": "TorchScript archive, ONNX file, or a zip of a Hugging Face model folder (config.json, "
+                 "*.safetensors, tokenizer files)"},
+        "name": {"type": "string", "maxLength": 255},
+        "format": {"type": "string", "enum": list(FORMATS), "description": "detected from the content when omitted"},
+        "input_shape": {"type": "string", "description": "JSON list: the per-sample input shape"},
+        "task": {"type": "string", "enum": list(TASKS), "description": "hf only: classification (logits) or "
+                 "embedding (pooled sentence vector); default: from config.json's architectures"}}}}}}}
+
+
+@router.post("", status_code=201, response_model=TeacherOut, openapi_extra=TEACHER_FORM)
+async def create_teacher(request: Request, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
+    upload = await uploads.receive(request, ctx.settings, ctx.blobs.temp_path)
     try:
-        info = await run_in_threadpool(probe, ctx, tmp, format, shape)
+        form = upload.fields
+        fmt = form.get("format") or None
+        if fmt is not None and fmt not in FORMATS:
+            raise ApiError(422, "invalid_request", f"format must be one of {list(FORMATS)}", "format")
+        shape = parse_json_form(form.get("input_shape"), "input_shape")
+        if shape is not None and (not isinstance(shape, list) or not shape
+                                  or not all(isinstance(d, int) and 0 < d <= 1 << 20 for d in shape)):
+            raise ApiError(422, "invalid_request", "input_shape must be a JSON list of positive integers", "input_shape")
+        task = form.get("task") or None
+        if task is not None and task not in TASKS:
+            raise ApiError(422, "invalid_request", f"task must be one of {list(TASKS)}", "task")
+        metrics.observe_upload("teacher", upload.size)
+        check_storage(ctx, who, upload.size)
+        uploads.check_archive(upload.path, ctx.settings)
+        info = await run_in_threadpool(probe, ctx, upload.path, fmt, shape, task)
         teacher_id = new_id("tch")
         blob_key = f"teachers/{teacher_id}/teacher{_EXT[info['format']]}"
-        ctx.blobs.put_file(blob_key, tmp, move=True)
+        ctx.blobs.put_file(blob_key, upload.path, move=True)
     finally:
-        tmp.unlink(missing_ok=True)
-    row = Teacher(id=teacher_id, tenant=who.tenant, name=name or file.filename or teacher_id, format=info["format"],
-                  sha256=sha, size_bytes=size, input_shape=info["input_shape"], input_dtype=info["input_dtype"],
-                  num_classes=info["num_classes"], num_parameters=info["num_parameters"], outputs=info["outputs"],
-                  blob_key=blob_key)
+        upload.discard()
+    name = (form.get("name") or "")[:255] or upload.filename or teacher_id
+    row = Teacher(id=teacher_id, tenant=who.tenant, name=name, format=info["format"],
+                  sha256=upload.sha256, size_bytes=upload.size, input_shape=info["input_shape"],
+                  input_dtype=info["input_dtype"], num_classes=info["num_classes"],
+                  num_parameters=info["num_parameters"], outputs=info["outputs"], blob_key=blob_key,
+                  details=info.get("details"))
     with ctx.db.session() as s:
         s.add(row)
     return to_out(row)
@@ -104,4 +130,5 @@ def delete_teacher(teacher_id: str, ctx: Context = Depends(get_ctx), who: Princi
             raise ApiError(409, "conflict", f"job {busy[0]} is using this teacher; cancel it or wait for it to end")
         s.delete(row)
     ctx.blobs.delete_prefix(f"teachers/{teacher_id}")
+    ctx.blobs.delete_prefix(f"cache/teacher_outputs/{teacher_id}")  # text teachers' cached outputs
     return Response(status_code=204)

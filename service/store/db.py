@@ -53,6 +53,8 @@ class Teacher(Base):
     outputs: Mapped[list[Any]] = mapped_column(JSON, default=list)
     blob_key: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[int] = mapped_column(Integer, default=now)
+    # Text teachers (format hf): task, tokenizer and architecture facts the pre-flight checks need.
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Dataset(Base):
@@ -71,6 +73,8 @@ class Dataset(Base):
     class_counts: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     blob_key: Mapped[str] = mapped_column(String(255))  # canonical npz: x float32, y int64 (-1 = unlabelled)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
+    # Text datasets (format jsonl): kind, whether rows are text pairs, text lengths.
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Job(Base):
@@ -141,6 +145,28 @@ class Database:
 
     def create_all(self) -> None:
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Additive schema changes on a database made by an older version: a nullable column that a
+        table lacks is added (create_all only creates missing tables). Nothing is ever dropped or
+        altered, so an older process still reads the table."""
+        from sqlalchemy import inspect
+
+        inspector = inspect(self.engine)
+        for table in Base.metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have and column.nullable:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    try:
+                        with self.engine.begin() as conn:
+                            conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                    except Exception:  # another process (API and worker start together) added it first
+                        if column.name not in {c["name"] for c in inspect(self.engine).get_columns(table.name)}:
+                            raise
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 class MethodParams(BaseModel):
     """Base of every method's params schema. Unknown params are an error, not ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass
@@ -110,6 +110,9 @@ class MethodInfo:
     needs_labels: bool
     params: type[MethodParams]
     loss_cls: type[DistillLoss]
+    # "logits": class logits through a softmax (needs a classification teacher); "vectors": any
+    # output vector compared as it is (sentence embeddings, or logits regressed as vectors).
+    compares: str = "logits"
 
     def catalog_entry(self) -> dict[str, Any]:
         return {
@@ -117,6 +120,7 @@ class MethodInfo:
             "description": self.description,
             "needs_teacher": self.needs_teacher,
             "needs_labels": self.needs_labels,
+            "compares": self.compares,
             "requires": sorted(self.loss_cls.requires),
             "params": self.params.model_json_schema(),
             "reference": self.reference,
@@ -134,11 +138,12 @@ def register_method(
     reference: str,
     needs_teacher: bool = True,
     needs_labels: bool = False,
+    compares: str = "logits",
 ):
     def decorate(cls: type[DistillLoss]) -> type[DistillLoss]:
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        METHODS[name] = MethodInfo(name, description, reference, needs_teacher, needs_labels, params, cls)
+        METHODS[name] = MethodInfo(name, description, reference, needs_teacher, needs_labels, params, cls, compares)
         return cls
 
     return decorate

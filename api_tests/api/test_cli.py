@@ -1,0 +1,191 @@
+"""The `kdserve` CLI as a user runs it (a child process) against the real service: uploads, jobs
+from flags and from a job.json, live follow, cancel, models, a resumed download, predict, the
+demo, `--json` output for scripts, and API errors as a message and exit status 1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from api_tests.harness import REPO
+
+
+def kdserve(service, *args: str, key: str | None = "default", env: dict | None = None, timeout: float = 600):
+    """Run `kdserve --url … --api-key … ARGS`; returns the CompletedProcess."""
+    flags = ["--url", service.base_url]
+    if key is not None:
+        flags += ["--api-key", service.api_key if key == "default" else key]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("KDSERVE_")}
+    full_env.update(env or {}, COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "service.cli", *flags, *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def as_json(result) -> dict | list:
+    assert result.returncode == 0, result.stderr + result.stdout
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def uploaded(service, files):
+    teacher = as_json(kdserve(service, "teachers", "upload", str(files["onnx"]), "--name", "cli-teacher", "--json"))
+    dataset = as_json(kdserve(service, "datasets", "upload", str(files["csv"]), "--label-column", "digit", "--json"))
+    return teacher, dataset
+
+
+@pytest.fixture(scope="module")
+def finished_job(service, uploaded):
+    teacher, dataset = uploaded
+    return as_json(kdserve(service, "jobs", "create", "--teacher", teacher["id"], "--dataset", dataset["id"],
+                           "--student", "mlp", "--student-param", "hidden_sizes=[32]", "--method", "kd",
+                           "--param", "temperature=4", "--param", "alpha=0.9", "--epochs", "6", "--lr", "0.005",
+                           "--metadata", "team=cli", "--wait", "--json"))
+
+
+def test_uploads_and_listing(service, uploaded, files):
+    teacher, dataset = uploaded
+    assert teacher["format"] == "onnx" and teacher["name"] == "cli-teacher" and teacher["input_shape"] == [64]
+    assert dataset["format"] == "csv" and dataset["labeled"] and dataset["num_classes"] == 10
+    listed = as_json(kdserve(service, "teachers", "list", "--limit", "100", "--json"))
+    assert listed["object"] == "list" and teacher["id"] in [t["id"] for t in listed["data"]]
+    assert as_json(kdserve(service, "datasets", "show", dataset["id"], "--json")) == dataset
+
+    human = kdserve(service, "teachers", "show", teacher["id"])
+    assert human.returncode == 0 and teacher["id"] in human.stdout and "cli-teacher" in human.stdout
+    table = kdserve(service, "datasets", "list")
+    assert table.returncode == 0 and dataset["id"] in table.stdout
+
+    extra = as_json(kdserve(service, "datasets", "upload", str(files["npz"]), "--json"))
+    assert as_json(kdserve(service, "datasets", "delete", extra["id"], "--json")) == {"id": extra["id"], "deleted": True}
+    gone = kdserve(service, "datasets", "show", extra["id"], "--json")
+    assert gone.returncode == 1 and json.loads(gone.stdout)["error"]["code"] == "not_found"
+
+
+def test_job_from_flags_with_wait(finished_job, uploaded):
+    job = finished_job
+    assert job["status"] == "succeeded" and job["epoch"] == 6 and job["model_id"]
+    assert job["student"]["params"]["hidden_sizes"] == [32]
+    assert job["method"] == {"name": "kd", "params": {"temperature": 4, "alpha": 0.9}}
+    assert job["training"]["learning_rate"] == 0.005 and job["metadata"] == {"team": "cli"}
+    assert job["teacher_id"] == uploaded[0]["id"]
+
+
+def test_job_from_a_file_and_its_logs(service, uploaded, tmp_path):
+    teacher, dataset = uploaded
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps({"teacher_id": teacher["id"], "dataset_id": dataset["id"],
+                                "student": {"architecture": "mlp", "params": {"hidden_sizes": [16]}},
+                                "method": {"name": "kd"}, "training": {"epochs": 50, "batch_size": 128}}))
+    # flags override the file: 3 epochs, not 50; the batch size stays from the file
+    queued = as_json(kdserve(service, "jobs", "create", "--file", str(spec), "--epochs", "3", "--json"))
+    assert queued["status"] == "queued" and queued["epochs"] == 3 and queued["training"]["batch_size"] == 128
+
+    followed = kdserve(service, "jobs", "logs", queued["id"], "-f", "--json")
+    assert followed.returncode == 0, followed.stderr
+    events = [json.loads(line) for line in followed.stdout.splitlines()]
+    assert [e["id"] for e in events] == sorted({e["id"] for e in events})
+    assert [e["data"]["epoch"] for e in events if e["type"] == "metrics"] == [1, 2, 3]
+    assert {"status": "succeeded"} in [e["data"] for e in events if e["type"] == "stage"]
+
+    logs = kdserve(service, "jobs", "logs", queued["id"])
+    assert logs.returncode == 0 and "epoch 3/3" in logs.stdout and "publishing" in logs.stdout
+    shown = as_json(kdserve(service, "jobs", "show", queued["id"], "--json"))
+    assert shown["status"] == "succeeded"
+    listed = as_json(kdserve(service, "jobs", "list", "--status", "succeeded", "--limit", "100", "--json"))
+    assert queued["id"] in [j["id"] for j in listed["data"]]
+
+    # the human --wait output: the final job table, exit status 0 for a succeeded job
+    human = kdserve(service, "jobs", "create", "--file", str(spec), "--epochs", "2", "--wait")
+    assert human.returncode == 0, human.stderr
+    assert "succeeded" in human.stdout and "kdserve models show mdl_" in human.stdout
+
+
+def test_cancel_and_api_errors(service, uploaded):
+    teacher, dataset = uploaded
+    job = as_json(kdserve(service, "jobs", "create", "--teacher", teacher["id"], "--dataset", dataset["id"],
+                          "--student", "mlp", "--method", "kd", "--epochs", "5000", "--json"))
+    cancelled = as_json(kdserve(service, "jobs", "cancel", job["id"], "--json"))
+    assert cancelled["id"] == job["id"] and cancelled["status"] in ("cancelled", "running")
+    waited = kdserve(service, "jobs", "wait", job["id"], "--json")
+    assert waited.returncode == 1 and json.loads(waited.stdout)["status"] == "cancelled"  # not a success
+
+    again = kdserve(service, "jobs", "cancel", job["id"])
+    assert again.returncode == 1 and "409" in again.stderr and "conflict" in again.stderr
+
+    bad = kdserve(service, "jobs", "create", "--teacher", teacher["id"], "--dataset", dataset["id"],
+                  "--student", "mlp", "--method", "kd", "--param", "temperature=-1", "--json")
+    err = json.loads(bad.stdout)
+    assert bad.returncode == 1 and err["status"] == 422 and err["error"]["param"] == "method.params.temperature"
+
+    missing = kdserve(service, "teachers", "show", "tch_nope")
+    assert missing.returncode == 1 and "not_found" in missing.stderr and "tch_nope" in missing.stderr
+    denied = kdserve(service, "jobs", "list", key="kd_" + "z" * 43)
+    assert denied.returncode == 1 and "unauthorized" in denied.stderr
+    usage = kdserve(service, "jobs", "create", "--param", "no-equals-sign")
+    assert usage.returncode == 2 and "KEY=VALUE" in usage.stderr
+    down = subprocess.run([sys.executable, "-m", "service.cli", "--url", "http://127.0.0.1:9", "--api-key", "kd_x",
+                           "models", "list", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 1 and json.loads(down.stdout)["error"]["code"] == "connection_error"
+
+
+def test_models_download_resume_and_predict(service, finished_job, tmp_path, digits):
+    model_id = finished_job["model_id"]
+    card = as_json(kdserve(service, "models", "show", model_id, "--json"))
+    assert card["id"] == model_id and card["job_id"] == finished_job["id"]
+    fp32 = next(a for a in card["artifacts"] if a["precision"] == "fp32")
+    assert model_id in [m["id"] for m in as_json(kdserve(service, "models", "list", "--json"))["data"]]
+    human = kdserve(service, "models", "show", model_id)
+    assert human.returncode == 0 and "artifacts" in human.stdout and "compression" in human.stdout
+
+    with service.client() as c:
+        whole = c.get(f"/v1/models/{model_id}/download").content
+    dest = tmp_path / "student.onnx"
+    dest.with_name("student.onnx.part").write_bytes(whole[:5000])  # what an interrupted download leaves
+    result = as_json(kdserve(service, "models", "download", model_id, "-o", str(dest), "--json"))
+    assert result["resumed_from"] == 5000 and result["sha256"] == fp32["sha256"]
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == fp32["sha256"]
+    assert not dest.with_name("student.onnx.part").exists()
+
+    into_dir = kdserve(service, "models", "download", model_id, "-o", str(tmp_path))
+    assert into_dir.returncode == 0 and "sha256" in into_dir.stdout
+    assert (tmp_path / f"{card['name']}.fp32.onnx").read_bytes() == whole
+
+    samples = tmp_path / "samples.json"
+    samples.write_text(json.dumps(digits.x_test[:4].tolist()))
+    out = as_json(kdserve(service, "predict", model_id, "--input", str(samples), "--json"))
+    assert len(out["predictions"]) == 4 and len(out["logits"][0]) == 10
+    inline = as_json(kdserve(service, "predict", model_id, "--data", json.dumps(digits.x_test[:2].tolist()), "--json"))
+    assert inline["predictions"] == out["predictions"][:2]
+    table = kdserve(service, "predict", model_id, "--input", str(samples))
+    assert table.returncode == 0 and "prediction" in table.stdout
+
+
+def test_key_from_the_data_dir(service, tmp_path):
+    """No --api-key: the CLI reads the key `kdserve up` wrote into KDSERVE_DATA_DIR."""
+    result = subprocess.run([sys.executable, "-m", "service.cli", "jobs", "list", "--json"], cwd=tmp_path,
+                            env={**{k: v for k, v in os.environ.items() if not k.startswith("KDSERVE_")},
+                                 "KDSERVE_URL": service.base_url, "KDSERVE_DATA_DIR": str(service.data_dir),
+                                 "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["object"] == "list"
+
+
+def test_demo(service, tmp_path):
+    result = kdserve(service, "demo", "--workdir", str(tmp_path / "demo"), "--epochs", "15", "--json")
+    summary = as_json(result)
+    assert summary["job"]["status"] == "succeeded"
+    assert summary["held_out_accuracy"] >= 0.9
+    assert summary["model"]["compression_ratio"] > 10
+    onnx = tmp_path / "demo" / "student.onnx"
+    assert hashlib.sha256(onnx.read_bytes()).hexdigest() == summary["model"]["artifacts"][0]["sha256"]
+
+    human = kdserve(service, "demo", "--workdir", str(tmp_path / "demo2"), "--epochs", "3")
+    assert human.returncode == 0, human.stderr
+    for text in ("uploaded teacher", "distilling: job", "artifacts", "held-out digits"):
+        assert text in human.stdout, human.stdout

