@@ -12,10 +12,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from api_tests.harness import Service
+
 EXAMPLES = os.environ.get("KDSERVE_FUZZ_EXAMPLES", "15")
 
 
-def test_schemathesis_finds_nothing(service, tmp_path):
+@pytest.fixture(scope="module")
+def fresh_service(tmp_path_factory):
+    """A service of its own: the fuzzer's stateful phase follows ids it finds, so it must not
+    depend on (or disturb) what other test modules left in the shared one."""
+    with Service(tmp_path_factory.mktemp("fuzz")) as svc:
+        yield svc
+
+
+def test_schemathesis_finds_nothing(fresh_service, tmp_path):
+    service = fresh_service
     st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
     report = tmp_path / "report.json"
     cmd = [st, "run", service.base_url + "/openapi.json", "-H", f"Authorization: Bearer {service.api_key}",
