@@ -100,7 +100,7 @@ def main() -> None:
             with open(data, "rb") as f:
                 did = c.post("/v1/datasets", files={"file": ("d.npz", f)}).json()["id"]
             body = {"teacher_id": tid, "dataset_id": did, "student": {"architecture": "mlp"}, "method": {"name": "kd"},
-                    "training": {"epochs": 100000, "max_duration_s": int(args.seconds) + 240}}
+                    "training": {"epochs": 10000, "max_duration_s": int(args.seconds) + 240}}
             jobs = [c.post("/v1/jobs", json=body).json()["id"] for _ in range(2)]
             wait_for(lambda: all(c.get(f"/v1/jobs/{j}").json()["status"] == "running" for j in jobs), 120, "training")
             queue = mp.Queue()
