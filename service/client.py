@@ -805,6 +805,7 @@ class Jobs(_JobCalls):
                     for line in response.iter_lines():
                         if sse := decoder.feed(line):
                             follow.on_sse(sse)
+                        follow.check_deadline()  # a busy stream never pauses: check on every line
                 job = self.get(follow.job_id)
                 if job.status in TERMINAL_STATUSES:
                     self._catch_up(follow)
@@ -1105,6 +1106,7 @@ class AsyncJobs(_JobCalls):
                         if sse := decoder.feed(line):
                             follow.on_sse(sse)
                             await flush()
+                        follow.check_deadline()
                 job = await self.get(follow.job_id)
                 if job.status in TERMINAL_STATUSES:
                     await self._catch_up(follow, flush)
