@@ -328,17 +328,21 @@ class JobRun:
                 except Exception as exc:  # the exported file does not load or run in onnxruntime
                     raise JobFailed("export_failed", f"onnxruntime cannot run the exported model (opset "
                                     f"{spec.export.opset}): {type(exc).__name__}: {str(exc)[:300]}")
-                data = {"max_abs_diff": parity.max_abs_diff, "max_rel_diff": parity.max_rel_diff,
-                        "argmax_agreement": parity.argmax_agreement, "tolerance": spec.export.parity_tolerance}
-                if not parity.max_abs_diff <= spec.export.parity_tolerance:
-                    self.db.add_event(self.job.id, "ONNX parity check failed", level="error", data=data)
-                    raise JobFailed("parity_failed",
-                                    f"onnxruntime and PyTorch differ by up to {parity.max_abs_diff:.3g} on the "
-                                    f"validation set (tolerance {spec.export.parity_tolerance:g}); nothing published")
-                self.db.add_event(self.job.id, f"ONNX parity ok: max abs diff {parity.max_abs_diff:.3g}", data=data)
+                self._parity_gate({"max_abs_diff": parity.max_abs_diff, "max_rel_diff": parity.max_rel_diff,
+                                   "argmax_agreement": parity.argmax_agreement})
                 artifact = self._artifact(onnx_path, "fp32", parity, val_split, input_shape)
             with self.stage("publishing"):
                 return self._publish(onnx_path, artifact, model, teacher_row, metrics, input_shape, num_classes)
+
+    def _parity_gate(self, data: dict) -> None:
+        """The fp32 gate, the same for every student: publish only within export.parity_tolerance."""
+        tolerance = self.spec.export.parity_tolerance
+        data = {**data, "tolerance": tolerance}
+        if not data["max_abs_diff"] <= tolerance:
+            self.db.add_event(self.job.id, "ONNX parity check failed", level="error", data=data)
+            raise JobFailed("parity_failed", f"onnxruntime and PyTorch differ by up to {data['max_abs_diff']:.3g} on "
+                            f"the validation set (tolerance {tolerance:g}); nothing published")
+        self.db.add_event(self.job.id, f"ONNX parity ok: max abs diff {data['max_abs_diff']:.3g}", data=data)
 
     def _export_text(self, model, student_logits: torch.Tensor, val: Split, teacher: HfTeacher, teacher_row,
                      metrics: dict) -> str:
@@ -368,14 +372,8 @@ class JobRun:
                 except Exception as exc:
                     raise JobFailed("export_failed", f"onnxruntime cannot run the exported model (opset "
                                     f"{spec.export.opset}): {type(exc).__name__}: {str(exc)[:300]}")
-                data = {"max_abs_diff": parity.max_abs_diff, "max_rel_diff": parity.max_rel_diff,
-                        "agreement": parity.agreement, "tolerance": spec.export.parity_tolerance}
-                if not parity.max_abs_diff <= spec.export.parity_tolerance:
-                    self.db.add_event(self.job.id, "ONNX parity check failed", level="error", data=data)
-                    raise JobFailed("parity_failed",
-                                    f"onnxruntime and PyTorch differ by up to {parity.max_abs_diff:.3g} on the "
-                                    f"validation set (tolerance {spec.export.parity_tolerance:g}); nothing published")
-                self.db.add_event(self.job.id, f"ONNX parity ok: max abs diff {parity.max_abs_diff:.3g}", data=data)
+                self._parity_gate({"max_abs_diff": parity.max_abs_diff, "max_rel_diff": parity.max_rel_diff,
+                                   "agreement": parity.agreement})
                 artifact = text_export.artifact_fields(onnx_path, "fp32", parity, parity.outputs, labels, task,
                                                        seq_len, teacher.vocab_size)
                 artifact["quantization"] = "none (fp32)"
