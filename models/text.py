@@ -264,9 +264,10 @@ def full_teacher_encoder(source: TextSource) -> tuple[Embeddings, list[EncoderLa
 
 @torch.no_grad()
 def projection_basis(source: TextSource, width: int, max_tokens: int = 20_000) -> torch.Tensor:
-    """P [hidden, width] with orthonormal columns: the top principal directions (uncentred SVD) of
-    the teacher's residual stream — every layer's token vectors on the calibration texts, or the
-    embedding layer's output for every vocabulary entry when there are none. The narrow student
+    """P [hidden, width] with orthonormal columns spanning the all-ones direction and the top
+    principal directions of the teacher's residual stream (every layer's token vectors on the
+    calibration texts, or the embedding layer's output for every vocabulary entry when there are
+    none), rotated so that P maps the narrow all-ones vector onto the wide one. The narrow student
     lives in span(P): its weights are the teacher's, expressed in that basis."""
     emb, blocks = full_teacher_encoder(source)
     rows: list[torch.Tensor] = []
@@ -282,11 +283,21 @@ def projection_basis(source: TextSource, width: int, max_tokens: int = 20_000) -
     if sum(len(r) for r in rows) < 4 * width:  # too few texts to pin down `width` directions
         rows.append(emb.norm(emb.word.weight + emb.position.weight[:1] +
                              (emb.segment.weight[:1] if emb.segment is not None else 0.0)))
-    x = torch.cat(rows)
+    x = torch.cat(rows).double()
     if len(x) > max_tokens:
         x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:max_tokens]]
-    _, _, vh = torch.linalg.svd(x.double(), full_matrices=False)
-    return vh[:width].T.float().contiguous()
+    # LayerNorm removes each vector's component along the all-ones direction u. The narrow
+    # LayerNorm removes the component along its own all-ones direction a, so P must map a onto u:
+    # otherwise every narrow LayerNorm would delete one principal direction of the stream instead.
+    h = x.shape[1]
+    u = torch.full((h,), 1.0 / math.sqrt(h), dtype=torch.float64)
+    centred = x - (x @ u)[:, None] * u
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    basis = torch.cat([u[:, None], vh[: width - 1].T], dim=1)  # [h, width], orthonormal, first column u
+    a = torch.full((width,), 1.0 / math.sqrt(width), dtype=torch.float64)
+    v = a - torch.eye(width, dtype=torch.float64)[0]
+    householder = torch.eye(width, dtype=torch.float64) - 2.0 * torch.outer(v, v) / v.dot(v).clamp_min(1e-30)
+    return (basis @ householder).float().contiguous()  # P a = basis · e₁ = u
 
 
 def _project_norm(norm: nn.LayerNorm, weight: torch.Tensor, bias: torch.Tensor, p: torch.Tensor) -> None:

@@ -11,7 +11,6 @@ the tokenizer files go beside the ONNX file, in a zip per precision.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import warnings
@@ -221,8 +220,3 @@ def write_zip(path: Path, onnx_path: Path, tokenizer: dict[str, bytes]) -> None:
             member = zipfile.ZipInfo(f"tokenizer/{name}", ZIP_DATE)
             member.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(member, tokenizer[name])
-
-
-def read_zip_member(data: bytes, name: str) -> bytes:
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        return zf.read(name)

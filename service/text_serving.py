@@ -62,6 +62,10 @@ class TextTokenizers:
                 self._items.popitem(last=False)
         return tok
 
+    def cached(self, model_id: str) -> bool:
+        with self._lock:
+            return model_id in self._items
+
     def forget(self, model_id: str) -> None:
         with self._lock:
             self._items.pop(model_id, None)

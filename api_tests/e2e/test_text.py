@@ -200,6 +200,27 @@ def test_classification_teacher_end_to_end(client, text, arch, params, method):
     r = client.post(f"/v1/models/{card['id']}/predict", json={"inputs": [[0.5, 1.0]]})
     assert r.status_code == 422 and r.json()["error"]["param"] == "inputs"
 
+    # Open Inference Protocol v2: BYTES text in, tokenised server-side; token ids work too
+    meta = client.get(f"/v2/models/{card['id']}").json()
+    assert [i["name"] for i in meta["inputs"]] == ["text", "input_ids", "attention_mask"]
+    assert meta["inputs"][0]["datatype"] == "BYTES"
+    r = client.post(f"/v2/models/{card['id']}/infer",
+                    json={"id": "t1", "inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": held[:3]}]})
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    assert out["name"] == "logits" and out["shape"] == [3, 2]
+    assert np.allclose(np.reshape(out["data"], (3, 2)), student[:3], atol=1e-4)
+    r = client.post(f"/v2/models/{card['id']}/versions/int8/infer",
+                    json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [held[0]]}]})
+    assert r.status_code == 200 and r.json()["model_version"] == "int8"
+    r = client.post(f"/v2/models/{card['id']}/infer",
+                    json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [7]}]})
+    assert r.status_code == 400 and "not a string" in r.json()["error"]
+    r = client.post(f"/v2/models/{card['id']}/infer",  # trained on single texts
+                    json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]},
+                                     {"name": "text_pair", "shape": [1], "datatype": "BYTES", "data": ["b"]}]})
+    assert r.status_code == 400 and "single texts" in r.json()["error"]
+
 
 @pytest.mark.parametrize("arch,params,method,dataset", [
     ("layer_dropped", {"every": 2}, "embedding_cosine", "pairs"),                   # layers [1], text pairs
@@ -232,6 +253,14 @@ def test_embedding_teacher_end_to_end(client, text, arch, params, method, datase
     r = client.post(f"/v1/models/{card['id']}/predict", json={"inputs": held[:4]})
     assert r.status_code == 200 and r.json()["logits"] == []
     assert np.allclose(r.json()["embeddings"], student[:4], atol=1e-4)
+    inputs = [{"name": "text", "shape": [2], "datatype": "BYTES", "data": held[:2]}]
+    if dataset == "pairs":  # a model trained on pairs takes the second texts too
+        inputs.append({"name": "text_pair", "shape": [2], "datatype": "BYTES", "data": held[2:4]})
+    r = client.post(f"/v2/models/{card['id']}/infer", json={"inputs": inputs})
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["name"] == "sentence_embedding" and r.json()["outputs"][0]["shape"] == [2, 32]
+    if dataset != "pairs":
+        assert np.allclose(np.reshape(r.json()["outputs"][0]["data"], (2, 32)), student[:2], atol=1e-4)
 
 
 def test_fitnet_on_hidden_states_with_a_layer_mapping(client, text):

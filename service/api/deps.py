@@ -100,7 +100,7 @@ def tenant_storage_bytes(db: Database, tenant: str) -> int:
         used = sum(s.scalars(select(func.coalesce(func.sum(t.size_bytes), 0)).where(t.tenant == tenant)).one()
                    for t in (Teacher, Dataset))
         for card in s.scalars(select(Model.card).where(Model.tenant == tenant)):
-            used += sum(a.get("size_bytes", 0) for a in card.get("artifacts", []))
+            used += sum(a.get("size_bytes", 0) for a in card.get("artifacts", []) + (card.get("bundles") or []))
     return int(used)
 
 

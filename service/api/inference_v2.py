@@ -19,6 +19,10 @@ Tensors are JSON: FP32, FP64, INT64, INT32 and BOOL, `data` flat (row-major) or 
 shape. Values are converted to the model input's type when that is lossless in meaning (any number
 to a float input; integers to an integer input); NaN and infinities are refused. The binary tensor
 extension is not supported.
+
+A text student (its card has `text`) also takes a BYTES tensor `text` (and `text_pair` when it was
+trained on pairs): the strings are tokenised here with the student's own tokenizer
+(service/text_serving.py) into its `input_ids` and `attention_mask`.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from models.runtime import BatchConfig, LoadedModel, SessionCache, TensorInfo
-from service import metrics
+from service import metrics, text_serving
 from service.api.deps import Context, principal
 from service.auth import Principal
 from service.errors import ApiError
@@ -127,6 +131,7 @@ class Serving:
                                     threads=settings.inference_threads, batching=batching,
                                     on_run=lambda key, rows: metrics.observe_batch(key.split(":")[0], rows))
         self._memo: dict[tuple, tuple[float, Served]] = {}
+        self.tokenizers = text_serving.TextTokenizers()  # text students: their tokenizers, for BYTES inputs
         self.auth_memo: dict[bytes, tuple[float, Principal]] = {}
 
     def cached(self, who: Principal, ref: str, version: str | None) -> Served | None:
@@ -158,6 +163,7 @@ class Serving:
             if served.model_id == model_id:
                 self._memo.pop(k, None)
         self.runtime.evict(f"{model_id}:")
+        self.tokenizers.forget(model_id)
 
     def preload(self, ctx: Context) -> list[str]:
         """Load KDSERVE_PRELOAD_MODELS (`mdl_…` or `mdl_…:precision`, comma-separated) at start, so
@@ -359,8 +365,20 @@ def encode_output(name: str, value: np.ndarray, info: TensorInfo) -> dict:
 
 def model_metadata(served: Served) -> dict:
     card = served.card
+    inputs = text_serving.text_inputs_metadata(card) if text_serving.is_text_model(card) else [card["input"]]
     return {"name": served.name, "versions": served.versions, "platform": PLATFORM,
-            "inputs": [card["input"]], "outputs": [card["output"]]}
+            "inputs": inputs, "outputs": [card["output"]]}
+
+
+async def _text_feeds(srv: Serving, served: Served, body: InferRequest, ctx: Context) -> dict[str, np.ndarray]:
+    """A text student sent BYTES `text` (and `text_pair`): tokenised here with the student's own
+    tokenizer (service/text_serving.py), into its input_ids and attention_mask."""
+    try:
+        tok = srv.tokenizers.get(ctx.blobs, served.model_id, served.card) if srv.tokenizers.cached(served.model_id) \
+            else await run_in_threadpool(srv.tokenizers.get, ctx.blobs, served.model_id, served.card)
+        return text_serving.v2_text_feeds(tok, body.inputs, bool(served.card["text"].get("text_pairs")))
+    except text_serving.TextInputError as exc:
+        raise bad_request(str(exc)) from None
 
 
 # ---- routes -----------------------------------------------------------------------------------
@@ -423,7 +441,7 @@ async def _infer(srv: Serving, ctx: Context, who: Principal, model: str, version
     t0 = time.perf_counter()
     served = await srv.served(ctx, who, model, version)
     try:
-        answer, rows = await _run_infer(srv, served, body)
+        answer, rows = await _run_infer(srv, served, body, ctx)
     except ApiError:
         metrics.observe_inference(served.model_id, protocol="v2", batch_size=0, seconds=0.0, outcome="error")
         raise
@@ -432,9 +450,12 @@ async def _infer(srv: Serving, ctx: Context, who: Principal, model: str, version
     return response
 
 
-async def _run_infer(srv: Serving, served: Served, body: InferRequest) -> tuple[dict, int]:
+async def _run_infer(srv: Serving, served: Served, body: InferRequest, ctx: Context) -> tuple[dict, int]:
     loaded = await srv.load(served)
-    feeds = decode_inputs(body, loaded)
+    if text_serving.is_text_model(served.card) and any(t.datatype == "BYTES" for t in body.inputs):
+        feeds = await _text_feeds(srv, served, body, ctx)
+    else:
+        feeds = decode_inputs(body, loaded)
     names = [o.name for o in body.outputs] if body.outputs else loaded.output_names
     unknown = [n for n in names if n not in loaded.output_names]
     if unknown:

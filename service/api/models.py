@@ -126,21 +126,13 @@ async def predict(request: Request, model_id: str, body: PredictIn, precision: s
     return answer
 
 
-def text_tokenizers(request: Request) -> text_serving.TextTokenizers:
-    """The API process's tokenizers of text students (created on first use)."""
-    state = request.app.state
-    if getattr(state, "text_tokenizers", None) is None:
-        state.text_tokenizers = text_serving.TextTokenizers()
-    return state.text_tokenizers
-
-
 async def _predict_text(request: Request, ctx: Context, served, loaded, body: PredictIn, t0: float):
     """A text student: `inputs` are strings (and `text_pairs` their second texts), tokenised here
     with the student's tokenizer. Classification → logits and predictions; embeddings → embeddings."""
     try:
         texts = text_serving.strings(body.inputs, "inputs")
         pairs = text_serving.strings(body.text_pairs, "text_pairs") if body.text_pairs is not None else None
-        tok = await run_in_threadpool(text_tokenizers(request).get, ctx.blobs, served.model_id, served.card)
+        tok = await run_in_threadpool(request.app.state.serving.tokenizers.get, ctx.blobs, served.model_id, served.card)
         feeds = text_serving.text_feeds(tok, texts, pairs)
         name = loaded.output_names[0]
         outputs = await loaded.infer(feeds, [name])
@@ -161,7 +153,6 @@ async def _predict_text(request: Request, ctx: Context, served, loaded, body: Pr
 def delete_model(model_id: str, request: Request, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
     with ctx.db.session() as s:
         s.delete(get_owned(s, Model, model_id, who, "model"))
-    request.app.state.serving.forget(model_id)  # stop serving it from memory too
-    text_tokenizers(request).forget(model_id)
+    request.app.state.serving.forget(model_id)  # stop serving it from memory too (sessions, tokenizer)
     ctx.blobs.delete_prefix(f"models/{model_id}")
     return Response(status_code=204)
