@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
@@ -303,8 +302,8 @@ class JobRun:
         if self.text:
             model_id = self._export_text(model, student_logits, val_split, teacher, teacher_row, metrics)
         else:
-            model_id = self._export_tensor(model, student_logits, val_split, teacher_row, metrics, input_shape,
-                                           num_classes)
+            model_id = self._export_tensor(model, student_logits, train_split, val_split, teacher_row, metrics,
+                                           input_shape, num_classes)
 
         self.timings["total"] = round(time.time() - self._t_start, 4)
         _finish(self.db, self.blobs, self.job.id, "succeeded", f"succeeded: model {model_id}", model_id=model_id,
@@ -312,9 +311,12 @@ class JobRun:
         self.db.add_event(self.job.id, "stage timings", data={"timings": self.timings,
                                                                "train_samples_per_second": result.samples_per_second})
 
-    def _export_tensor(self, model, student_logits, val_split: Split, teacher_row, metrics, input_shape,
-                       num_classes) -> str:
+    def _export_tensor(self, model, student_logits, train_split: Split, val_split: Split, teacher_row, metrics,
+                       input_shape, num_classes) -> str:
+        """Export, gate fp32 on parity, build and gate the requested int8/fp16 variants (each
+        measured on the validation set, latency at batch 1 and 64), publish what passed."""
         spec = self.spec
+        val_x, reference = val_split.x.numpy(), student_logits.numpy()
         with tempfile.TemporaryDirectory(dir=self.blobs.root / ".tmp") as tmp:
             onnx_path = Path(tmp) / "model.onnx"
             with self.stage("exporting"):
@@ -324,15 +326,32 @@ class JobRun:
                     raise JobFailed("export_failed", f"ONNX export failed: {type(exc).__name__}: {exc}")
             with self.stage("verifying"):
                 try:
-                    parity = onnx_export.check_parity(onnx_path, student_logits.numpy(), val_split.x.numpy())
+                    parity = onnx_export.check_parity(onnx_path, reference, val_x)
                 except Exception as exc:  # the exported file does not load or run in onnxruntime
                     raise JobFailed("export_failed", f"onnxruntime cannot run the exported model (opset "
                                     f"{spec.export.opset}): {type(exc).__name__}: {str(exc)[:300]}")
                 self._parity_gate({"max_abs_diff": parity.max_abs_diff, "max_rel_diff": parity.max_rel_diff,
                                    "argmax_agreement": parity.argmax_agreement})
-                artifact = self._artifact(onnx_path, "fp32", parity, val_split, input_shape)
+                variant_args = dict(calib_x=train_split.x.numpy(), val_x=val_x, val_y=val_split.y.numpy(),
+                                    reference_logits=reference, max_accuracy_drop=spec.export.max_accuracy_drop,
+                                    kind=spec.student.architecture, out_dir=Path(tmp))
+                fp32 = onnx_export.build_variants(onnx_path, ["fp32"], fp32_accuracy=None, **variant_args)[0]
+                if fp32.path is None:  # measuring failed after parity passed: report it, as a failed export
+                    raise JobFailed("export_failed", fp32.reason)
+            files = [("fp32", onnx_path, fp32.artifact())]
+            if spec.export.quantize:
+                with self.stage("quantizing"):
+                    for v in onnx_export.build_variants(onnx_path, list(spec.export.quantize),
+                                                        fp32_accuracy=fp32.accuracy, **variant_args):
+                        self.db.add_event(self.job.id, v.reason if v.published else f"not published: {v.reason}",
+                                          level="info" if v.published else "warning",
+                                          data={"precision": v.precision, "published": v.published,
+                                                "accuracy_delta": onnx_export.finite_or_none(v.accuracy_delta),
+                                                "latency_ms_batch1": v.latency_ms_batch1})
+                        if v.published:
+                            files.append((v.precision, v.path, v.artifact()))
             with self.stage("publishing"):
-                return self._publish(onnx_path, artifact, model, teacher_row, metrics, input_shape, num_classes)
+                return self._publish(files, model, teacher_row, metrics, input_shape, num_classes)
 
     def _parity_gate(self, data: dict) -> None:
         """The fp32 gate, the same for every student: publish only within export.parity_tolerance."""
@@ -617,23 +636,17 @@ class JobRun:
                 metrics["teacher_accuracy"] = float((t_pred[labelled] == val.y[labelled]).float().mean())
         return metrics
 
-    def _artifact(self, path: Path, precision: str, parity, val: Split, input_shape: list[int]) -> dict:
-        labelled = (val.y >= 0).numpy()
-        accuracy = (float(np.mean(parity.onnx_logits.argmax(1)[labelled] == val.y.numpy()[labelled]))
-                    if labelled.any() else None)
-        return {"format": "onnx", "precision": precision, "size_bytes": path.stat().st_size,
-                "sha256": onnx_export.sha256_file(path), "max_abs_diff": parity.max_abs_diff,
-                "argmax_agreement": parity.argmax_agreement, "accuracy": accuracy,
-                "latency_ms_batch1": round(onnx_export.latency_ms(path, input_shape), 5)}
-
-    def _publish(self, onnx_path: Path, artifact: dict, model, teacher_row, metrics, input_shape, num_classes) -> str:
+    def _publish(self, files: list[tuple[str, Path, dict]], model, teacher_row, metrics, input_shape,
+                 num_classes) -> str:
         with self.db.session() as s:
             existing = s.query(Model).filter_by(job_id=self.job.id).one_or_none()
             if existing is not None:  # a redelivered job that already published: keep the first model
                 return existing.id
         model_id = new_id("mdl")
-        artifact = dict(artifact, blob_key=f"models/{model_id}/model.{artifact['precision']}.onnx")
-        self.blobs.put_file(artifact["blob_key"], onnx_path)
+        artifacts = []
+        for precision, path, artifact in files:
+            artifacts.append(dict(artifact, blob_key=f"models/{model_id}/model.{precision}.onnx"))
+            self.blobs.put_file(artifacts[-1]["blob_key"], path)
         n_params = count_parameters(model)
         t_params = teacher_row.num_parameters if teacher_row else None
         card = {
@@ -645,7 +658,7 @@ class JobRun:
             "metrics": {k: metrics[k] for k in ("teacher_accuracy", "student_accuracy", "agreement")},
             "input": {"name": onnx_export.INPUT_NAME, "shape": [-1, *input_shape], "datatype": "FP32"},
             "output": {"name": onnx_export.OUTPUT_NAME, "shape": [-1, num_classes], "datatype": "FP32"},
-            "artifacts": [artifact],
+            "artifacts": artifacts,
         }
         name = self.spec.metadata.get("name") or f"{self.spec.student.architecture}-{self.spec.method.name}-{self.job.id[-6:]}"
         try:

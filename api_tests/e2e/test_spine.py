@@ -139,3 +139,44 @@ def test_parity_gate_fails_the_job(client, uploads):
     events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
     failed = [e for e in events if e["message"] == "ONNX parity check failed"]
     assert failed and failed[0]["data"]["max_abs_diff"] > 1e-12
+
+
+def test_variants_are_published_with_their_measurements(client, uploads, digits, tmp_path):
+    """export.quantize: the quantizing stage builds int8 (static QDQ for a CNN) and fp16, measures each
+    on the validation set, says in an event whether it passed the accuracy gate, and publishes the
+    ones that did next to fp32 — downloadable and served under their precision."""
+    body = {**KD_JOB, "student": {"architecture": "cnn", "params": {"channels": [8, 16]}},
+            "training": {"epochs": 8, "learning_rate": 0.005}, "export": {"quantize": ["int8", "fp16"]},
+            "teacher_id": uploads["onnx"]["id"], "dataset_id": uploads["npz"]["id"]}
+    job = wait_job(client, client.post("/v1/jobs", json=body).json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    events = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+    stages = [e["data"]["stage"] for e in events if e["type"] == "stage" and e["data"] and "stage" in e["data"]]
+    assert stages[-3:] == ["verifying", "quantizing", "publishing"]
+    verdicts = {e["data"]["precision"]: e for e in events if e["data"] and "published" in e["data"]}
+    assert sorted(verdicts) == ["fp16", "int8"]
+
+    card = client.get(f"/v1/models/{job['model_id']}").json()
+    by_precision = {a["precision"]: a for a in card["artifacts"]}
+    published = {p for p, e in verdicts.items() if e["data"]["published"]}
+    assert set(by_precision) == {"fp32"} | published
+    assert published == {"int8", "fp16"}  # a 1-point budget: this CNN keeps its accuracy in both
+    assert by_precision["int8"]["quantization"].startswith("static int8 QDQ")
+    held_out = {}
+    for precision, art in by_precision.items():  # fp32 first
+        assert art["latency_ms_batch1"] > 0 and art["latency_ms_batch64"] > 0 and art["opset"] >= 13
+        assert (art["accuracy_delta"] or 0.0) >= -0.01
+        r = client.get(f"/v1/models/{card['id']}/download", params={"precision": precision})
+        assert r.status_code == 200 and hashlib.sha256(r.content).hexdigest() == art["sha256"]
+        path = tmp_path / f"student.{precision}.onnx"
+        path.write_bytes(r.content)
+        logits = run_onnx(path, digits.x_test)
+        assert logits.shape == (len(digits.x_test), 10)
+        held_out[precision] = dg.accuracy(logits, digits.y_test)  # on digits the service never saw
+        infer = client.post(f"/v2/models/{card['id']}/versions/{precision}/infer", json={"inputs": [
+            {"name": "input", "shape": [2, 64], "datatype": "FP32", "data": digits.x_test[:2].ravel().tolist()}]})
+        assert infer.status_code == 200 and infer.json()["model_version"] == precision
+        assert np.allclose(np.reshape(infer.json()["outputs"][0]["data"], (2, 10)), logits[:2], atol=1e-4)
+    assert by_precision["int8"]["size_bytes"] < by_precision["fp32"]["size_bytes"]
+    assert held_out["fp32"] >= 0.8
+    assert held_out["int8"] >= held_out["fp32"] - 0.03 and held_out["fp16"] >= held_out["fp32"] - 0.01
