@@ -7,7 +7,9 @@ Redis (127.0.0.1:6379, a fresh queue name per service) and SQLite, unless a test
 from __future__ import annotations
 
 import os
+import uuid
 
+import psycopg
 import pytest
 
 from api_tests import digits as dg
@@ -44,6 +46,18 @@ def service(tmp_path_factory):
     limits = {"KDSERVE_MAX_UPLOAD_BYTES": str(1024**3), "KDSERVE_MAX_UNZIPPED_BYTES": str(256 * 1024**2)}
     with Service(tmp_path_factory.mktemp("svc"), redis_url=MACHINE_REDIS, extra_env=limits) as svc:
         yield svc
+
+
+@pytest.fixture()
+def postgres_url():
+    """A fresh PostgreSQL database of its own (SQLAlchemy URL), dropped afterwards."""
+    name = f"kdserve_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    yield f"{base}/{name}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture()

@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.resolved_database_url)
-        db.create_all()
+        db.migrate()
         ctx = Context(settings=settings, db=db, blobs=LocalBlobStore(settings.resolved_blob_dir),
                       celery=make_celery(settings), catalog={})
         ctx.catalog = load_catalog(ctx.python)

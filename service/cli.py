@@ -1,6 +1,7 @@
 """The `kdserve` command.
 
-Run the service: `up`, `worker`, and manage API keys: `keys` (these talk to the database directly).
+Run the service: `up`, `worker`, manage API keys: `keys`, and migrate the database schema: `db upgrade`
+(these talk to the database directly).
 Use a running service: `teachers`, `datasets`, `jobs`, `models`, `predict`, `demo` (these go through
 the HTTP API with the SDK in service/client.py, so they work against any kdserve, local or remote).
 
@@ -39,6 +40,8 @@ from service.store.db import ApiKey, Database
 app = typer.Typer(help="kdserve: knowledge distillation as a service.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+db_app = typer.Typer(help="The database schema (migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 teachers_app = typer.Typer(help="Upload and manage teachers (TorchScript, ONNX).", no_args_is_help=True)
 datasets_app = typer.Typer(help="Upload and manage datasets (npz, CSV).", no_args_is_help=True)
 jobs_app = typer.Typer(help="Start, follow and cancel distillation jobs.", no_args_is_help=True)
@@ -66,7 +69,7 @@ def global_options(
 def _db(settings: Settings) -> Database:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url)
-    db.create_all()
+    db.migrate()
     return db
 
 
@@ -203,6 +206,25 @@ def keys_revoke(key_id: str, as_json: bool = typer.Option(False, "--json")):
         print(json.dumps({"id": key_id, "revoked": True}))
     else:
         err.print(f"revoked {key_id}")
+
+
+@db_app.command("upgrade")
+def db_upgrade():
+    """Create or upgrade the database (KDSERVE_DATABASE_URL) to this version's schema. The API and
+    the workers also do it when they start; run it first to migrate before a rolling deploy, or to
+    see a migration's error on its own."""
+    from service.store.migrate import SchemaMismatch  # alembic: only for the commands that migrate
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url)
+    try:
+        print(db.migrate())
+    except SchemaMismatch as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1)
+    finally:
+        db.engine.dispose()
 
 
 # ---- using a running service (through the SDK) --------------------------------------------------

@@ -67,7 +67,7 @@ class Cancelled(Exception):
 def context() -> tuple[Database, LocalBlobStore]:
     settings = get_settings()
     db = Database(settings.resolved_database_url)
-    db.create_all()
+    db.migrate()
     return db, LocalBlobStore(settings.resolved_blob_dir)
 
 

@@ -143,30 +143,14 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def create_all(self) -> None:
-        Base.metadata.create_all(self.engine)
-        self._add_missing_columns()
+    def migrate(self) -> str:
+        """Create or upgrade the schema with the migrations (service/store/migrate.py); safe to call
+        from every process at start. Says what it did."""
+        from service.store import migrate  # it imports this module's models
 
-    def _add_missing_columns(self) -> None:
-        """Additive schema changes on a database made by an older version: a nullable column that a
-        table lacks is added (create_all only creates missing tables). Nothing is ever dropped or
-        altered, so an older process still reads the table."""
-        from sqlalchemy import inspect
+        return migrate.upgrade(self.engine)
 
-        inspector = inspect(self.engine)
-        for table in Base.metadata.sorted_tables:
-            if not inspector.has_table(table.name):
-                continue
-            have = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in have and column.nullable:
-                    kind = column.type.compile(dialect=self.engine.dialect)
-                    try:
-                        with self.engine.begin() as conn:
-                            conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
-                    except Exception:  # another process (API and worker start together) added it first
-                        if column.name not in {c["name"] for c in inspect(self.engine).get_columns(table.name)}:
-                            raise
+    create_all = migrate  # the name callers used before migrations existed
 
     @contextmanager
     def session(self) -> Iterator[Session]:
