@@ -60,6 +60,15 @@ def postgres_url():
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3-compatible server over real HTTP, for the S3 blob store's tests."""
+    from api_tests.s3server import MotoServer  # boto3, only for the tests that use it
+
+    with MotoServer(tmp_path_factory.mktemp("s3") / "moto.log") as server:
+        yield server
+
+
 @pytest.fixture()
 def client(service):
     with service.client() as c:

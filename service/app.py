@@ -16,7 +16,7 @@ from service.api import metrics as metrics_api
 from service.api.deps import Context, load_catalog
 from service.queue import make_celery
 from service.settings import Settings, get_settings
-from service.store.blobs import LocalBlobStore
+from service.store.blobs import make_blob_store
 from service.store.db import Database
 
 
@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.resolved_database_url)
         db.migrate()
-        ctx = Context(settings=settings, db=db, blobs=LocalBlobStore(settings.resolved_blob_dir),
+        ctx = Context(settings=settings, db=db, blobs=make_blob_store(settings),
                       celery=make_celery(settings), catalog={})
         ctx.catalog = load_catalog(ctx.python)
         app.state.ctx = ctx

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,6 +17,15 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/kdserve.db")
     redis_url: str | None = Field(None, description="Celery broker; unset: `kdserve up` runs an embedded redis-server")
     blob_dir: Path | None = Field(None, description="local blob store; default <data_dir>/blobs")
+    blob_store: Literal["local", "s3"] = Field("local", description="where blobs live: `local` (blob_dir, one "
+                                               "machine) or `s3` (an S3-compatible bucket shared by many machines)")
+    s3_bucket: str | None = Field(None, description="bucket of the s3 blob store (required with blob_store=s3)")
+    s3_prefix: str = Field("", description="key prefix inside the bucket (lets deployments share one bucket)")
+    s3_endpoint_url: str | None = Field(None, description="S3 API address for MinIO, Ceph, moto…; unset: AWS. "
+                                        "Credentials come from boto3's chain (AWS_ACCESS_KEY_ID, profiles, roles)")
+    s3_region: str | None = Field(None, description="bucket region; unset: boto3's default (AWS_DEFAULT_REGION)")
+    s3_cache_dir: Path | None = Field(None, description="local copies of s3 blobs that workers and the API open as "
+                                      "files; default <data_dir>/blob_cache")
     queue: str = Field("kdserve", description="Celery queue name (lets several deployments share one Redis)")
 
     auth: str = Field("enabled", pattern="^(enabled|disabled)$")
@@ -50,6 +60,12 @@ class Settings(BaseSettings):
     inference_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per session; 0 = its default "
                                    "(one per physical core)")
 
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> "Settings":
+        if self.blob_store == "s3" and not self.s3_bucket:
+            raise ValueError("KDSERVE_BLOB_STORE=s3 needs KDSERVE_S3_BUCKET")
+        return self
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'kdserve.db').resolve()}"
@@ -57,6 +73,10 @@ class Settings(BaseSettings):
     @property
     def resolved_blob_dir(self) -> Path:
         return (self.blob_dir or self.data_dir / "blobs").resolve()
+
+    @property
+    def resolved_s3_cache_dir(self) -> Path:
+        return (self.s3_cache_dir or self.data_dir / "blob_cache").resolve()
 
     @property
     def embedded_redis_socket(self) -> Path:

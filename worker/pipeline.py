@@ -33,7 +33,7 @@ from models.zoo import ARCHITECTURES, ArchitectureError, count_parameters, creat
 from service.ingest import TextParsed, load_canonical
 from service.schemas import JobCreate
 from service.settings import get_settings
-from service.store.blobs import LocalBlobStore
+from service.store.blobs import BlobStore, make_blob_store
 from service.store.db import TERMINAL, Database, Dataset, Job, JobEvent, Model, Teacher as TeacherRow, new_id, now
 from worker import trainer
 from worker.losses.mcmi import MCMIParams
@@ -64,11 +64,11 @@ class Cancelled(Exception):
 
 
 @lru_cache
-def context() -> tuple[Database, LocalBlobStore]:
+def context() -> tuple[Database, BlobStore]:
     settings = get_settings()
     db = Database(settings.resolved_database_url)
     db.migrate()
-    return db, LocalBlobStore(settings.resolved_blob_dir)
+    return db, make_blob_store(settings)
 
 
 def pick_device(requested: str) -> torch.device:
@@ -126,7 +126,7 @@ def run_job(job_id: str, delivery: str) -> None:
         _fail(db, blobs, job_id, "internal_error", f"the worker hit an unexpected error: {type(exc).__name__}: {exc}")
 
 
-def _finish(db: Database, blobs: LocalBlobStore, job_id: str, status: str, message: str, **fields) -> None:
+def _finish(db: Database, blobs: BlobStore, job_id: str, status: str, message: str, **fields) -> None:
     # The final status and its event in one transaction: a reader that sees the job ended (the
     # SSE stream, say) also sees the event that says so.
     with db.session() as s:
@@ -137,13 +137,13 @@ def _finish(db: Database, blobs: LocalBlobStore, job_id: str, status: str, messa
     blobs.delete_prefix(f"checkpoints/{job_id}")  # a finished job never resumes
 
 
-def _fail(db: Database, blobs: LocalBlobStore, job_id: str, code: str, message: str) -> None:
+def _fail(db: Database, blobs: BlobStore, job_id: str, code: str, message: str) -> None:
     log.warning("job %s failed: %s: %s", job_id, code, message)
     _finish(db, blobs, job_id, "failed", f"failed: {message}", error={"code": code, "message": message, "param": None})
 
 
 class JobRun:
-    def __init__(self, db: Database, blobs: LocalBlobStore, job: Job, delivery: str):
+    def __init__(self, db: Database, blobs: BlobStore, job: Job, delivery: str):
         self.db, self.blobs, self.job, self.delivery = db, blobs, job, delivery
         self.checkpoint_key = f"checkpoints/{job.id}/last.pt"
         self.spec = JobCreate.model_validate(job.spec)
@@ -317,7 +317,7 @@ class JobRun:
         measured on the validation set, latency at batch 1 and 64), publish what passed."""
         spec = self.spec
         val_x, reference = val_split.x.numpy(), student_logits.numpy()
-        with tempfile.TemporaryDirectory(dir=self.blobs.root / ".tmp") as tmp:
+        with tempfile.TemporaryDirectory(dir=self.blobs.scratch_dir) as tmp:
             onnx_path = Path(tmp) / "model.onnx"
             with self.stage("exporting"):
                 try:
@@ -378,7 +378,7 @@ class JobRun:
         labels = None if self.embedding else val.y.numpy()
         seq_len = max(int(val.mask.sum(1).float().median()), 2)
         positions = next(m for m in model.modules() if isinstance(m, Embeddings)).position.num_embeddings
-        with tempfile.TemporaryDirectory(dir=self.blobs.root / ".tmp") as tmp:
+        with tempfile.TemporaryDirectory(dir=self.blobs.scratch_dir) as tmp:
             onnx_path = Path(tmp) / "model.onnx"
             with self.stage("exporting"):
                 try:
@@ -493,7 +493,7 @@ class JobRun:
         refine_mcmi(teacher, train, params, device, self.spec.training.seed, self.should_stop, on_epoch)
         refined_id = new_id("tch")
         blob_key = f"teachers/{refined_id}/teacher.pt"
-        with tempfile.TemporaryDirectory(dir=self.blobs.root / ".tmp") as tmp:
+        with tempfile.TemporaryDirectory(dir=self.blobs.scratch_dir) as tmp:
             path = Path(tmp) / "teacher.pt"
             teacher.module.cpu().save(str(path))
             refined = load_teacher(path, "torchscript", row.input_shape, str(device))

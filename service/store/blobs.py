@@ -1,7 +1,10 @@
-"""Blob store for uploads, checkpoints and artifacts. Local folder by default.
+"""Blob store for uploads, checkpoints and artifacts: a local folder by default, an S3-compatible
+bucket (s3.py) when several machines share the work.
 
-Keys are relative POSIX paths (`teachers/tch_…/teacher.onnx`). Writes are atomic: a file appears
-under its key complete or not at all.
+Keys are relative POSIX paths (`teachers/tch_…/teacher.onnx`). Writes are atomic: a blob appears
+under its key complete or not at all. Both stores hand out real local files (temp_path for
+uploads to stream into, local_path for torch/onnxruntime to open), so callers never care which
+store they have.
 """
 
 from __future__ import annotations
@@ -10,25 +13,70 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+
+class BlobStore(Protocol):
+    """What the API and the worker use of a blob store (LocalBlobStore, S3BlobStore)."""
+
+    scratch_dir: Path  # local folder for temporary files; put_file(move=True) from here is cheapest
+
+    def temp_path(self, suffix: str = "") -> Path: ...
+    def put_file(self, key: str, src: Path, *, move: bool = False) -> None: ...
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def local_path(self, key: str) -> Path: ...
+    def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def ping(self) -> None: ...
+
+
+def check_key(key: str) -> str:
+    """The key itself if it is a plain relative POSIX path; ValueError otherwise. The same rule for
+    every store, so a key that works on a laptop's folder also works on a bucket and back."""
+    parts = key.split("/") if isinstance(key, str) else [""]
+    if not key or key.startswith("/") or "\\" in key or "\x00" in key or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"blob key escapes the store: {key!r}")
+    return key
+
+
+def temp_file(folder: Path, suffix: str = "") -> Path:
+    """A fresh empty file in `folder` (a store's scratch_dir)."""
+    fd, name = tempfile.mkstemp(dir=folder, suffix=suffix)
+    os.close(fd)
+    return Path(name)
+
+
+def make_blob_store(settings: "Settings") -> BlobStore:
+    """The store KDSERVE_BLOB_STORE names: `local` (KDSERVE_BLOB_DIR) or `s3` (KDSERVE_S3_*)."""
+    if settings.blob_store == "s3":
+        from service.store.s3 import S3BlobStore  # boto3 is imported only by deployments that use it
+
+        return S3BlobStore(settings.s3_bucket, prefix=settings.s3_prefix, cache_dir=settings.resolved_s3_cache_dir,
+                           endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+    return LocalBlobStore(settings.resolved_blob_dir)
 
 
 class LocalBlobStore:
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / ".tmp").mkdir(exist_ok=True)
+        self.scratch_dir = self.root / ".tmp"
+        self.scratch_dir.mkdir(exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root not in path.parents:
+        path = (self.root / check_key(key)).resolve()
+        if self.root not in path.parents:  # a symlink inside the folder pointing out of it
             raise ValueError(f"blob key escapes the store: {key!r}")
         return path
 
     def temp_path(self, suffix: str = "") -> Path:
         """A fresh file on the store's file system, so put_file() of it is a rename."""
-        fd, name = tempfile.mkstemp(dir=self.root / ".tmp", suffix=suffix)
-        os.close(fd)
-        return Path(name)
+        return temp_file(self.scratch_dir, suffix)
 
     def put_file(self, key: str, src: Path, *, move: bool = False) -> None:
         dest = self._path(key)
