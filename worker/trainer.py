@@ -56,7 +56,9 @@ class EpochMetrics:
 @dataclass
 class TrainResult:
     history: list[EpochMetrics] = field(default_factory=list)
-    samples_per_second: float = 0.0
+    samples_per_second: float = 0.0      # wall clock, training steps only (validation excluded)
+    cpu_samples_per_second: float = 0.0  # the same per second of this process's CPU time (all its
+                                         # threads): what the loop costs, however busy the machine is
 
 
 class Predictor(torch.nn.Module):
@@ -203,6 +205,7 @@ def train(
 
     result = TrainResult()
     trained_samples, train_seconds, first_epoch = 0, 0.0, 0
+    cpu_samples, cpu_seconds = 0, 0.0  # this run only (not carried over a resume)
     if resume is not None:
         student.load_state_dict(resume["student"])
         loss_fn.load_state_dict(resume["loss"])
@@ -215,7 +218,7 @@ def train(
     for epoch in range(first_epoch, spec.epochs):
         student.train()
         loss_fn.train()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         order = torch.randperm(len(train_d), generator=generator).to(device)
         losses, sizes = [], []  # kept on the device: no sync per batch
         for start in range(0, len(order), spec.batch_size):
@@ -237,7 +240,9 @@ def train(
         count = sum(sizes)
         epoch_loss = float((torch.stack(losses) * torch.tensor(sizes, device=device)).sum()) / count
         seconds = time.perf_counter() - t0
+        cpu_seconds += time.process_time() - c0
         trained_samples += count
+        cpu_samples += count
         train_seconds += seconds
         metrics = evaluate_epoch(student, loss_fn, batcher, val_d, epoch, spec, embedding)
         record = EpochMetrics(
@@ -254,6 +259,7 @@ def train(
                 "trained_samples": trained_samples, "train_seconds": train_seconds,
             })
     result.samples_per_second = trained_samples / train_seconds if train_seconds else 0.0
+    result.cpu_samples_per_second = cpu_samples / cpu_seconds if cpu_seconds else 0.0
     return result
 
 
