@@ -1,6 +1,6 @@
 """Start the real service for tests and benchmarks: `kdserve up` in a child process (uvicorn +
-a Celery worker process + embedded redis-server unless a Redis URL is given), on a free port,
-with its own data dir. Used as a context manager; stopping it sends SIGTERM like Ctrl-C would."""
+`workers` Celery worker processes + embedded redis-server unless a Redis URL is given), on a free
+port, with its own data dir. Used as a context manager; stopping it sends SIGTERM like Ctrl-C would."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ def free_port() -> int:
 
 class Service:
     def __init__(self, data_dir: Path, *, redis_url: str | None = None, database_url: str | None = None,
-                 auth: bool = True, extra_env: dict[str, str] | None = None):
+                 auth: bool = True, extra_env: dict[str, str] | None = None, workers: int = 1):
         self.data_dir = Path(data_dir)
+        self.workers = workers
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, KDSERVE_DATA_DIR=str(self.data_dir), KDSERVE_QUEUE=f"kdtest-{uuid.uuid4().hex[:8]}",
@@ -49,8 +50,8 @@ class Service:
         # line per request there, and a full pipe (64 KiB, ~700 requests) would block its event loop.
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "up", "--port", str(self.port)], cwd=REPO, env=self.env,
-                stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "service.cli", "up", "--port", str(self.port), "--workers", str(self.workers)],
+                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
         deadline = time.time() + 120
         while True:
@@ -78,6 +79,24 @@ class Service:
                 self.proc.kill()
                 self.proc.wait()
 
+    def worker_pids(self) -> list[int]:
+        """The live Celery worker processes `kdserve up` started (its children running celery)."""
+        return sorted(pid for pid, cmd in child_processes(self.proc.pid) if "celery" in cmd)
+
+    def job_worker_pid(self, job_id: str) -> int | None:
+        """The pid of the worker process whose delivery holds the job (the row's lease says
+        `host:pid:message`), read from the service's database."""
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(self.env.get("KDSERVE_DATABASE_URL")
+                                          or f"sqlite:///{self.data_dir.resolve() / 'kdserve.db'}")
+        try:
+            with engine.connect() as conn:
+                worker = conn.execute(sqlalchemy.text("SELECT worker FROM jobs WHERE id = :id"), {"id": job_id}).scalar()
+        finally:
+            engine.dispose()
+        return int(worker.split(":")[1]) if worker else None
+
     def create_key(self, tenant: str) -> str:
         """A new API key for `tenant`, made the way an operator would: `kdserve keys create`."""
         out = subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "--tenant", tenant], cwd=REPO,
@@ -88,6 +107,21 @@ class Service:
         key = self.api_key if api_key == "default" else api_key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+
+def child_processes(parent: int) -> list[tuple[int, str]]:
+    """(pid, command line) of `parent`'s live children, from /proc (zombies left out)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after the last ')'
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == parent and state != "Z":
+                cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append((int(stat.parent.name), cmd))
+        except (OSError, ValueError, IndexError):
+            continue  # it ended while we looked
+    return found
 
 
 def wait_job(client: httpx.Client, job_id: str, timeout: float = 300) -> dict:

@@ -101,9 +101,14 @@ def worker_command(settings: Settings, name: str = "kdserve") -> list[str]:
 
 @app.command()
 def up(host: str = typer.Option(None, help="API bind address (default KDSERVE_HOST or 127.0.0.1)"),
-       port: int = typer.Option(None, help="API port (default KDSERVE_PORT or 8000)")):
-    """Start the whole service on this machine: API, one worker, and an embedded Redis when
-    KDSERVE_REDIS_URL is unset. Ctrl-C stops everything."""
+       port: int = typer.Option(None, help="API port (default KDSERVE_PORT or 8000)"),
+       workers: int = typer.Option(1, "--workers", min=1, max=64,
+                                   help="worker processes, each running one job at a time (a solo pool)")):
+    """Start the whole service on this machine: API, `--workers` workers, and an embedded Redis
+    when KDSERVE_REDIS_URL is unset. A worker that dies is restarted (after 1 s, doubling up to
+    60 s while it keeps dying); if Redis or the API exits, everything stops. Ctrl-C stops everything."""
+    from service.supervisor import Supervisor, describe_exit
+
     settings = get_settings()
     host, port = host or settings.host, port or settings.port
     db = _db(settings)
@@ -118,16 +123,18 @@ def up(host: str = typer.Option(None, help="API bind address (default KDSERVE_HO
         err.print("[yellow]auth disabled (KDSERVE_AUTH=disabled)[/]")
     db.engine.dispose()
 
-    procs: list[tuple[str, subprocess.Popen]] = []
+    sup = Supervisor(lambda line: err.print(line, soft_wrap=True))  # one log line each, never wrapped
     env = dict(os.environ, KDSERVE_DATA_DIR=str(settings.data_dir.resolve()))
     if settings.redis_url is None:
-        procs.append(("redis", start_embedded_redis(settings)))
+        sup.adopt("redis", "redis", start_embedded_redis(settings))
         env["KDSERVE_REDIS_URL"] = settings.resolved_redis_url
-    procs.append(("worker", subprocess.Popen(worker_command(settings), env=env, start_new_session=True)))
-    procs.append(("api", subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", host, "--port", str(port)],
-        env=env, start_new_session=True)))
-    err.print(f"kdserve up: http://{host}:{port}  (docs at /docs)  data in {settings.data_dir.resolve()}")
+    for k in range(workers):
+        name = "kdserve" if workers == 1 else f"kdserve{k + 1}"
+        sup.start(name, "worker", worker_command(settings, name), env, restart=True)
+    sup.start("api", "api", [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", host,
+                             "--port", str(port)], env)
+    err.print(f"kdserve up: http://{host}:{port}  (docs at /docs)  {workers} worker{'s' if workers > 1 else ''}  "
+              f"data in {settings.data_dir.resolve()}")
 
     stopping = False
 
@@ -139,27 +146,14 @@ def up(host: str = typer.Option(None, help="API bind address (default KDSERVE_HO
     signal.signal(signal.SIGTERM, stop)
     exit_code = 0
     while not stopping:
-        for name, p in procs:
-            if p.poll() is not None:
-                err.print(f"[red]{name} exited with code {p.returncode}; stopping the rest[/]")
-                stopping, exit_code = True, 1
+        dead = sup.check()
+        if dead is not None:
+            err.print(f"[red]{dead.name} {describe_exit(dead.proc.returncode)}; stopping the rest[/]")
+            stopping, exit_code = True, 1
         time.sleep(0.2)
-    shutdown(procs)
-    raise typer.Exit(exit_code)
-
-
-def shutdown(procs: list[tuple[str, subprocess.Popen]], grace: float = 15.0) -> None:
-    """API first (no new jobs), then the worker (cold shutdown: its unacknowledged job goes back to
-    the queue), then Redis."""
-    for name, p in reversed(procs):
-        if p.poll() is None:
-            p.send_signal(signal.SIGQUIT if name == "worker" else signal.SIGTERM)
-        try:
-            p.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    sup.shutdown()
     err.print("kdserve stopped")
+    raise typer.Exit(exit_code)
 
 
 @app.command()

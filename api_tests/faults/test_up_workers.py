@@ -1,0 +1,46 @@
+"""`kdserve up --workers 2` supervises its workers: SIGKILL the one training a job, and `kdserve up`
+starts a replacement (and says so in its log); the job is re-queued by the reaper (its heartbeat
+stopped), resumes from its checkpoint, and succeeds with exactly one model."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from api_tests.e2e.test_spine import upload_dataset, upload_teacher
+from api_tests.faults.stack import wait_for
+from api_tests.faults.test_faults import events, job_body, models_of
+from api_tests.harness import Service, wait_job
+
+SETTINGS = {"KDSERVE_HEARTBEAT_S": "1", "KDSERVE_STALE_AFTER_S": "4", "KDSERVE_REAPER_INTERVAL_S": "1"}
+
+
+@pytest.mark.timeout(420)
+def test_up_replaces_a_killed_worker_and_its_job_still_succeeds(tmp_path, files):
+    with Service(tmp_path / "up2", extra_env=SETTINGS, workers=2) as svc, svc.client() as c:
+        workers = wait_for(lambda: (p := svc.worker_pids()) and len(p) == 2 and p, 60, "two workers")
+        ids = {"teacher_id": upload_teacher(c, files["onnx"])["id"], "dataset_id": upload_dataset(c, files["npz"])["id"]}
+        job = c.post("/v1/jobs", json=job_body(ids, 60)).json()
+        wait_for(lambda: c.get(f"/v1/jobs/{job['id']}").json()["epoch"] >= 3, 120, "epoch 3")
+        victim = svc.job_worker_pid(job["id"])
+        assert victim in workers
+        os.kill(victim, signal.SIGKILL)
+
+        wait_for(lambda: not Path(f"/proc/{victim}").exists(), 30, "the killed worker to be reaped")
+        now = wait_for(lambda: (p := svc.worker_pids()) and len(p) == 2 and p, 60, "a replacement worker")
+        (replacement,) = set(now) - set(workers)
+        log = svc.log.read_text()
+        assert f"(pid {victim}) killed by SIGKILL" in log and "restarting it in 1 s" in log, log[-3000:]
+        assert f"restarted (pid {replacement})" in log
+
+        job = wait_job(c, job["id"], timeout=300)
+        assert job["status"] == "succeeded", job["error"]
+        assert job["attempts"] == 2 and job["epoch"] == 60
+        assert svc.job_worker_pid(job["id"]) in now  # a live worker, the survivor or the replacement, finished it
+        ev = events(c, job["id"])
+        resumed = [e["data"]["resume_epoch"] for e in ev if e["data"] and "resume_epoch" in e["data"]]
+        assert resumed and resumed[0] >= 3
+        assert len(models_of(c, job["id"])) == 1
