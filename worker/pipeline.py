@@ -158,15 +158,17 @@ class JobRun:
     def watch(self):
         """A thread beside the run: it renews the job's lease (heartbeat), and polls the row once a
         second for a cancel request and the time limit, so the training loop checks a flag, not the
-        database, between batches. A run that ignores a cancel for cancel_grace_s (stuck in one
-        step) is ended the hard way: the job is marked cancelled and this worker process exits."""
+        database, between batches. A run that does not stop within cancel_grace_s of a cancel or of
+        its time limit (stuck in one step: a teacher forward over the dataset, a huge batch) is
+        ended the hard way: the job is marked cancelled (or failed with `timeout`) and this worker
+        process exits; its supervisor (kdserve up, systemd, k8s) starts a fresh one."""
         done = threading.Event()
         settings = get_settings()
         limit = self.spec.training.max_duration_s
-        last_beat, cancel_seen = 0.0, None
+        last_beat, stop_seen = 0.0, None
 
         def poll() -> None:
-            nonlocal last_beat, cancel_seen
+            nonlocal last_beat, stop_seen
             while not done.wait(1.0):
                 if time.time() - last_beat >= settings.heartbeat_s:
                     last_beat = time.time()
@@ -175,15 +177,13 @@ class JobRun:
                 row = self.db.get_job(self.job.id)
                 if row is None or row.cancel_requested:
                     self._stop_reason = self._stop_reason or "cancelled"
-                    cancel_seen = cancel_seen or time.time()
-                    if time.time() - cancel_seen > settings.cancel_grace_s:
-                        log.error("job %s ignored its cancel for %.0f s: terminating this worker", self.job.id,
-                                  settings.cancel_grace_s)
-                        _finish(self.db, self.blobs, self.job.id, "cancelled",
-                                "cancelled; the worker was stuck and was terminated")
-                        os._exit(70)  # the supervisor (kdserve up, systemd, k8s) starts a fresh worker
                 elif limit and time.time() - self._t_start > limit:
-                    self._stop_reason = f"the job ran past training.max_duration_s = {limit} s"
+                    self._stop_reason = self._stop_reason or f"the job ran past training.max_duration_s = {limit} s"
+                if self._stop_reason in (None, LEASE_LOST):
+                    continue
+                stop_seen = stop_seen or time.time()
+                if time.time() - stop_seen > settings.cancel_grace_s and not done.is_set():
+                    self._terminate(row, settings.cancel_grace_s)
 
         thread = threading.Thread(target=poll, name=f"watch-{self.job.id}", daemon=True)
         thread.start()
@@ -192,6 +192,19 @@ class JobRun:
         finally:
             done.set()
             thread.join(timeout=5)
+
+    def _terminate(self, row: Job | None, grace: float) -> None:
+        """The run ignored its stop request for `grace` seconds: record the outcome, exit the process."""
+        reason = self._stop_reason
+        log.error("job %s did not stop within %.0f s of %r: terminating this worker", self.job.id, grace, reason)
+        if row is not None and row.status not in TERMINAL:
+            note = f"the worker was stuck for {grace:.0f} s and was terminated"
+            if reason == "cancelled":
+                _finish(self.db, self.blobs, self.job.id, "cancelled", f"cancelled; {note}")
+            else:
+                _fail(self.db, self.blobs, self.job.id, "timeout", f"{reason}; {note}")
+        logging.shutdown()
+        os._exit(70)
 
     def should_stop(self) -> str | None:
         return self._stop_reason
