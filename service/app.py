@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db.migrate()
         ctx = Context(settings=settings, db=db, blobs=make_blob_store(settings),
                       celery=make_celery(settings), catalog={})
-        ctx.catalog = load_catalog(ctx.python)
+        ctx.catalog = load_catalog(settings.python)
         app.state.ctx = ctx
         app.state.serving = inference_v2.Serving(settings)
         preloaded = app.state.serving.preload(ctx)

@@ -93,9 +93,18 @@ def start_embedded_redis(settings: Settings) -> subprocess.Popen:
     return proc
 
 
-def worker_command(settings: Settings, name: str = "kdserve") -> list[str]:
+WORKER_QUEUES = ("all", "jobs", "probe")
+
+
+def worker_command(settings: Settings, name: str = "kdserve", queues: str = "all") -> list[str]:
+    """jobs: distillation jobs (KDSERVE_QUEUE); probe: uploaded teachers probed for an API without
+    torch (<queue>.probe); all: both, one task at a time."""
+    from service.queue import probe_queue  # celery: only for the commands that run the service
+
+    names = {"all": [settings.queue, probe_queue(settings)], "jobs": [settings.queue],
+             "probe": [probe_queue(settings)]}[queues]
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
-            "--concurrency", "1", "-Q", settings.queue, "--loglevel", "INFO", "-n", f"{name}@%h",
+            "--concurrency", "1", "-Q", ",".join(names), "--loglevel", "INFO", "-n", f"{name}@%h",
             "--without-gossip", "--without-mingle"]
 
 
@@ -157,10 +166,14 @@ def up(host: str = typer.Option(None, help="API bind address (default KDSERVE_HO
 
 
 @app.command()
-def worker(name: str = typer.Option("kdserve", help="worker node name")):
-    """Run one worker alone (one job at a time), for more machines or more GPUs."""
+def worker(name: str = typer.Option("kdserve", help="worker node name"),
+           queues: str = typer.Option("all", help="all | jobs | probe: `probe` alone makes a small CPU worker that "
+                                      "probes uploaded teachers for an API without torch while GPU workers train")):
+    """Run one worker alone (one task at a time), for more machines or more GPUs."""
+    if queues not in WORKER_QUEUES:
+        raise typer.BadParameter(f"must be one of {', '.join(WORKER_QUEUES)}", param_hint="--queues")
     settings = get_settings()
-    os.execv(sys.executable, worker_command(settings, name))
+    os.execv(sys.executable, worker_command(settings, name, queues))
 
 
 @keys_app.command("create")

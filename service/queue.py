@@ -12,6 +12,7 @@ from celery import Celery
 from service.settings import Settings
 
 RUN_JOB = "kdserve.run_job"
+PROBE_TEACHER = "kdserve.probe_teacher"  # KDSERVE_PROBE=worker: an upload probed on a worker (torch there)
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -22,7 +23,9 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,        # a busy worker holds no second job
         worker_concurrency=1,
         task_default_queue=settings.queue,
-        task_ignore_result=True,             # the database holds every outcome
+        task_ignore_result=True,             # the database holds every outcome (jobs);
+        result_backend=settings.resolved_redis_url,  # only the teacher probe answers through Redis
+        result_expires=3600,
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
@@ -34,6 +37,12 @@ def make_celery(settings: Settings) -> Celery:
 def enqueue_job(app: Celery, job_id: str, queue: str) -> None:
     """Send the job id; fail fast (instead of retrying for minutes) when the broker is down."""
     app.send_task(RUN_JOB, args=[job_id], queue=queue, retry=False)
+
+
+def probe_queue(settings: Settings) -> str:
+    """Probes have a queue of their own, so a worker kept for them (`kdserve worker --queues probe`,
+    no GPU needed) answers uploads while every GPU worker is busy training."""
+    return f"{settings.queue}.probe"
 
 
 def redis_client(url: str) -> redis.Redis:

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(2 * 1024**3, description="uploads larger than this are refused with 413")
     probe_timeout_s: float = Field(120.0, description="limit for loading and test-running an uploaded teacher")
+    probe: Literal["auto", "local", "worker"] = Field(
+        "auto", description="where uploaded teachers are probed: `local` (a child process of the API; needs torch "
+        "there), `worker` (a task on a worker's `<queue>.probe` queue: the slim API image), `auto` (local when torch "
+        "is importable or `python` is set, else worker)")
     visibility_timeout_s: int = Field(7 * 24 * 3600, description="Redis redelivery timeout; longer than any job")
     python: str | None = Field(None, description="interpreter for torch-side helpers (teacher probe, catalogue)")
 

@@ -1,6 +1,7 @@
 """`python -m worker.catalog` prints the methods and student architectures this worker supports,
 with their params JSON schemas, as one JSON object. The API reads it at start (in a child process,
-so the API never imports torch) to serve /v1/methods and /v1/architectures and to pre-flight jobs."""
+so the API never imports torch) to serve /v1/methods and /v1/architectures and to pre-flight jobs;
+an API installed without torch reads the same output from service/catalog.json."""
 
 from __future__ import annotations
 
@@ -23,4 +24,6 @@ def catalog() -> dict:
 
 
 if __name__ == "__main__":
-    json.dump(catalog(), sys.stdout)
+    # `python -m worker.catalog > service/catalog.json` refreshes the slim API image's copy
+    json.dump(catalog(), sys.stdout, indent=1)
+    sys.stdout.write("\n")

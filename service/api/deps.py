@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -40,9 +41,18 @@ class Context:
         return next((a for a in self.catalog["architectures"] if a["name"] == name), None)
 
 
-def load_catalog(python: str) -> dict[str, Any]:
-    """Methods and architectures as the worker code defines them (torch imported in a child only)."""
-    out = subprocess.run([python, "-m", "worker.catalog"], capture_output=True, text=True, timeout=300, check=True)
+CATALOG_SNAPSHOT = Path(__file__).resolve().parents[1] / "catalog.json"
+
+
+def load_catalog(python: str | None = None) -> dict[str, Any]:
+    """Methods and architectures as the worker code defines them: from `python -m worker.catalog`
+    in a child process (torch is imported there only) when KDSERVE_PYTHON is set or torch is
+    installed here, else from service/catalog.json, the same output committed for the slim API
+    image (api_tests/unit/test_slim_api.py regenerates it and fails when it is stale)."""
+    if python is None and importlib.util.find_spec("torch") is None:
+        return json.loads(CATALOG_SNAPSHOT.read_text())
+    out = subprocess.run([python or sys.executable, "-m", "worker.catalog"], capture_output=True, text=True,
+                         timeout=300, check=True)
     return json.loads(out.stdout)
 
 

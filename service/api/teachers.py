@@ -1,19 +1,24 @@
-"""/v1/teachers: upload (probed in a child process before 201), get, list, delete."""
+"""/v1/teachers: upload (probed in a child process, here or on a worker, before 201), get, list, delete."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
+import importlib.util
+import uuid
+from pathlib import Path
+
+from celery.exceptions import TimeoutError as CeleryTimeout
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from models.probe import run_probe
 from models.sniff import ModelFileError, sniff
 from service import metrics, uploads
 from service.api.deps import Context, check_storage, get_ctx, get_owned, paginate, parse_json_form, principal
 from service.auth import Principal
 from service.errors import ApiError
+from service.queue import PROBE_TEACHER, probe_queue
 from service.schemas import ListOut, TeacherOut
+from service.settings import Settings
 from service.store.db import Job, Teacher, new_id
 
 router = APIRouter(prefix="/v1/teachers", tags=["teachers"])
@@ -21,6 +26,7 @@ router = APIRouter(prefix="/v1/teachers", tags=["teachers"])
 FORMATS = ("torchscript", "onnx", "hf", "safetensors")
 TASKS = ("classification", "embedding")
 _EXT = {"torchscript": ".pt", "onnx": ".onnx", "hf": ".zip", "safetensors": ".safetensors"}
+PROBE_QUEUE_WAIT_S = 30.0  # KDSERVE_PROBE=worker: time for the task to reach a free worker, on top of the probe's
 
 
 def to_out(row: Teacher) -> TeacherOut:
@@ -30,34 +36,52 @@ def to_out(row: Teacher) -> TeacherOut:
                       details=row.details)
 
 
-def probe(ctx: Context, path, fmt: str | None, input_shape, task: str | None = None) -> dict:
+def probe(ctx: Context, path: Path, fmt: str | None, input_shape, task: str | None = None) -> dict:
     """Load and run the file in a child process: a hostile or crashing file cannot hurt the API.
     The sniff (pure Python, nothing unpickled) runs here first, so garbage and pickles are refused
-    without starting a process."""
+    without starting a process. The child runs next to the API, or on a worker when the API has
+    no torch (KDSERVE_PROBE); the answer, and so every 422, is the same either way."""
     try:
         sniff(path)
     except ModelFileError as exc:
         raise ApiError(422, exc.code, exc.message, exc.param)
-    cmd = [ctx.python, "-m", "models.teachers", str(path)]
-    if fmt:
-        cmd += ["--format", fmt]
-    if input_shape is not None:
-        cmd += ["--input-shape", json.dumps(input_shape)]
-    if task is not None:
-        cmd += ["--task", task]
-    # HF_HUB_OFFLINE: a Hugging Face folder is loaded from its own files, nothing is fetched.
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=ctx.settings.probe_timeout_s, env=env)
-    except subprocess.TimeoutExpired:
-        raise ApiError(422, "unsupported_format", "the teacher did not load and run within the probe time limit", "file")
-    lines = out.stdout.strip().splitlines()
-    if out.returncode != 0 or not lines:
-        raise ApiError(422, "unsupported_format", "the teacher crashed its loader; the file is refused", "file")
-    result = json.loads(lines[-1])
+    if probe_mode(ctx.settings) == "worker":
+        result = probe_on_worker(ctx, path, fmt, input_shape, task)
+    else:
+        result = run_probe(path, fmt, input_shape, task, python=ctx.python, timeout_s=ctx.settings.probe_timeout_s)
     if not result["ok"]:
         raise ApiError(422, result["code"], result["message"], result.get("param"))
     return result
+
+
+def probe_mode(settings: Settings) -> str:
+    if settings.probe != "auto":
+        return settings.probe
+    return "local" if settings.python or importlib.util.find_spec("torch") is not None else "worker"
+
+
+def probe_on_worker(ctx: Context, path: Path, fmt: str | None, input_shape, task: str | None) -> dict:
+    """The probe as a Celery task (worker/tasks.py): the file goes through the blob store (the
+    worker may be another machine), and the answer comes back through the result backend. The
+    probe's own limit runs on the worker; the wait here adds time for the queue and the copy."""
+    staged = f"tmp/probes/{uuid.uuid4().hex}"
+    ctx.blobs.put_file(f"{staged}/{path.name}", path)
+    queue = probe_queue(ctx.settings)
+    wait_s = ctx.settings.probe_timeout_s + PROBE_QUEUE_WAIT_S
+    try:
+        pending = ctx.celery.send_task(PROBE_TEACHER, args=[f"{staged}/{path.name}", fmt, input_shape, task],
+                                       queue=queue, retry=False, expires=wait_s)
+        try:
+            return pending.get(timeout=wait_s)
+        except CeleryTimeout:
+            raise ApiError(503, "unavailable", f"no worker probed the teacher within {wait_s:.0f} s: is a worker "
+                           f"(`kdserve worker`) consuming queue {queue!r}?")
+        except Exception as exc:
+            raise ApiError(503, "unavailable", f"the worker could not probe the teacher: {type(exc).__name__}: {exc}")
+        finally:
+            pending.forget()
+    finally:
+        ctx.blobs.delete_prefix(staged)
 
 
 TEACHER_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {

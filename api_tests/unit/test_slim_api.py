@@ -1,0 +1,82 @@
+"""The API runs without torch (the slim `api` image, `pip install kdserve` without the `worker`
+extra): it never imports torch, it reads the method catalogue from service/catalog.json, and it
+sends uploaded teachers to a worker to be probed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from api_tests.harness import REPO
+from service.api.deps import CATALOG_SNAPSHOT
+from service.api.teachers import probe_mode
+from service.settings import Settings
+
+# What the `worker` extra brings; the slim image has none of them.
+WORKER_ONLY = ("torch", "torchvision", "transformers", "sklearn", "onnx", "onnxscript", "safetensors")
+
+
+def test_catalog_snapshot_is_fresh():
+    """service/catalog.json is exactly what the worker code says today: a method or architecture
+    added or changed without regenerating it fails here."""
+    out = subprocess.run([sys.executable, "-m", "worker.catalog"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, check=True)
+    assert out.stdout == CATALOG_SNAPSHOT.read_text(), (
+        "service/catalog.json is stale: run `.venv/bin/python -m worker.catalog > service/catalog.json`")
+
+
+def run_api_script(body: str, tmp_path, block_worker_modules: bool) -> dict:
+    """Start the app (lifespan included) in a fresh interpreter, run `body`, return what it prints."""
+    block = f"for m in {WORKER_ONLY!r}:\n    sys.modules[m] = None  # import m raises, find_spec(m) is None\n"
+    script = "import json, sys\n" + (block if block_worker_modules else "") + textwrap.dedent("""
+        from fastapi.testclient import TestClient
+        from service.app import create_app
+        from service.settings import Settings
+        settings = Settings(data_dir=sys.argv[1], auth="disabled")
+        with TestClient(create_app(settings)) as client:
+            from service.api.teachers import probe_mode
+            result = {}
+    """) + textwrap.indent(textwrap.dedent(body), "    ") + textwrap.dedent("""
+        result["imported"] = sorted(m for m in sys.modules if m.split(".")[0] in %r and sys.modules[m] is not None)
+        print(json.dumps(result))
+    """ % (WORKER_ONLY,))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KDSERVE_")}
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "data")], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_api_starts_and_serves_the_catalogue_without_torch(tmp_path):
+    result = run_api_script("""
+        result["methods"] = [m["name"] for m in client.get("/v1/methods").json()["data"]]
+        result["architectures"] = [a["name"] for a in client.get("/v1/architectures").json()["data"]]
+        result["probe"] = probe_mode(settings)
+    """, tmp_path, block_worker_modules=True)
+    snapshot = json.loads(CATALOG_SNAPSHOT.read_text())
+    assert result["methods"] == [m["name"] for m in snapshot["methods"]]
+    assert result["architectures"] == [a["name"] for a in snapshot["architectures"]]
+    assert result["probe"] == "worker"
+    assert result["imported"] == []
+
+
+def test_api_process_never_imports_torch(tmp_path):
+    """With torch installed (this venv) the API still keeps it out of its own process: the
+    catalogue and the probe run in child processes."""
+    result = run_api_script("""
+        result["methods"] = len(client.get("/v1/methods").json()["data"])
+        result["probe"] = probe_mode(settings)
+    """, tmp_path, block_worker_modules=False)
+    assert result["methods"] > 0
+    assert result["probe"] == "local"
+    assert result["imported"] == []
+
+
+def test_probe_mode_setting():
+    assert probe_mode(Settings(probe="worker")) == "worker"
+    assert probe_mode(Settings(probe="local")) == "local"
+    assert probe_mode(Settings(probe="auto", python="/opt/torch/bin/python")) == "local"
+    assert probe_mode(Settings(probe="auto")) == "local"  # torch is installed in the test venv
