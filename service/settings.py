@@ -28,9 +28,10 @@ class Settings(BaseSettings):
                                       "files; default <data_dir>/blob_cache")
     queue: str = Field("kdserve", description="Celery queue name (lets several deployments share one Redis)")
 
-    auth: str = Field("enabled", pattern="^(enabled|disabled)$")
-    host: str = "127.0.0.1"
-    port: int = 8000
+    auth: str = Field("enabled", pattern="^(enabled|disabled)$", description="`disabled`: no API keys, every "
+                      "caller is an admin of tenant `default` (a trusted network only)")
+    host: str = Field("127.0.0.1", description="`kdserve up`'s API bind address (0.0.0.0 in the images)")
+    port: int = Field(8000, description="`kdserve up`'s API port")
 
     max_upload_bytes: int = Field(2 * 1024**3, description="uploads larger than this are refused with 413")
     probe_timeout_s: float = Field(120.0, description="limit for loading and test-running an uploaded teacher")
