@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from service.api.inference_v2 import InferRequest
 from service.schemas import ErrorResponse
 
 V1_ERRORS = {"401": "missing or invalid API key", "404": "no such resource (or another tenant's)",
@@ -30,6 +31,10 @@ def install(app: FastAPI) -> None:
             components[name] = sub
         components["ErrorResponse"] = {k: v for k, v in ErrorResponse.model_json_schema(
             ref_template="#/components/schemas/{model}").items() if k != "$defs"}
+        # /v2 infer reads its body itself (service/api/inference_v2.infer_body): its schema goes here
+        infer = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(infer.pop("$defs", {}))
+        components["InferRequest"] = infer
         components["V2Error"] = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)

@@ -116,6 +116,10 @@ def test_other_bad_requests_are_v2_errors(client, published, digits):
     assert r.status_code == 400 and "NaN" in r.json()["error"]
     r = client.post(f"/v2/models/{mid}/infer", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json() == {"error": "the request body is not valid JSON"}
+    r = client.post(f"/v2/models/{mid}/infer", content=b'{"inputs": []}', headers={"Content-Type": "text/plain"})
+    assert r.status_code == 400 and "must be JSON" in r.json()["error"]
+    r = client.post(f"/v2/models/{mid}/infer", content=b"[1, 2]", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"] == "Input should be an object"
     r = client.post(f"/v2/models/{mid}/infer", json=infer_body(digits.x_test[:1], outputs=[{"name": "probs"}]))
     assert r.status_code == 400 and "unknown output" in r.json()["error"]
     r = client.post(f"/v2/models/{mid}/infer", json={"inputs": [{"name": "input"}]})

@@ -36,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydantic_core
 from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -328,6 +330,29 @@ class InferRequest(BaseModel):
     outputs: list[RequestedOutput] | None = Field(None, description="the outputs to return; default all")
 
 
+# The infer body is read by pydantic's own JSON parser, not FastAPI's (`json.loads`, then
+# validation): for a request of 64 rows × 64 floats that is 0.14 ms instead of 1.3 ms of the event
+# loop's time, which is most of what serving such a request costs. The OpenAPI document still
+# describes the body (openapi_extra below, the schemas added by service/openapi.py).
+INFER_BODY_OPENAPI = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/InferRequest"}}}}}
+
+
+async def infer_body(request: Request) -> InferRequest:
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise bad_request(f"the request body must be JSON (Content-Type: application/json), not {content_type!r}")
+    try:
+        return InferRequest.model_validate_json(await request.body())
+    except ValidationError as exc:  # answered like FastAPI's own validation errors (service/errors.py)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) from None
+
+
+def json_response(content: Any) -> Response:
+    """pydantic-core's serializer: ~10× faster than json.dumps on the long float lists of outputs."""
+    return Response(pydantic_core.to_json(content), media_type="application/json")
+
+
 def bad_request(message: str) -> ApiError:
     return ApiError(400, "invalid_request", message)
 
@@ -445,7 +470,7 @@ async def _infer(srv: Serving, ctx: Context, who: Principal, model: str, version
     except ApiError:
         metrics.observe_inference(served.model_id, protocol="v2", batch_size=0, seconds=0.0, outcome="error")
         raise
-    response = JSONResponse(answer)
+    response = json_response(answer)
     metrics.observe_inference(served.model_id, protocol="v2", batch_size=rows, seconds=time.perf_counter() - t0)
     return response
 
@@ -473,13 +498,13 @@ async def _run_infer(srv: Serving, served: Served, body: InferRequest, ctx: Cont
     return answer, len(next(iter(feeds.values())))
 
 
-@router.post("/models/{model}/infer")
-async def infer(model: str, body: InferRequest, ctx: Context = Depends(context), who: Principal = Depends(caller),
+@router.post("/models/{model}/infer", openapi_extra=INFER_BODY_OPENAPI)
+async def infer(model: str, body: InferRequest = Depends(infer_body), ctx: Context = Depends(context), who: Principal = Depends(caller),
                 srv: Serving = Depends(serving)):
     return await _infer(srv, ctx, who, model, None, body)
 
 
-@router.post("/models/{model}/versions/{version}/infer")
-async def infer_version(model: str, version: str, body: InferRequest, ctx: Context = Depends(context),
+@router.post("/models/{model}/versions/{version}/infer", openapi_extra=INFER_BODY_OPENAPI)
+async def infer_version(model: str, version: str, body: InferRequest = Depends(infer_body), ctx: Context = Depends(context),
                         who: Principal = Depends(caller), srv: Serving = Depends(serving)):
     return await _infer(srv, ctx, who, model, version, body)
