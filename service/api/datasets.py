@@ -67,7 +67,7 @@ async def create_dataset(request: Request, ctx: Context = Depends(get_ctx), who:
         upload.discard()
     dataset_id = new_id("ds")
     blob_key = f"datasets/{dataset_id}/data.npz"
-    ctx.blobs.put_file(blob_key, canonical, move=True)
+    await run_in_threadpool(ctx.blobs.put_file, blob_key, canonical, move=True)  # S3: an upload, not a rename
     name = (form.get("name") or "")[:255] or upload.filename or dataset_id
     row = Dataset(id=dataset_id, tenant=who.tenant, name=name, format=fmt, sha256=upload.sha256,
                   size_bytes=upload.size, blob_key=blob_key, **summary)

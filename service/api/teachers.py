@@ -117,7 +117,7 @@ async def create_teacher(request: Request, ctx: Context = Depends(get_ctx), who:
         info = await run_in_threadpool(probe, ctx, upload.path, fmt, shape, task)
         teacher_id = new_id("tch")
         blob_key = f"teachers/{teacher_id}/teacher{_EXT[info['format']]}"
-        ctx.blobs.put_file(blob_key, upload.path, move=True)
+        await run_in_threadpool(ctx.blobs.put_file, blob_key, upload.path, move=True)  # S3: an upload, not a rename
     finally:
         upload.discard()
     name = (form.get("name") or "")[:255] or upload.filename or teacher_id
