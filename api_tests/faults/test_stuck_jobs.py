@@ -3,13 +3,14 @@ limit it ignores for KDSERVE_CANCEL_GRACE_S ends its worker process, the job is 
 cancelled (or failed with `timeout`), and `kdserve up` starts a fresh worker that takes the next
 job. And the ordinary case: `training.max_duration_s` stops a job between batches, without a kill.
 
-The stuck job is real, not mocked: a TorchScript teacher whose forward pass costs rows² (1000
-rounds of a 256×256 matmul per row of the batch). The upload probe (2 rows) takes milliseconds;
-the worker's teacher pass over the dataset (chunks of 512 rows) would take hours on this machine
-and at least tens of seconds on any CPU. That pass is one call with no cancel check inside: the
-job's `stage` reads `caching_teacher` from its start to its end, so a cancel sent then can only
-be honoured by the grace kill. The kill is what bounds the test; if it did not happen the test
-would fail on its own deadlines (and the service fixture kills what is left).
+The stuck job is real, not mocked: a TorchScript teacher whose forward pass runs 1000 rounds of a
+256×256 matmul for every 8 rows of its batch, on the whole batch (a cost that grows with rows²).
+Loading it (2 synthetic rows: no rounds) takes milliseconds; the worker's teacher pass over the
+dataset (chunks of 512 rows: 64,000 rounds on 512 rows, ~34 TFLOP a chunk) would take hours on
+this machine and minutes on any CPU. That pass is one call with no cancel check inside: the job's
+`stage` reads `caching_teacher` from its start to its end, so a cancel sent then can only be
+honoured by the grace kill. The kill is what bounds the test; if it did not happen the test
+would fail on its own deadlines (and the service fixture stops what is left).
 """
 
 from __future__ import annotations
@@ -33,20 +34,20 @@ SETTINGS = {"KDSERVE_CANCEL_GRACE_S": str(GRACE_S), "KDSERVE_HEARTBEAT_S": "1", 
 pytestmark = pytest.mark.timeout(300)
 
 
-class RowsSquaredTeacher(nn.Module):
-    """A digits-shaped teacher (64 features → 10 logits) whose cost grows with the batch squared."""
+class SlowTeacher(nn.Module):
+    """A digits-shaped teacher (64 features → 10 logits), free on a few rows, very slow on a batch."""
 
-    def __init__(self, rounds_per_row: int = 1000):
+    def __init__(self, rounds_per_8_rows: int = 1000):
         super().__init__()
         g = torch.Generator().manual_seed(0)
         self.inp = nn.Linear(64, 256)
         self.mix = nn.Parameter(torch.randn(256, 256, generator=g) / 16)
         self.out = nn.Linear(256, 10)
-        self.rounds_per_row = rounds_per_row
+        self.rounds_per_8_rows = rounds_per_8_rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.tanh(self.inp(x))
-        for _ in range(x.shape[0] * self.rounds_per_row):
+        for _ in range(x.shape[0] // 8 * self.rounds_per_8_rows):
             h = torch.tanh(h @ self.mix)
         return self.out(h)
 
@@ -60,7 +61,7 @@ def svc(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ids(svc, files, tmp_path_factory):
     slow = tmp_path_factory.mktemp("slow") / "slow_teacher.pt"
-    torch.jit.script(RowsSquaredTeacher()).save(str(slow))
+    torch.jit.script(SlowTeacher()).save(str(slow))
     with svc.client() as c:
         return {"onnx": upload_teacher(c, files["onnx"])["id"], "slow": upload_teacher(c, slow, input_shape="[64]")["id"],
                 "dataset": upload_dataset(c, files["npz"])["id"]}
@@ -132,7 +133,7 @@ def test_cancel_of_a_stuck_job_ends_its_worker_and_a_fresh_one_takes_the_next_jo
 
 def test_stuck_job_past_its_time_limit_fails_with_timeout(svc, ids):
     old = the_worker(svc)
-    limit = 8  # the teacher is loaded and probed (validating) well within it; its pass is not
+    limit = 8  # loading the teacher and the data (validating) takes a second or two; its pass far longer
     with svc.client() as c:
         job = c.post("/v1/jobs", json=body(ids, "slow", 5, max_duration_s=limit)).json()
         wait_stage(c, job["id"], "caching_teacher")
