@@ -1,7 +1,7 @@
 """Transformer students for text: a BERT-style encoder written out here (not transformers' classes),
 built from scratch (`transformer`) or as a layer-dropped copy of a BERT teacher (`layer_dropped`).
 
-    student = build_layer_dropped(source, layers=[1, 3, 5], hidden_size=None)
+    student = build_layer_dropped(source, keep=[1, 3, 5], hidden_size=None, dropout=0.1)
     out = student(input_ids, attention_mask)          # int64 [B, L] each → [B, num_labels | dim]
 
 Why our own encoder rather than a copy of the teacher's Hugging Face modules:
@@ -65,17 +65,32 @@ def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
 
 
+class LowRankEmbedding(nn.Embedding):
+    """A token-embedding table factorised as [V, r] @ [r, H] (ALBERT's factorised embedding):
+    `weight` is the [V, r] table (the part `freeze_embeddings` freezes), `up` the shared map to the
+    hidden width. Exported as a Gather followed by a MatMul with a constant weight, both of which
+    dynamic int8 quantizes."""
+
+    def __init__(self, vocab: int, rank: int, hidden: int):
+        super().__init__(vocab, rank)
+        self.up = nn.Linear(rank, hidden, bias=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.up(super().forward(input_ids))
+
+
 class Embeddings(nn.Module):
-    """Word + position (+ segment) embeddings, LayerNorm, dropout: BERT's input layer.
+    """Word + position (+ segment) embeddings, LayerNorm, dropout: BERT's input layer; the word
+    table is a `LowRankEmbedding` when `rank` is given.
 
     Segments are derived from the ids: a token belongs to segment 1 once a [SEP] has gone by (the
     BERT pair template `[CLS] a [SEP] b [SEP]`), so the exported student needs no token_type_ids
     input and a text pair still gets its segment embeddings."""
 
     def __init__(self, vocab: int, hidden: int, max_positions: int, type_vocab: int, sep_id: int | None,
-                 eps: float, dropout: float):
+                 eps: float, dropout: float, rank: int | None = None):
         super().__init__()
-        self.word = nn.Embedding(vocab, hidden)
+        self.word = nn.Embedding(vocab, hidden) if rank is None else LowRankEmbedding(vocab, rank, hidden)
         self.position = nn.Embedding(max_positions, hidden)
         self.segment = nn.Embedding(type_vocab, hidden) if type_vocab > 0 else None
         self.sep_id = sep_id if type_vocab > 1 else None
@@ -309,14 +324,53 @@ def _project_norm(norm: nn.LayerNorm, weight: torch.Tensor, bias: torch.Tensor, 
         norm.bias.copy_(p.T @ bias)
 
 
+# Token weights of the factorised table's fit: this share spread evenly over the vocabulary, the
+# rest in proportion to the tokens' counts in the calibration texts (tokens the training texts
+# never show still get a say, the frequent ones most of it).
+UNIFORM_TOKEN_SHARE = 0.2
+
+
+def token_weights(source: TextSource, vocab: int) -> torch.Tensor | None:
+    """Per-row weights [vocab] summing to 1 for the factorised table's fit: the calibration texts'
+    token frequencies mixed with the uniform distribution; None without calibration texts."""
+    if source.calibration is None:
+        return None
+    ids, mask = source.calibration
+    counts = torch.bincount(ids[mask.bool()].flatten(), minlength=vocab)[:vocab].double()
+    if counts.sum() == 0:
+        return None
+    return (1 - UNIFORM_TOKEN_SHARE) * counts / counts.sum() + UNIFORM_TOKEN_SHARE / vocab
+
+
+@torch.no_grad()
+def low_rank_factors(table: torch.Tensor, rank: int, weights: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A [V, r], B [r, H]) whose product A·B is the best rank-r approximation of `table` [V, H]
+    in the row-weighted norm Σ_v w_v‖row_v‖² (Eckart–Young on diag(√w)·table; without weights
+    the plain truncated SVD, A = U_r·S_r, B = V_rᵀ). B holds the top right-singular vectors, and
+    A = table·Bᵀ projects every row onto them, rows of weight zero included."""
+    v, h = table.shape
+    if not 1 <= rank < min(v, h):
+        raise ValueError(f"embedding rank {rank} must be between 1 and {min(v, h) - 1} for a {v}×{h} table "
+                         "(a factorisation of full rank saves nothing)")
+    x = table.double()
+    scaled = x if weights is None else x * weights.double().sqrt()[:, None]
+    _, _, vh = torch.linalg.svd(scaled, full_matrices=False)
+    b = vh[:rank]
+    return (x @ b.T).float().contiguous(), b.float().contiguous()
+
+
 def build_layer_dropped(source: TextSource, *, keep: Sequence[int], hidden_size: int | None,
-                        dropout: float) -> TextStudent:
+                        dropout: float, embedding_rank: int | None = None) -> TextStudent:
     """A copy of the teacher keeping the layers `keep` (0-based, in order), initialised from its
     weights (DistilBERT-style). With `hidden_size` below the teacher's, the residual stream is
     projected onto the teacher's top principal directions P: every weight reading the stream is
     right-multiplied by P, every weight writing it left-multiplied by Pᵀ, attention and feed-forward
     widths stay the teacher's; an embedding student's head (the learned projection back to the
-    teacher's width) starts as P."""
+    teacher's width) starts as P. With `embedding_rank` r the token table (usually most of a small
+    BERT's parameters) is factorised as [V, r] @ [r, width], initialised with the best rank-r
+    approximation of the teacher's (projected) table, weighting each token by its frequency in the
+    calibration texts (`low_rank_factors`, `token_weights`)."""
     if source.state_dict is None:
         raise ValueError("layer_dropped needs the teacher's weights")
     d = _teacher_dims(source.config)
@@ -330,9 +384,16 @@ def build_layer_dropped(source: TextSource, *, keep: Sequence[int], hidden_size:
     def wr(t: torch.Tensor) -> torch.Tensor:  # a weight [hidden, …] or bias [hidden] that writes it
         return t if p is None else p.T @ t
 
-    emb = Embeddings(d["vocab"], width, d["max_positions"], d["type_vocab"], source.sep_token_id, d["eps"], dropout)
+    emb = Embeddings(d["vocab"], width, d["max_positions"], d["type_vocab"], source.sep_token_id, d["eps"], dropout,
+                     embedding_rank)
     with torch.no_grad():
-        emb.word.weight.copy_(rd(w["embeddings.word_embeddings.weight"]))
+        table = rd(w["embeddings.word_embeddings.weight"])
+        if embedding_rank is None:
+            emb.word.weight.copy_(table)
+        else:
+            a, b = low_rank_factors(table, embedding_rank, token_weights(source, d["vocab"]))
+            emb.word.weight.copy_(a)
+            emb.word.up.weight.copy_(b.T)
         emb.position.weight.copy_(rd(w["embeddings.position_embeddings.weight"]))
         if emb.segment is not None:
             emb.segment.weight.copy_(rd(w["embeddings.token_type_embeddings.weight"]))

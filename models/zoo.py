@@ -322,10 +322,18 @@ class LayerDroppedParams(ArchParams):
         "top principal directions of its hidden states on the training texts, attention and feed-forward widths "
         "stay; an embedding student's head is the learned projection back to the teacher's width",
     )
+    embedding_rank: int | None = Field(
+        None, ge=1, le=8192,
+        description="factorise the token-embedding table (most of a small BERT's parameters: 11.7 M of MiniLM's "
+        "22.6 M) as [vocab, r] @ [r, hidden], ALBERT-style, initialised with the best rank-r approximation of the "
+        "teacher's table, each token weighted by its frequency in the training texts (mixed with a uniform share); "
+        "must be below the hidden size. Exported as Gather + MatMul. Default: the full table",
+    )
     dropout: float = Field(0.1, ge=0, lt=1)
     freeze_embeddings: bool = Field(
         True, description="keep the token-embedding table as copied (projected) from the teacher: tokens absent from "
-        "the training texts stay where the teacher put them, and the largest matrix needs no optimizer state",
+        "the training texts stay where the teacher put them, and the largest matrix needs no optimizer state (with "
+        "embedding_rank the [vocab, r] table is frozen, the [r, hidden] map still trains)",
     )
 
 
@@ -351,7 +359,8 @@ def layer_dropped_keep(p: LayerDroppedParams, num_layers: int) -> list[int]:
     "layer_dropped", params=LayerDroppedParams, inputs="text", needs_teacher_weights=True,
     description="A copy of a BERT-family teacher (model_type bert: BERT, MiniLM, BGE, E5, …) keeping every k-th "
     "layer or a chosen list, initialised from the teacher's weights (DistilBERT-style), optionally with a narrower "
-    "hidden size initialised by projecting the teacher onto its principal directions. Same head as the teacher.",
+    "hidden size initialised by projecting the teacher onto its principal directions, and a low-rank (factorised) "
+    "token-embedding table. Same head as the teacher.",
 )
 def layer_dropped(p: LayerDroppedParams, source) -> Student:
     from models import text
@@ -363,7 +372,12 @@ def layer_dropped(p: LayerDroppedParams, source) -> Student:
     hidden = int(source.config["hidden_size"])
     if p.hidden_size is not None and p.hidden_size > hidden:
         raise ArchitectureError(f"hidden_size {p.hidden_size} is wider than the teacher's {hidden}")
+    limit = min(p.hidden_size or hidden, int(source.config["vocab_size"]))
+    if p.embedding_rank is not None and p.embedding_rank >= limit:
+        raise ArchitectureError(f"embedding_rank {p.embedding_rank} must be below {limit}, the smaller of the hidden "
+                                "size and the vocabulary: a factorisation of full rank saves nothing")
     student = text.build_layer_dropped(source, keep=layer_dropped_keep(p, num_layers),
-                                       hidden_size=p.hidden_size if p.hidden_size != hidden else None, dropout=p.dropout)
+                                       hidden_size=p.hidden_size if p.hidden_size != hidden else None, dropout=p.dropout,
+                                       embedding_rank=p.embedding_rank)
     student.embeddings.word.weight.requires_grad_(not p.freeze_embeddings)
     return student

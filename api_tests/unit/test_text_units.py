@@ -14,8 +14,9 @@ from api_tests import text_fixtures as tf
 from models import textio
 from models.sniff import ModelFileError
 from models.teachers import extract_hf, load_teacher
-from models.text import TextSource, build_layer_dropped, projection_basis
-from models.zoo import ArchitectureError, create_student
+from models.text import (LowRankEmbedding, TextSource, build_layer_dropped, low_rank_factors, projection_basis,
+                         token_weights)
+from models.zoo import ARCHITECTURES, ArchitectureError, create_student
 from service import ingest, text_serving
 from worker.pipeline import neighbour_overlap
 
@@ -68,6 +69,71 @@ def test_layer_choice_and_narrow_projection(emb_teacher):
         create_student("transformer", {"vocab_size": 10}, [], 32, source=src)
     with pytest.raises(ArchitectureError, match="text student"):
         create_student("transformer", {}, [64], 10)
+
+
+def rank_r(table: torch.Tensor, r: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The best rank-r approximation by Eckart–Young, computed here independently (in float64)."""
+    x = table.double()
+    sw = torch.ones(len(x), dtype=torch.float64) if weights is None else weights.double().sqrt()
+    u, s, vh = torch.linalg.svd(x * sw[:, None], full_matrices=False)
+    return (u[:, :r] * s[:r]) @ vh[:r] / sw[:, None]
+
+
+def test_low_rank_factors_are_the_best_rank_r_approximation():
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(200, 32, generator=g) @ torch.diag(torch.linspace(3, 0.1, 32))
+    a, b = low_rank_factors(table, 8)
+    assert a.shape == (200, 8) and b.shape == (8, 32) and torch.allclose(b @ b.T, torch.eye(8), atol=1e-5)
+    assert torch.allclose((a @ b).double(), rank_r(table, 8), atol=1e-4)
+    s = torch.linalg.svdvals(table.double())
+    assert torch.linalg.norm(table - a @ b).item() == pytest.approx(s[8:].pow(2).sum().sqrt().item(), rel=1e-4)
+    # weighted: the optimum of Σ w_v‖row_v − approx_v‖², no worse there than the unweighted fit
+    w = torch.rand(200, generator=g) ** 4
+    aw, bw = low_rank_factors(table, 8, w)
+    rows = aw @ bw
+    assert torch.allclose(rows[w > 0.05].double(), rank_r(table, 8, w)[w > 0.05], atol=1e-3)
+
+    def werr(x):
+        return (w[:, None] * (table - x) ** 2).sum().item()
+
+    assert werr(rows) < werr(a @ b)
+    for bad in (0, 32, 40):
+        with pytest.raises(ValueError, match="rank"):
+            low_rank_factors(table, bad)
+
+
+def test_layer_dropped_with_a_low_rank_embedding_table(emb_teacher):
+    texts, _ = tf.sentences(64, 8)
+    _, batch = tokens(emb_teacher, texts)
+    table = emb_teacher.model.state_dict()["embeddings.word_embeddings.weight"]
+    full = create_student("layer_dropped", {"layers": [0, 2]}, [], 32, source=source(emb_teacher))
+    low = create_student("layer_dropped", {"layers": [0, 2], "embedding_rank": 8}, [], 32, source=source(emb_teacher))
+    word = low.embeddings.word
+    assert isinstance(word, LowRankEmbedding) and word.weight.shape == (len(tf.VOCAB), 8)
+    assert word.up.weight.shape == (32, 8)
+    assert torch.allclose((word.weight @ word.up.weight.T).double(), rank_r(table, 8), atol=1e-4)  # no texts: plain SVD
+    assert not word.weight.requires_grad and word.up.weight.requires_grad  # the [V, r] table frozen, the map trains
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(full) - n(low) == len(tf.VOCAB) * 32 - (len(tf.VOCAB) + 32) * 8
+    with torch.no_grad():
+        ids = batch[0][:, :5]
+        assert torch.allclose(word(ids), (word.weight @ word.up.weight.T)[ids], atol=1e-6)
+        assert low.eval()(batch[0], batch[1]).shape == (64, 32)
+    # with training texts: each token weighted by its frequency there (plus a uniform share)
+    src = source(emb_teacher, (batch[0], batch[1]))
+    w = token_weights(src, len(tf.VOCAB))
+    assert w.sum().item() == pytest.approx(1.0) and (w > 0).all()
+    assert w[emb_teacher.tokenizer.token_to_id("[CLS]")] > w[emb_teacher.tokenizer.token_to_id("[MASK]")]
+    fitted = create_student("layer_dropped", {"layers": [0, 2], "embedding_rank": 8}, [], 32, source=src).embeddings.word
+    assert torch.allclose((fitted.weight @ fitted.up.weight.T).double(), rank_r(table, 8, w), atol=1e-3)
+    narrow = create_student("layer_dropped", {"layers": [0], "hidden_size": 16, "embedding_rank": 4}, [], 32, source=src)
+    assert narrow.embeddings.word.up.weight.shape == (16, 4)
+    for params in ({"embedding_rank": 32}, {"hidden_size": 16, "embedding_rank": 16}):
+        with pytest.raises(ArchitectureError, match="embedding_rank"):
+            create_student("layer_dropped", params, [], 32, source=src)
+    schema = ARCHITECTURES["layer_dropped"].catalog_entry()["params"]["properties"]["embedding_rank"]
+    assert "rank-r approximation" in schema["description"]
+    assert {"type": "integer", "minimum": 1, "maximum": 8192} in schema["anyOf"]
 
 
 def test_serving_tokenisation_is_the_training_tokenisation(emb_teacher):

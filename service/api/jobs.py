@@ -200,6 +200,11 @@ def text_preflight(body: JobCreate, method: dict, arch: dict, dataset: Dataset, 
         if p.get("hidden_size") is not None and p["hidden_size"] > int(d.get("hidden_size") or 0):
             raise ApiError(422, "invalid_request", f"student.params.hidden_size {p['hidden_size']} is wider than the "
                            f"teacher's {d.get('hidden_size')}", "student.params.hidden_size")
+        width = p.get("hidden_size") or int(d.get("hidden_size") or 0)
+        if p.get("embedding_rank") is not None and width and p["embedding_rank"] >= width:
+            raise ApiError(422, "invalid_request", f"student.params.embedding_rank {p['embedding_rank']} must be below "
+                           f"the student's hidden size {width}: a factorisation of full rank saves nothing",
+                           "student.params.embedding_rank")
 
 
 @router.post("", status_code=202, response_model=JobOut)
