@@ -249,8 +249,8 @@ def test_a_deleted_model_is_no_longer_served(client, published, digits):
     assert r.status_code == 404 and json.loads(r.text)["error"].startswith("no model")
 
 
-def test_a_patch_transformer_student_is_published_and_served(client, published, digits, tmp_path):
-    body = {**KD_JOB, **published["ids"], "training": {"epochs": 2},
+def test_a_patch_transformer_student_is_published_and_served(service, client, published, digits, tmp_path):
+    body = {**KD_JOB, **published["ids"], "training": {"epochs": 2}, "export": {"quantize": ["fp16"]},
             "student": {"architecture": "patch_transformer", "params": {"dim": 32, "depth": 1, "heads": 2}}}
     job = wait_job(client, client.post("/v1/jobs", json=body).json()["id"])
     assert job["status"] == "succeeded", job
@@ -263,3 +263,15 @@ def test_a_patch_transformer_student_is_published_and_served(client, published, 
     r = client.post(f"/v2/models/{card['id']}/infer", json=infer_body(x, id="pt"))
     assert r.status_code == 200 and r.json()["id"] == "pt"
     np.testing.assert_array_equal(logits_of(r.json()), want)
+
+    # A damaged file in the store (here the fp16 variant, never loaded yet) is a 503 with the reason,
+    # on ready and on infer alike, not a 500; the fp32 version keeps serving.
+    assert [a["precision"] for a in card["artifacts"]] == ["fp32", "fp16"]
+    (service.data_dir / "blobs" / "models" / card["id"] / "model.fp16.onnx").write_bytes(b"not an onnx file")
+    r = client.get(f"/v2/models/{card['id']}/versions/fp16/ready")
+    assert r.status_code == 503 and "cannot be loaded" in r.json()["error"]
+    r = client.post(f"/v2/models/{card['id']}/versions/fp16/infer", json=infer_body(x))
+    assert r.status_code == 503 and "cannot be loaded" in r.json()["error"]
+    r = client.post(f"/v1/models/{card['id']}/predict", params={"precision": "fp16"}, json={"inputs": x.tolist()})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+    assert client.get(f"/v2/models/{card['id']}/ready").status_code == 200

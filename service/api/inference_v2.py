@@ -156,7 +156,12 @@ class Serving:
     async def load(self, served: Served) -> LoadedModel:
         loaded = self.runtime.peek(served.key)
         if loaded is None:  # first use: read the file in a thread, the event loop keeps serving
-            loaded = await run_in_threadpool(self.runtime.get, served.key, served.path)
+            try:
+                loaded = await run_in_threadpool(self.runtime.get, served.key, served.path)
+            except Exception as exc:  # a missing or damaged file in the store: this model is not servable now
+                log.error("cannot load %s from %s: %s", served.key, served.path, exc)
+                raise ApiError(503, "unavailable", f"model {served.name!r} ({served.precision}) cannot be loaded: "
+                               f"{type(exc).__name__}: {str(exc)[:200]}") from None
         return loaded
 
     def forget(self, model_id: str) -> None:
@@ -419,7 +424,7 @@ async def ready(ctx: Context = Depends(context)):
     try:
         await run_in_threadpool(ctx.db.ping)
     except Exception as exc:
-        return JSONResponse({"error": f"not ready: database unreachable: {type(exc).__name__}"}, status_code=400)
+        return JSONResponse({"error": f"not ready: database unreachable: {type(exc).__name__}"}, status_code=503)
     return {"ready": True}
 
 
@@ -442,10 +447,7 @@ async def metadata_version(model: str, version: str, ctx: Context = Depends(cont
 
 async def _ready(srv: Serving, ctx: Context, who: Principal, model: str, version: str | None):
     served = await srv.served(ctx, who, model, version)
-    try:
-        await srv.load(served)
-    except Exception as exc:
-        return JSONResponse({"error": f"model {model!r} ({served.precision}) cannot be loaded: {exc}"}, status_code=400)
+    await srv.load(served)  # 503 with the reason when the file cannot be loaded
     return {"name": served.name, "version": served.precision, "ready": True}
 
 
