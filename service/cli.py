@@ -354,6 +354,15 @@ def teachers_upload(ctx: typer.Context, path: Path = typer.Argument(..., help="T
     out.print(_teacher_table([teacher]))
 
 
+def _print_page(page, table, as_json: bool) -> None:
+    """One page of a list: JSON as the API sent it, or a table and how to ask for the next page."""
+    if as_json:
+        return _print_json(page)
+    out.print(table(page.data))
+    if page.has_more:
+        out.print(f"more: --after {page.data[-1].id}")
+
+
 def _parse_json_option(raw: str | None, option: str) -> Any:
     if raw is None:
         return None
@@ -371,11 +380,7 @@ def teachers_list(ctx: typer.Context, limit: int = typer.Option(20, help="1..100
     """Teachers, newest first."""
     with _client(ctx) as kd:
         page = kd.teachers.list(limit=limit, after=after)
-    if as_json:
-        return _print_json(page)
-    out.print(_teacher_table(page.data))
-    if page.has_more:
-        out.print(f"more: --after {page.data[-1].id}")
+    _print_page(page, _teacher_table, as_json)
 
 
 @teachers_app.command("show")
@@ -429,11 +434,7 @@ def datasets_list(ctx: typer.Context, limit: int = typer.Option(20, help="1..100
     """Datasets, newest first."""
     with _client(ctx) as kd:
         page = kd.datasets.list(limit=limit, after=after)
-    if as_json:
-        return _print_json(page)
-    out.print(_dataset_table(page.data))
-    if page.has_more:
-        out.print(f"more: --after {page.data[-1].id}")
+    _print_page(page, _dataset_table, as_json)
 
 
 @datasets_app.command("show")
@@ -657,11 +658,7 @@ def jobs_list(ctx: typer.Context, status: Optional[str] = typer.Option(None, hel
     """Jobs, newest first."""
     with _client(ctx) as kd:
         page = kd.jobs.list(status=status, limit=limit, after=after)
-    if as_json:
-        return _print_json(page)
-    out.print(_jobs_table(page.data))
-    if page.has_more:
-        out.print(f"more: --after {page.data[-1].id}")
+    _print_page(page, _jobs_table, as_json)
 
 
 @jobs_app.command("show")
@@ -763,11 +760,7 @@ def models_list(ctx: typer.Context, limit: int = typer.Option(20, help="1..100")
     """Distilled students, newest first."""
     with _client(ctx) as kd:
         page = kd.models.list(limit=limit, after=after)
-    if as_json:
-        return _print_json(page)
-    out.print(_models_table(page.data))
-    if page.has_more:
-        out.print(f"more: --after {page.data[-1].id}")
+    _print_page(page, _models_table, as_json)
 
 
 @models_app.command("show")
