@@ -98,7 +98,7 @@ def test_tensor_forms_and_datatypes(client, published, direct, digits):
     ([{"name": "input", "shape": [1, 64], "datatype": "BOOL", "data": [1] * 64}], "true/false values"),
     ([{"name": "input", "shape": [1, 64], "datatype": "FP64", "data": [1e300] * 64}], "overflows"),
     ([{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}], "no such input"),
-    ([{"name": "input", "shape": [1, 64], "datatype": "FP32"}], "binary tensor extension"),
+    ([{"name": "input", "shape": [1, 64], "datatype": "FP32"}], "binary_data_size for binary data"),
     ([{"name": "input", "shape": [1, -64], "datatype": "FP32", "data": [0.0] * 64}], "negative dimension"),
     ([], "inputs"),
 ])
@@ -127,6 +127,55 @@ def test_other_bad_requests_are_v2_errors(client, published, digits):
     assert client.get("/v2/nowhere").json() == {"error": "Not Found"}
     r = client.put(f"/v2/models/{mid}/infer")
     assert r.status_code == 405 and isinstance(r.json()["error"], str)
+
+
+def binary_request(x: np.ndarray, **extra) -> tuple[bytes, dict]:
+    """A request in the binary tensor data extension: JSON header, then the FP32 bytes."""
+    raw = x.astype("<f4").tobytes()
+    header = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": len(raw)}}], **extra}).encode()
+    return header + raw, {"Inference-Header-Content-Length": str(len(header)),
+                          "Content-Type": "application/octet-stream"}
+
+
+def test_binary_tensor_data_in_and_out(client, published, direct, digits):
+    mid, x = published["card"]["id"], digits.x_test[:9]
+    body, headers = binary_request(x, id="b1")
+    r = client.post(f"/v2/models/{mid}/infer", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == "b1"
+    np.testing.assert_allclose(logits_of(r.json()), direct(x), atol=1e-5)  # JSON answer by default
+
+    body, headers = binary_request(x, parameters={"binary_data_output": True})
+    r = client.post(f"/v2/models/{mid}/infer", content=body, headers=headers)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    n = int(r.headers["inference-header-content-length"])
+    (out,) = json.loads(r.content[:n])["outputs"]
+    assert out["shape"] == [9, 10] and "data" not in out and out["parameters"]["binary_data_size"] == 9 * 10 * 4
+    got = np.frombuffer(r.content[n:], "<f4").reshape(9, 10)
+    np.testing.assert_allclose(got, direct(x), atol=1e-5)
+
+    # the same through an output's own flag, with a JSON input
+    r = client.post(f"/v2/models/{mid}/infer",
+                    json=infer_body(x[:2], outputs=[{"name": "logits", "parameters": {"binary_data": True}}]))
+    n = int(r.headers["inference-header-content-length"])
+    np.testing.assert_allclose(np.frombuffer(r.content[n:], "<f4").reshape(2, 10), direct(x[:2]), atol=1e-5)
+
+
+@pytest.mark.parametrize("mutate,fragment", [
+    (lambda b, h: (b[:-4], h), "runs past the body's 32 bytes"),                          # short body
+    (lambda b, h: (b.replace(b'"shape": [1, 9]', b'"shape": [1, 8]'), h), "needs 32 bytes, binary_data_size is 36"),
+    (lambda b, h: (b + b"\0\0\0\0", h), "bytes of binary data that no input"),           # trailing bytes
+    (lambda b, h: (b, {**h, "Inference-Header-Content-Length": "100000"}), "the body has"),  # header too long
+    (lambda b, h: (b, {**h, "Inference-Header-Content-Length": "x"}), "byte count"),
+    (lambda b, h: (b[: int(h["Inference-Header-Content-Length"])],
+                   {"Content-Type": "application/json"}), "no Inference-Header-Content-Length"),
+    (lambda b, h: (b[: -36] + np.full(9, np.nan, "<f4").tobytes(), h), "NaN"),
+])
+def test_bad_binary_requests_are_400(client, published, mutate, fragment):
+    body, headers = mutate(*binary_request(np.zeros((1, 9), np.float32)))  # 36 bytes of FP32
+    r = client.post(f"/v2/models/{published['card']['id']}/infer", content=body, headers=headers)
+    assert r.status_code == 400 and fragment in r.json()["error"], r.text
 
 
 def test_unknown_model_or_version_is_404(client, published, digits):

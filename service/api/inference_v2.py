@@ -18,7 +18,8 @@ key, 404 for an unknown model or version.
 Tensors are JSON: FP32, FP64, INT64, INT32 and BOOL, `data` flat (row-major) or nested to the
 shape. Values are converted to the model input's type when that is lossless in meaning (any number
 to a float input; integers to an integer input); NaN and infinities are refused. The binary tensor
-extension is not supported.
+data extension (raw little-endian tensors after a JSON header, service/v2_binary.py) is accepted for
+inputs and, on request, used for outputs.
 
 A text student (its card has `text`) also takes a BYTES tensor `text` (and `text_pair` when it was
 trained on pairs): the strings are tokenised here with the student's own tokenizer
@@ -40,12 +41,12 @@ import pydantic_core
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from models.runtime import BatchConfig, LoadedModel, SessionCache, TensorInfo
-from service import metrics, text_serving
+from service import metrics, text_serving, v2_binary
 from service.api.deps import Context, principal
 from service.auth import Principal
 from service.errors import ApiError
@@ -318,7 +319,9 @@ class InferInput(BaseModel):
     shape: list[int] = Field(description="full shape, batch first; non-negative")
     datatype: str
     parameters: dict[str, Any] | None = None
-    data: Any = Field(None, description="row-major values, flat or nested to the shape")
+    data: Any = Field(None, description="row-major values, flat or nested to the shape (absent when the tensor "
+                      "is sent as binary data: parameters.binary_data_size)")
+    _array: np.ndarray | None = PrivateAttr(None)  # the tensor, when it came as binary data
 
 
 class RequestedOutput(BaseModel):
@@ -344,13 +347,49 @@ INFER_BODY_OPENAPI = {"requestBody": {"required": True, "content": {"application
 
 
 async def infer_body(request: Request) -> InferRequest:
+    header_length = request.headers.get(v2_binary.HEADER)
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise bad_request(f"the request body must be JSON (Content-Type: application/json), not {content_type!r}")
+    if header_length is None and content_type != "application/json" and not content_type.endswith("+json"):
+        raise bad_request(f"the request body must be JSON (Content-Type: application/json), not {content_type!r}, "
+                          "or a JSON header and binary tensors with an Inference-Header-Content-Length header")
     try:
-        return InferRequest.model_validate_json(await request.body())
+        header, blob = v2_binary.split_body(await request.body(), header_length)
+        body = InferRequest.model_validate_json(header)
+        attach_binary(body, blob, header_length is not None)
     except ValidationError as exc:  # answered like FastAPI's own validation errors (service/errors.py)
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) from None
+    except v2_binary.BinaryError as exc:
+        raise bad_request(str(exc)) from None
+    return body
+
+
+def attach_binary(body: InferRequest, blob: bytes, has_header: bool) -> None:
+    """Give each input sent as binary data its tensor: numbers as an array, BYTES as strings."""
+    offset = 0
+    for tensor in body.inputs:
+        label = f"input {tensor.name!r}"
+        size = v2_binary.binary_size(tensor.parameters, label)
+        if size is None:
+            continue
+        if not has_header:
+            raise v2_binary.BinaryError(f"{label} has binary_data_size but the request has no "
+                                        "Inference-Header-Content-Length header")
+        if tensor.data is not None:
+            raise v2_binary.BinaryError(f"{label} has both `data` and binary_data_size; send one")
+        if any(d < 0 for d in tensor.shape):
+            raise v2_binary.BinaryError(f"{label}: shape {tensor.shape} has a negative dimension")
+        if offset + size > len(blob):
+            raise v2_binary.BinaryError(f"{label}: binary_data_size {size} runs past the body's "
+                                        f"{len(blob)} bytes of binary data")
+        value = v2_binary.decode(blob[offset:offset + size], tensor.datatype, tensor.shape, label)
+        offset += size
+        if isinstance(value, list):
+            tensor.data = value  # BYTES: text, as if it had come as JSON strings
+        else:
+            tensor._array = value
+    if offset != len(blob):
+        raise v2_binary.BinaryError(f"the body has {len(blob) - offset} bytes of binary data that no input's "
+                                    "binary_data_size accounts for")
 
 
 def json_response(content: Any) -> Response:
@@ -373,10 +412,15 @@ def decode_inputs(request: InferRequest, model: LoadedModel) -> dict[str, np.nda
             raise bad_request(f"{label} is given twice")
         if any(d < 0 for d in tensor.shape):
             raise bad_request(f"{label}: shape {tensor.shape} has a negative dimension")
-        if tensor.data is None:
-            raise bad_request(f"{label}: no `data` (the binary tensor extension is not supported; send JSON data)")
+        if tensor.data is None and tensor._array is None:
+            raise bad_request(f"{label}: no `data` (and no parameters.binary_data_size for binary data)")
         try:
-            arr = fit_shape(to_array(tensor.data, tensor.datatype, label), tensor.shape, label)
+            if tensor._array is not None:
+                arr = tensor._array
+                if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                    raise TensorError(f"{label}: data contains NaN or Infinity")
+            else:
+                arr = fit_shape(to_array(tensor.data, tensor.datatype, label), tensor.shape, label)
             feeds[tensor.name] = to_model_input(arr, expected[tensor.name], label)
         except TensorError as exc:
             raise bad_request(str(exc)) from None
@@ -389,8 +433,13 @@ def decode_inputs(request: InferRequest, model: LoadedModel) -> dict[str, np.nda
     return feeds
 
 
-def encode_output(name: str, value: np.ndarray, info: TensorInfo) -> dict:
-    return {"name": name, "shape": list(value.shape), "datatype": info.datatype, "data": value.ravel().tolist()}
+def encode_output(name: str, value: np.ndarray, info: TensorInfo, binary: bool = False) -> dict:
+    out = {"name": name, "shape": list(value.shape), "datatype": info.datatype}
+    if binary:  # the bytes follow the JSON header (service/v2_binary.py)
+        out["parameters"] = {"binary_data_size": value.size * np.dtype(v2_binary.DTYPES[info.datatype]).itemsize}
+    else:
+        out["data"] = value.ravel().tolist()
+    return out
 
 
 def model_metadata(served: Served) -> dict:
@@ -472,12 +521,12 @@ async def _infer(srv: Serving, ctx: Context, who: Principal, model: str, version
     except ApiError:
         metrics.observe_inference(served.model_id, protocol="v2", batch_size=0, seconds=0.0, outcome="error")
         raise
-    response = json_response(answer)
+    response = answer if isinstance(answer, Response) else json_response(answer)
     metrics.observe_inference(served.model_id, protocol="v2", batch_size=rows, seconds=time.perf_counter() - t0)
     return response
 
 
-async def _run_infer(srv: Serving, served: Served, body: InferRequest, ctx: Context) -> tuple[dict, int]:
+async def _run_infer(srv: Serving, served: Served, body: InferRequest, ctx: Context) -> tuple[dict | Response, int]:
     loaded = await srv.load(served)
     if text_serving.is_text_model(served.card) and any(t.datatype == "BYTES" for t in body.inputs):
         feeds = await _text_feeds(srv, served, body, ctx)
@@ -496,8 +545,16 @@ async def _run_infer(srv: Serving, served: Served, body: InferRequest, ctx: Cont
     answer: dict[str, Any] = {"model_name": served.name, "model_version": served.precision}
     if body.id is not None:
         answer["id"] = body.id
-    answer["outputs"] = [encode_output(n, outputs[n], info[n]) for n in names]
-    return answer, len(next(iter(feeds.values())))
+    own = {o.name: o.parameters for o in body.outputs or []}
+    binary = [n for n in names if v2_binary.wants_binary(body.parameters, own.get(n))]
+    answer["outputs"] = [encode_output(n, outputs[n], info[n], binary=n in binary) for n in names]
+    rows = len(next(iter(feeds.values())))
+    if not binary:
+        return answer, rows
+    header = pydantic_core.to_json(answer)  # then each binary output's bytes, in the order listed
+    blobs = b"".join(v2_binary.encode(outputs[n], info[n].datatype) for n in binary)
+    return Response(header + blobs, media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(header))}), rows
 
 
 @router.post("/models/{model}/infer", openapi_extra=INFER_BODY_OPENAPI)
