@@ -2,7 +2,7 @@
 this process (models/runtime.py: session cache + dynamic batching). PEERS.md §8 has the shapes.
 
     GET  /v2/health/live                      200 while the process serves (no key: a probe)
-    GET  /v2/health/ready                     200 when the database answers, else 400 (no key: a probe)
+    GET  /v2/health/ready                     200 when the database answers, else 503 (no key: a probe)
     GET  /v2                                  server metadata
     GET  /v2/models/{model}[/versions/{v}]    model metadata: name, versions, platform, inputs, outputs
     GET  /v2/models/{model}[/versions/{v}]/ready
