@@ -137,6 +137,8 @@ def up(host: str = typer.Option(None, help="API bind address (default KDSERVE_HO
     if settings.redis_url is None:
         sup.adopt("redis", "redis", start_embedded_redis(settings))
         env["KDSERVE_REDIS_URL"] = settings.resolved_redis_url
+    if workers > 1 and not settings.worker_threads:  # N workers on C cores: C / N torch threads each
+        env["KDSERVE_WORKER_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     for k in range(workers):
         name = "kdserve" if workers == 1 else f"kdserve{k + 1}"
         sup.start(name, "worker", worker_command(settings, name), env, restart=True)

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(5.0, gt=0, description="how often a running job's worker says it is alive")
     stale_after_s: float = Field(30.0, gt=0, description="a running job silent this long has lost its worker")
     reaper_interval_s: float = Field(10.0, gt=0, description="how often workers look for lost and unsent jobs")
+    worker_nice: int = Field(10, ge=0, le=19, description="niceness of worker processes: on a machine shared with "
+                             "the API, training yields the CPU to it (0 = the same priority)")
+    worker_threads: int = Field(0, ge=0, le=1024, description="torch CPU threads per worker; 0 = torch's default "
+                                "(one per core), or under `kdserve up --workers N` the cores shared among the N")
     cancel_grace_s: float = Field(30.0, gt=0, description="a cancelled job stuck this long has its worker killed")
     tenant_max_active_jobs: int = Field(100, ge=1, description="queued + running jobs per tenant (429 past it)")
     tenant_max_storage_bytes: int = Field(200 * 1024**3, ge=1, description="teachers + datasets + models per tenant (413)")

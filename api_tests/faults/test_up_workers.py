@@ -27,6 +27,11 @@ def test_up_replaces_a_killed_worker_and_its_job_still_succeeds(tmp_path, files)
         wait_for(lambda: c.get(f"/v1/jobs/{job['id']}").json()["epoch"] >= 3, 120, "epoch 3")
         victim = svc.job_worker_pid(job["id"])
         assert victim in workers
+        # workers run niced (KDSERVE_WORKER_NICE, default 10) with the cores shared out among them
+        assert {os.getpriority(os.PRIO_PROCESS, p) for p in workers} == {10}
+        threads = max(1, (os.cpu_count() or 1) // 2)
+        assert all(f"KDSERVE_WORKER_THREADS={threads}".encode() in Path(f"/proc/{p}/environ").read_bytes().split(b"\0")
+                   for p in workers)
         os.kill(victim, signal.SIGKILL)
 
         wait_for(lambda: not Path(f"/proc/{victim}").exists(), 30, "the killed worker to be reaped")
