@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 
 from api_tests import digits as dg
 from api_tests.faults.stack import Stack, wait_for
@@ -33,36 +32,62 @@ from service.settings import get_settings
 
 
 async def _load(base_url: str, key: str, job_ids: list[str], rate: float, seconds: float) -> dict:
-    headers = {"Authorization": f"Bearer {key}"}
+    """Open loop: request i is due at i / rate s, whatever the answers do; it waits for one of
+    CONNECTIONS keep-alive connections and its latency counts from when it was due (queueing
+    included). The client writes pre-built HTTP/1.1 requests on raw asyncio streams: a Python HTTP
+    client library would spend more CPU than the server on these small answers, on the same cores."""
+    host, port = base_url.removeprefix("http://").split(":")
     latencies: dict[str, list[float]] = {"status": [], "list": []}
     errors: list[str] = []
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10, limits=limits) as client:
-        async def one(i: int) -> None:
-            kind = "list" if i % 4 == 3 else "status"
-            url = "/v1/jobs?limit=20" if kind == "list" else f"/v1/jobs/{job_ids[i % len(job_ids)]}"
-            t0 = time.perf_counter()
-            try:
-                r = await client.get(url)
-                r.json()
-                if r.status_code != 200:
-                    errors.append(f"{r.status_code} {url}")
-            except (httpx.HTTPError, ValueError) as exc:
-                errors.append(f"{type(exc).__name__} {url}")
-            latencies[kind].append(time.perf_counter() - t0)
+    free: asyncio.Queue = asyncio.Queue()
+    for _ in range(CONNECTIONS):
+        free.put_nowait(await asyncio.open_connection(host, int(port)))
 
-        tasks, start, i = [], time.perf_counter(), 0
-        while (now := time.perf_counter() - start) < seconds:
-            due = int(now * rate)
-            while i < due:
-                tasks.append(asyncio.create_task(one(i)))
-                i += 1
-            await asyncio.sleep(0.002)
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
-    return {"sent": i, "elapsed": elapsed, "errors": errors, "latencies": latencies}
+    def request(url: str) -> bytes:
+        return (f"GET {url} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\r\n").encode()
+
+    async def exchange(conn, raw: bytes) -> tuple[int, bytes]:
+        reader, writer = conn
+        writer.write(raw)
+        status = int((await reader.readline()).split()[1])
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        return status, await reader.readexactly(length)
+
+    async def one(i: int, due: float) -> None:
+        kind = "list" if i % 4 == 3 else "status"
+        url = "/v1/jobs?limit=20" if kind == "list" else f"/v1/jobs/{job_ids[i % len(job_ids)]}"
+        conn = await free.get()
+        try:
+            status, body = await asyncio.wait_for(exchange(conn, request(url)), TIMEOUT_S)
+            json.loads(body)
+            if status != 200:
+                errors.append(f"{status} {url}")
+            free.put_nowait(conn)
+        except (OSError, ValueError, IndexError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            errors.append(f"{type(exc).__name__} {url}")
+            conn[1].close()  # a broken exchange leaves the connection in an unknown state: replace it
+            free.put_nowait(await asyncio.open_connection(host, int(port)))
+        latencies[kind].append(time.perf_counter() - due)
+
+    tasks, start, i = [], time.perf_counter(), 0
+    while (now := time.perf_counter() - start) < seconds:
+        while i < int(now * rate):
+            tasks.append(asyncio.create_task(one(i, start + i / rate)))
+            i += 1
+        await asyncio.sleep(0.002)
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    while not free.empty():
+        free.get_nowait()[1].close()
+    answered = len(latencies["status"]) + len(latencies["list"]) - len(errors)
+    return {"sent": i, "answered": answered, "elapsed": elapsed, "errors": errors, "latencies": latencies}
 
 
+CONNECTIONS, TIMEOUT_S = 32, 10.0
 MIN_RPS = 200
 
 
@@ -89,7 +114,7 @@ def fuzz(base_url: str, key: str, examples: int, report: Path) -> tuple[str, int
 
 def misses(result: dict, rate: float, still_running: list[str], fuzz_rc: int, summary: dict) -> list[str]:
     """The issue's targets this run did not meet (empty: all met)."""
-    achieved = result["sent"] / result["elapsed"]
+    achieved = result["answered"] / result["elapsed"]
     cases = summary.get("test_cases") or {}
     found = []
     if achieved < MIN_RPS:
@@ -160,11 +185,14 @@ def main() -> None:
         "Targets (issue 5): ≥ 200 requests/s for 60 s with 0 errors while two jobs train; schemathesis finds "
         "nothing. " + ("**All met.**" if not missed else "**Missed:** " + "; ".join(missed) + "."), "",
         "## (1) Polling load while two jobs train", "",
-        f"A separate process started {result['sent']} requests in {result['elapsed']:.1f} s "
-        f"(**{result['sent'] / result['elapsed']:.0f} requests/s** achieved, open loop at {args.rate:.0f}/s): three "
+        f"A separate process sent {result['sent']} requests, open loop at {args.rate:.0f}/s over {CONNECTIONS} "
+        f"keep-alive connections, and had {result['answered']} answered without error in {result['elapsed']:.1f} s "
+        f"(**{result['answered'] / result['elapsed']:.0f} requests/s**; latency counts from when a request was due, "
+        "so waiting for a free connection is included): three "
         "job-status polls for each list call, against `uvicorn` (one process) while two Celery workers each trained "
         f"a job on the same machine ({threads} torch thread(s) each and niceness {get_settings().worker_nice}, as "
-        "`kdserve up --workers 2` runs them: training yields the CPU to the API) (jobs {still_running} during the run, from epochs {epochs_before} to {epochs}; "
+        "`kdserve up --workers 2` runs them: training yields the CPU to the API; "
+        f"jobs {still_running} during the run, from epochs {epochs_before} to {epochs}; "
         f"then cancelled: {cancelled}).",
         "",
         f"Errors: **{len(result['errors'])}**" + (f" ({result['errors'][:5]})" if result["errors"] else "") + ".", "",
