@@ -34,7 +34,8 @@ class Service:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, KDSERVE_DATA_DIR=str(self.data_dir), KDSERVE_QUEUE=f"kdtest-{uuid.uuid4().hex[:8]}",
-                        KDSERVE_AUTH="enabled" if auth else "disabled", PYTHONUNBUFFERED="1", **(extra_env or {}))
+                        KDSERVE_AUTH="enabled" if auth else "disabled", PYTHONUNBUFFERED="1")
+        self.env.update(extra_env or {})  # may name its own queue (a restart on the same data dir)
         for key, value in (("KDSERVE_REDIS_URL", redis_url), ("KDSERVE_DATABASE_URL", database_url)):
             if value:
                 self.env[key] = value

@@ -122,8 +122,23 @@ def run_job(job_id: str, delivery: str) -> None:
         _fail(db, blobs, job_id, "out_of_memory",
               "the device ran out of memory; lower training.batch_size or the student size")
     except Exception as exc:  # a bug: keep the trace in the log, tell the user something useful
+        if _worker_shutting_down():
+            # Celery's cold shutdown (`kdserve up` stopping, SIGQUIT, a second Ctrl-C) cancels the
+            # running task by raising inside it (the solo pool cannot kill it). Not a failure: give
+            # the job back; the next worker resumes it from its last checkpoint.
+            log.warning("job %s interrupted by the worker's shutdown; released for the next worker", job_id)
+            if db.release_job(job_id, delivery):
+                db.add_event(job_id, "the worker shut down; the job resumes from its last checkpoint on the next "
+                             "worker", level="warning", data={"released": True})
+            raise
         log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
         _fail(db, blobs, job_id, "internal_error", f"the worker hit an unexpected error: {type(exc).__name__}: {exc}")
+
+
+def _worker_shutting_down() -> bool:
+    from celery.worker import state
+
+    return state.should_stop is not None or state.should_terminate is not None
 
 
 def _finish(db: Database, blobs: BlobStore, job_id: str, status: str, message: str, **fields) -> None:

@@ -49,3 +49,26 @@ def test_up_replaces_a_killed_worker_and_its_job_still_succeeds(tmp_path, files)
         resumed = [e["data"]["resume_epoch"] for e in ev if e["data"] and "resume_epoch" in e["data"]]
         assert resumed and resumed[0] >= 3
         assert len(models_of(c, job["id"])) == 1
+
+
+@pytest.mark.timeout(420)
+def test_stopping_up_mid_job_gives_the_job_back(tmp_path, files):
+    """Stopping `kdserve up` (its workers get a cold shutdown, which Celery carries out by raising
+    inside the running task) leaves the job to resume, not failed; the next `up` finishes it from
+    its checkpoint, and the interrupted delivery does not count as an attempt."""
+    env = {**SETTINGS, "KDSERVE_QUEUE": f"kdtest-restart-{os.getpid()}"}
+    with Service(tmp_path / "svc", extra_env=env) as svc, svc.client() as c:
+        ids = {"teacher_id": upload_teacher(c, files["onnx"])["id"], "dataset_id": upload_dataset(c, files["npz"])["id"]}
+        job = c.post("/v1/jobs", json=job_body(ids, 60)).json()
+        wait_for(lambda: c.get(f"/v1/jobs/{job['id']}").json()["epoch"] >= 3, 120, "epoch 3")
+    with Service(tmp_path / "svc", extra_env=env) as svc, svc.client() as c:
+        log = svc.log.read_text()
+        assert "interrupted by the worker's shutdown" in log and f"job {job['id']} crashed" not in log
+        job = wait_job(c, job["id"], timeout=300)
+        assert job["status"] == "succeeded", job["error"]
+        assert job["attempts"] == 1 and job["epoch"] == 60
+        ev = events(c, job["id"])
+        assert any(e["data"] and e["data"].get("released") for e in ev)
+        resumed = [e["data"]["resume_epoch"] for e in ev if e["data"] and "resume_epoch" in e["data"]]
+        assert resumed and resumed[0] >= 3
+        assert len(models_of(c, job["id"])) == 1

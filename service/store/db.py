@@ -195,6 +195,14 @@ class Database:
             ).rowcount
         return claimed == 1
 
+    def release_job(self, job_id: str, worker: str) -> bool:
+        """This delivery gives the job back (its worker is shutting down): the lease is made stale at
+        once, so the next delivery or the reaper takes it without waiting, and the attempt is not
+        counted (a shutdown is not a lost worker)."""
+        with self.session() as s:
+            return s.execute(update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == "running")
+                             .values(heartbeat_at=0, attempts=Job.attempts - 1)).rowcount == 1
+
     def heartbeat(self, job_id: str, worker: str) -> bool:
         """Refresh the lease; False when this delivery no longer holds the job."""
         with self.session() as s:
