@@ -13,8 +13,9 @@ Students: `layer_dropped` copies of the teacher trained with `embedding_cosine` 
 POST /v1/jobs; each is downloaded as its zip (model.onnx + tokenizer) and evaluated here the way a
 client would use it: tokenised with the shipped tokenizer, run in onnxruntime.
 Reference embeddings: sentence-transformers' own SentenceTransformer on the teacher folder.
-Latency: median wall time per call over real held-out sentences (tokenisation excluded for every
-model), onnxruntime (fp32 and the published int8) vs the teacher in PyTorch, at batch 1 and 32.
+Latency: per real held-out input the fastest of 5 runs, averaged, the models taking turns pass by pass
+(tokenisation excluded for every model), onnxruntime (fp32 and the published int8) vs the teacher in
+PyTorch, at batch 1 and 32.
 """
 
 from __future__ import annotations
@@ -86,17 +87,22 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.sum(a * b, axis=1)))
 
 
-def timed(fn, calls: list, repeats: int = 3) -> float:
-    """Median over `repeats` passes of the mean ms per call."""
-    for c in calls[:3]:
-        fn(c)
-    passes = []
+def timed_together(runners: dict[str, tuple], repeats: int = 5) -> dict[str, float]:
+    """For each named (fn, calls): the mean over its calls of each call's fastest of `repeats` runs,
+    in ms. The models take turns pass by pass, so a neighbour's burst of CPU lands on all of them
+    alike, and the fastest run of a call is the one nothing interrupted: on a shared machine a plain
+    mean over passes measures the neighbours as much as the model. (Not call by call: onnxruntime's
+    and PyTorch's idle threads spin for a while after each call and would slow the other runtime.)"""
+    best = {name: [float("inf")] * len(calls) for name, (_, calls) in runners.items()}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for c in calls:
-            fn(c)
-        passes.append((time.perf_counter() - t0) / len(calls) * 1000)
-    return statistics.median(passes)
+        for name, (fn, calls) in runners.items():
+            for c in calls[:3]:
+                fn(c)
+            for i, c in enumerate(calls):
+                t0 = time.perf_counter()
+                fn(c)
+                best[name][i] = min(best[name][i], time.perf_counter() - t0)
+    return {name: statistics.fmean(v) * 1000 for name, v in best.items()}
 
 
 def batches(enc, size: int, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -220,7 +226,10 @@ def evaluate(args, folder, train, held, train_all, held_all, teacher, jobs, rows
         with torch.inference_mode():
             st(dict(feats))
 
-    teacher_b1, teacher_b32 = timed(st_forward, pre1), timed(st_forward, pre32)
+    runners = {"teacher b1": (st_forward, pre1), "teacher b32": (st_forward, pre32)}
+    # the teacher itself as ONNX in onnxruntime (our encoder with all 6 layers kept): how much of the
+    # students' speed-up is onnxruntime rather than distillation
+    runners.update(teacher_onnx_runners(folder, held, MAX_LENGTH))
     teacher_params = teacher["num_parameters"]
 
     # ---- the students, as a client uses the download ----
@@ -243,19 +252,24 @@ def evaluate(args, folder, train, held, train_all, held_all, teacher, jobs, rows
                                                enc.attention_mask[i:i + 64]})[0] for i in range(0, len(enc), 64)])
             run = lambda im, s=sess: s.run(None, {"input_ids": im[0], "attention_mask": im[1]})  # noqa: E731
             row[precision] = {"cosine": mean_cosine(out, teacher_emb), "overlap": top_k_overlap(out, teacher_emb),
-                              "mb": len(onnx_bytes) / 1e6, "b1": timed(run, b1), "b32": timed(run, b32)}
+                              "mb": len(onnx_bytes) / 1e6}
+            runners[f"{len(rows)} {precision} b1"], runners[f"{len(rows)} {precision} b32"] = (run, b1), (run, b32)
         rows.append(row)
-        print(row, flush=True)
 
-    # the teacher itself as ONNX in onnxruntime (our encoder with all 6 layers kept): how much of the
-    # students' speed-up is onnxruntime rather than distillation
-    teacher_ort = teacher_onnx_latency(folder, held, MAX_LENGTH)
+    ms = timed_together(runners)
+    for i, row in enumerate(rows):
+        for precision in ("fp32", "int8"):
+            if precision in row:
+                row[precision].update(b1=ms[f"{i} {precision} b1"], b32=ms[f"{i} {precision} b32"])
+        print(row, flush=True)
+    teacher_b1, teacher_b32 = ms["teacher b1"], ms["teacher b32"]
+    teacher_ort = {"b1": ms["teacher onnx b1"], "b32": ms["teacher onnx b32"]}
 
     write_report(args.out, rows, teacher_params, teacher_b1, teacher_b32, teacher_ort, len(train), len(held),
                  len(train_all), len(held_all), time.time() - t_start)
 
 
-def teacher_onnx_latency(folder: Path, held: list[str], max_length: int) -> dict:
+def teacher_onnx_runners(folder: Path, held: list[str], max_length: int) -> dict:
     import onnxruntime as ort
     from safetensors.torch import load_file
 
@@ -274,8 +288,8 @@ def teacher_onnx_latency(folder: Path, held: list[str], max_length: int) -> dict
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        run = lambda im: sess.run(None, {"input_ids": im[0], "attention_mask": im[1]})  # noqa: E731
-        return {"b1": timed(run, batches(enc, 1, 100)), "b32": timed(run, batches(enc, 32, 10))}
+    run = lambda im: sess.run(None, {"input_ids": im[0], "attention_mask": im[1]})  # noqa: E731
+    return {"teacher onnx b1": (run, batches(enc, 1, 100)), "teacher onnx b32": (run, batches(enc, 32, 10))}
 
 
 def write_report(out: str, rows, teacher_params, t_b1, t_b32, t_ort, n_train, n_held, n_train_all, n_held_all,
@@ -328,8 +342,9 @@ def write_report(out: str, rows, teacher_params, t_b1, t_b32, t_ort, n_train, n_
         "frozen (the default). int8: dynamic quantization of MatMul weights and the token-embedding table, "
         "published when its mean cosine to fp32 stays ≥ 0.98.",
         "",
-        "Latency: median of 3 passes of the mean wall time per call on real held-out sentences (100 calls at "
-        "batch 1, 10 at batch 32, each batch padded to its longest sentence), tokenisation excluded for every "
+        "Latency: mean over real held-out inputs of each call's fastest of 5 runs (100 calls at batch 1, 10 at "
+        "batch 32, each batch padded to its longest sentence), the models taking turns pass by pass so that "
+        "other processes' load falls on all of them alike; tokenisation excluded for every "
         "model, 2 CPU threads. `smaller` is the parameter ratio (teacher 22.6 M without its unused pooler).",
         "",
         table(header, body),
