@@ -175,8 +175,14 @@ def latency_ms(onnx_path: Path, input_shape: list[int], batch: int = 1, repeats:
     session = session or ort_session(onnx_path, device)
     x = np.random.default_rng(0).standard_normal([batch, *input_shape]).astype(np.float32)
     feed = {session.get_inputs()[0].name: x}
+    return time_session(session, feed, repeats, budget_s)
+
+
+def time_session(session, feed: dict[str, np.ndarray], repeats: int, budget_s: float, warmup: int = 5) -> float:
+    """Median ms of `session.run` on `feed` (first output): `repeats` timed calls after `warmup`,
+    or fewer (at least 5) once `budget_s` is spent."""
     out = [session.get_outputs()[0].name]
-    for _ in range(5):
+    for _ in range(warmup):
         session.run(out, feed)
     times: list[float] = []
     deadline = time.perf_counter() + budget_s

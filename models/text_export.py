@@ -92,22 +92,11 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
 def text_latency_ms(path: Path, seq_len: int, batch: int = 1, *, vocab_size: int = 1000, session=None,
                     repeats: int = 200, budget_s: float = 2.0) -> float:
     """Median onnxruntime wall time of one call on [batch, seq_len] tokens (see models.export.latency_ms)."""
-    import time
-
     session = session or tensor_export.ort_session(path)
     rng = np.random.default_rng(0)
     feed = {INPUT_IDS: rng.integers(1, max(2, vocab_size), (batch, seq_len)).astype(np.int64),
             ATTENTION_MASK: np.ones((batch, seq_len), dtype=np.int64)}
-    out = [session.get_outputs()[0].name]
-    for _ in range(3):
-        session.run(out, feed)
-    times: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(times) < repeats and (len(times) < 5 or time.perf_counter() < deadline):
-        t0 = time.perf_counter()
-        session.run(out, feed)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
+    return tensor_export.time_session(session, feed, repeats, budget_s, warmup=3)
 
 
 # ---- variants ----------------------------------------------------------------------------------
