@@ -156,6 +156,30 @@ class Batcher:
         )
 
 
+# Text batches are drawn "sortish": the shuffled rows are cut into pools of up to this many batches,
+# each pool sorted by length before it is cut into batches, and the batches shuffled. Every batch then
+# holds rows of similar length, so the batch (cut to its longest row) is mostly real tokens rather
+# than padding, while which rows meet in a batch stays random from epoch to epoch. A dataset of fewer
+# than SORTISH_MIN_POOLS pools of two batches is batched plainly: sorted as a whole, its batches would
+# hardly change between epochs.
+SORTISH_POOL_BATCHES = 50
+SORTISH_MIN_POOLS = 8
+
+
+def epoch_batches(n: int, lengths: torch.Tensor | None, batch_size: int, generator: torch.Generator
+                  ) -> list[torch.Tensor]:
+    """One epoch's batches of row indices: a random permutation cut into batches, or with
+    `lengths` (text) the sortish order above. Batch sizes are the same either way (all full but
+    the last, which pools of whole batches keep to one), so is the number of optimizer steps."""
+    order = torch.randperm(n, generator=generator)
+    pool_batches = min(SORTISH_POOL_BATCHES, n // batch_size // SORTISH_MIN_POOLS)
+    if lengths is None or pool_batches < 2:
+        return list(order.split(batch_size))
+    pools = order.split(batch_size * pool_batches)
+    batches = torch.cat([pool[torch.argsort(lengths[pool], stable=True)] for pool in pools]).split(batch_size)
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+
+
 def make_optimizer(params, spec: TrainingSpec) -> torch.optim.Optimizer:
     if spec.optimizer == "sgd":
         return torch.optim.SGD(params, lr=spec.learning_rate, momentum=0.9, weight_decay=spec.weight_decay, nesterov=True)
@@ -202,6 +226,7 @@ def train(
     # Cosine decay to zero over the whole run: one schedule that works for every method here.
     total_steps, step = spec.epochs * math.ceil(len(train_d) / spec.batch_size), 0
     generator = torch.Generator().manual_seed(spec.seed)
+    lengths = None if train_split.mask is None else train_split.mask.sum(1).cpu()  # text: tokens per row
 
     result = TrainResult()
     trained_samples, train_seconds, first_epoch = 0, 0.0, 0
@@ -219,13 +244,12 @@ def train(
         student.train()
         loss_fn.train()
         t0, c0 = time.perf_counter(), time.process_time()
-        order = torch.randperm(len(train_d), generator=generator).to(device)
         losses, sizes = [], []  # kept on the device: no sync per batch
-        for start in range(0, len(order), spec.batch_size):
+        for idx in epoch_batches(len(train_d), lengths, spec.batch_size, generator):
             reason = should_stop()
             if reason:
                 raise Stopped(reason)
-            idx = order[start : start + spec.batch_size]
+            idx = idx.to(device)
             if len(idx) < 2 and sizes:  # a trailing batch of one breaks BatchNorm; the next shuffle places it elsewhere
                 continue
             loss = loss_fn(batcher.inputs(train_d, idx, has_labels, epoch, spec.epochs, training=True))

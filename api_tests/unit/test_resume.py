@@ -58,3 +58,30 @@ def test_resume_is_exact(method):
     for a, b in zip(s_full.state_dict().values(), s_b.state_dict().values()):
         assert torch.equal(a, b)
     assert [m.train_loss for m in resumed.history] == [m.train_loss for m in full.history]
+
+
+def test_text_batches_are_sortish_and_tabular_batches_unchanged():
+    n, batch = 5000, 32
+    lengths = torch.randint(3, 120, (n,), generator=torch.Generator().manual_seed(1))
+    # tabular: the plain shuffle, cut in order (what training always did)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    plain = trainer.epoch_batches(n, None, batch, g1)
+    assert torch.equal(torch.cat(plain), torch.randperm(n, generator=g2))
+
+    def padded_share(batches):  # token positions that are padding once each batch is cut to its longest row
+        cells = sum(len(b) * int(lengths[b].max()) for b in batches)
+        return 1 - int(lengths.sum()) / cells
+
+    g = torch.Generator().manual_seed(7)
+    first, second = (trainer.epoch_batches(n, lengths, batch, g) for _ in range(2))
+    for batches in (first, second):
+        assert sorted(torch.cat(batches).tolist()) == list(range(n))  # every row once
+        assert len(batches) == len(plain) and sorted(map(len, batches)) == sorted(map(len, plain))
+        assert padded_share(batches) < 0.1 < 0.4 < padded_share(plain)
+    assert [b.tolist() for b in first] != [b.tolist() for b in second]  # still random from epoch to epoch
+    # same generator state, same batches: a resumed run draws what the uninterrupted one drew
+    again = trainer.epoch_batches(n, lengths, batch, torch.Generator().manual_seed(7))
+    assert all(torch.equal(a, b) for a, b in zip(again, first))
+    # too few rows for 8 pools of 2 batches: plain batches, as for tabular data
+    small = trainer.epoch_batches(500, lengths[:500], batch, torch.Generator().manual_seed(3))
+    assert torch.equal(torch.cat(small), torch.randperm(500, generator=torch.Generator().manual_seed(3)))
