@@ -49,6 +49,7 @@ class TextSource:
     config: dict[str, Any] = field(default_factory=dict)       # the teacher's config.json
     state_dict: dict[str, torch.Tensor] | None = None          # the teacher's weights (HF names)
     calibration: tuple[torch.Tensor, torch.Tensor] | None = None  # (input_ids, attention_mask) of training texts
+    token_counts: torch.Tensor | None = None  # [vocab] occurrences of each id in all the training texts
 
 
 # ---- the encoder -------------------------------------------------------------------------------
@@ -69,28 +70,47 @@ class LowRankEmbedding(nn.Embedding):
     """A token-embedding table factorised as [V, r] @ [r, H] (ALBERT's factorised embedding):
     `weight` is the [V, r] table (the part `freeze_embeddings` freezes), `up` the shared map to the
     hidden width. Exported as a Gather followed by a MatMul with a constant weight, both of which
-    dynamic int8 quantizes."""
+    dynamic int8 quantizes.
 
-    def __init__(self, vocab: int, rank: int, hidden: int):
+    With `full_rows` K, the K tokens a job's texts use most also get a full-width correction row
+    (`full`, [K + 1, H]; `slot` [V] maps a token id to its row, 0 — a zero row that never trains —
+    for every other token): those tokens are represented as well as in the full table, the rest
+    of the vocabulary by the low-rank table alone. Two more Gathers in the exported graph."""
+
+    def __init__(self, vocab: int, rank: int, hidden: int, full_rows: int = 0):
         super().__init__(vocab, rank)
         self.up = nn.Linear(rank, hidden, bias=False)
+        self.full = nn.Embedding(full_rows + 1, hidden, padding_idx=0) if full_rows else None
+        if full_rows:
+            self.register_buffer("slot", torch.zeros(vocab, dtype=torch.int32))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.up(super().forward(input_ids))
+        h = self.up(super().forward(input_ids))
+        return h if self.full is None else h + self.full(self.slot[input_ids])
+
+    @torch.no_grad()
+    def set_full_rows(self, tokens: torch.Tensor, table: torch.Tensor) -> None:
+        """Give `tokens` (ids, at most K) full rows that make them start exact: each row is the
+        token's row of `table` [V, H] minus its low-rank approximation."""
+        rows = torch.arange(1, len(tokens) + 1, dtype=torch.int32)
+        self.slot.zero_()
+        self.slot[tokens] = rows
+        self.full.weight.zero_()
+        self.full.weight[rows.long()] = table[tokens] - self.up(self.weight[tokens])
 
 
 class Embeddings(nn.Module):
     """Word + position (+ segment) embeddings, LayerNorm, dropout: BERT's input layer; the word
-    table is a `LowRankEmbedding` when `rank` is given.
+    table is a `LowRankEmbedding` when `rank` is given (with `full_rows` full-width rows).
 
     Segments are derived from the ids: a token belongs to segment 1 once a [SEP] has gone by (the
     BERT pair template `[CLS] a [SEP] b [SEP]`), so the exported student needs no token_type_ids
     input and a text pair still gets its segment embeddings."""
 
     def __init__(self, vocab: int, hidden: int, max_positions: int, type_vocab: int, sep_id: int | None,
-                 eps: float, dropout: float, rank: int | None = None):
+                 eps: float, dropout: float, rank: int | None = None, full_rows: int = 0):
         super().__init__()
-        self.word = nn.Embedding(vocab, hidden) if rank is None else LowRankEmbedding(vocab, rank, hidden)
+        self.word = nn.Embedding(vocab, hidden) if rank is None else LowRankEmbedding(vocab, rank, hidden, full_rows)
         self.position = nn.Embedding(max_positions, hidden)
         self.segment = nn.Embedding(type_vocab, hidden) if type_vocab > 0 else None
         self.sep_id = sep_id if type_vocab > 1 else None
@@ -324,20 +344,31 @@ def _project_norm(norm: nn.LayerNorm, weight: torch.Tensor, bias: torch.Tensor, 
         norm.bias.copy_(p.T @ bias)
 
 
+def token_counts(source: TextSource, vocab: int) -> torch.Tensor | None:
+    """[vocab] occurrences of each token id in the training texts (all of them when the worker
+    counted them, else the calibration texts); None without texts."""
+    if source.token_counts is not None:
+        counts = source.token_counts
+    elif source.calibration is not None:
+        ids, mask = source.calibration
+        counts = torch.bincount(ids[mask.bool()].flatten(), minlength=vocab)
+    else:
+        return None
+    counts = counts[:vocab].double()
+    return counts if counts.sum() > 0 else None
+
+
 # Token weights of the factorised table's fit: this share spread evenly over the vocabulary, the
-# rest in proportion to the tokens' counts in the calibration texts (tokens the training texts
+# rest in proportion to the tokens' counts in the training texts (tokens the training texts
 # never show still get a say, the frequent ones most of it).
 UNIFORM_TOKEN_SHARE = 0.2
 
 
 def token_weights(source: TextSource, vocab: int) -> torch.Tensor | None:
-    """Per-row weights [vocab] summing to 1 for the factorised table's fit: the calibration texts'
-    token frequencies mixed with the uniform distribution; None without calibration texts."""
-    if source.calibration is None:
-        return None
-    ids, mask = source.calibration
-    counts = torch.bincount(ids[mask.bool()].flatten(), minlength=vocab)[:vocab].double()
-    if counts.sum() == 0:
+    """Per-row weights [vocab] summing to 1 for the factorised table's fit: the training texts'
+    token frequencies mixed with the uniform distribution; None without texts."""
+    counts = token_counts(source, vocab)
+    if counts is None:
         return None
     return (1 - UNIFORM_TOKEN_SHARE) * counts / counts.sum() + UNIFORM_TOKEN_SHARE / vocab
 
@@ -361,7 +392,7 @@ def low_rank_factors(table: torch.Tensor, rank: int, weights: torch.Tensor | Non
 
 
 def build_layer_dropped(source: TextSource, *, keep: Sequence[int], hidden_size: int | None,
-                        dropout: float, embedding_rank: int | None = None) -> TextStudent:
+                        dropout: float, embedding_rank: int | None = None, full_rows: int = 0) -> TextStudent:
     """A copy of the teacher keeping the layers `keep` (0-based, in order), initialised from its
     weights (DistilBERT-style). With `hidden_size` below the teacher's, the residual stream is
     projected onto the teacher's top principal directions P: every weight reading the stream is
@@ -370,7 +401,8 @@ def build_layer_dropped(source: TextSource, *, keep: Sequence[int], hidden_size:
     teacher's width) starts as P. With `embedding_rank` r the token table (usually most of a small
     BERT's parameters) is factorised as [V, r] @ [r, width], initialised with the best rank-r
     approximation of the teacher's (projected) table, weighting each token by its frequency in the
-    calibration texts (`low_rank_factors`, `token_weights`)."""
+    training texts (`low_rank_factors`, `token_weights`); with `full_rows` K the K tokens those
+    texts use most keep a full-width row besides (`LowRankEmbedding`), so they start exact."""
     if source.state_dict is None:
         raise ValueError("layer_dropped needs the teacher's weights")
     d = _teacher_dims(source.config)
@@ -385,7 +417,7 @@ def build_layer_dropped(source: TextSource, *, keep: Sequence[int], hidden_size:
         return t if p is None else p.T @ t
 
     emb = Embeddings(d["vocab"], width, d["max_positions"], d["type_vocab"], source.sep_token_id, d["eps"], dropout,
-                     embedding_rank)
+                     embedding_rank, full_rows)
     with torch.no_grad():
         table = rd(w["embeddings.word_embeddings.weight"])
         if embedding_rank is None:
@@ -394,6 +426,12 @@ def build_layer_dropped(source: TextSource, *, keep: Sequence[int], hidden_size:
             a, b = low_rank_factors(table, embedding_rank, token_weights(source, d["vocab"]))
             emb.word.weight.copy_(a)
             emb.word.up.weight.copy_(b.T)
+            if full_rows:
+                counts = token_counts(source, d["vocab"])
+                if counts is None:
+                    raise ValueError("embedding_full_rows picks the tokens the training texts use most: it needs texts")
+                frequent = torch.argsort(counts, descending=True, stable=True)[:full_rows]
+                emb.word.set_full_rows(frequent[counts[frequent] > 0], table)
         emb.position.weight.copy_(rd(w["embeddings.position_embeddings.weight"]))
         if emb.segment is not None:
             emb.segment.weight.copy_(rd(w["embeddings.token_type_embeddings.weight"]))

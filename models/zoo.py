@@ -329,11 +329,18 @@ class LayerDroppedParams(ArchParams):
         "teacher's table, each token weighted by its frequency in the training texts (mixed with a uniform share); "
         "must be below the hidden size. Exported as Gather + MatMul. Default: the full table",
     )
+    embedding_full_rows: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="with embedding_rank: the K tokens the training texts use most keep a full-width row besides "
+        "their rank-r one, initialised so that they start exactly as in the teacher (a domain's texts use a few "
+        "thousand of a tokenizer's tens of thousands of tokens); the other tokens keep the low-rank row. Costs "
+        "K × hidden parameters",
+    )
     dropout: float = Field(0.1, ge=0, lt=1)
     freeze_embeddings: bool = Field(
         True, description="keep the token-embedding table as copied (projected) from the teacher: tokens absent from "
         "the training texts stay where the teacher put them, and the largest matrix needs no optimizer state (with "
-        "embedding_rank the [vocab, r] table is frozen, the [r, hidden] map still trains)",
+        "embedding_rank the [vocab, r] table and the full rows are frozen, the [r, hidden] map still trains)",
     )
 
 
@@ -376,8 +383,15 @@ def layer_dropped(p: LayerDroppedParams, source) -> Student:
     if p.embedding_rank is not None and p.embedding_rank >= limit:
         raise ArchitectureError(f"embedding_rank {p.embedding_rank} must be below {limit}, the smaller of the hidden "
                                 "size and the vocabulary: a factorisation of full rank saves nothing")
+    if p.embedding_full_rows is not None and p.embedding_rank is None:
+        raise ArchitectureError("embedding_full_rows adds full rows to a factorised table: set embedding_rank too")
+    if p.embedding_full_rows is not None and p.embedding_full_rows >= int(source.config["vocab_size"]):
+        raise ArchitectureError(f"embedding_full_rows {p.embedding_full_rows} must be below the vocabulary's "
+                                f"{source.config['vocab_size']} tokens: the full table keeps every row")
     student = text.build_layer_dropped(source, keep=layer_dropped_keep(p, num_layers),
                                        hidden_size=p.hidden_size if p.hidden_size != hidden else None, dropout=p.dropout,
-                                       embedding_rank=p.embedding_rank)
-    student.embeddings.word.weight.requires_grad_(not p.freeze_embeddings)
+                                       embedding_rank=p.embedding_rank, full_rows=p.embedding_full_rows or 0)
+    word = student.embeddings.word
+    for table in (word.weight, *([] if getattr(word, "full", None) is None else [word.full.weight])):
+        table.requires_grad_(not p.freeze_embeddings)
     return student

@@ -613,20 +613,22 @@ class JobRun:
 
     def _text_source(self, teacher: HfTeacher, train: Split, width: int) -> TextSource:
         """What a text student is built from; the teacher's weights only for architectures that copy
-        them, and a few hundred training texts to fit a narrow student's projection."""
+        them, a few hundred training texts to fit a narrow student's projection, and how often each
+        token occurs in all of them (a factorised table's fit and its full rows)."""
         info = ARCHITECTURES.get(self.spec.student.architecture)
         weights = info is not None and info.needs_teacher_weights
-        calibration = None
+        calibration = counts = None
         if weights:
             n = min(256, len(train))
             width_used = max(int(train.mask[:n].sum(1).max()), 1)
             calibration = (train.x[:n, :width_used], train.mask[:n, :width_used])
+            counts = torch.bincount(train.x[train.mask.bool()].flatten(), minlength=teacher.vocab_size)
         return TextSource(
             vocab_size=teacher.vocab_size, pad_token_id=teacher.pad_token_id, sep_token_id=teacher.sep_token_id,
             max_positions=teacher.max_positions, task=teacher.task, output_dim=width, pooling=teacher.pooling,
             normalize=teacher.normalize, model_type=teacher.model_type, config=teacher.config,
             state_dict={k: v.detach().cpu() for k, v in teacher.model.state_dict().items()} if weights else None,
-            calibration=calibration)
+            calibration=calibration, token_counts=counts)
 
     def _on_epoch(self, m: trainer.EpochMetrics) -> None:
         epochs = self.spec.training.epochs

@@ -109,6 +109,8 @@ def job(text, teacher="cls", dataset="sentiment", arch="layer_dropped", params=N
     (dict(params={"hidden_size": 64}), "student.params.hidden_size"),    # wider than the teacher
     (dict(params={"embedding_rank": 32}), "student.params.embedding_rank"),  # a full-rank factorisation
     (dict(params={"hidden_size": 16, "embedding_rank": 20}), "student.params.embedding_rank"),
+    (dict(params={"embedding_full_rows": 10}), "student.params.embedding_full_rows"),  # full rows need a rank
+    (dict(params={"embedding_rank": 8, "embedding_full_rows": 10_000}), "student.params.embedding_full_rows"),
     (dict(teacher="emb", dataset="pairs"), "method.name"),               # kd needs classes; an embedding teacher has none
     (dict(text={"max_length": 100}), "text.max_length"),                 # the teacher has 64 positions
     (dict(arch="transformer", params={"hidden": 30, "heads": 4}), "student.params.hidden"),
@@ -227,7 +229,8 @@ def test_classification_teacher_end_to_end(client, text, arch, params, method):
 @pytest.mark.parametrize("arch,params,method,dataset", [
     ("layer_dropped", {"every": 2}, "embedding_cosine", "pairs"),                   # layers [1], text pairs
     ("layer_dropped", {"layers": [0, 2], "hidden_size": 16}, "embedding_relational", "sentiment"),  # narrower
-    ("layer_dropped", {"layers": [0, 2], "embedding_rank": 8}, "embedding_cosine", "sentiment"),  # low-rank table
+    ("layer_dropped", {"layers": [0, 2], "embedding_rank": 8, "embedding_full_rows": 10, "freeze_embeddings": False},
+     "embedding_cosine", "sentiment"),  # low-rank table with full rows for the 10 most used tokens
     ("transformer", {"layers": 1, "hidden": 32, "heads": 2}, "embedding_mse", "sentiment"),
 ])
 def test_embedding_teacher_end_to_end(client, text, arch, params, method, dataset):
@@ -245,9 +248,10 @@ def test_embedding_teacher_end_to_end(client, text, arch, params, method, datase
     assert card["metrics"]["mean_cosine"] == pytest.approx(m["mean_cosine"])
     events = client.get(f"/v1/jobs/{done['id']}/events", params={"limit": 1000}).json()["data"]
     assert any("val_cosine" in e["message"] for e in events if e["type"] == "metrics")
-    if "embedding_rank" in params:  # [V, r] @ [r, 32] instead of [V, 32]; exported as Gather + MatMul, int8 built
+    if "embedding_rank" in params:  # [V, r] @ [r, 32] + full rows instead of [V, 32]: Gathers + MatMul, int8 built
         layer = 4 * 32 * 33 + (32 * 64 + 64) + (64 * 32 + 32) + 4 * 32  # attention, feed-forward, 2 LayerNorms
-        embeddings = len(tf.VOCAB) * 8 + 8 * 32 + (64 + 2) * 32 + 2 * 32  # words, positions + segments, LayerNorm
+        embeddings = len(tf.VOCAB) * 8 + 8 * 32 + 11 * 32 + (64 + 2) * 32 + 2 * 32  # words (+ full rows), positions
+        # + segments, LayerNorm
         assert card["num_parameters"] == embeddings + 2 * layer + 32 * 33  # + the head
         assert any("int8" in e["message"] and "could not be built" not in e["message"] for e in events)
 

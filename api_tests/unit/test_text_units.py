@@ -136,6 +136,41 @@ def test_layer_dropped_with_a_low_rank_embedding_table(emb_teacher):
     assert {"type": "integer", "minimum": 1, "maximum": 8192} in schema["anyOf"]
 
 
+def test_full_rows_keep_the_most_used_tokens_exact(emb_teacher):
+    texts, _ = tf.sentences(64, 8)
+    _, batch = tokens(emb_teacher, texts)
+    src = source(emb_teacher, (batch[0], batch[1]))
+    vocab = len(tf.VOCAB)
+    table = emb_teacher.model.state_dict()["embeddings.word_embeddings.weight"]
+    params = {"layers": [0, 2], "embedding_rank": 4, "embedding_full_rows": 6}
+    low = create_student("layer_dropped", {**params, "embedding_full_rows": None}, [], 32, source=src)
+    hybrid = create_student("layer_dropped", params, [], 32, source=src)
+    word = hybrid.embeddings.word
+    counts = torch.bincount(batch[0][batch[1].bool()], minlength=vocab)
+    top = torch.argsort(counts, descending=True, stable=True)[:6]
+    rest = torch.ones(vocab, dtype=torch.bool)
+    rest[top] = False
+    with torch.no_grad():
+        out = word(torch.arange(vocab))
+        assert torch.allclose(out[top], table[top], atol=1e-5)  # the six most used tokens start exact
+        assert torch.allclose(out[rest], low.embeddings.word(torch.arange(vocab))[rest], atol=1e-6)  # the rest: rank 4
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(hybrid) - n(low) == 7 * 32  # six rows and the zero row
+    assert not word.full.weight.requires_grad  # frozen with the [V, r] table by default
+    # trained: the shared zero row (tokens without a full row) never moves
+    trained = create_student("layer_dropped", {**params, "freeze_embeddings": False}, [], 32, source=src)
+    trained.embeddings.word(torch.arange(vocab)).sum().backward()
+    grad = trained.embeddings.word.full.weight.grad
+    assert grad[0].abs().sum() == 0 and grad[1:].abs().sum() > 0
+    # more texts than the calibration sample: the worker's counts over all of them decide
+    counted = TextSource(**{**src.__dict__, "token_counts": torch.arange(vocab)})  # the highest ids most used
+    assert sorted(torch.nonzero(create_student("layer_dropped", params, [], 32, source=counted).embeddings.word.slot)
+                  .flatten().tolist()) == list(range(vocab - 6, vocab))
+    for bad in ({"embedding_full_rows": 6}, {**params, "embedding_full_rows": vocab}):
+        with pytest.raises(ArchitectureError, match="embedding_full_rows"):
+            create_student("layer_dropped", {"layers": [0, 2], **bad}, [], 32, source=src)
+
+
 def test_serving_tokenisation_is_the_training_tokenisation(emb_teacher):
     texts, _ = tf.sentences(10, 7)
     texts[0] = " ".join(["good"] * 100)  # truncated at max_length

@@ -205,6 +205,13 @@ def text_preflight(body: JobCreate, method: dict, arch: dict, dataset: Dataset, 
             raise ApiError(422, "invalid_request", f"student.params.embedding_rank {p['embedding_rank']} must be below "
                            f"the student's hidden size {width}: a factorisation of full rank saves nothing",
                            "student.params.embedding_rank")
+        full_rows, vocab = p.get("embedding_full_rows"), int(d.get("vocab_size") or 0)
+        if full_rows is not None and p.get("embedding_rank") is None:
+            raise ApiError(422, "invalid_request", "student.params.embedding_full_rows adds full rows to a factorised "
+                           "table: set student.params.embedding_rank too", "student.params.embedding_full_rows")
+        if full_rows is not None and vocab and full_rows >= vocab:
+            raise ApiError(422, "invalid_request", f"student.params.embedding_full_rows {full_rows} must be below the "
+                           f"tokenizer's {vocab} tokens: the full table keeps every row", "student.params.embedding_full_rows")
 
 
 @router.post("", status_code=202, response_model=JobOut)
