@@ -202,8 +202,9 @@ def train_students(args, folder: Path, train: list, jobs: list) -> dict:
                     data = c.get(f"/v1/models/{card['id']}/download", params={"format": "zip",
                                                                              "precision": b["precision"]}).content
                     files[b["precision"]] = data
+                val = [e["data"]["val_cosine"] for e in events if e["type"] == "metrics" and (e["data"] or {}).get("val_cosine")]
                 jobs.append({"index": index, "label": label, "params": params, "epochs": training["epochs"], "job": job, "card": card,
-                             "timings": timings, "wall": time.time() - t0, "zips": files})
+                             "timings": timings, "wall": time.time() - t0, "val_cosine": val, "zips": files})
                 LOADS.append(os.getloadavg()[0])
                 print(f"{label}: {job['metrics']} in {time.time() - t0:.0f} s (load {LOADS[-1]:.1f})", flush=True)
                 if args.keep:  # after every student: an interrupted run can still be evaluated with --reuse
@@ -245,7 +246,8 @@ def evaluate(args, folder, train, held, train_all, held_all, teacher, jobs, rows
         b1, b32 = batches(enc, 1, 100), batches(enc, 32, 10)
         row = {"label": j["label"], "params": j["card"]["num_parameters"],
                "ratio": teacher_params / j["card"]["num_parameters"], "epochs": j["epochs"],
-               "train_s": j["timings"].get("training"), "val_cosine": j["job"]["metrics"]["mean_cosine"]}
+               "train_s": j["timings"].get("training"), "val_cosine": j["job"]["metrics"]["mean_cosine"],
+               "val_by_epoch": j.get("val_cosine", [])}
         for precision, data in j["zips"].items():
             z = zipfile.ZipFile(io.BytesIO(data))
             onnx_bytes = z.read("model.onnx")
@@ -354,6 +356,10 @@ def write_report(out: str, rows, teacher_params, t_b1, t_b32, t_ort, n_train, n_
         "model, 2 CPU threads. `smaller` is the parameter ratio (teacher 22.6 M without its unused pooler).",
         "",
         table(header, body),
+        "",
+        "Validation mean cosine after each epoch (the job's 5% split of the uploaded sentences): "
+        + "; ".join(f"{r['label']}: " + ", ".join(f"{v:.3f}" for v in r["val_by_epoch"]) for r in rows
+                    if r["val_by_epoch"]) + ".",
         "",
         "Targets (a student ≥ 3× smaller, mean cosine ≥ 0.90, ≥ 4× lower batch-1 latency than the PyTorch teacher):",
         "",
