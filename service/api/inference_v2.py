@@ -121,9 +121,9 @@ class Memo:
     once per key however many requests want it at the same time: they all await the one in flight.
     Under steady use the entry is looked up again before it expires — the first request that finds
     it in the last REFRESH_FRACTION of its life starts that lookup and answers from memory — so a
-    busy key's requests never wait for the database or a thread hand-off. (When every entry
-    expired at once, each request that came in meanwhile went to a thread of its own, and the
-    event loop's 30-odd waiting requests stalled behind them every TTL: a p99 of 150 ms.)
+    busy key's requests never wait for the database or a thread hand-off. (When an entry simply
+    expired, every request that came in before a new one was memoised hopped to a thread of its
+    own for the same read, and the requests in flight stalled behind them once per TTL.)
 
     A lookup that raises (unknown model, refused key) removes the entry and is never memoised;
     the requests waiting for it get its exception."""
