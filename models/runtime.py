@@ -113,6 +113,9 @@ class LoadedModel:
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
+        # Idle intra-op threads sleep instead of spinning: they share the cores with the event loop
+        # that feeds them, and a spinning thread took a core from it after every run.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), opts, providers=_providers())
         self.inputs = [_tensor_info(a) for a in self.session.get_inputs()]
         self.outputs = [_tensor_info(a) for a in self.session.get_outputs()]

@@ -28,13 +28,14 @@ trained on pairs): the strings are tokenised here with the student's own tokeniz
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Hashable
 
 import numpy as np
 import pydantic_core
@@ -113,9 +114,73 @@ def resolve(ctx: Context, who: Principal, ref: str, version: str | None = None) 
     return Served(row.id, row.name, wanted, versions, path, artifact["sha256"], row.card)
 
 
+class Memo:
+    """A short-lived memo of blocking lookups (database reads) for the event loop.
+
+    An entry answers from memory for `ttl_s` after its lookup. A lookup runs in a worker thread,
+    once per key however many requests want it at the same time: they all await the one in flight.
+    Under steady use the entry is looked up again before it expires — the first request that finds
+    it in the last REFRESH_FRACTION of its life starts that lookup and answers from memory — so a
+    busy key's requests never wait for the database or a thread hand-off. (When an entry simply
+    expired, every request that came in before a new one was memoised hopped to a thread of its
+    own for the same read, and the requests in flight stalled behind them once per TTL.)
+
+    A lookup that raises (unknown model, refused key) removes the entry and is never memoised;
+    the requests waiting for it get its exception."""
+
+    REFRESH_FRACTION = 0.5
+
+    def __init__(self, ttl_s: float, size: int):
+        self.ttl_s, self.size = ttl_s, size
+        self._entries: dict[Hashable, tuple[float, Any]] = {}
+        self._lookups: dict[Hashable, asyncio.Task] = {}
+
+    async def get(self, key: Hashable, lookup: Callable[[], Any]) -> Any:
+        """The memoised value of key, else `lookup()` run in a worker thread."""
+        hit = self._entries.get(key)
+        if hit is not None:
+            left = hit[0] - time.monotonic()
+            if left > 0:
+                if left < self.ttl_s * self.REFRESH_FRACTION and key not in self._lookups:
+                    self._start(key, lookup)  # in the background: this request answers from memory
+                return hit[1]
+        task = self._lookups.get(key) or self._start(key, lookup)
+        return await asyncio.shield(task)  # a caller that goes away does not cancel the others' lookup
+
+    def _start(self, key: Hashable, lookup: Callable[[], Any]) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(self._lookup(key, lookup))
+        self._lookups[key] = task
+        # the exception of a background lookup nobody awaits is retrieved here, not logged as lost
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return task
+
+    async def _lookup(self, key: Hashable, lookup: Callable[[], Any]) -> Any:
+        try:
+            value = await run_in_threadpool(lookup)
+        except BaseException:
+            self._entries.pop(key, None)
+            raise
+        finally:
+            current = self._lookups.get(key) is asyncio.current_task()
+            if current:
+                del self._lookups[key]
+        if current:  # not dropped meanwhile (drop() discards what a lookup read before it)
+            if len(self._entries) >= self.size:
+                self._entries.clear()
+            self._entries[key] = (time.monotonic() + self.ttl_s, value)
+        return value
+
+    def drop(self, stale: Callable[[Any], bool]) -> None:
+        """Forget the entries whose value is stale, and what the lookups in flight will read."""
+        for key, (_, value) in list(self._entries.items()):
+            if stale(value):
+                self._entries.pop(key, None)
+        self._lookups.clear()
+
+
 class Serving:
-    """What the API process keeps for inference: the session cache, and two short-lived memos —
-    which file a (caller, model, version) means, and who an API key belongs to.
+    """What the API process keeps for inference: the session cache, and two short-lived memos
+    (Memo) — which file a (caller, model, version) means, and who an API key belongs to.
 
     Each memo saves a database round trip and a thread hand-off per request, which together cost a
     small model's request more than its inference. Both live 2 s: a model deleted through this
@@ -133,26 +198,12 @@ class Serving:
         self.runtime = SessionCache(settings.model_cache_size, settings.model_cache_bytes,
                                     threads=settings.inference_threads, batching=batching,
                                     on_run=lambda key, rows: metrics.observe_batch(key.split(":")[0], rows))
-        self._memo: dict[tuple, tuple[float, Served]] = {}
+        self.resolved = Memo(self.RESOLVE_TTL_S, self.MEMO_SIZE)  # (principal, ref, version) → Served
         self.tokenizers = text_serving.TextTokenizers()  # text students: their tokenizers, for BYTES inputs
-        self.auth_memo: dict[bytes, tuple[float, Principal]] = {}
-
-    def cached(self, who: Principal, ref: str, version: str | None) -> Served | None:
-        hit = self._memo.get((who, ref, version))
-        return hit[1] if hit and hit[0] > time.monotonic() else None
-
-    def resolve(self, ctx: Context, who: Principal, ref: str, version: str | None = None) -> Served:
-        """resolve() through the memo (blocking on a miss: call it from a thread)."""
-        served = self.cached(who, ref, version)
-        if served is None:
-            served = resolve(ctx, who, ref, version)
-            if len(self._memo) >= self.MEMO_SIZE:
-                self._memo.clear()
-            self._memo[(who, ref, version)] = (time.monotonic() + self.RESOLVE_TTL_S, served)
-        return served
+        self.callers = Memo(self.AUTH_TTL_S, self.MEMO_SIZE)  # sha256 of the Authorization header → Principal
 
     async def served(self, ctx: Context, who: Principal, ref: str, version: str | None = None) -> Served:
-        return self.cached(who, ref, version) or await run_in_threadpool(self.resolve, ctx, who, ref, version)
+        return await self.resolved.get((who, ref, version), lambda: resolve(ctx, who, ref, version))
 
     async def load(self, served: Served) -> LoadedModel:
         loaded = self.runtime.peek(served.key)
@@ -167,9 +218,7 @@ class Serving:
 
     def forget(self, model_id: str) -> None:
         """A deleted model: drop its memo entries and its sessions."""
-        for k, (_, served) in list(self._memo.items()):
-            if served.model_id == model_id:
-                self._memo.pop(k, None)
+        self.resolved.drop(lambda served: served.model_id == model_id)
         self.runtime.evict(f"{model_id}:")
         self.tokenizers.forget(model_id)
 
@@ -210,14 +259,7 @@ async def caller(request: Request, ctx: Context = Depends(context), srv: Serving
     database), memoised per Authorization header for Serving.AUTH_TTL_S (keyed by its sha256, so
     the memo holds no key)."""
     memo_key = hashlib.sha256(request.headers.get("authorization", "").encode()).digest()
-    hit = srv.auth_memo.get(memo_key)
-    if hit is not None and hit[0] > time.monotonic():
-        return hit[1]
-    who = await run_in_threadpool(principal, request, ctx)
-    if len(srv.auth_memo) >= Serving.MEMO_SIZE:
-        srv.auth_memo.clear()
-    srv.auth_memo[memo_key] = (time.monotonic() + Serving.AUTH_TTL_S, who)
-    return who
+    return await srv.callers.get(memo_key, lambda: principal(request, ctx))
 
 
 # ---- JSON tensors ---------------------------------------------------------------------------
@@ -557,13 +599,23 @@ async def _run_infer(srv: Serving, served: Served, body: InferRequest, ctx: Cont
                     headers={"Inference-Header-Content-Length": str(len(header))}), rows
 
 
+# The infer routes read their body and caller by calling infer_body and caller, not through
+# Depends: FastAPI solves every dependency of a request by introspection, and the seven of these
+# routes (nested) cost a small model's request more event-loop time than decoding its body. The
+# order is the one the dependencies had: the body first, then the key.
+
+
 @router.post("/models/{model}/infer", openapi_extra=INFER_BODY_OPENAPI)
-async def infer(model: str, body: InferRequest = Depends(infer_body), ctx: Context = Depends(context), who: Principal = Depends(caller),
-                srv: Serving = Depends(serving)):
-    return await _infer(srv, ctx, who, model, None, body)
+async def infer(model: str, request: Request):
+    return await _infer_request(request, model, None)
 
 
 @router.post("/models/{model}/versions/{version}/infer", openapi_extra=INFER_BODY_OPENAPI)
-async def infer_version(model: str, version: str, body: InferRequest = Depends(infer_body), ctx: Context = Depends(context),
-                        who: Principal = Depends(caller), srv: Serving = Depends(serving)):
-    return await _infer(srv, ctx, who, model, version, body)
+async def infer_version(model: str, version: str, request: Request):
+    return await _infer_request(request, model, version)
+
+
+async def _infer_request(request: Request, model: str, version: str | None) -> Response:
+    body = await infer_body(request)
+    srv, ctx = await serving(request), await context(request)
+    return await _infer(srv, ctx, await caller(request, ctx, srv), model, version, body)
