@@ -391,7 +391,7 @@ def layer_dropped(p: LayerDroppedParams, source) -> Student:
     student = text.build_layer_dropped(source, keep=layer_dropped_keep(p, num_layers),
                                        hidden_size=p.hidden_size if p.hidden_size != hidden else None, dropout=p.dropout,
                                        embedding_rank=p.embedding_rank, full_rows=p.embedding_full_rows or 0)
-    word = student.embeddings.word
-    for table in (word.weight, *([] if getattr(word, "full", None) is None else [word.full.weight])):
-        table.requires_grad_(not p.freeze_embeddings)
+    for name, table in student.embeddings.word.named_parameters():  # every token table; a low-rank map trains
+        if not name.startswith("up."):
+            table.requires_grad_(not p.freeze_embeddings)
     return student
