@@ -12,8 +12,9 @@ list and awaits a future. One drain task per model takes up to `max_size` rows a
 the model is idle it first waits up to `max_wait_s` (from the oldest waiting request) for more,
 and while `max_in_flight` runs are in progress new requests simply pile up for the next one, so
 batches grow with the load. Each run is one session call in a worker thread (onnxruntime
-releases the GIL): the event loop never blocks on a model, and the only thread hand-off is one
-per batch, not one per request.
+releases the GIL): the event loop never blocks on a model for long, and the only thread hand-off
+is one per batch, not one per request. A run expected to take less than that hand-off
+(INLINE_BELOW_S, judged from the model's measured cost per row) is done on the event loop.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -74,9 +76,21 @@ class BatchConfig:
     enabled: bool = True
     max_size: int = 64
     max_wait_s: float = 0.001
-    # Runs of one model in progress at once: two keep both of a small machine's cores busy while
-    # the next batch forms; more would only queue in the executor.
-    max_in_flight: int = 2
+    # Runs of one model handed to the inference threads at once: two keep both of a small machine's
+    # cores busy, and a third waits in the executor's queue, so a thread that finishes a run starts
+    # the next at once instead of idling until the event loop (busy with requests under load) gets
+    # round to handing it one. More would make batches smaller without using the cores any better.
+    max_in_flight: int = 3
+
+
+# A run is done on the event loop, not in a worker thread, when it is expected to take less than
+# this: handing a run to a thread and its answer back costs the event loop about 50-100 µs (a
+# queue, a wake-up through the loop's self-pipe, two context switches), more than a small MLP's
+# whole batch of 64 rows. The expectation is the model's smoothed seconds per row (over all its
+# runs, one-row runs included, so it overestimates the per-row cost of a large batch) times the
+# rows; until a model has run once, its runs go to a thread.
+INLINE_BELOW_S = 0.0002
+ROW_COST_SMOOTHING = 0.1  # weight of the newest run in the smoothed per-row cost
 
 
 def model_size(path: Path) -> int:
@@ -125,13 +139,31 @@ class LoadedModel:
         # Rows of different requests can only be stacked when every tensor is batch-major.
         self.batchable = all(t.shape and t.shape[0] == -1 for t in [*self.inputs, *self.outputs])
         self.batcher = Batcher(self, batching) if batching.enabled and self.batchable else None
+        self.row_seconds: float | None = None  # smoothed seconds per row of this model's runs (run_async)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One session call, all outputs, in the calling thread."""
+        rows = len(next(iter(feeds.values())))
+        t0 = time.perf_counter()
         values = self.session.run(self.output_names, feeds)
+        per_row = (time.perf_counter() - t0) / max(rows, 1)
+        self.row_seconds = per_row if self.row_seconds is None else \
+            self.row_seconds + ROW_COST_SMOOTHING * (per_row - self.row_seconds)
         if self._on_run is not None:
-            self._on_run(self.key, len(next(iter(feeds.values()))))
+            self._on_run(self.key, rows)
         return dict(zip(self.output_names, values))
+
+    def runs_inline(self, rows: int) -> bool:
+        """Whether a run of `rows` is expected to take less than handing it to a thread would
+        (INLINE_BELOW_S): such a run is done on the event loop itself."""
+        return self.row_seconds is not None and self.row_seconds * rows < INLINE_BELOW_S
+
+    async def run_async(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """run() without blocking the event loop for longer than INLINE_BELOW_S: in a worker
+        thread (onnxruntime releases the GIL), unless the run is cheaper than that hand-off."""
+        if self.runs_inline(len(next(iter(feeds.values())))):
+            return self.run(feeds)
+        return await asyncio.get_running_loop().run_in_executor(inference_executor(), self.run, feeds)
 
     async def infer(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """Run a request without blocking the event loop (batched with concurrent ones when
@@ -139,7 +171,7 @@ class LoadedModel:
         if self.batcher is not None:
             result = await self.batcher.infer(feeds)
         else:
-            result = await asyncio.get_running_loop().run_in_executor(inference_executor(), self.run, feeds)
+            result = await self.run_async(feeds)
         return {n: result[n] for n in (outputs or self.output_names)}
 
 
@@ -174,7 +206,7 @@ class _Queue:
 class Batcher:
     """Dynamic batching for one model (see the module docstring).
 
-    A request larger than `max_size` runs alone; requests whose per-sample shapes or dtypes differ
+    A request of `max_size` rows or more runs alone, at once; requests whose per-sample shapes or dtypes differ
     from the first waiting one go in a later run. State is kept per event loop, so the same model
     serves callers on any loop (the API has one)."""
 
@@ -190,6 +222,11 @@ class Batcher:
         if queue is None:
             queue = self._queues[loop] = _Queue()
         rows = len(next(iter(feeds.values())))
+        if rows >= self.config.max_size:  # a full batch on its own: nothing to wait for or to join
+            result = await self.model.run_async(feeds)
+            self.batches += 1
+            self.requests += 1
+            return result
         signature = tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in feeds.items()))
         request = _Request(feeds, loop.create_future(), rows, signature, loop.time())
         queue.pending.append(request)
@@ -215,7 +252,7 @@ class Batcher:
                         await asyncio.wait_for(queue.full.wait(), wait)
                     except asyncio.TimeoutError:
                         pass
-                run = loop.create_task(self._run(loop, self._take(queue)))
+                run = loop.create_task(self._run(self._take(queue)))
                 queue.running.add(run)
                 run.add_done_callback(lambda task: (queue.running.discard(task), queue.slot.set()))
         except BaseException as exc:  # a bug or a cancelled loop: no request may wait forever
@@ -239,14 +276,14 @@ class Batcher:
         queue.rows -= rows
         return batch
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
+    async def _run(self, batch: list[_Request]) -> None:
         live = [r for r in batch if not r.future.done()]  # a caller that went away was cancelled
         if not live:
             return
         feeds = live[0].feeds if len(live) == 1 else {
             name: np.concatenate([r.feeds[name] for r in live]) for name in live[0].feeds}
         try:
-            out = await loop.run_in_executor(inference_executor(), self.model.run, feeds)
+            out = await self.model.run_async(feeds)
         except Exception as exc:  # a failing run fails its requests, never the batcher
             for r in live:
                 if not r.future.done():

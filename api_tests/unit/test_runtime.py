@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from api_tests.harness import REPO
-from models import export
+from models import export, runtime
 from models.runtime import BatchConfig, SessionCache
 from models.zoo import create_student
 
@@ -185,3 +185,29 @@ def test_an_evicted_model_still_answers_requests_in_flight(files, digits):
     cache.get("b", files[1])  # evicts a from the cache; a caller holding it is still served
     out = gather(model.infer({"input": digits.x_test[:3]}))[0]["logits"]
     np.testing.assert_allclose(out, direct(files[0], digits.x_test[:3]), rtol=1e-5, atol=1e-6)
+
+
+def test_runs_cheaper_than_a_thread_hand_off_stay_on_the_event_loop(files, digits):
+    """A model's first run goes to a worker thread and measures its cost per row; a run expected to
+    take less than INLINE_BELOW_S is then done on the event loop, a dearer one in a thread again."""
+    for batching in (BatchConfig(enabled=False), BatchConfig(max_size=64, max_wait_s=0.001)):
+        ran_on = []
+        model = SessionCache(batching=batching, on_run=lambda key, rows: ran_on.append(threading.current_thread())
+                             ).get("a", files[0])
+        x = digits.x_test[:4]
+
+        async def main():
+            loop_thread = threading.current_thread()
+            assert model.row_seconds is None and not model.runs_inline(1)
+            answers = [await model.infer({"input": x})]  # cost unknown: a thread
+            assert model.row_seconds is not None and model.row_seconds > 0
+            model.row_seconds = runtime.INLINE_BELOW_S / 100  # 4 rows: 4 % of a hand-off
+            answers.append(await model.infer({"input": x}))
+            model.row_seconds = runtime.INLINE_BELOW_S / 4  # 4 rows: as dear as a hand-off
+            answers.append(await model.infer({"input": x}))
+            return loop_thread, answers
+
+        loop_thread, answers = asyncio.run(main())
+        assert [t is loop_thread for t in ran_on] == [False, True, False], batching
+        for answer in answers:  # the same answer wherever it ran
+            np.testing.assert_allclose(answer["logits"], direct(files[0], x), rtol=1e-5, atol=1e-6)

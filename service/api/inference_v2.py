@@ -32,6 +32,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from models.runtime import BatchConfig, LoadedModel, SessionCache, TensorInfo
 from service import metrics, text_serving, v2_binary
@@ -619,3 +621,38 @@ async def _infer_request(request: Request, model: str, version: str | None) -> R
     body = await infer_body(request)
     srv, ctx = await serving(request), await context(request)
     return await _infer(srv, ctx, await caller(request, ctx, srv), model, version, body)
+
+
+# ---- the direct path for infer requests -------------------------------------------------------
+
+# What the two infer routes match (Starlette's `{model}` is `[^/]+`, the path already %-decoded).
+INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+
+
+async def infer_direct(app: Any, scope: dict, receive: Callable, send: Callable) -> bool:
+    """Answer POST /v2/models/{model}[/versions/{version}]/infer without FastAPI's router and
+    middleware; False (having touched nothing) for any other request, or before start-up is done.
+
+    The infer routes above stay in the router and in the OpenAPI document; this is the same
+    function (`_infer_request`) reached without what the router adds per request: matching the
+    path against the included routers and their routes, solving the route's parameters, an exit
+    stack and two middleware layers — together about a third of the API process's time for a
+    small model's request (bench/results/serving.md). Errors go through the
+    app's own exception handlers (service/errors.py), so every answer is what the route would give:
+    the same bodies, codes and headers, the same log line for an unexpected error."""
+    match = INFER_PATH.fullmatch(scope["path"])
+    if match is None or getattr(app.state, "serving", None) is None:
+        return False
+    scope["app"] = app  # what Starlette sets before routing (Request.app reads it)
+    request = Request(scope, receive)
+    try:
+        response = await _infer_request(request, match[1], match[2])
+    except ClientDisconnect:  # the client went away before its body arrived: nobody to answer
+        return True
+    except Exception as exc:
+        handler = next((app.exception_handlers[c] for c in type(exc).__mro__ if c in app.exception_handlers), None)
+        if handler is None:
+            raise
+        response = await handler(request, exc)
+    await response(scope, receive, send)
+    return True
