@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     s3_region: str | None = Field(None, description="bucket region; unset: boto3's default (AWS_DEFAULT_REGION)")
     s3_cache_dir: Path | None = Field(None, description="local copies of s3 blobs that workers and the API open as "
                                       "files; default <data_dir>/blob_cache")
+    s3_cache_max_bytes: int = Field(20 * 1024**3, ge=0, description="bound on s3_cache_dir: after a download the "
+                                    "least recently used copies are removed until it fits (never one used in the last "
+                                    "10 minutes; a removed copy is fetched again when needed); 0: no bound")
     queue: str = Field("kdserve", description="Celery queue name (lets several deployments share one Redis)")
 
     auth: str = Field("enabled", pattern="^(enabled|disabled)$", description="`disabled`: no API keys, every "

@@ -162,6 +162,36 @@ def test_s3_cache_is_reused_and_follows_changes(s3_server, bucket, tmp_path):
         worker.local_path("models/mdl_1/model.onnx")
 
 
+def test_s3_cache_is_bounded_least_recently_used_first(s3_server, bucket, tmp_path):
+    """Over cache_max_bytes, a download removes the copies used longest ago — never one used within
+    the grace period — and a removed copy is simply fetched again."""
+    store = s3_store(s3_server, bucket, tmp_path / "cache", cache_max_bytes=2500)
+    for name in "abc":
+        store.put_bytes(f"models/{name}.onnx", name.encode() * 1000)
+
+    def age(name: str, seconds: float) -> None:  # as if last used `seconds` ago
+        path = store.local_path(f"models/{name}.onnx")
+        os.utime(path, (path.stat().st_atime, path.stat().st_mtime - seconds))
+
+    age("a", 2000)
+    age("b", 1000)
+    assert sorted(p.name.split("~")[0] for p in store.cached_files()) == ["a.onnx", "b.onnx"]  # 2000 bytes: fits
+    assert store.local_path("models/c.onnx").read_bytes() == b"c" * 1000  # 3000 > 2500: a goes, b fits
+    assert sorted(p.name.split("~")[0] for p in store.cached_files()) == ["b.onnx", "c.onnx"]
+    age("b", 0)  # used again just now: c is now the least recently used, but within the grace period
+    age("a", 0)  # fetched again (a cache miss, not an error); nothing old enough to evict
+    assert sorted(p.name.split("~")[0] for p in store.cached_files()) == ["a.onnx", "b.onnx", "c.onnx"]
+    assert store.local_path("models/a.onnx").read_bytes() == b"a" * 1000
+
+    unbounded = s3_store(s3_server, bucket, tmp_path / "cache-2")  # 0: no bound
+    for name in "abc":
+        age_path = unbounded.local_path(f"models/{name}.onnx")
+        os.utime(age_path, (0, 0))
+    unbounded.put_bytes("models/d.onnx", b"d" * 1000)
+    unbounded.local_path("models/d.onnx")
+    assert len(unbounded.cached_files()) == 4
+
+
 def test_s3_missing_bucket_fails_ping(s3_server, aws_env, tmp_path):
     with pytest.raises(Exception):
         S3BlobStore("kdserve-no-such-bucket", cache_dir=tmp_path, endpoint_url=s3_server.url).ping()
@@ -172,6 +202,6 @@ def test_settings_choose_the_store(tmp_path, s3_server, aws_env):
     s3 = make_blob_store(Settings(data_dir=tmp_path, blob_store="s3", s3_bucket="b", s3_prefix="p",
                                   s3_endpoint_url=s3_server.url))
     assert isinstance(s3, S3BlobStore) and s3.bucket == "b" and s3.prefix == "p/"
-    assert s3.cache_dir == (tmp_path / "blob_cache").resolve()
+    assert s3.cache_dir == (tmp_path / "blob_cache").resolve() and s3.cache_max_bytes == 20 * 1024**3
     with pytest.raises(ValidationError, match="KDSERVE_S3_BUCKET"):
         Settings(data_dir=tmp_path, blob_store="s3")

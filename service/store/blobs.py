@@ -57,7 +57,8 @@ def make_blob_store(settings: "Settings") -> BlobStore:
         from service.store.s3 import S3BlobStore  # boto3 is imported only by deployments that use it
 
         return S3BlobStore(settings.s3_bucket, prefix=settings.s3_prefix, cache_dir=settings.resolved_s3_cache_dir,
-                           endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+                           endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+                           cache_max_bytes=settings.s3_cache_max_bytes)
     return LocalBlobStore(settings.resolved_blob_dir)
 
 

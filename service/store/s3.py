@@ -10,7 +10,11 @@ Same interface as LocalBlobStore. What differs, and why:
   the current ETag and size (one HEAD), so a replaced object is downloaded again and a deleted one
   is FileNotFoundError, never a stale copy. The download is pinned to that ETag (If-Match) and
   lands with a rename, so a reader never sees half a file. Old versions of a key are removed when
-  a newer one is cached; nothing else evicts, so size the cache disk for the models you serve.
+  a newer one is cached. The cache is bounded (KDSERVE_S3_CACHE_MAX_BYTES): after each download,
+  the least recently used copies go until it fits, except copies used in the last
+  CACHE_GRACE_S — a path just handed to a caller is not pulled from under it. A removed copy is
+  only a cache miss: the next local_path() downloads it again. (Files already open, a loaded
+  onnxruntime session or teacher, are not disturbed by the unlink.)
 - Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile,
   an instance role); nothing of them is in kdserve's settings.
 """
@@ -22,6 +26,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -40,9 +45,14 @@ def _missing(exc: ClientError) -> bool:
 
 
 class S3BlobStore:
+    CACHE_GRACE_S = 600.0  # a copy used more recently than this is never evicted
+
     def __init__(self, bucket: str, *, cache_dir: Path, prefix: str = "", endpoint_url: str | None = None,
-                 region: str | None = None, multipart_threshold: int = 16 * MiB, multipart_chunksize: int = 16 * MiB):
+                 region: str | None = None, multipart_threshold: int = 16 * MiB, multipart_chunksize: int = 16 * MiB,
+                 cache_max_bytes: int = 0):
+        """cache_max_bytes: bound on the local copies (0: none)."""
         self.bucket = bucket
+        self.cache_max_bytes = cache_max_bytes
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.endpoint_url, self.region = endpoint_url, region
         self.cache_dir = Path(cache_dir).resolve()
@@ -125,9 +135,11 @@ class S3BlobStore:
             etag, size = head["ETag"], head["ContentLength"]
             path = self.cache_dir / f"{key}~{_tag(etag)}"
             if path.is_file() and path.stat().st_size == size:
+                _touch(path)  # its modification time is its last use (the eviction order)
                 return path
             if self._download(key, etag, size, path):
                 self._drop_other_versions(key, path)
+                self._evict_over_budget()
                 return path
         raise RuntimeError(f"blob {key!r} keeps changing while it is downloaded")
 
@@ -159,6 +171,30 @@ class S3BlobStore:
             if old != keep:
                 old.unlink(missing_ok=True)
 
+    def cached_files(self) -> list[Path]:
+        """The local copies (not the downloads in progress under .tmp)."""
+        return [p for p in self.cache_dir.rglob("*~*") if p.is_file() and self.scratch_dir not in p.parents]
+
+    def _evict_over_budget(self) -> None:
+        """Remove the least recently used copies until the cache fits cache_max_bytes, sparing
+        those used within CACHE_GRACE_S (the cache may stay over budget until they age)."""
+        if not self.cache_max_bytes:
+            return
+        entries = []
+        for path in self.cached_files():
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # removed meanwhile (another thread or process)
+                continue
+            entries.append((st.st_mtime, st.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        now = time.time()
+        for mtime, size, path in sorted(entries):
+            if total <= self.cache_max_bytes or now - mtime < self.CACHE_GRACE_S:
+                break  # oldest first: the rest are newer still
+            path.unlink(missing_ok=True)
+            total -= size
+
     # -- deletes and health ------------------------------------------------------------------
 
     def delete_prefix(self, prefix: str) -> None:
@@ -180,6 +216,13 @@ class S3BlobStore:
 
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except FileNotFoundError:  # evicted by another process just now: the caller's next open fails
+        pass                    # like any missing blob's, and its next local_path() fetches it again
 
 
 def _tag(etag: str) -> str:
