@@ -141,18 +141,18 @@ async def floor_app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": FLOOR_ANSWER})
 
 
-class TorchServer:
-    """The PyTorch endpoint (torch_app), or with app="bench.serving:floor_app" the HTTP floor, in
-    its own uvicorn process."""
+class UvicornServer:
+    """An ASGI app of this module in its own uvicorn process: the PyTorch endpoint
+    (`torch_app`, a factory, KDBENCH_TORCH_MODELS in `env`) or the HTTP floor (`floor_app`)."""
 
-    def __init__(self, specs: dict, log: Path, app: str = "bench.serving:torch_app"):
-        self.port, self.log, self.specs, self.app = free_port(), log, specs, app
+    def __init__(self, app: str, log: Path, *, factory: bool = False, env: dict[str, str] | None = None):
+        self.port, self.log, self.app, self.factory, self.env = free_port(), log, app, factory, env or {}
 
-    def __enter__(self) -> "TorchServer":
-        env = dict(os.environ, KDBENCH_TORCH_MODELS=json.dumps(self.specs), PYTHONPATH=str(REPO))
-        factory = ["--factory"] if self.app.endswith("torch_app") else []
+    def __enter__(self) -> "UvicornServer":
+        env = dict(os.environ, **self.env, PYTHONPATH=str(REPO))
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", *factory, self.app,
+            self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", *(["--factory"] if self.factory else []),
+                                          f"bench.serving:{self.app}",
                                           "--host", "127.0.0.1", "--port", str(self.port)],
                                          cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
@@ -164,7 +164,7 @@ class TorchServer:
                 return self
             except Exception:
                 time.sleep(0.2)
-        raise RuntimeError(f"the PyTorch endpoint did not start:\n{self.log.read_text()[-2000:]}")
+        raise RuntimeError(f"{self.app} did not start:\n{self.log.read_text()[-2000:]}")
 
     def __exit__(self, *exc) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -387,8 +387,10 @@ def main() -> None:
             shared = {"KDSERVE_BLOB_DIR": str(tmp / "svc" / "blobs"), "KDSERVE_BATCHING": "false"}
             specs = {arch: {"spec": STUDENTS[arch][0], "path": str(published[arch][1])} for arch in HTTP_STUDENTS}
             with Service(tmp / "svc-off", database_url=f"sqlite:///{tmp / 'svc' / 'kdserve.db'}",
-                         extra_env=shared) as off, TorchServer(specs, tmp / "torch.log") as pt, \
-                    TorchServer({}, tmp / "floor.log", app="bench.serving:floor_app") as floor:
+                         extra_env=shared) as off, \
+                    UvicornServer("torch_app", tmp / "torch.log", factory=True,
+                                  env={"KDBENCH_TORCH_MODELS": json.dumps(specs)}) as pt, \
+                    UvicornServer("floor_app", tmp / "floor.log") as floor:
                 v2_paths = {a: f"/v2/models/{published[a][0]['id']}/infer" for a in published}
                 torch_paths = {a: f"/v2/models/{a}/infer" for a in HTTP_STUDENTS}
                 http = serve_runs({"on": (on.port, on.api_key, v2_paths, v2_body),
@@ -613,13 +615,13 @@ def render(r: dict) -> str:
         "second), so for it (4) measures the HTTP stack, not the model. uvicorn answering a fixed body with no "
         "work at all (the floor) reached " + "; ".join(
             f"{floor['mlp', b]['rps']:,.0f} requests/s at {b} rows, {floor['mlp', b]['rps'] / limit['mlp', b]['rps']:.2f} "
-            "of in-process" for b in REQUEST_BATCHES if b >= 8) + " — below or at 0.5 before a server parses a "
-        "single tensor (a 64-row JSON body alone takes about 0.2 ms to read, the floor's whole request "
+            "of in-process" for b in REQUEST_BATCHES if b >= 8) + " — the most any server could get here before "
+        "parsing a single tensor (a 64-row JSON body alone takes about 0.2 ms to read, the floor's whole request "
         f"{1000 / floor['mlp', 64]['rps']:.2f} ms). The fraction grows with the work per request: the transformer, "
         "whose rows cost onnxruntime real time, reaches " + ", ".join(
             f"{fraction['patch_transformer', b]:.2f} at {b} rows" for b in REQUEST_BATCHES if b >= 8) + ".",
         "- Where that time goes (py-spy on the API process, 6 s of the mlp ×1 load at 4,500 requests/s, a separate "
-        "run; share of the event loop's samples): kdserve's own handling about 45% — reading and validating the "
+        "run on 2026-11-28; share of the event loop's samples): kdserve's own handling about 45% — reading and validating the "
         "body 10%, turning the tensors into checked arrays 9%, batching and the inline onnxruntime run 10%, the "
         "JSON answer 5%, the NaN check of the outputs 3%, the auth and model-lookup memos 3%, Prometheus metrics "
         "2%; uvicorn the rest — writing the response 12%, the access log 10%, parsing the request 5%, the event "
@@ -629,8 +631,8 @@ def render(r: dict) -> str:
         "OpenAPI, and a test checks both paths give the same answers), and the hand-off to the inference thread "
         "for runs cheaper than that hand-off (the MLP's: `INLINE_BELOW_S` in models/runtime.py). A request that "
         "fills a batch alone (64 rows) now runs at once instead of queueing behind the batcher, and a third run "
-        "waits in the inference threads' queue so a thread never idles while the event loop is busy. The code "
-        "before these changes, on this machine the same day: mlp ×1 2,615, ×8 2,018, ×64 876; "
+        "waits in the inference threads' queue so a thread never idles while the event loop is busy. Measured "
+        "once before these changes (commit 0e59e83, Intel Xeon, 2 cores, 2026-11-28): mlp ×1 2,615, ×8 2,018, ×64 876; "
         "patch_transformer ×1 2,445, ×8 1,659, ×64 424 requests/s with batching on — 1.86×, 1.82×, 2.15×, 4.13×, "
         "3.34×, 2.05× the PyTorch endpoint; (4) 0.04, 0.04, 0.35, 0.62. "
         "Earlier stalls of our own stay fixed: gen-2 garbage collection over the start-up heap (now frozen), "

@@ -93,6 +93,11 @@ INLINE_BELOW_S = 0.0002
 ROW_COST_SMOOTHING = 0.1  # weight of the newest run in the smoothed per-row cost
 
 
+def rows_of(feeds: dict[str, np.ndarray]) -> int:
+    """A request's batch size: the first dimension of its (first) input."""
+    return len(next(iter(feeds.values())))
+
+
 def model_size(path: Path) -> int:
     """Bytes of the .onnx file and any external-data file next to it (what the weights cost in
     memory, roughly: onnxruntime holds them once, plus arenas the cache cannot see)."""
@@ -143,7 +148,7 @@ class LoadedModel:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One session call, all outputs, in the calling thread."""
-        rows = len(next(iter(feeds.values())))
+        rows = rows_of(feeds)
         t0 = time.perf_counter()
         values = self.session.run(self.output_names, feeds)
         per_row = (time.perf_counter() - t0) / max(rows, 1)
@@ -161,7 +166,7 @@ class LoadedModel:
     async def run_async(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """run() without blocking the event loop for longer than INLINE_BELOW_S: in a worker
         thread (onnxruntime releases the GIL), unless the run is cheaper than that hand-off."""
-        if self.runs_inline(len(next(iter(feeds.values())))):
+        if self.runs_inline(rows_of(feeds)):
             return self.run(feeds)
         return await asyncio.get_running_loop().run_in_executor(inference_executor(), self.run, feeds)
 
@@ -217,16 +222,16 @@ class Batcher:
         self.requests = 0
 
     async def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        loop = asyncio.get_running_loop()
-        queue = self._queues.get(loop)
-        if queue is None:
-            queue = self._queues[loop] = _Queue()
-        rows = len(next(iter(feeds.values())))
+        rows = rows_of(feeds)
         if rows >= self.config.max_size:  # a full batch on its own: nothing to wait for or to join
             result = await self.model.run_async(feeds)
             self.batches += 1
             self.requests += 1
             return result
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = _Queue()
         signature = tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in feeds.items()))
         request = _Request(feeds, loop.create_future(), rows, signature, loop.time())
         queue.pending.append(request)

@@ -48,7 +48,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from models.runtime import BatchConfig, LoadedModel, SessionCache, TensorInfo
+from models.runtime import BatchConfig, LoadedModel, SessionCache, TensorInfo, rows_of
 from service import metrics, text_serving, v2_binary
 from service.api.deps import Context, principal
 from service.auth import Principal
@@ -592,7 +592,7 @@ async def _run_infer(srv: Serving, served: Served, body: InferRequest, ctx: Cont
     own = {o.name: o.parameters for o in body.outputs or []}
     binary = [n for n in names if v2_binary.wants_binary(body.parameters, own.get(n))]
     answer["outputs"] = [encode_output(n, outputs[n], info[n], binary=n in binary) for n in names]
-    rows = len(next(iter(feeds.values())))
+    rows = rows_of(feeds)
     if not binary:
         return answer, rows
     header = pydantic_core.to_json(answer)  # then each binary output's bytes, in the order listed
