@@ -87,6 +87,8 @@ def assert_replaced(svc: Service, old: int, why: str) -> int:
     wait_for(lambda: not Path(f"/proc/{old}").exists(), 30, f"worker {old} to exit")
     new = the_worker(svc)
     assert new != old
+    # `kdserve up` logs the restart just after starting the process: the new pid can be seen first
+    wait_for(lambda: f"restarted (pid {new})" in svc.log.read_text(), 10, f"the log line of worker {new}'s start")
     log = svc.log.read_text()
     assert f"(pid {old}) {why}" in log and f"restarted (pid {new})" in log, log[-3000:]
     return new

@@ -37,6 +37,8 @@ def test_up_replaces_a_killed_worker_and_its_job_still_succeeds(tmp_path, files)
         wait_for(lambda: not Path(f"/proc/{victim}").exists(), 30, "the killed worker to be reaped")
         now = wait_for(lambda: (p := svc.worker_pids()) and len(p) == 2 and p, 60, "a replacement worker")
         (replacement,) = set(now) - set(workers)
+        # `kdserve up` logs the restart just after starting the process: the new pid can be seen first
+        wait_for(lambda: f"restarted (pid {replacement})" in svc.log.read_text(), 10, "the restart's log line")
         log = svc.log.read_text()
         assert f"(pid {victim}) killed by SIGKILL" in log and "restarting it in 1 s" in log, log[-3000:]
         assert f"restarted (pid {replacement})" in log
