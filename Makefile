@@ -1,5 +1,6 @@
 # kdserve — two commands on a fresh machine:
-#   make run    set up .venv and start the service (API :8000 + worker + embedded Redis + SQLite)
+#   make run    set up .venv and start the service (API :8000 + worker + embedded Redis + SQLite);
+#               installs bubblewrap for the teacher jail when it is missing (root + apt)
 #   make test   set up .venv and run the whole test suite (starts Redis/PostgreSQL if they are down,
 #               installs Debian's chromium for the dashboard test if it is missing)
 #   make demo   against a running service: distil a digits teacher end to end
@@ -26,6 +27,7 @@ $(STAMP): pyproject.toml Makefile
 venv: $(STAMP)
 
 run: venv
+	@scripts/ensure-jail
 	$(BIN)/kdserve up
 
 worker: venv
@@ -38,6 +40,7 @@ demo: venv
 
 test: venv
 	scripts/ensure-services
+	scripts/ensure-jail
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 unit: venv

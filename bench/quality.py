@@ -116,7 +116,9 @@ def run_one(args) -> dict:
     needs_teacher = METHODS[loss_name].needs_teacher
     feature = "1" if loss_name in FEATURE_METHODS else None
     if method == MCMI_ROW:
-        refine_mcmi(teacher, train, MCMIParams(), torch.device("cpu"), seed, lambda: None, lambda *a: None)
+        labelled = train.y >= 0
+        refine_mcmi(teacher, train.x[labelled], train.y[labelled], MCMIParams(), torch.device("cpu"), seed,
+                    lambda *a: None)
     if needs_teacher or method == "ce":
         for split in (train, val):
             split.teacher_logits, split.teacher_features = teacher_outputs(teacher, split.x, feature)

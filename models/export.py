@@ -12,7 +12,6 @@ per output, argmax agreement, task accuracy, accuracy delta vs fp32, latency at 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import math
@@ -26,6 +25,8 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
+
+from models.model_files import sha256_file  # noqa: F401  (re-exported: the card's checksums)
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -191,14 +192,6 @@ def time_session(session, feed: dict[str, np.ndarray], repeats: int, budget_s: f
         session.run(out, feed)
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1000)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---- variants -----------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ class Sniffed:
 # (__torch__.*), tensor storages and rebuild helpers. Anything else would run Python code.
 def _allowed_global(module: str, name: str) -> bool:
     if module == "__torch__" or module.startswith("__torch__."):
-        return True
+        return ".classes" not in f".{module}"  # __torch__.torch.classes.*: custom C++ objects
     if module == "torch" and name.endswith("Storage"):
         return True
     if module == "torch._utils" and name.startswith("_rebuild_"):
@@ -63,6 +63,20 @@ def pickle_globals(data: bytes) -> set[tuple[str, str]]:
 
 
 def _check_torchscript_zip(zf: zipfile.ZipFile, names: list[str]) -> None:
+    """No pickle may reference Python objects, and the compiled code may call allowed operators
+    only (models/script_ops.py): both read from the archive's bytes, nothing is loaded."""
+    from models.script_ops import scan_archive
+
+    sources = {}
+    for name in names:
+        if name.endswith(".py") and ("/code/" in name or name.startswith("code/")):
+            try:
+                sources[name] = zf.read(name).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ModelFileError("unsafe_file", f"{name} inside the archive is not UTF-8 TorchScript source")
+    problem = scan_archive(sources)
+    if problem:
+        raise ModelFileError("unsafe_file", f"refused without loading: {problem}")
     for name in names:
         if name.endswith(".pkl") and not name.endswith(".debug_pkl"):
             try:
@@ -97,6 +111,9 @@ def sniff(path: Path) -> Sniffed:
                     "this is a torch.save() pickle of a Python object, which can run arbitrary code when loaded; "
                     "upload TorchScript (torch.jit.script/trace + save) or ONNX instead",
                 )
+            onnx_members = [n for n in names if n.lower().endswith(".onnx")]
+            if len(onnx_members) == 1 and "config.json" not in names and all("/" not in n for n in names):
+                return Sniffed("onnx")  # a model with its external data file(s) beside it
             if any(n.rsplit("/", 1)[-1] == "config.json" for n in names):
                 if not any(n.endswith(".safetensors") for n in names) and any(
                         n.lower().endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")) for n in names):
@@ -105,7 +122,8 @@ def sniff(path: Path) -> Sniffed:
                         "code when loaded; they were not loaded. Save the model with save_pretrained(..., "
                         "safe_serialization=True) to get model.safetensors")
                 return Sniffed("hf")
-        raise ModelFileError("unsupported_format", "zip archive is neither TorchScript nor a Hugging Face folder")
+        raise ModelFileError("unsupported_format", "zip archive is neither TorchScript, a Hugging Face folder, nor an "
+                             "ONNX model with its data file")
     if head[:1] == b"\x80" or head[:2] in (b"(d", b"(l", b"}q", b"]q") or head[:1] == b"c":
         raise ModelFileError(
             "unsafe_file",

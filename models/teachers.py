@@ -12,26 +12,25 @@ of one float tensor, and its tokenizer travels with it (`tokenizer_json`). It is
 transformers offline (`local_files_only`, HF_HUB_OFFLINE), never with `trust_remote_code`, and
 only safetensors weights are ever read: pickled `.bin` files are not even extracted.
 
-`python -m models.teachers PATH [--format F] [--input-shape JSON]` probes a file (sniff, load, run
-one synthetic batch) and prints one JSON line; the API runs it in a child process so that a
-hostile or crashing file can never take the API down, and the API process never imports torch.
+These loaders run only inside the teacher jail (models/jail.py, models/teacher_host.py): a
+teacher is a program, and the API and the worker never load one themselves. They talk to it
+through `models.jailed_teacher.JailedTeacher`, which has the same interface.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import sys
 import tempfile
-import zipfile
-from pathlib import Path, PurePosixPath
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from models.model_files import ONNX_MODEL_MEMBER, TOKENIZER_FILES, extract_hf
 from models.sniff import ModelFileError, sniff
 
 SUPPORTED = ("torchscript", "onnx", "hf")
@@ -83,6 +82,11 @@ class TorchScriptTeacher(Teacher):
             self.module = torch.jit.load(str(path), map_location=device).eval()
         except Exception as exc:
             raise ModelFileError("unsupported_format", f"TorchScript archive does not load: {_first_line(exc)}")
+        from models.script_ops import check_module
+
+        problem = check_module(self.module)  # the compiler's view, after the source scan of sniff()
+        if problem:
+            raise ModelFileError("unsafe_file", f"refused before running: {problem}")
         self.device = device
         self.num_parameters = int(sum(p.numel() for p in self.module.parameters()))
         self.input_shape = list(input_shape) if input_shape else self._guess_input_shape()
@@ -115,15 +119,21 @@ class OnnxTeacher(Teacher):
         import onnx
         import onnxruntime as ort
 
+        from models.onnx_check import load_checked
+
+        # A folder is an uploaded model with its external data (models/model_files.py): loaded
+        # by path, so the runtime finds the data beside it — the only files the folder holds.
+        folder = path.is_dir()
+        proto, model_file = load_checked(path)
         try:
-            proto = onnx.load(str(path), load_external_data=False)
-            onnx.checker.check_model(proto)
+            onnx.checker.check_model(str(model_file) if folder else proto)
         except Exception as exc:
             raise ModelFileError("unsupported_format", f"not a valid ONNX model: {_first_line(exc)}")
         self.num_parameters = int(sum(int(np.prod(t.dims)) for t in proto.graph.initializer))
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(proto.SerializeToString(), providers=providers)
+            source = str(model_file) if folder else proto.SerializeToString()
+            self.session = ort.InferenceSession(source, providers=providers)
         except Exception as exc:
             raise ModelFileError("unsupported_format", f"onnxruntime cannot run this model: {_first_line(exc)}")
         inputs = self.session.get_inputs()
@@ -158,64 +168,6 @@ class OnnxTeacher(Teacher):
 
 
 # ---- Hugging Face folders ----------------------------------------------------------------------
-
-# What is extracted from an `hf` zip; everything else (pickled .bin/.pt weights, code, READMEs) is
-# left in the archive, so nothing but JSON, text vocabularies and safetensors is ever opened.
-_HF_FILES = {"config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-             "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "modules.json",
-             "sentence_bert_config.json", "config_sentence_transformers.json", "model.safetensors.index.json"}
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-# Tokenizer files shipped beside a student (the canonical tokenizer.json is always written).
-TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
-                   "vocab.json", "merges.txt")
-
-
-def _hf_root(names: list[str]) -> PurePosixPath:
-    """The folder holding the shallowest config.json (a zip may wrap the model folder in one
-    directory; sentence-transformers folders have deeper config.json files for their modules)."""
-    configs = sorted((PurePosixPath(n) for n in names if n.rsplit("/", 1)[-1] == "config.json"),
-                     key=lambda p: len(p.parts))
-    if not configs:
-        raise ModelFileError("unsupported_format", "the zip has no config.json: upload a Hugging Face model folder")
-    return configs[0].parent
-
-
-def extract_hf(path: Path, dest: Path) -> None:
-    """Extract the files a Hugging Face folder needs, refusing pickled weights.
-
-    Member paths were checked by the API (service.uploads.check_archive); they are checked again
-    here since the worker must not trust its blob store blindly."""
-    with zipfile.ZipFile(path) as zf:
-        names = [n for n in zf.namelist() if not n.endswith("/")]
-        root = _hf_root(names)
-        wanted, pickles, weights = [], [], 0
-        for name in names:
-            p = PurePosixPath(name)
-            if p.is_absolute() or ".." in p.parts or (root.parts and p.parts[: len(root.parts)] != root.parts):
-                continue
-            rel = PurePosixPath(*p.parts[len(root.parts):])
-            if rel.name.endswith(".safetensors"):
-                weights += 1
-                wanted.append((name, rel))
-            elif rel.name.lower().endswith(_PICKLE_SUFFIXES):
-                pickles.append(str(rel))
-            elif str(rel) in _HF_FILES or (len(rel.parts) == 2 and rel.parts[0].endswith("_Pooling")
-                                           and rel.name == "config.json"):
-                wanted.append((name, rel))
-        if not weights:
-            if pickles:
-                raise ModelFileError(
-                    "unsafe_file", f"the folder's weights are Python pickles ({', '.join(sorted(pickles)[:3])}), which "
-                    "can run arbitrary code when loaded; they were not loaded. Save the model with "
-                    "save_pretrained(..., safe_serialization=True) to get model.safetensors")
-            raise ModelFileError("unsupported_format", "the folder has no *.safetensors weights")
-        for name, rel in wanted:
-            target = dest / Path(*rel.parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(name) as src, open(target, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
-
 
 def _read_json(path: Path) -> dict:
     try:
@@ -254,6 +206,18 @@ def sentence_pooling(folder: Path) -> tuple[str, bool]:
     return pooling, normalize
 
 
+@contextmanager
+def _hf_folder(path: Path):
+    """The model folder: `path` itself when it is one (as the jail shows it), else the zip's
+    needed files extracted into a temporary folder."""
+    if path.is_dir():
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="kdserve-hf-") as tmp:
+        extract_hf(path, Path(tmp))
+        yield Path(tmp)
+
+
 class HfTeacher(Teacher):
     """A Hugging Face encoder: a sequence classifier (logits) or a sentence-embedding model
     (pooled as its sentence-transformers config says: mean or CLS, L2-normalised when it has a
@@ -269,9 +233,7 @@ class HfTeacher(Teacher):
         os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be fetched from a hub, whatever the config says
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         self.device = device
-        with tempfile.TemporaryDirectory(prefix="kdserve-hf-") as tmp:
-            folder = Path(tmp)
-            extract_hf(path, folder)
+        with _hf_folder(path) as folder:
             self.config = _read_json(folder / "config.json")
             self.model_type = str(self.config.get("model_type") or "")
             archs = [str(a) for a in self.config.get("architectures") or []]
@@ -366,6 +328,15 @@ class HfTeacher(Teacher):
                 "normalize": self.normalize, "tokenizer": True, "pad_token_id": self.pad_token_id,
                 "sep_token_id": self.sep_token_id}
 
+    def write_files(self, out: Path) -> None:
+        """What the worker reads back as data (models/jailed_teacher.py): the canonical
+        tokenizer.json, the config and the original tokenizer files."""
+        (out / "tokenizer.json").write_text(self.tokenizer_json, encoding="utf-8")
+        (out / "config.json").write_text(json.dumps(self.config), encoding="utf-8")
+        (out / "tokenizer_files").mkdir(exist_ok=True)
+        for name, content in self.tokenizer_files.items():
+            (out / "tokenizer_files" / name).write_bytes(content)
+
     def run(self, x, names: Sequence[str]) -> dict[str, torch.Tensor]:
         """x: (input_ids, attention_mask, token_type_ids), int64 [B, L] each."""
         ids, mask, types = (t.to(self.device) for t in x)
@@ -443,8 +414,15 @@ def text_teacher_outputs(teacher: HfTeacher, ids: torch.Tensor, mask: torch.Tens
 def load_teacher(path: Path, fmt: str | None = None, input_shape: Sequence[int] | None = None,
                  device: str = "cpu", task: str | None = None) -> Teacher:
     """Sniff, load and run one synthetic batch (a tokenised sentence for a text teacher); sets
-    num_classes. Raises ModelFileError."""
-    detected = sniff(Path(path)).format
+    num_classes. Raises ModelFileError. `path` is the uploaded file, or the folder
+    models.model_files.prepare() made of it (hf, onnx with external data; `fmt` says which)."""
+    path = Path(path)
+    if path.is_dir():
+        if fmt not in ("hf", "onnx"):
+            raise ModelFileError("unsupported_format", "only hf and onnx teachers are loaded from a folder", "format")
+        detected = fmt
+    else:
+        detected = sniff(path).format
     if fmt and fmt != detected:
         raise ModelFileError("unsupported_format", f"format says {fmt!r} but the file is {detected}", "format")
     if detected not in SUPPORTED:
@@ -497,27 +475,9 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:300] if text else type(exc).__name__
 
 
-def _probe_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m models.teachers", description="probe an uploaded teacher")
-    ap.add_argument("path")
-    ap.add_argument("--format", default=None)
-    ap.add_argument("--input-shape", default=None, help="JSON list, per-sample shape")
-    ap.add_argument("--task", default=None, choices=TASKS, help="hf folders: the head to use (default: from config)")
-    args = ap.parse_args(argv)
-    try:
-        shape = json.loads(args.input_shape) if args.input_shape else None
-        t = load_teacher(Path(args.path), args.format, shape, task=args.task)
-        result = {"ok": True, "format": t.format, "input_shape": t.input_shape, "input_dtype": t.input_dtype,
-                  "num_classes": t.num_classes, "num_parameters": t.num_parameters,
-                  "outputs": [{"name": n, "shape": t.output_shapes[n], "logits": n == t.logits_name}
-                              for n in t.output_names],
-                  "details": t.details() if isinstance(t, HfTeacher) else None}
-    except ModelFileError as exc:
-        result = {"ok": False, "code": exc.code, "message": exc.message, "param": exc.param}
-    print(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    torch.set_num_threads(1)
-    sys.exit(_probe_main(sys.argv[1:]))
+def describe(t: Teacher) -> dict[str, Any]:
+    """The probe's answer for a loaded teacher (what the API stores with the teacher row)."""
+    return {"format": t.format, "input_shape": t.input_shape, "input_dtype": t.input_dtype,
+            "num_classes": t.num_classes, "num_parameters": t.num_parameters,
+            "outputs": [{"name": n, "shape": t.output_shapes[n], "logits": n == t.logits_name} for n in t.output_names],
+            "details": t.details() if isinstance(t, HfTeacher) else None}

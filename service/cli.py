@@ -96,6 +96,13 @@ def start_embedded_redis(settings: Settings) -> subprocess.Popen:
 WORKER_QUEUES = ("all", "jobs", "probe")
 
 
+def python_command(*args: str) -> list[str]:
+    """This interpreter in isolated mode (-I): neither the working directory (the data dir, in the
+    images) nor PYTHON* variables decide what the service's own processes import, so a file planted
+    in a writable folder can never shadow a module. -u keeps PYTHONUNBUFFERED's meaning, which -I drops."""
+    return [sys.executable, "-I", *(["-u"] if os.environ.get("PYTHONUNBUFFERED") else []), *args]
+
+
 def worker_command(settings: Settings, name: str = "kdserve", queues: str = "all") -> list[str]:
     """jobs: distillation jobs (KDSERVE_QUEUE); probe: uploaded teachers probed for an API without
     torch (<queue>.probe); all: both, one task at a time."""
@@ -103,9 +110,9 @@ def worker_command(settings: Settings, name: str = "kdserve", queues: str = "all
 
     names = {"all": [settings.queue, probe_queue(settings)], "jobs": [settings.queue],
              "probe": [probe_queue(settings)]}[queues]
-    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
-            "--concurrency", "1", "-Q", ",".join(names), "--loglevel", "INFO", "-n", f"{name}@%h",
-            "--without-gossip", "--without-mingle"]
+    return python_command("-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
+                          "--concurrency", "1", "-Q", ",".join(names), "--loglevel", "INFO", "-n", f"{name}@%h",
+                          "--without-gossip", "--without-mingle")
 
 
 @app.command()
@@ -142,10 +149,11 @@ def up(host: str = typer.Option(None, help="API bind address (default KDSERVE_HO
     for k in range(workers):
         name = "kdserve" if workers == 1 else f"kdserve{k + 1}"
         sup.start(name, "worker", worker_command(settings, name), env, restart=True)
-    sup.start("api", "api", [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", host,
-                             "--port", str(port)], env)
+    sup.start("api", "api", python_command("-m", "uvicorn", "--factory", "service.app:create_app", "--host", host,
+                                           "--port", str(port)), env)
     err.print(f"kdserve up: http://{host}:{port}  (docs at /docs)  {workers} worker{'s' if workers > 1 else ''}  "
               f"data in {settings.data_dir.resolve()}")
+    _report_jail(settings)
 
     stopping = False
 
@@ -165,6 +173,18 @@ def up(host: str = typer.Option(None, help="API bind address (default KDSERVE_HO
     sup.shutdown()
     err.print("kdserve stopped")
     raise typer.Exit(exit_code)
+
+
+def _report_jail(settings: Settings) -> None:
+    """One line on the teacher jail: teachers are uploaded and run only while it can start."""
+    from models.jail import sandbox_problem
+
+    if settings.jail == "off":
+        err.print("[yellow]teacher jail off (KDSERVE_JAIL=off): uploaded teachers run without a sandbox[/]")
+    elif problem := sandbox_problem(settings.jail):
+        err.print(f"[red]teacher jail unavailable, teacher uploads and jobs will be refused:[/] {problem}")
+    else:
+        err.print("teacher jail: bubblewrap (no files, network, secrets or processes for uploaded teachers)")
 
 
 @app.command()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from models.jail import JailConfig
 
 
 class Settings(BaseSettings):
@@ -44,6 +47,16 @@ class Settings(BaseSettings):
         "is importable or `python` is set, else worker)")
     visibility_timeout_s: int = Field(7 * 24 * 3600, description="Redis redelivery timeout; longer than any job")
     python: str | None = Field(None, description="interpreter for torch-side helpers (teacher probe, catalogue)")
+    jail: Literal["bwrap", "off"] = Field(
+        "bwrap", description="how uploaded teachers run: `bwrap` (in a bubblewrap sandbox: no files but their own, no "
+        "network, no secrets, no new processes; teacher uploads and jobs are refused when bubblewrap cannot start) or "
+        "`off` (an operator's explicit opt-out: a plain child process, still with the limits below and seccomp)")
+    teacher_memory_bytes: int = Field(8 * 1024**3, ge=64 * 1024**2, description="memory (RLIMIT_DATA) of one "
+                                      "jailed teacher process: a probe, or a job's teacher")
+    teacher_cpu_seconds: int = Field(6 * 3600, ge=10, description="CPU time of one job's jailed teacher process (a "
+                                     "probe gets probe_timeout_s)")
+    teacher_call_timeout_s: float = Field(600.0, gt=0, description="longest a jailed teacher may take over one batch "
+                                          "of forward passes before the job fails")
 
     max_attempts: int = Field(3, ge=1, description="deliveries of a job before it fails with worker_lost")
     heartbeat_s: float = Field(5.0, gt=0, description="how often a running job's worker says it is alive")
@@ -81,6 +94,17 @@ class Settings(BaseSettings):
         if self.blob_store == "s3" and not self.s3_bucket:
             raise ValueError("KDSERVE_BLOB_STORE=s3 needs KDSERVE_S3_BUCKET")
         return self
+
+    def teacher_jail(self, *, probe: bool, threads: int = 1, scratch: Path | None = None) -> "JailConfig":
+        """The jail a teacher runs in: a probe's (one thread, CPU time and wall time of the probe
+        limit) or a job's (the worker's threads, teacher_cpu_seconds)."""
+        from models.jail import Budget, JailConfig
+
+        cpu = int(self.probe_timeout_s) + 30 if probe else self.teacher_cpu_seconds
+        budget = Budget(memory_bytes=self.teacher_memory_bytes, cpu_seconds=cpu, threads=max(1, threads),
+                        file_bytes=max(self.max_upload_bytes, 64 * 1024**2))
+        return JailConfig(mode=self.jail, budget=budget, python=self.python, scratch=scratch,
+                          load_timeout_s=self.probe_timeout_s, call_timeout_s=self.teacher_call_timeout_s)
 
     @property
     def resolved_database_url(self) -> str:

@@ -32,10 +32,13 @@ class Upload:
     filename: str | None = None
     sha256: str = ""
     size: int = 0
+    extra: dict[str, "Upload"] = field(default_factory=dict)  # further file parts the route accepts (by name)
 
     def discard(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+        for part in self.extra.values():
+            part.discard()
 
 
 def safe_name(name: str | None) -> str | None:
@@ -50,9 +53,11 @@ def safe_name(name: str | None) -> str | None:
 class _Receiver:
     """python-multipart callbacks: fields into memory (small), the file part onto disk."""
 
-    def __init__(self, make_temp: Callable[[], Path], cap: int, file_field: str):
+    def __init__(self, make_temp: Callable[[], Path], cap: int, file_field: str, extra_files: tuple[str, ...] = ()):
         self.upload = Upload()
-        self.make_temp, self.cap, self.file_field = make_temp, cap, file_field
+        self.make_temp, self.cap, self.file_field, self.extra_files = make_temp, cap, file_field, extra_files
+        self._part: Upload | None = None  # the file part being written
+        self._total = 0
         self._digest = hashlib.sha256()
         self._header_field = b""
         self._headers: dict[bytes, bytes] = {}
@@ -81,20 +86,23 @@ class _Receiver:
     def headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = options.get(b"name", b"").decode("utf-8", "replace")
-        if self._name == self.file_field:
-            if self.upload.path is not None:
-                raise ApiError(422, "invalid_request", f"send one {self.file_field!r} part, not several", self.file_field)
-            self.upload.filename = safe_name(options.get(b"filename", b"").decode("utf-8", "replace"))
-            self.upload.path = self.make_temp()
-            self._out = open(self.upload.path, "wb")
+        if self._name == self.file_field or self._name in self.extra_files:
+            part = self.upload if self._name == self.file_field else self.upload.extra.setdefault(self._name, Upload())
+            if part.path is not None:
+                raise ApiError(422, "invalid_request", f"send one {self._name!r} part, not several", self._name)
+            part.filename = safe_name(options.get(b"filename", b"").decode("utf-8", "replace"))
+            part.path = self.make_temp()
+            self._part, self._digest = part, hashlib.sha256()
+            self._out = open(part.path, "wb")
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
         if self._out is not None:
-            self.upload.size += len(chunk)
-            if self.upload.size > self.cap:
+            self._part.size += len(chunk)
+            self._total += len(chunk)
+            if self._total > self.cap:
                 raise ApiError(413, "payload_too_large", f"the file exceeds the {self.cap}-byte upload limit "
-                               "(KDSERVE_MAX_UPLOAD_BYTES)", self.file_field)
+                               "(KDSERVE_MAX_UPLOAD_BYTES)", self._name)
             self._digest.update(chunk)
             self._out.write(chunk)
         else:
@@ -107,7 +115,7 @@ class _Receiver:
         if self._out is not None:
             self._out.close()
             self._out = None
-            self.upload.sha256 = self._digest.hexdigest()
+            self._part.sha256 = self._digest.hexdigest()
         elif self._name:
             self.upload.fields[self._name] = self._value.decode("utf-8", "replace")
 
@@ -116,10 +124,12 @@ class _Receiver:
             self._out.close()
 
 
-async def receive(request: Request, settings: Settings, make_temp: Callable[[], Path], file_field: str = "file") -> Upload:
+async def receive(request: Request, settings: Settings, make_temp: Callable[[], Path], file_field: str = "file",
+                  extra_files: tuple[str, ...] = ()) -> Upload:
     """Parse a multipart/form-data request as it streams in; the file part goes to a file from
-    make_temp(), created only once that part arrives. Raises ApiError (and removes the file) on a
-    bad content type, a missing file part, or a body over the cap."""
+    make_temp(), created only once that part arrives (so do the optional `extra_files` parts,
+    into upload.extra; the cap counts every file part together). Raises ApiError (and removes the
+    files) on a bad content type, a missing file part, or a body over the cap."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise ApiError(415, "unsupported_media_type", "send the file as multipart/form-data (curl -F file=@PATH)")
@@ -128,7 +138,7 @@ async def receive(request: Request, settings: Settings, make_temp: Callable[[], 
     if declared and declared.isdigit() and int(declared) > cap + MAX_FIELD_BYTES * 16:
         raise ApiError(413, "payload_too_large", f"the request body ({declared} bytes) exceeds the {cap}-byte upload "
                        "limit (KDSERVE_MAX_UPLOAD_BYTES)", file_field)
-    receiver = _Receiver(make_temp, cap, file_field)
+    receiver = _Receiver(make_temp, cap, file_field, extra_files)
     parser = MultipartParser(options[b"boundary"], receiver.callbacks())
     try:
         async for chunk in request.stream():

@@ -27,7 +27,9 @@ from sqlalchemy.exc import IntegrityError
 from models import export as onnx_export
 from models import text_export, textio
 from models.sniff import ModelFileError
-from models.teachers import HfTeacher, Teacher, TorchScriptTeacher, load_teacher, teacher_outputs, text_teacher_outputs
+from models.jail import JailError
+from models.jailed_teacher import JailedTeacher
+from models.teachers import Teacher, teacher_outputs, text_teacher_outputs
 from models.text import TextSource
 from models.zoo import ARCHITECTURES, ArchitectureError, count_parameters, create_student
 from service.ingest import TextParsed, load_canonical
@@ -37,7 +39,6 @@ from service.store.blobs import BlobStore, make_blob_store
 from service.store.db import TERMINAL, Database, Dataset, Job, JobEvent, Model, Teacher as TeacherRow, new_id, now
 from worker import trainer
 from worker.losses.mcmi import MCMIParams
-from worker.refine import refine_mcmi
 from worker.data import Split, Tokens, split_dataset, whole
 from worker.losses import METHODS, build_loss
 
@@ -108,6 +109,13 @@ def run_job(job_id: str, delivery: str) -> None:
     try:
         with run.watch():
             run.execute()
+    except JailError as exc:  # the jailed teacher crashed, timed out or broke the protocol
+        if exc.code == "cancelled":
+            _finish(db, blobs, job_id, "cancelled", "cancelled; nothing published")
+        else:
+            _fail(db, blobs, job_id, exc.code, exc.message)
+    except ModelFileError as exc:  # the teacher refused a request (an output it does not have, …)
+        _fail(db, blobs, job_id, exc.code, exc.message)
     except (Cancelled, trainer.Stopped) as exc:
         reason = getattr(exc, "reason", "cancelled")
         if reason == "cancelled":
@@ -133,6 +141,8 @@ def run_job(job_id: str, delivery: str) -> None:
             raise
         log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
         _fail(db, blobs, job_id, "internal_error", f"the worker hit an unexpected error: {type(exc).__name__}: {exc}")
+    finally:
+        run.close_teachers()
 
 
 def _worker_shutting_down() -> bool:
@@ -164,6 +174,7 @@ class JobRun:
         self.spec = JobCreate.model_validate(job.spec)
         self.timings: dict[str, float] = {}
         self.refined_teacher_id: str | None = None
+        self._teachers: list[JailedTeacher] = []  # jailed processes to end with the run
         self._stop_reason: str | None = None
         self._t_start = time.time()
 
@@ -257,7 +268,7 @@ class JobRun:
 
         with self.stage("validating"):
             teacher_row, teacher = self._load_teacher(device) if spec.teacher_id else (None, None)
-            self.text = isinstance(teacher, HfTeacher)
+            self.text = teacher is not None and teacher.format == "hf"
             train_split, val_split = self._load_data(teacher)
             self.embedding = self.text and teacher.task == "embedding"
             if self.embedding:
@@ -391,7 +402,7 @@ class JobRun:
                             f"the validation set (tolerance {tolerance:g}); nothing published")
         self.db.add_event(self.job.id, f"ONNX parity ok: max abs diff {data['max_abs_diff']:.3g}", data=data)
 
-    def _export_text(self, model, student_logits: torch.Tensor, val: Split, teacher: HfTeacher, teacher_row,
+    def _export_text(self, model, student_logits: torch.Tensor, val: Split, teacher: Teacher, teacher_row,
                      metrics: dict) -> str:
         """Export a text student (input_ids + attention_mask), gate it on parity, make the requested
         variants and publish it with its tokenizer (per precision: the .onnx file, and a zip of it
@@ -439,7 +450,7 @@ class JobRun:
                 return self._publish_text(files, model, teacher, teacher_row, metrics, output_name,
                                           int(reference.shape[1]), Path(tmp))
 
-    def _publish_text(self, files, model, teacher: HfTeacher, teacher_row, metrics, output_name: str, width: int,
+    def _publish_text(self, files, model, teacher: Teacher, teacher_row, metrics, output_name: str, width: int,
                       tmp: Path) -> str:
         with self.db.session() as s:
             existing = s.query(Model).filter_by(job_id=self.job.id).one_or_none()
@@ -507,24 +518,32 @@ class JobRun:
                            weights_only=True)
         return state if 0 < state.get("epoch", 0) <= self.spec.training.epochs else None
 
-    def _refine_teacher(self, row: TeacherRow, teacher: Teacher, train: Split, device: torch.device):
-        """MCMI fine-tuning of a TorchScript teacher; the refined teacher is stored as a new teacher."""
-        if not isinstance(teacher, TorchScriptTeacher):
+    def _refine_teacher(self, row: TeacherRow, teacher: JailedTeacher, train: Split, device: torch.device):
+        """MCMI fine-tuning of a TorchScript teacher, in its jail; the refined teacher is stored as
+        a new teacher and loaded (in a jail of its own) in place of the original."""
+        if teacher.format != "torchscript":
             raise JobFailed("invalid_request", "only a TorchScript teacher can be refined")
         params = MCMIParams.model_validate(self.spec.teacher_refinement.params)
 
-        def on_epoch(epoch: int, loss: float, cmi: float) -> None:
+        def on_epoch(event: dict) -> None:
+            epoch, loss, cmi = int(event["epoch"]), float(event["loss"]), float(event["cmi"])
             self._update_progress("refining_teacher", epoch / params.epochs)
             self.db.add_event(self.job.id, f"teacher refinement epoch {epoch}/{params.epochs}: loss {loss:.4f}, "
                               f"CMI {cmi:.4f}", type="metrics", data={"refine_epoch": epoch, "loss": loss, "cmi": cmi})
 
-        refine_mcmi(teacher, train, params, device, self.spec.training.seed, self.should_stop, on_epoch)
+        labelled = train.y >= 0
         refined_id = new_id("tch")
         blob_key = f"teachers/{refined_id}/teacher.pt"
         with tempfile.TemporaryDirectory(dir=self.blobs.scratch_dir) as tmp:
-            path = Path(tmp) / "teacher.pt"
-            teacher.module.cpu().save(str(path))
-            refined = load_teacher(path, "torchscript", row.input_shape, str(device))
+            try:
+                path = teacher.refine(train.x[labelled], train.y[labelled], params.model_dump(),
+                                      self.spec.training.seed, Path(tmp) / "teacher.pt", on_epoch, self.should_stop)
+            except JailError as exc:
+                if exc.code == "cancelled":  # the run was asked to stop: say why, as the trainer does
+                    raise trainer.Stopped(self._stop_reason or "cancelled")
+                raise
+            teacher.close()  # the refined teacher takes its place
+            refined = self._jailed(path, "torchscript", row.input_shape, device)
             self.blobs.put_file(blob_key, path)
             refined_row = TeacherRow(
                 id=refined_id, tenant=self.job.tenant, name=f"{row.name} (MCMI-refined, job {self.job.id})",
@@ -537,16 +556,28 @@ class JobRun:
         self.db.add_event(self.job.id, f"refined teacher stored as {refined_id}", data={"refined_teacher_id": refined_id})
         return refined_row, refined
 
-    def _load_teacher(self, device: torch.device) -> tuple[TeacherRow, Teacher]:
+    def _load_teacher(self, device: torch.device) -> tuple[TeacherRow, JailedTeacher]:
         with self.db.session() as s:
             row = s.query(TeacherRow).filter_by(id=self.spec.teacher_id).one_or_none()
         if row is None:
             raise JobFailed("not_found", f"teacher {self.spec.teacher_id} no longer exists")
         try:
-            teacher = load_teacher(self.blobs.local_path(row.blob_key), row.format, row.input_shape, str(device))
+            teacher = self._jailed(self.blobs.local_path(row.blob_key), row.format, row.input_shape, device)
         except ModelFileError as exc:
             raise JobFailed(exc.code, exc.message)
         return row, teacher
+
+    def _jailed(self, path: Path, fmt: str, input_shape, device: torch.device) -> JailedTeacher:
+        """The teacher loaded in the jail, with this worker's threads; ended with the run."""
+        jail = get_settings().teacher_jail(probe=False, threads=torch.get_num_threads(), scratch=self.blobs.scratch_dir)
+        teacher = JailedTeacher(path, fmt, input_shape, str(device), jail=jail)
+        self._teachers.append(teacher)
+        return teacher
+
+    def close_teachers(self) -> None:
+        for teacher in self._teachers:
+            teacher.close()
+        self._teachers.clear()
 
     def _dataset(self, dataset_id: str):
         with self.db.session() as s:
@@ -567,7 +598,7 @@ class JobRun:
     def _prepare(self, data, teacher: Teacher | None):
         """Tabular data as it is; text tokenised with the teacher's tokenizer at the job's max_length."""
         is_text = isinstance(data, TextParsed)
-        if is_text != isinstance(teacher, HfTeacher):
+        if is_text != (teacher is not None and teacher.format == "hf"):
             raise JobFailed("invalid_request", "a text dataset needs a text teacher (format hf) and a text teacher "
                             "needs a text dataset (jsonl)")
         if not is_text:
@@ -611,7 +642,7 @@ class JobRun:
         torch.save(state, buf)
         self.blobs.put_bytes(self._text_cache_key(), buf.getvalue())
 
-    def _text_source(self, teacher: HfTeacher, train: Split, width: int) -> TextSource:
+    def _text_source(self, teacher: Teacher, train: Split, width: int) -> TextSource:
         """What a text student is built from; the teacher's weights only for architectures that copy
         them, a few hundred training texts to fit a narrow student's projection, and how often each
         token occurs in all of them (a factorised table's fit and its full rows)."""
@@ -627,7 +658,7 @@ class JobRun:
             vocab_size=teacher.vocab_size, pad_token_id=teacher.pad_token_id, sep_token_id=teacher.sep_token_id,
             max_positions=teacher.max_positions, task=teacher.task, output_dim=width, pooling=teacher.pooling,
             normalize=teacher.normalize, model_type=teacher.model_type, config=teacher.config,
-            state_dict={k: v.detach().cpu() for k, v in teacher.model.state_dict().items()} if weights else None,
+            state_dict=teacher.state_dict() if weights else None,
             calibration=calibration, token_counts=counts)
 
     def _on_epoch(self, m: trainer.EpochMetrics) -> None:

@@ -3,7 +3,7 @@
 The teacher is fine-tuned on CE − λ·CMI, with the class centroids Q computed once over the
 training split (model in eval mode) and kept fixed, SGD with momentum and a cosine schedule, as
 the reference FineTuneTeacher.py does. Only a TorchScript teacher can be refined: it is the only
-format whose weights we can train without running user Python code.
+format whose weights we can train without running user Python code (it runs in the teacher jail).
 """
 
 from __future__ import annotations
@@ -15,19 +15,17 @@ import torch
 import torch.nn.functional as F
 
 from models.teachers import TorchScriptTeacher, named_outputs
-from worker.data import Split
 from worker.losses.mcmi import MCMIParams, class_centroids, cmi_estimate, teacher_loss
 
 
-def refine_mcmi(teacher: TorchScriptTeacher, train: Split, params: MCMIParams, device: torch.device, seed: int,
-                should_stop: Callable[[], str | None], on_epoch: Callable[[int, float, float], None]) -> None:
-    """Fine-tune teacher.module in place. on_epoch(epoch, mean_loss, cmi) after each epoch."""
-    from worker.trainer import Stopped
-
+def refine_mcmi(teacher: TorchScriptTeacher, x: torch.Tensor, y: torch.Tensor, params: MCMIParams,
+                device: torch.device, seed: int, on_epoch: Callable[[int, float, float], None]) -> None:
+    """Fine-tune teacher.module in place on the labelled rows (x, y). on_epoch(epoch, mean_loss,
+    cmi) after each epoch. Runs inside the teacher jail (models/teacher_host.py): a TorchScript
+    teacher is a program, and training it runs that program; a cancel ends the jailed process."""
     module = teacher.module.to(device)
     logits_of = lambda x: named_outputs(module(x))[teacher.logits_name].float()  # noqa: E731
-    labelled = train.y >= 0
-    x, y = train.x[labelled].to(device), train.y[labelled].to(device)
+    x, y = x.to(device), y.to(device)
     module.eval()
     with torch.no_grad():
         probs = torch.cat([F.softmax(logits_of(x[i:i + 512]), dim=1) for i in range(0, len(x), 512)])
@@ -44,8 +42,6 @@ def refine_mcmi(teacher: TorchScriptTeacher, train: Split, params: MCMIParams, d
         module.train()
         total, cmi_total = 0.0, 0.0
         for idx in torch.randperm(len(x), generator=generator).to(device).split(params.batch_size):
-            if should_stop():
-                raise Stopped(should_stop())
             if len(idx) < 2:
                 continue
             logits = logits_of(x[idx])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 
 from models.probe import run_probe
 from service.queue import PROBE_TEACHER, RUN_JOB
@@ -34,4 +33,4 @@ def probe_teacher(blob_key: str, fmt: str | None, input_shape: list[int] | None,
     _db, blobs = context()
     log.info("probing uploaded teacher %s", blob_key)
     return run_probe(blobs.local_path(blob_key), fmt, input_shape, task,
-                     python=settings.python or sys.executable, timeout_s=settings.probe_timeout_s)
+                     jail=settings.teacher_jail(probe=True, scratch=blobs.scratch_dir))

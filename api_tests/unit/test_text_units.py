@@ -13,7 +13,8 @@ import torch
 from api_tests import text_fixtures as tf
 from models import textio
 from models.sniff import ModelFileError
-from models.teachers import extract_hf, load_teacher
+from models.model_files import extract_hf
+from models.teachers import load_teacher
 from models.text import (LowRankEmbedding, TextSource, build_layer_dropped, low_rank_factors, projection_basis,
                          token_weights)
 from models.zoo import ARCHITECTURES, ArchitectureError, create_student

@@ -51,7 +51,8 @@ def load_catalog(python: str | None = None) -> dict[str, Any]:
     image (api_tests/unit/test_slim_api.py regenerates it and fails when it is stale)."""
     if python is None and importlib.util.find_spec("torch") is None:
         return json.loads(CATALOG_SNAPSHOT.read_text())
-    out = subprocess.run([python or sys.executable, "-m", "worker.catalog"], capture_output=True, text=True,
+    # -I: the working directory (a data dir, say) is not on the child's sys.path
+    out = subprocess.run([python or sys.executable, "-I", "-m", "worker.catalog"], capture_output=True, text=True,
                          timeout=300, check=True)
     return json.loads(out.stdout)
 

@@ -1,4 +1,9 @@
-"""/v1/teachers: upload (probed in a child process, here or on a worker, before 201), get, list, delete."""
+"""/v1/teachers: upload (probed in the teacher jail, here or on a worker, before 201), get, list, delete.
+
+An ONNX teacher whose weights live in an external data file (what torch.onnx.export writes for
+large models) is uploaded with the data file as a second part, `data`, or as a zip of both; it is
+stored as one bundle (models/model_files.py) and only ever loaded from a private folder holding
+just those files."""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from models import model_files
+from models.jail import sandbox_problem
 from models.probe import run_probe
 from models.sniff import ModelFileError, sniff
 from service import metrics, uploads
@@ -37,10 +44,11 @@ def to_out(row: Teacher) -> TeacherOut:
 
 
 def probe(ctx: Context, path: Path, fmt: str | None, input_shape, task: str | None = None) -> dict:
-    """Load and run the file in a child process: a hostile or crashing file cannot hurt the API.
-    The sniff (pure Python, nothing unpickled) runs here first, so garbage and pickles are refused
-    without starting a process. The child runs next to the API, or on a worker when the API has
-    no torch (KDSERVE_PROBE); the answer, and so every 422, is the same either way."""
+    """Load and run the file in the teacher jail: a hostile or crashing file cannot hurt the API.
+    The sniff (pure Python, nothing unpickled or compiled: pickles and TorchScript operators) runs
+    here first, so garbage and unsafe files are refused without starting a process. The jail runs
+    next to the API, or on a worker when the API has no torch (KDSERVE_PROBE); the answer, and so
+    every 422, is the same either way."""
     try:
         sniff(path)
     except ModelFileError as exc:
@@ -48,10 +56,50 @@ def probe(ctx: Context, path: Path, fmt: str | None, input_shape, task: str | No
     if probe_mode(ctx.settings) == "worker":
         result = probe_on_worker(ctx, path, fmt, input_shape, task)
     else:
-        result = run_probe(path, fmt, input_shape, task, python=ctx.python, timeout_s=ctx.settings.probe_timeout_s)
+        problem = sandbox_problem(ctx.settings.jail)
+        if problem:
+            raise ApiError(503, "sandbox_unavailable", f"teachers cannot be checked here: {problem}")
+        jail = ctx.settings.teacher_jail(probe=True, scratch=ctx.blobs.scratch_dir)
+        result = run_probe(path, fmt, input_shape, task, jail=jail)
     if not result["ok"]:
-        raise ApiError(422, result["code"], result["message"], result.get("param"))
+        status = 503 if result["code"] == "sandbox_unavailable" else 422
+        raise ApiError(status, result["code"], result["message"], result.get("param"))
     return result
+
+
+def canonical_file(ctx: Context, upload: uploads.Upload) -> None:
+    """An ONNX model and its external data, sent as two parts or as a zip of both, become one
+    bundle in place of the upload's file (sha256 and size are the bundle's)."""
+    data = upload.extra.get("data")
+    if data is None and not (model_files.is_zip(upload.path) and _sniffed(upload.path) == "onnx"):
+        return
+    bundle = ctx.blobs.temp_path()
+    try:
+        if data is not None:
+            if data.size == 0 or not data.filename:
+                raise ApiError(422, "invalid_request", "the `data` part must be the model's non-empty external data "
+                               "file, sent with its file name", "data")
+            if model_files.is_zip(upload.path) or _sniffed(upload.path) != "onnx":
+                raise ApiError(422, "invalid_request", "a `data` part goes with an ONNX model file only", "data")
+            model_files.write_onnx_bundle(upload.path, {data.filename: data.path}, bundle)
+        else:
+            model_files.rebundle_onnx_zip(upload.path, bundle)
+    except ModelFileError as exc:
+        bundle.unlink(missing_ok=True)
+        raise ApiError(422, exc.code, exc.message, exc.param)
+    except BaseException:
+        bundle.unlink(missing_ok=True)
+        raise
+    upload.path.unlink(missing_ok=True)
+    upload.path, upload.size = bundle, bundle.stat().st_size
+    upload.sha256 = model_files.sha256_file(bundle)
+
+
+def _sniffed(path: Path) -> str | None:
+    try:
+        return sniff(path).format
+    except ModelFileError:
+        return None
 
 
 def probe_mode(settings: Settings) -> str:
@@ -87,8 +135,11 @@ def probe_on_worker(ctx: Context, path: Path, fmt: str | None, input_shape, task
 TEACHER_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary",
-                 "description": "TorchScript archive, ONNX file, or a zip of a Hugging Face model folder (config.json, "
-                 "*.safetensors, tokenizer files)"},
+                 "description": "TorchScript archive, ONNX file (or a zip of an ONNX file and its external data "
+                 "file), or a zip of a Hugging Face model folder (config.json, *.safetensors, tokenizer files)"},
+        "data": {"type": "string", "format": "binary",
+                 "description": "onnx only: the model's external data file (e.g. model.onnx.data), under the name "
+                 "the model refers to it by"},
         "name": {"type": "string", "maxLength": 255},
         "format": {"type": "string", "enum": list(FORMATS), "description": "detected from the content when omitted"},
         "input_shape": {"type": "string", "description": "JSON list: the per-sample input shape"},
@@ -98,7 +149,7 @@ TEACHER_FORM = {"requestBody": {"required": True, "content": {"multipart/form-da
 
 @router.post("", status_code=201, response_model=TeacherOut, openapi_extra=TEACHER_FORM)
 async def create_teacher(request: Request, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    upload = await uploads.receive(request, ctx.settings, ctx.blobs.temp_path)
+    upload = await uploads.receive(request, ctx.settings, ctx.blobs.temp_path, extra_files=("data",))
     try:
         form = upload.fields
         fmt = form.get("format") or None
@@ -114,9 +165,11 @@ async def create_teacher(request: Request, ctx: Context = Depends(get_ctx), who:
         metrics.observe_upload("teacher", upload.size)
         check_storage(ctx, who, upload.size)
         uploads.check_archive(upload.path, ctx.settings)
+        await run_in_threadpool(canonical_file, ctx, upload)
         info = await run_in_threadpool(probe, ctx, upload.path, fmt, shape, task)
         teacher_id = new_id("tch")
-        blob_key = f"teachers/{teacher_id}/teacher{_EXT[info['format']]}"
+        ext = ".onnx.zip" if info["format"] == "onnx" and model_files.is_zip(upload.path) else _EXT[info["format"]]
+        blob_key = f"teachers/{teacher_id}/teacher{ext}"
         await run_in_threadpool(ctx.blobs.put_file, blob_key, upload.path, move=True)  # S3: an upload, not a rename
     finally:
         upload.discard()
