@@ -28,9 +28,11 @@ def free_port() -> int:
 
 class Service:
     def __init__(self, data_dir: Path, *, redis_url: str | None = None, database_url: str | None = None,
-                 auth: bool = True, extra_env: dict[str, str] | None = None, workers: int = 1):
+                 auth: bool = True, extra_env: dict[str, str] | None = None, workers: int = 1,
+                 cwd: Path | None = None):
         self.data_dir = Path(data_dir)
         self.workers = workers
+        self.cwd = cwd or REPO
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, KDSERVE_DATA_DIR=str(self.data_dir), KDSERVE_QUEUE=f"kdtest-{uuid.uuid4().hex[:8]}",
@@ -50,9 +52,10 @@ class Service:
         # stdout goes to the log file too, never to a pipe nobody reads: uvicorn writes an access-log
         # line per request there, and a full pipe (64 KiB, ~700 requests) would block its event loop.
         with open(self.log, "ab") as log:
+            # -I, as the images run it: the working directory is not on sys.path (tests plant modules there)
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "up", "--port", str(self.port), "--workers", str(self.workers)],
-                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-I", "-u", "-m", "service.cli", "up", "--port", str(self.port), "--workers",
+                 str(self.workers)], cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
         deadline = time.time() + 120
         while True:

@@ -381,9 +381,13 @@ class JailedProcess:
 
     def _crash_reason(self) -> str:
         code = self.proc.returncode
-        if code is not None and code < 0:
-            sig = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-            why = {"SIGKILL": " (killed: over its memory or CPU budget?)", "SIGXCPU": " (over its CPU time budget)",
+        # bubblewrap reports its child's death by signal N as exit status 128 + N; a child running
+        # without it (KDSERVE_JAIL=off) shows up as -N. The runner is PID 1 of its namespace, so
+        # SIGXCPU does not end it: the hard CPU limit's SIGKILL, 5 s later, does.
+        number = -code if code is not None and code < 0 else code - 128 if code is not None and code > 128 else None
+        if number is not None:
+            sig = signal.Signals(number).name if number in signal.Signals._value2member_map_ else str(number)
+            why = {"SIGKILL": " (killed: over its CPU time budget?)", "SIGXCPU": " (over its CPU time budget)",
                    "SIGSYS": " (a forbidden system call)", "SIGSEGV": " (a crash)"}.get(sig, "")
             text = f"the teacher's process died with {sig}{why}"
         else:

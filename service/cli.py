@@ -140,7 +140,7 @@ def up(host: str = typer.Option(None, help="API bind address (default KDSERVE_HO
     db.engine.dispose()
 
     sup = Supervisor(lambda line: err.print(line, soft_wrap=True))  # one log line each, never wrapped
-    env = dict(os.environ, KDSERVE_DATA_DIR=str(settings.data_dir.resolve()))
+    env = resolved_paths(settings)
     if settings.redis_url is None:
         sup.adopt("redis", "redis", start_embedded_redis(settings))
         env["KDSERVE_REDIS_URL"] = settings.resolved_redis_url
@@ -175,6 +175,19 @@ def up(host: str = typer.Option(None, help="API bind address (default KDSERVE_HO
     raise typer.Exit(exit_code)
 
 
+def resolved_paths(settings: Settings) -> dict[str, str]:
+    """The environment for the service's processes, with the folders they use made absolute: they
+    run in CODE_ROOT (service/supervisor.py), not in the caller's working directory."""
+    env = dict(os.environ, KDSERVE_DATA_DIR=str(settings.data_dir.resolve()))
+    for key, path in (("KDSERVE_BLOB_DIR", settings.blob_dir), ("KDSERVE_S3_CACHE_DIR", settings.s3_cache_dir)):
+        if path is not None:
+            env[key] = str(path.resolve())
+    url = settings.database_url or ""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
+        env["KDSERVE_DATABASE_URL"] = "sqlite:///" + str(Path(url[len("sqlite:///"):]).resolve())
+    return env
+
+
 def _report_jail(settings: Settings) -> None:
     """One line on the teacher jail: teachers are uploaded and run only while it can start."""
     from models.jail import sandbox_problem
@@ -194,8 +207,12 @@ def worker(name: str = typer.Option("kdserve", help="worker node name"),
     """Run one worker alone (one task at a time), for more machines or more GPUs."""
     if queues not in WORKER_QUEUES:
         raise typer.BadParameter(f"must be one of {', '.join(WORKER_QUEUES)}", param_hint="--queues")
+    from service.supervisor import CODE_ROOT
+
     settings = get_settings()
-    os.execv(sys.executable, worker_command(settings, name, queues))
+    env = resolved_paths(settings)
+    os.chdir(CODE_ROOT)  # Celery puts the working directory on sys.path while it imports the app
+    os.execve(sys.executable, worker_command(settings, name, queues), env)
 
 
 @keys_app.command("create")

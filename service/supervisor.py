@@ -15,7 +15,14 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
+
+# The children's working directory: the folder that holds kdserve's own packages (site-packages
+# in the images, the checkout in development). uvicorn and Celery put the working directory on
+# sys.path while they import the app; there it adds nothing that is not importable already, where
+# the data dir (or any other writable folder) would let a planted file shadow a module.
+CODE_ROOT = str(Path(__file__).resolve().parents[1])
 
 RESTART_MIN_S = 1.0
 RESTART_MAX_S = 60.0
@@ -56,7 +63,7 @@ class Child:
     restart_at: float | None = None  # set while waiting out the backoff
 
     def spawn(self) -> None:
-        self.proc = subprocess.Popen(self.command, env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(self.command, env=self.env, cwd=CODE_ROOT, start_new_session=True)
         self.started_at, self.restart_at = time.monotonic(), None
 
 

@@ -1,0 +1,226 @@
+"""Hostile teachers against a running service: each file is built here, uploaded with an ordinary
+tenant key, and must be refused with `422 unsafe_file` naming what was refused, leaving nothing
+behind — no record, no stored file, no file planted on the host, no secret in any answer. A stock
+ONNX export with its external data file is accepted and trains. Where the sandbox is missing,
+uploads are refused with a message that names it."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from api_tests import digits as dg
+from api_tests.api.test_bad_input import assert_error, post_file, stored_files, unchanged  # noqa: F401
+from api_tests.e2e.test_spine import KD_JOB
+from api_tests.harness import Service, wait_job
+from api_tests.unit.test_model_safety import archive, rewrite_code
+from models.jail import sandbox_problem
+
+pytestmark = pytest.mark.skipif(sandbox_problem("bwrap") is not None, reason="no sandbox here")
+
+
+class Plain(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x))
+
+
+class ReadsAFile(torch.nn.Module):
+    """Returns the first byte of `path` as its class count (what the review's teacher did)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def forward(self, x):
+        data = torch.from_file(self.path, False, 1, dtype=torch.uint8)
+        return torch.zeros(x.shape[0], int(data[0]))
+
+
+class WritesAFile(torch.nn.Module):
+    """Maps `path` shared and writes into it: creates or overwrites a file on the host."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def forward(self, x):
+        planted = torch.from_file(self.path, True, 64, dtype=torch.uint8).fill_(35)
+        return x[:, :10] + planted[:10].float() * 0  # used, so TorchScript keeps the call
+
+
+class Saves(torch.nn.Module):
+    def forward(self, x):
+        torch.save(x, "planted.pt")
+        return x
+
+
+def reads(path: str) -> bytes:
+    return archive(ReadsAFile(path))
+
+
+def writes(path: str) -> bytes:
+    return archive(WritesAFile(path))
+
+
+def refused(client, content: bytes, named: str, name: str = "t.pt", **form) -> str:
+    r = post_file(client, "/v1/teachers", name, content, **form)
+    assert_error(r, 422, "unsafe_file", "file")
+    assert named in r.json()["error"]["message"], r.json()
+    return r.text
+
+
+def test_torchscript_reading_the_api_key_is_refused(service, client, unchanged):  # noqa: F811
+    key_file = str((service.data_dir / "api_key").resolve())
+    text = refused(client, reads(key_file), "aten::from_file")
+    assert service.api_key not in text
+
+
+def test_torchscript_writing_files_is_refused(service, client, unchanged, tmp_path):  # noqa: F811
+    for target in (service.data_dir / "argparse.py", tmp_path / "planted"):
+        refused(client, writes(str(target.resolve())), "aten::from_file")
+        assert not target.exists()
+
+    refused(client, archive(Saves()), "aten::save")
+
+
+@pytest.mark.parametrize("new,named", [("ops.myns.evil(", "myns::evil"),
+                                       ("__torch__.torch.classes.myns.Thing(", "custom C++ class")])
+def test_torchscript_custom_operators_and_classes_are_refused(client, unchanged, new, named):  # noqa: F811
+    refused(client, rewrite_code(archive(Plain()), "torch.relu(", new), named)
+
+
+def onnx_reading(location: str, where: str = "initializer") -> bytes:
+    """A 64→10 ONNX model whose weight tensor says its bytes are in `location`."""
+    w = numpy_helper.from_array(np.zeros((64, 10), np.float32), "w")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(64 * 10 * 4))):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    nodes = [helper.make_node("MatMul", ["input", "w"], ["logits"])]
+    inits = [w]
+    if where == "constant":
+        nodes.insert(0, helper.make_node("Constant", [], ["w"], value=w))
+        inits = []
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@pytest.mark.parametrize("where", ["initializer", "constant"])
+def test_onnx_external_data_pointing_at_host_files_is_refused(service, client, unchanged, where):  # noqa: F811
+    key_file = (service.data_dir / "api_key").resolve()
+    for location in ("api_key", "../../api_key", str(key_file), "/etc/passwd"):
+        text = refused(client, onnx_reading(location, where), "not a data file uploaded", name="t.onnx")
+        assert service.api_key not in text
+
+
+def test_onnx_external_data_outside_its_own_data_file_is_refused(client, unchanged):  # noqa: F811
+    r = client.post("/v1/teachers", files={"file": ("t.onnx", io.BytesIO(onnx_reading("api_key"))),
+                                           "data": ("t.onnx.data", io.BytesIO(b"\0" * 2560))})
+    assert_error(r, 422, "unsafe_file")
+    assert "'api_key'" in r.json()["error"]["message"] and "t.onnx.data" in r.json()["error"]["message"]
+
+
+def test_onnx_custom_domain_is_refused(client, unchanged):  # noqa: F811
+    graph = helper.make_graph([helper.make_node("Evil", ["input"], ["logits"], domain="com.evil")], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 10])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.evil", 1)])
+    refused(client, model.SerializeToString(), "com.evil", name="t.onnx")
+
+
+@pytest.fixture(scope="module")
+def stock_export(tmp_path_factory, teacher_model):
+    """What `torch.onnx.export(model, (x,), "digits.onnx")` writes with external data: the graph and
+    digits.onnx.data beside it."""
+    folder = tmp_path_factory.mktemp("stock")
+    path = folder / "digits.onnx"
+    torch.onnx.export(teacher_model, (torch.zeros(2, 64),), str(path), input_names=["input"], output_names=["logits"],
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=True)
+    assert (folder / "digits.onnx.data").exists()
+    return path
+
+
+def test_stock_onnx_export_with_its_data_file_is_accepted_and_trains(client, stock_export, files):
+    data = stock_export.with_name("digits.onnx.data")
+    r = client.post("/v1/teachers", files={"file": (stock_export.name, stock_export.read_bytes()),
+                                           "data": (data.name, data.read_bytes())})
+    assert r.status_code == 201, r.text
+    teacher = r.json()
+    assert teacher["format"] == "onnx" and teacher["num_classes"] == 10 and teacher["input_shape"] == [64]
+    with open(files["npz"], "rb") as f:
+        dataset = client.post("/v1/datasets", files={"file": ("d.npz", f)}).json()
+    job = client.post("/v1/jobs", json={**KD_JOB, "training": {**KD_JOB["training"], "epochs": 3},
+                                        "teacher_id": teacher["id"], "dataset_id": dataset["id"]}).json()
+    done = wait_job(client, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["metrics"]["teacher_accuracy"] > 0.9  # the teacher ran with its real weights
+
+
+def test_stock_onnx_export_zipped_with_its_data_is_accepted(client, stock_export):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.write(stock_export, stock_export.name)
+        zf.write(stock_export.with_name("digits.onnx.data"), "digits.onnx.data")
+    r = post_file(client, "/v1/teachers", "digits.zip", buf.getvalue())
+    assert r.status_code == 201, r.text
+    assert r.json()["format"] == "onnx" and r.json()["num_classes"] == 10
+
+
+def test_a_data_file_under_another_name_is_refused_with_the_name_to_use(client, unchanged, stock_export):  # noqa: F811
+    r = client.post("/v1/teachers", files={"file": (stock_export.name, stock_export.read_bytes()),
+                                           "data": ("weights.bin", stock_export.with_name("digits.onnx.data").read_bytes())})
+    assert_error(r, 422, "unsafe_file")
+    assert "'digits.onnx.data'" in r.json()["error"]["message"]
+
+
+def test_no_service_process_imports_from_its_working_directory(tmp_path, files):
+    """The images run with the data dir as a writable folder: modules planted in the working
+    directory must never be imported by the API, the worker, the probe or the teacher jail."""
+    data = tmp_path / "data"
+    data.mkdir()
+    marker = tmp_path / "imported"
+    for module in ("argparse", "json", "numpy", "torch", "celery", "uvicorn", "typing_extensions"):
+        (data / f"{module}.py").write_text(f"open({str(marker)!r}, 'a').write('{module}\\n')\n")
+    with Service(data, cwd=data) as svc, svc.client() as c:
+        with open(files["torchscript"], "rb") as f:
+            teacher = c.post("/v1/teachers", files={"file": ("t.pt", f)})
+        assert teacher.status_code == 201, teacher.text
+        with open(files["npz"], "rb") as f:
+            dataset = c.post("/v1/datasets", files={"file": ("d.npz", f)}).json()
+        job = c.post("/v1/jobs", json={**KD_JOB, "training": {**KD_JOB["training"], "epochs": 2},
+                                       "teacher_id": teacher.json()["id"], "dataset_id": dataset["id"]}).json()
+        assert wait_job(c, job["id"])["status"] == "succeeded"
+    assert not marker.exists(), marker.read_text()
+
+
+def test_without_bubblewrap_teacher_uploads_are_refused_naming_it(tmp_path, files):
+    with Service(tmp_path / "nobwrap", extra_env={"PATH": "/nonexistent"}) as svc, svc.client() as c:
+        with open(files["torchscript"], "rb") as f:
+            r = c.post("/v1/teachers", files={"file": ("t.pt", f)})
+        assert_error(r, 503, "sandbox_unavailable")
+        assert "bubblewrap" in r.json()["error"]["message"] and "KDSERVE_JAIL=off" in r.json()["error"]["message"]
+        assert c.get("/v1/teachers").json()["data"] == []
+
+
+def test_the_documented_opt_out_runs_teachers_without_bubblewrap(tmp_path, files):
+    """KDSERVE_JAIL=off: an operator's explicit choice; limits and seccomp still apply."""
+    from models.jail import Budget, JailConfig
+    from models.probe import run_probe
+
+    answer = run_probe(files["torchscript"], None, None, None,
+                       jail=JailConfig(mode="off", budget=Budget(cpu_seconds=120), scratch=tmp_path))
+    assert answer["ok"] and answer["num_classes"] == 10, answer
+    assert list(tmp_path.iterdir()) == []  # its private folders are gone
