@@ -35,10 +35,12 @@ RUN python -m venv /opt/kdserve
 ENV PATH=/opt/kdserve/bin:$PATH
 
 FROM ${PYTHON_IMAGE} AS python-runtime
-RUN useradd --create-home --uid 10001 kdserve && mkdir /data && chown kdserve /data
+RUN useradd --create-home --uid 10001 kdserve && mkdir /data && chown kdserve /data && chmod 0700 /data
 ENV PATH=/opt/kdserve/bin:$PATH KDSERVE_DATA_DIR=/data KDSERVE_HOST=0.0.0.0 PYTHONUNBUFFERED=1
 USER kdserve
-WORKDIR /data
+# Not the data dir: a working directory is where tools look for modules first, and /opt/kdserve is
+# root's (the services run in the folder of their own code anyway: service/supervisor.py CODE_ROOT).
+WORKDIR /opt/kdserve
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
@@ -72,12 +74,13 @@ RUN pip install "/src[worker,gpu]" \
 
 FROM ${CUDA_IMAGE} AS worker
 ENV DEBIAN_FRONTEND=noninteractive
-RUN apt-get update && apt-get install -y --no-install-recommends python3 && rm -rf /var/lib/apt/lists/* \
- && useradd --create-home --uid 10001 kdserve && mkdir /data && chown kdserve /data
+# bubblewrap: the teacher jail (README "teacher jail"); every uploaded teacher runs inside it
+RUN apt-get update && apt-get install -y --no-install-recommends python3 bubblewrap && rm -rf /var/lib/apt/lists/* \
+ && useradd --create-home --uid 10001 kdserve && mkdir /data && chown kdserve /data && chmod 0700 /data
 COPY --from=worker-build /opt/kdserve /opt/kdserve
 ENV PATH=/opt/kdserve/bin:$PATH KDSERVE_DATA_DIR=/data PYTHONUNBUFFERED=1
 USER kdserve
-WORKDIR /data
+WORKDIR /opt/kdserve
 # A worker has no HTTP port, and its solo pool cannot answer a Celery ping while it trains: the
 # check is that it reaches its broker. A worker that dies mid-job is found by the reaper (heartbeats).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s \
@@ -93,5 +96,8 @@ COPY --from=src /src /src
 RUN pip install "/src[worker,cpu]"
 
 FROM python-runtime AS all-in-one
+USER root
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap && rm -rf /var/lib/apt/lists/*
+USER kdserve
 COPY --from=all-in-one-build /opt/kdserve /opt/kdserve
 CMD ["kdserve", "up"]

@@ -27,8 +27,14 @@ def _share_the_machine(**_) -> None:
 
 @worker_ready.connect
 def _start_reaper(**_) -> None:
+    """Workers that take jobs watch over jobs; a prober alone (`--queues probe`) has no database to
+    watch (it runs untrusted teachers, so it is given no secrets: see README "teacher jail")."""
+    from service.queue import probe_queue
     from worker import reaper
     from worker.pipeline import context
 
+    settings = get_settings()
+    if set(app.amqp.queues.consume_from or {}) == {probe_queue(settings)}:
+        return
     db, _blobs = context()
-    reaper.start(db, app, get_settings())
+    reaper.start(db, app, settings)

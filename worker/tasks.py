@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
+from pathlib import Path
 
-from models.probe import run_probe
+import httpx
+
+from models.probe import refused, run_probe
 from service.queue import PROBE_TEACHER, RUN_JOB
 from service.settings import get_settings
 from worker.celery_app import app
@@ -24,13 +28,36 @@ def run_job(self, job_id: str) -> None:
 
 
 @app.task(name=PROBE_TEACHER, ignore_result=False, acks_late=False)
-def probe_teacher(blob_key: str, fmt: str | None, input_shape: list[int] | None, task: str | None) -> dict:
+def probe_teacher(blob_key: str, fmt: str | None, input_shape: list[int] | None, task: str | None,
+                  url: str | None = None) -> dict:
     """An upload the API staged in the blob store, probed here for an API without torch
-    (KDSERVE_PROBE=worker). Same child process and answer as the API's own probe; the API
-    deletes the staged file. acks_late off: the API waits minutes at most for the answer, so a
-    probe lost with its worker must not come back days later (the visibility timeout)."""
+    (KDSERVE_PROBE=worker). Same checks, jail and answer as the API's own probe; the API deletes
+    the staged file. With an S3 store the API sends a presigned `url` for the file, so a prober
+    needs neither database nor bucket credentials. acks_late off: the API waits minutes at most
+    for the answer, so a probe lost with its worker must not come back days later."""
     settings = get_settings()
-    _db, blobs = context()
     log.info("probing uploaded teacher %s", blob_key)
-    return run_probe(blobs.local_path(blob_key), fmt, input_shape, task,
-                     jail=settings.teacher_jail(probe=True, scratch=blobs.scratch_dir))
+    if url is None:
+        _db, blobs = context()
+        return run_probe(blobs.local_path(blob_key), fmt, input_shape, task,
+                         jail=settings.teacher_jail(probe=True, scratch=blobs.scratch_dir))
+    scratch = settings.data_dir.resolve() / "probes"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        path = Path(tmp) / Path(blob_key).name
+        try:
+            download(url, path, settings.max_upload_bytes)
+        except (httpx.HTTPError, ValueError) as exc:
+            return refused("unsupported_format", f"the prober could not fetch the upload: {exc}", "file")
+        return run_probe(path, fmt, input_shape, task, jail=settings.teacher_jail(probe=True, scratch=Path(tmp)))
+
+
+def download(url: str, dest: Path, cap: int) -> None:
+    with httpx.stream("GET", url, timeout=60, follow_redirects=False) as r, open(dest, "wb") as out:
+        r.raise_for_status()
+        got = 0
+        for chunk in r.iter_bytes(1 << 20):
+            got += len(chunk)
+            if got > cap:
+                raise ValueError(f"the staged upload is over {cap} bytes")
+            out.write(chunk)

@@ -90,3 +90,45 @@ def test_no_worker_on_the_probe_queue_is_a_503(tmp_path, files, monkeypatch):
     assert raised.value.status == 503 and raised.value.code == "unavailable"
     assert f"{settings.queue}.probe" in raised.value.message
     assert not any((tmp_path / "blobs" / "tmp" / "probes").iterdir())
+
+
+def test_a_prober_without_secrets_probes_from_a_presigned_url(tmp_path, files, s3_server):
+    """What deploy/ runs: `kdserve worker --queues probe` given the broker and nothing else — no
+    database URL, no S3 credentials. The API stages the upload in the bucket and sends a presigned
+    URL; the prober fetches that one file, probes it in the jail, answers, and never opens a
+    database (a worker that takes jobs would start its reaper on one)."""
+    import os
+    import subprocess
+    import sys
+
+    from api_tests.s3server import CREDENTIALS
+    from service.queue import PROBE_TEACHER, make_celery, probe_queue, redis_client
+    from service.settings import Settings
+    from service.store.s3 import S3BlobStore
+
+    queue = f"kdtest-prober-{tmp_path.name[-12:]}"
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("KDSERVE_", "AWS_"))}
+    prober_env = dict(bare, KDSERVE_REDIS_URL=MACHINE_REDIS, KDSERVE_QUEUE=queue,
+                      KDSERVE_DATA_DIR=str(tmp_path / "prober"), PYTHONUNBUFFERED="1")
+    bucket = s3_server.new_bucket()
+    os.environ.update(CREDENTIALS)  # only this test process (the API's side) signs
+    try:
+        store = S3BlobStore(bucket, cache_dir=tmp_path / "api-cache", endpoint_url=s3_server.url)
+        store.put_file("tmp/probes/x/teacher.pt", files["torchscript"])
+        url = store.fetch_url("tmp/probes/x/teacher.pt", 120)
+    finally:
+        for key in CREDENTIALS:
+            os.environ.pop(key, None)
+    settings = Settings(data_dir=tmp_path, redis_url=MACHINE_REDIS, queue=queue)
+    with open(tmp_path / "prober.log", "wb") as log:
+        prober = subprocess.Popen([sys.executable, "-I", "-u", "-m", "service.cli", "worker", "--queues", "probe"],
+                                  env=prober_env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        answer = make_celery(settings).send_task(PROBE_TEACHER, args=["tmp/probes/x/teacher.pt", None, None, None, url],
+                                                 queue=probe_queue(settings)).get(timeout=180)
+    finally:
+        prober.terminate()
+        prober.wait(timeout=60)
+        redis_client(MACHINE_REDIS).delete(probe_queue(settings))
+    assert answer["ok"] and answer["format"] == "torchscript" and answer["num_classes"] == 10, answer
+    assert not list((tmp_path / "prober").glob("*.db")), "the prober opened a database"

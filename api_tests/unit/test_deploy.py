@@ -232,3 +232,30 @@ def test_redis_keeps_an_append_only_file_and_prometheus_scrapes_the_api():
     assert "redis://redis:6379" in " ".join(services["flower"]["command"])
     assert set(services) >= {"api", "worker", "prober", "redis", "postgres", "minio", "minio-init", "prometheus",
                              "flower"}
+
+
+def test_teachers_run_jailed_and_the_prober_gets_no_secrets():
+    """README "teacher jail": the images that run teachers have bubblewrap; the pods and compose
+    services that run them have the seccomp profile that lets it build namespaces; the prober, which
+    runs every upload, sees no database URL and no bucket credentials; no image works in /data."""
+    stages = dockerfile_stages()
+    for target in ("worker", "all-in-one"):
+        assert "bubblewrap" in stages[target], target
+    assert "WORKDIR /data" not in DOCKERFILE.read_text()
+    profile = json.loads((K8S / "seccomp" / "kdserve-jail.json").read_text())
+    denied = {n for rule in profile["syscalls"] for n in rule["names"]}
+    assert {"ptrace", "bpf", "kexec_load", "init_module"} <= denied and not denied & {"unshare", "clone", "mount"}
+    for name, container in (("kdserve-worker", "worker"), ("kdserve-prober", "prober")):
+        spec = k8s("Deployment", name)["spec"]["template"]
+        (c,) = containers(k8s("Deployment", name))
+        assert c["securityContext"]["seccompProfile"] == {"type": "Localhost", "localhostProfile": "kdserve-jail.json"}
+        assert spec["metadata"]["annotations"][f"container.apparmor.security.beta.kubernetes.io/{container}"] == "unconfined"
+        assert not c["securityContext"].get("privileged") and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    (prober,) = containers(k8s("Deployment", "kdserve-prober"))
+    assert not any("secretRef" in ref for ref in prober.get("envFrom", [])) and not prober.get("volumeMounts", [])[1:]
+    services = compose()["services"]
+    assert not {k for k in services["prober"]["environment"] if k.startswith("AWS_") or k == "KDSERVE_DATABASE_URL"}
+    for service in ("worker", "prober"):
+        opts = services[service]["security_opt"]
+        seccomp = next(o for o in opts if o.startswith("seccomp="))
+        assert (COMPOSE.parent / seccomp.split("=", 1)[1]).resolve() == (K8S / "seccomp" / "kdserve-jail.json").resolve()

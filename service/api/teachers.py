@@ -117,7 +117,9 @@ def probe_on_worker(ctx: Context, path: Path, fmt: str | None, input_shape, task
     queue = probe_queue(ctx.settings)
     wait_s = ctx.settings.probe_timeout_s + PROBE_QUEUE_WAIT_S
     try:
-        pending = ctx.celery.send_task(PROBE_TEACHER, args=[f"{staged}/{path.name}", fmt, input_shape, task],
+        # with S3, a presigned URL: the prober reads this one file without any credentials of its own
+        url = ctx.blobs.fetch_url(f"{staged}/{path.name}", int(wait_s) + 60)
+        pending = ctx.celery.send_task(PROBE_TEACHER, args=[f"{staged}/{path.name}", fmt, input_shape, task, url],
                                        queue=queue, retry=False, expires=wait_s)
         try:
             return pending.get(timeout=wait_s)

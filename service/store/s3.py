@@ -126,6 +126,12 @@ class S3BlobStore:
     def size(self, key: str) -> int:
         return self._head(key)["ContentLength"]
 
+    def fetch_url(self, key: str, expires_s: int) -> str | None:
+        """A presigned GET URL for one object, valid expires_s: lets a process without S3
+        credentials (the prober, which runs untrusted teachers) read just this file."""
+        return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._name(key)},
+                                                  ExpiresIn=int(expires_s))
+
     def local_path(self, key: str) -> Path:
         """A local file with the blob's current content: the cached copy when its ETag and size
         match the bucket's, else a fresh download. The API's download route serves this file
