@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from models.model_files import ONNX_MODEL_MEMBER, TOKENIZER_FILES, extract_hf
+from models.model_files import TOKENIZER_FILES, extract_hf
 from models.sniff import ModelFileError, sniff
 
 SUPPORTED = ("torchscript", "onnx", "hf")

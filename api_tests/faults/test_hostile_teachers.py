@@ -8,69 +8,18 @@ from __future__ import annotations
 
 import io
 import zipfile
-from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
 
-from api_tests import digits as dg
-from api_tests.api.test_bad_input import assert_error, post_file, stored_files, unchanged  # noqa: F401
+from api_tests.api.test_bad_input import assert_error, post_file, unchanged  # noqa: F401
 from api_tests.e2e.test_spine import KD_JOB
 from api_tests.harness import Service, wait_job
-from api_tests.unit.test_model_safety import archive, rewrite_code
+from api_tests.hostile import (CUSTOM_CODE, Plain, ReadsAFile, Saves, WritesAFile, archive, onnx_custom_domain,
+                               onnx_reading, rewrite_code)
 from models.jail import sandbox_problem
 
 pytestmark = pytest.mark.skipif(sandbox_problem("bwrap") is not None, reason="no sandbox here")
-
-
-class Plain(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = torch.nn.Linear(64, 10)
-
-    def forward(self, x):
-        return torch.relu(self.fc(x))
-
-
-class ReadsAFile(torch.nn.Module):
-    """Returns the first byte of `path` as its class count (what the review's teacher did)."""
-
-    def __init__(self, path: str):
-        super().__init__()
-        self.path = path
-
-    def forward(self, x):
-        data = torch.from_file(self.path, False, 1, dtype=torch.uint8)
-        return torch.zeros(x.shape[0], int(data[0]))
-
-
-class WritesAFile(torch.nn.Module):
-    """Maps `path` shared and writes into it: creates or overwrites a file on the host."""
-
-    def __init__(self, path: str):
-        super().__init__()
-        self.path = path
-
-    def forward(self, x):
-        planted = torch.from_file(self.path, True, 64, dtype=torch.uint8).fill_(35)
-        return x[:, :10] + planted[:10].float() * 0  # used, so TorchScript keeps the call
-
-
-class Saves(torch.nn.Module):
-    def forward(self, x):
-        torch.save(x, "planted.pt")
-        return x
-
-
-def reads(path: str) -> bytes:
-    return archive(ReadsAFile(path))
-
-
-def writes(path: str) -> bytes:
-    return archive(WritesAFile(path))
 
 
 def refused(client, content: bytes, named: str, name: str = "t.pt", **form) -> str:
@@ -82,43 +31,24 @@ def refused(client, content: bytes, named: str, name: str = "t.pt", **form) -> s
 
 def test_torchscript_reading_the_api_key_is_refused(service, client, unchanged):  # noqa: F811
     key_file = str((service.data_dir / "api_key").resolve())
-    text = refused(client, reads(key_file), "aten::from_file")
+    text = refused(client, archive(ReadsAFile(key_file)), "aten::from_file")
     assert service.api_key not in text
 
 
 def test_torchscript_writing_files_is_refused(service, client, unchanged, tmp_path):  # noqa: F811
     for target in (service.data_dir / "argparse.py", tmp_path / "planted"):
-        refused(client, writes(str(target.resolve())), "aten::from_file")
+        refused(client, archive(WritesAFile(str(target.resolve()))), "aten::from_file")
         assert not target.exists()
 
     refused(client, archive(Saves()), "aten::save")
 
 
-@pytest.mark.parametrize("new,named", [("ops.myns.evil(", "myns::evil"),
-                                       ("__torch__.torch.classes.myns.Thing(", "custom C++ class")])
+@pytest.mark.parametrize("new,named", list(CUSTOM_CODE.items()))
 def test_torchscript_custom_operators_and_classes_are_refused(client, unchanged, new, named):  # noqa: F811
     refused(client, rewrite_code(archive(Plain()), "torch.relu(", new), named)
 
 
-def onnx_reading(location: str, where: str = "initializer") -> bytes:
-    """A 64→10 ONNX model whose weight tensor says its bytes are in `location`."""
-    w = numpy_helper.from_array(np.zeros((64, 10), np.float32), "w")
-    w.ClearField("raw_data")
-    w.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", "0"), ("length", str(64 * 10 * 4))):
-        entry = w.external_data.add()
-        entry.key, entry.value = key, value
-    nodes = [helper.make_node("MatMul", ["input", "w"], ["logits"])]
-    inits = [w]
-    if where == "constant":
-        nodes.insert(0, helper.make_node("Constant", [], ["w"], value=w))
-        inits = []
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 10])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-
-
-@pytest.mark.parametrize("where", ["initializer", "constant"])
+@pytest.mark.parametrize("where", ["initializer", "constant", "subgraph"])
 def test_onnx_external_data_pointing_at_host_files_is_refused(service, client, unchanged, where):  # noqa: F811
     key_file = (service.data_dir / "api_key").resolve()
     for location in ("api_key", "../../api_key", str(key_file), "/etc/passwd"):
@@ -134,11 +64,7 @@ def test_onnx_external_data_outside_its_own_data_file_is_refused(client, unchang
 
 
 def test_onnx_custom_domain_is_refused(client, unchanged):  # noqa: F811
-    graph = helper.make_graph([helper.make_node("Evil", ["input"], ["logits"], domain="com.evil")], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 10])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.evil", 1)])
-    refused(client, model.SerializeToString(), "com.evil", name="t.onnx")
+    refused(client, onnx_custom_domain("com.evil"), "com.evil", name="t.onnx")
 
 
 @pytest.fixture(scope="module")

@@ -15,33 +15,15 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from api_tests.hostile import Saves, archive, rewrite_code
 from models import script_ops
 from models.onnx_check import check_model
 from models.sniff import ModelFileError, sniff
 
 
-def archive(module: torch.nn.Module) -> bytes:
-    buf = io.BytesIO()
-    torch.jit.save(torch.jit.script(module) if not isinstance(module, torch.jit.ScriptModule) else module, buf)
-    return buf.getvalue()
-
-
 def sources(data: bytes) -> dict[str, str]:
     zf = zipfile.ZipFile(io.BytesIO(data))
     return {n: zf.read(n).decode() for n in zf.namelist() if "/code/" in n and n.endswith(".py")}
-
-
-def rewrite_code(data: bytes, old: str, new: str) -> bytes:
-    """The archive with one edit in its compiled source: what a hand-crafted hostile file looks like."""
-    src, out, edited = zipfile.ZipFile(io.BytesIO(data)), io.BytesIO(), 0
-    with zipfile.ZipFile(out, "w") as dst:
-        for info in src.infolist():
-            body = src.read(info.filename)
-            if "/code/" in info.filename and info.filename.endswith(".py") and old.encode() in body:
-                body, edited = body.replace(old.encode(), new.encode()), edited + 1
-            dst.writestr(info, body)
-    assert edited, f"{old!r} is not in the archive's code"
-    return out.getvalue()
 
 
 class Encoder(torch.nn.Module):
@@ -93,12 +75,6 @@ class ReadsAFile(torch.nn.Module):
         return x + torch.from_file("/etc/hostname", False, 4, dtype=torch.uint8).float().sum()
 
 
-class WritesAFile(torch.nn.Module):
-    def forward(self, x):
-        torch.save(x, "planted.py")
-        return x
-
-
 @pytest.mark.parametrize("make", [Encoder, Recurrent, Branchy], ids=["transformer", "lstm_gru", "branches"])
 def test_ordinary_teachers_pass_both_checks(make):
     scripted = archive(make().eval())
@@ -108,7 +84,7 @@ def test_ordinary_teachers_pass_both_checks(make):
         assert script_ops.check_module(torch.jit.load(io.BytesIO(data))) is None
 
 
-@pytest.mark.parametrize("module,op", [(ReadsAFile(), "aten::from_file"), (WritesAFile(), "aten::save")])
+@pytest.mark.parametrize("module,op", [(ReadsAFile(), "aten::from_file"), (Saves(), "aten::save")])
 def test_file_operators_are_refused_by_both_checks(tmp_path, module, op):
     data = archive(module)
     assert op in script_ops.scan_archive(sources(data))
