@@ -8,23 +8,27 @@ Three inputs from the security review (issue 13), each built here:
   - a 34-byte JSONL line whose label is 2**27.
 Each goes to a fresh `kdserve up` (defaults, and the npz bomb again with KDSERVE_MAX_DATASET_BYTES
 = 64 MiB) so the API process's VmHWM (peak RSS, /proc/<pid>/status) starts from its idle value;
-the table gives the API's peak before and after the upload, the parse child's own peak where the
-service logs one (`dataset parsed … peak … MiB`), the answer and the request's wall time.
+the table gives the API's peak before and after the upload, the answer and the request's wall
+time, and the parse child's own peak (VmHWM) and time from running `python -m service.ingest_child`
+on the same file with the same settings, as the API does.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import re
+import subprocess
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from api_tests.harness import Service, child_processes
 from bench.common import machine, table
+from service import ingest_child
+from service.settings import Settings
 
 MiB = 1024**2
 
@@ -58,6 +62,20 @@ def api_pid(svc: Service) -> int:
     return next(pid for pid, cmd in child_processes(svc.proc.pid) if "uvicorn" in cmd)
 
 
+def child_run(filename: str, content: bytes, env: dict[str, str] | None) -> dict:
+    """The parse child alone, started as the API starts it: its answer, time and peak RSS."""
+    settings = Settings(**{k.removeprefix("KDSERVE_").lower(): v for k, v in (env or {}).items()})
+    columns = {"label_column": "label", "text_column": "text", "text_pair_column": "text_pair"}
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / filename
+        src.write_bytes(content)
+        request = ingest_child.child_request(src, Path(d) / "out.npz", settings, fmt=None, filename=filename,
+                                             columns=columns)
+        out = subprocess.run(ingest_child.CHILD_COMMAND, input=json.dumps(request).encode(), capture_output=True,
+                             check=True, env=ingest_child.child_env())
+    return json.loads(out.stdout)
+
+
 def measure(name: str, filename: str, content: bytes, env: dict[str, str] | None = None) -> list:
     with tempfile.TemporaryDirectory() as d, Service(Path(d), extra_env=env) as svc, svc.client(timeout=600) as c:
         pid = api_pid(svc)
@@ -66,10 +84,10 @@ def measure(name: str, filename: str, content: bytes, env: dict[str, str] | None
         r = c.post("/v1/datasets", files={"file": (filename, io.BytesIO(content))})
         seconds = time.perf_counter() - start
         after = vm_hwm_kib(pid)
-        child = re.findall(r"dataset parsed .*?peak (\d+) MiB", svc.log.read_text())
+    child = child_run(filename, content, env)
     answer = f"{r.status_code} {r.json()['error']['code'] if r.status_code >= 400 else ''}".strip()
-    return [name, f"{len(content) / MiB:.2f}", f"{before / 1024:.0f}", f"{after / 1024:.0f}",
-            child[-1] if child else "-", answer, round(seconds, 2)]
+    return [name, f"{len(content) / MiB:.2f}", f"{before / 1024:.0f}", f"{after / 1024:.0f}", answer,
+            round(seconds, 2), child["peak_rss_mib"], child["seconds"]]
 
 
 def main() -> None:
@@ -80,8 +98,8 @@ def main() -> None:
              ("JSONL label 2**27", "d.jsonl", jsonl_big_label(), None)]
     rows = [measure(*case) for case in cases]
     print(f"Machine: {machine()}\n")
-    print(table(["upload", "MiB sent", "API peak RSS before (MiB)", "API peak RSS after (MiB)",
-                 "parse child peak (MiB)", "answer", "seconds"], rows))
+    print(table(["upload", "MiB sent", "API peak RSS before (MiB)", "API peak RSS after (MiB)", "answer",
+                 "seconds", "parse child peak RSS (MiB)", "parse child seconds"], rows))
 
 
 if __name__ == "__main__":

@@ -35,18 +35,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kdserve.api")
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # no BLAS thread pools to map
+CHILD_COMMAND = (sys.executable, "-m", "service.ingest_child")
 
 
 async def parse_upload(src: Path, dst: Path, settings: "Settings", *, fmt: str | None, filename: str | None,
                        columns: dict[str, str]) -> tuple[str, dict]:
     """(format, summary) of the upload at `src`, its canonical npz written to `dst`; DatasetError
     for anything wrong with it. `columns`: label_column, text_column, text_pair_column."""
-    request = {"src": str(src), "dst": str(dst), "format": fmt, "filename": filename, **columns,
-               "max_bytes": settings.max_dataset_bytes, "max_classes": settings.max_classes,
-               "memory_bytes": settings.dataset_parse_memory_bytes}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.ingest_child", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, **dict.fromkeys(THREAD_VARS, "1")})
+    request = child_request(src, dst, settings, fmt=fmt, filename=filename, columns=columns)
+    proc = await asyncio.create_subprocess_exec(*CHILD_COMMAND, stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                env=child_env())
     try:
         out, err = await asyncio.wait_for(proc.communicate(json.dumps(request).encode()),
                                           settings.dataset_parse_timeout_s)
@@ -58,6 +57,18 @@ async def parse_upload(src: Path, dst: Path, settings: "Settings", *, fmt: str |
         await asyncio.shield(_kill(proc))
         raise
     return _outcome(proc.returncode, out, err)
+
+
+def child_request(src: Path, dst: Path, settings: "Settings", *, fmt: str | None, filename: str | None,
+                  columns: dict[str, str]) -> dict:
+    """What the child reads on its stdin (bench/datasets.py runs the child with it too)."""
+    return {"src": str(src), "dst": str(dst), "format": fmt, "filename": filename, **columns,
+            "max_bytes": settings.max_dataset_bytes, "max_classes": settings.max_classes,
+            "memory_bytes": settings.dataset_parse_memory_bytes}
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, **dict.fromkeys(THREAD_VARS, "1")}
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:

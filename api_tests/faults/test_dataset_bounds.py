@@ -147,6 +147,15 @@ def test_parse_timeout_kills_the_child():
     assert not [cmd for _, cmd in child_processes(os.getpid()) if "ingest_child" in cmd]
 
 
+@pytest.mark.parametrize("returncode,out", [(-9, b""), (1, b"Traceback"), (0, b"{\"format\": \"csv\"}")])
+def test_a_parser_that_stops_without_an_answer_is_a_422(returncode, out):
+    """Killed (the OOM killer, a crash in C) or failing with a bug: a 4xx for the file, never a 500."""
+    with pytest.raises(DatasetError) as err:
+        ingest_child._outcome(returncode, out, b"some stderr")
+    assert (err.value.status, err.value.code) == (422, "invalid_request")
+    assert "could not be parsed" in err.value.message
+
+
 @contextmanager
 def _files(content: bytes):
     with tempfile.TemporaryDirectory() as d:
