@@ -81,7 +81,8 @@ def _outcome(returncode: int, out: bytes, err: bytes) -> tuple[str, dict]:
     try:
         answer = json.loads(out)
     except ValueError:
-        answer = {}
+        answer = None
+    answer = answer if isinstance(answer, dict) else {}
     if "error" in answer:
         log.info("dataset refused in %.2f s, peak %s MiB: %s", answer["seconds"], answer["peak_rss_mib"],
                  answer["error"]["message"])
