@@ -5,29 +5,49 @@ Text (JSONL: one object per line with a text, optionally a label and a second te
 stored as raw text in the canonical npz (UTF-8 bytes + offsets, no pickle): it can only be
 tokenised once a job names the teacher whose tokenizer the student will share.
 
-NumPy only (the API process never imports torch). npz files are read with allow_pickle=False.
+The readers are bounded (`Limits`): an npz is judged from its array headers before its data is
+read (service/npz_reader.py), a CSV is streamed into float32 blocks, labels are class indices
+below KDSERVE_MAX_CLASSES. The API runs them in a child process with a memory limit
+(service/ingest_child.py), never in its own.
+
+NumPy only (the API process never imports torch). npz files are never unpickled.
 """
 
 from __future__ import annotations
 
+import array
 import csv
-import io
 import json
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from service.ingest_errors import DatasetError  # noqa: F401  (re-exported: callers catch ingest.DatasetError)
+from service.npz_reader import read_npz
+
 FORMATS = ("npz", "csv", "jsonl")
 TEXT_FORMATS = ("jsonl",)
 MAX_TEXT_CHARS = 200_000  # one text; longer is surely not a sentence or a document for an encoder
+CSV_BLOCK_CELLS = 1 << 16  # CSV rows are converted to float32 this many cells at a time
 
 
-class DatasetError(Exception):
-    def __init__(self, code: str, message: str, param: str | None = "file"):
-        super().__init__(message)
-        self.code, self.message, self.param = code, message, param
+@dataclass(frozen=True)
+class Limits:
+    """What one upload may become: `max_bytes` of canonical npz arrays (KDSERVE_MAX_DATASET_BYTES)
+    and labels 0..max_classes-1 (KDSERVE_MAX_CLASSES)."""
+
+    max_bytes: int
+    max_classes: int
+
+    @classmethod
+    def defaults(cls) -> "Limits":
+        """The settings' defaults, for callers without settings (tests, scripts). Imported here, not
+        at the top: the parse child gets its limits from the API and need not load pydantic."""
+        from service.settings import Settings
+
+        fields = Settings.model_fields
+        return cls(fields["max_dataset_bytes"].default, fields["max_classes"].default)
 
 
 @dataclass
@@ -71,64 +91,67 @@ def detect_format(filename: str | None, head: bytes) -> str:
 
 
 def parse(path: Path, fmt: str, label_column: str = "label", text_column: str = "text",
-          text_pair_column: str = "text_pair") -> "Parsed | TextParsed":
+          text_pair_column: str = "text_pair", *, limits: Limits | None = None) -> "Parsed | TextParsed":
+    """The upload at `path` as canonical arrays, or a DatasetError saying what is wrong with it.
+    Memory: about the canonical arrays plus a chunk for npz, twice them for CSV (never the file's
+    declared sizes: an npz header over limits.max_bytes is refused before its data is read)."""
+    limits = limits or Limits.defaults()
     if fmt == "jsonl":
-        return _parse_jsonl(path, text_column, text_pair_column, label_column)
+        return _parse_jsonl(path, text_column, text_pair_column, label_column, limits)
     if fmt == "npz":
-        parsed = _parse_npz(path)
+        x, y_raw = read_npz(path, limits.max_bytes)
+        parsed = Parsed(x, _labels(y_raw, limits.max_classes) if y_raw is not None else np.full(len(x), -1, np.int64))
     elif fmt == "csv":
-        parsed = _parse_csv(path, label_column)
+        parsed = _parse_csv(path, label_column, limits)
     else:
         raise DatasetError("unsupported_format", f"dataset format {fmt!r} is not supported; use one of {list(FORMATS)}", "format")
     if parsed.x.shape[0] == 0:
         raise DatasetError("invalid_request", "the dataset has no rows")
-    if not np.isfinite(parsed.x).all():
-        bad = int(np.argwhere(~np.isfinite(parsed.x.reshape(len(parsed.x), -1)))[0][0])
+    bad = _first_nonfinite_row(parsed.x)
+    if bad is not None:
         raise DatasetError("invalid_request", f"the features contain NaN or inf (first at row {bad})")
     return parsed
 
 
-def _labels(raw: np.ndarray, n: int) -> np.ndarray:
-    if raw.shape != (n,):
-        raise DatasetError("invalid_request", f"y must have shape [{n}] to match x, got {list(raw.shape)}")
-    if raw.dtype.kind == "f":
-        if not np.isfinite(raw).all() or not np.all(raw == np.round(raw)):
-            raise DatasetError("invalid_request", "labels must be integer class indices (or -1 for unlabelled)")
-    elif raw.dtype.kind not in "iub":
-        raise DatasetError("invalid_request", f"labels must be integers, got dtype {raw.dtype}")
-    y = raw.astype(np.int64)
-    if (y < -1).any():
-        raise DatasetError("label_out_of_range", "labels must be ≥ 0 (or -1 for an unlabelled row)")
-    return y
+def _first_nonfinite_row(x: np.ndarray) -> int | None:
+    """Checked a block of rows at a time: a boolean copy of all of x would be a quarter of it again."""
+    rows = x.reshape(len(x), -1)
+    step = max(1, CSV_BLOCK_CELLS * 16 // max(rows.shape[1], 1))
+    for start in range(0, len(rows), step):
+        finite = np.isfinite(rows[start:start + step]).all(axis=1)
+        if not finite.all():
+            return start + int(np.argmin(finite))
+    return None
 
 
-def _parse_npz(path: Path) -> Parsed:
+def _labels(raw: np.ndarray, max_classes: int) -> np.ndarray:
+    """npz labels as int64: integral values in -1..max_classes-1, checked in their stored dtype
+    (a float64 1e300 or an int64 2**62 must not wrap or become a 2**62-bin histogram)."""
+    if raw.dtype.kind == "f" and (not np.isfinite(raw).all() or not np.all(raw == np.round(raw))):
+        raise DatasetError("invalid_request", "labels must be integer class indices (or -1 for unlabelled)")
+    outside = (raw < -1) | (raw >= max_classes)
+    if outside.any():
+        row = int(np.argmax(outside))
+        raise DatasetError("label_out_of_range", f"y[{row}] = {raw[row]}: labels must be class indices 0.."
+                           f"{max_classes - 1} (KDSERVE_MAX_CLASSES), or -1 for an unlabelled row")
+    return raw.astype(np.int64)
+
+
+def _parse_csv(path: Path, label_column: str, limits: Limits) -> Parsed:
+    """Streamed: rows are read a line at a time and converted to float32 a block at a time, so the
+    peak is about twice the final x (the blocks, then their concatenation), whatever the text."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "x" not in z.files:
-                raise DatasetError("invalid_request", f"the npz has no array named 'x' (it has {z.files})")
-            x = z["x"]
-            y_raw = z["y"] if "y" in z.files else None
-    except DatasetError:
-        raise
-    except ValueError as exc:  # object arrays need pickle: refused
-        raise DatasetError("unsafe_file", f"the npz holds object arrays, which need pickle to load: {exc}")
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DatasetError("unsupported_format", f"not a readable npz file: {exc}")
-    if x.dtype.kind not in "fiub":
-        raise DatasetError("invalid_request", f"x must be numeric, got dtype {x.dtype}")
-    if x.ndim < 2:
-        raise DatasetError("invalid_request", f"x must be [rows, features...], got shape {list(x.shape)}")
-    y = _labels(y_raw, len(x)) if y_raw is not None else np.full(len(x), -1, dtype=np.int64)
-    return Parsed(x.astype(np.float32), y)
-
-
-def _parse_csv(path: Path, label_column: str) -> Parsed:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle)
+            try:
+                return _read_csv_rows(reader, label_column, limits)
+            except csv.Error as exc:  # a field over 128 KiB, a NUL byte, an unclosed quote at the end
+                raise DatasetError("invalid_request", f"line {reader.line_num}: {exc}")
     except UnicodeDecodeError:
         raise DatasetError("unsupported_format", "the CSV is not UTF-8 text")
-    reader = csv.reader(io.StringIO(text))
+
+
+def _read_csv_rows(reader, label_column: str, limits: Limits) -> Parsed:
     header = next(reader, None)
     if not header:
         raise DatasetError("invalid_request", "the CSV is empty; it needs a header row")
@@ -137,37 +160,62 @@ def _parse_csv(path: Path, label_column: str) -> Parsed:
     feature_idx = [i for i in range(len(header)) if i != label_idx]
     if not feature_idx:
         raise DatasetError("invalid_request", "the CSV has no feature columns")
-    rows: list[list[float]] = []
-    labels: list[int] = []
-    for line_no, row in enumerate(reader, start=2):
+    max_rows = max(0, limits.max_bytes // (4 * len(feature_idx) + 8))
+    block_rows = max(1, CSV_BLOCK_CELLS // len(feature_idx))
+    blocks: list[np.ndarray] = []
+    block: list[list[float]] = []
+    labels = array.array("q")
+    for row in reader:
         if not row or all(not c.strip() for c in row):
             continue
+        line_no = reader.line_num
         if len(row) != len(header):
             raise DatasetError("invalid_request", f"line {line_no} has {len(row)} cells, the header has {len(header)}")
-        try:
-            rows.append([float(row[i]) for i in feature_idx])
-        except ValueError:
-            col = next(i for i in feature_idx if not _is_float(row[i]))
-            raise DatasetError(
-                "invalid_request", f"line {line_no}, column {header[col]!r}: {row[col]!r} is not a number"
-            )
-        if label_idx is not None:
-            cell = row[label_idx].strip()
-            if cell == "":
-                labels.append(-1)
-            else:
-                try:
-                    value = float(cell)
-                except ValueError:
-                    value = float("nan")
-                if not np.isfinite(value) or value != int(value):
-                    raise DatasetError(
-                        "invalid_request", f"line {line_no}: label {cell!r} is not an integer class index", "label_column"
-                    )
-                labels.append(int(value))
-    x = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(feature_idx))
-    y = _labels(np.asarray(labels, dtype=np.int64), len(x)) if label_idx is not None else np.full(len(x), -1, np.int64)
-    return Parsed(x, y)
+        block.append(_csv_features(row, feature_idx, header, line_no))
+        labels.append(_csv_label(row[label_idx], line_no, limits.max_classes) if label_idx is not None else -1)
+        if len(labels) > max_rows:
+            raise DatasetError("payload_too_large", f"the CSV passes the {limits.max_bytes}-byte dataset limit "
+                               f"(KDSERVE_MAX_DATASET_BYTES) at line {line_no}", status=413)
+        if len(block) == block_rows:
+            blocks.append(np.array(block, dtype=np.float32))
+            block.clear()
+    blocks.append(np.array(block, dtype=np.float32).reshape(len(block), len(feature_idx)))
+    x = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+    return Parsed(x, np.frombuffer(labels, dtype=np.int64) if len(labels) else np.zeros(0, np.int64))
+
+
+def _csv_features(row: list[str], feature_idx: list[int], header: list[str], line_no: int) -> list[float]:
+    try:
+        return [float(row[i]) for i in feature_idx]
+    except ValueError:
+        col = next(i for i in feature_idx if not _is_float(row[i]))
+        raise DatasetError("invalid_request", f"line {line_no}, column {header[col]!r}: {_clip(row[col])!r} is not "
+                           "a number")
+
+
+def _csv_label(cell: str, line_no: int, max_classes: int) -> int:
+    """An integer class index 0..max_classes-1 ("3" or "3.0"); an empty cell is an unlabelled row."""
+    cell = cell.strip()
+    if not cell:
+        return -1
+    try:
+        value = int(cell)
+    except ValueError:
+        number = float(cell) if _is_float(cell) else float("nan")
+        if not np.isfinite(number) or number != int(number):
+            raise DatasetError("invalid_request", f"line {line_no}: label {_clip(cell)!r} is not an integer class index",
+                               "label_column")
+        value = int(number)
+    if not 0 <= value < max_classes:
+        raise DatasetError("label_out_of_range", f"line {line_no}: label {_clip(cell)} is not a class index 0.."
+                           f"{max_classes - 1} (KDSERVE_MAX_CLASSES); leave the cell empty for an unlabelled row",
+                           "label_column")
+    return value
+
+
+def _clip(cell: str) -> str:
+    """A cell as an error message quotes it: a 100 KiB cell is shown by its first 40 characters."""
+    return cell if len(cell) <= 40 else cell[:40] + "…"
 
 
 def _is_float(cell: str) -> bool:
@@ -228,7 +276,7 @@ def _pack(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     encoded = [t.encode("utf-8") for t in texts]
     offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in encoded], out=offsets[1:])
-    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets  # read-only is enough for np.savez
 
 
 def _unpack(data: np.ndarray, offsets: np.ndarray) -> list[str]:
@@ -236,7 +284,7 @@ def _unpack(data: np.ndarray, offsets: np.ndarray) -> list[str]:
     return [raw[offsets[i] : offsets[i + 1]].decode("utf-8") for i in range(len(offsets) - 1)]
 
 
-def _parse_jsonl(path: Path, text_column: str, pair_column: str, label_column: str) -> TextParsed:
+def _parse_jsonl(path: Path, text_column: str, pair_column: str, label_column: str, limits: Limits) -> TextParsed:
     """One JSON object per line: `text_column` (a string) is required; `label_column` is an integer
     class index, absent or null for an unlabelled row; `pair_column` makes the rows text pairs and
     then every row needs it. Blank lines are skipped. Every error names its line."""
@@ -252,12 +300,14 @@ def _parse_jsonl(path: Path, text_column: str, pair_column: str, label_column: s
                     row = json.loads(line)
                 except ValueError as exc:
                     raise DatasetError("invalid_request", f"line {line_no} is not valid JSON: {exc}")
+                except RecursionError:  # [[[[… nested deeper than the interpreter's stack
+                    raise DatasetError("invalid_request", f"line {line_no} nests JSON too deeply")
                 if not isinstance(row, dict):
                     raise DatasetError("invalid_request", f"line {line_no} must be a JSON object like "
                                        f'{{"{text_column}": "...", "{label_column}": 0}}')
                 texts.append(_text_cell(row, text_column, line_no, "text_column"))
                 pairs.append(_text_cell(row, pair_column, line_no, "text_pair_column") if pair_column in row else None)
-                labels.append(_label_cell(row.get(label_column), line_no))
+                labels.append(_label_cell(row.get(label_column), line_no, limits.max_classes))
     except UnicodeDecodeError:
         raise DatasetError("unsupported_format", "the JSONL file is not UTF-8 text")
     if not texts:
@@ -285,14 +335,15 @@ def _text_cell(row: dict, column: str, line_no: int, param: str) -> str:
     return value
 
 
-def _label_cell(value, line_no: int) -> int:
+def _label_cell(value, line_no: int, max_classes: int) -> int:
     if value is None:
         return -1
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
             isinstance(value, float) and (not np.isfinite(value) or value != int(value))):
         raise DatasetError("invalid_request", f"line {line_no}: label {value!r} is not an integer class index "
                            "(use null or leave it out for an unlabelled row)", "label_column")
-    if value < -1 or value >= 2**31:
-        raise DatasetError("label_out_of_range", f"line {line_no}: label {value} must be ≥ 0 (or -1 / null for "
-                           "unlabelled)", "label_column")
+    if value < -1 or value >= max_classes:
+        raise DatasetError("label_out_of_range", f"line {line_no}: label {value} is not a class index 0.."
+                           f"{max_classes - 1} (KDSERVE_MAX_CLASSES); use null or -1 for an unlabelled row",
+                           "label_column")
     return int(value)

@@ -120,8 +120,9 @@ class DatasetOut(BaseModel):
     object: Literal["dataset"] = "dataset"
     name: str
     format: str
-    sha256: str
-    size_bytes: int
+    sha256: str = Field(description="of the uploaded file")
+    size_bytes: int = Field(description="bytes stored: the canonical npz the upload was parsed into (x float32, y "
+                            "int64), which the tenant's storage quota charges")
     num_rows: int
     feature_shape: list[int]
     labeled: bool

@@ -71,6 +71,17 @@ class Settings(BaseSettings):
     tenant_max_storage_bytes: int = Field(200 * 1024**3, ge=1, description="teachers + datasets + models per tenant (413)")
     max_zip_members: int = Field(10_000, ge=1, description="members of an uploaded zip (npz, archives)")
     max_unzipped_bytes: int = Field(8 * 1024**3, ge=1, description="declared uncompressed size of an uploaded zip")
+    max_dataset_bytes: int = Field(4 * 1024**3, ge=1, description="size of a dataset once parsed (x as float32, y "
+                                   "as int64; what is stored and charged to the quota): an npz over it is refused "
+                                   "from its array headers before its data is read, a CSV at the line that passes it "
+                                   "(413)")
+    max_classes: int = Field(5000, ge=1, description="labels must be class indices 0..max_classes-1 (422 naming the "
+                             "line or row of the first that is not)")
+    dataset_parse_memory_bytes: int = Field(10 * 1024**3, ge=64 * 1024**2, description="memory (address space) the "
+                                            "child process that parses an uploaded dataset may take beyond its own "
+                                            "start; an upload that needs more is refused with 413")
+    dataset_parse_timeout_s: float = Field(900.0, gt=0, description="an upload whose parsing takes longer is refused "
+                                           "with 413 (its child process is killed)")
 
     # Serving (models/runtime.py): onnxruntime sessions in the API process.
     preload_models: str = Field("", description="comma-separated model ids (`mdl_…` or `mdl_…:int8`) loaded at start "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from service import ingest, metrics, uploads
+from service import ingest, ingest_child, metrics, uploads
 from service.api.deps import Context, check_storage, get_ctx, get_owned, paginate, principal
 from service.auth import Principal
 from service.errors import ApiError
@@ -22,15 +22,21 @@ def to_out(row: Dataset) -> DatasetOut:
                       details=row.details)
 
 
-def _ingest(ctx: Context, tmp, fmt: str | None, filename: str | None, label_column: str, text_column: str = "text",
-            text_pair_column: str = "text_pair"):
-    if fmt is None:
-        with open(tmp, "rb") as f:
-            fmt = ingest.detect_format(filename, f.read(4096))
-    parsed = ingest.parse(tmp, fmt, label_column, text_column, text_pair_column)
-    canonical = ctx.blobs.temp_path(".npz")
-    parsed.save(canonical)
-    return fmt, parsed.summary(), canonical
+async def _parse(ctx: Context, upload: uploads.Upload, canonical) -> tuple[str, dict]:
+    """(format, summary) of the upload, its canonical npz written to `canonical` by a bounded child
+    process (service/ingest_child.py); ApiError for a bad form or a bad file."""
+    form = upload.fields
+    fmt = form.get("format") or None
+    if fmt is not None and fmt not in ingest.FORMATS:
+        raise ApiError(422, "unsupported_format", f"format must be one of {list(ingest.FORMATS)}", "format")
+    uploads.check_archive(upload.path, ctx.settings)
+    columns = {"label_column": form.get("label_column") or "label", "text_column": form.get("text_column") or "text",
+               "text_pair_column": form.get("text_pair_column") or "text_pair"}
+    try:
+        return await ingest_child.parse_upload(upload.path, canonical, ctx.settings, fmt=fmt, filename=upload.filename,
+                                               columns=columns)
+    except ingest.DatasetError as exc:
+        raise ApiError(exc.status, exc.code, exc.message, exc.param)
 
 
 DATASET_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -49,28 +55,23 @@ DATASET_FORM = {"requestBody": {"required": True, "content": {"multipart/form-da
 async def create_dataset(request: Request, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
     upload = await uploads.receive(request, ctx.settings, ctx.blobs.temp_path)
     try:
-        form = upload.fields
-        fmt = form.get("format") or None
-        if fmt is not None and fmt not in ingest.FORMATS:
-            raise ApiError(422, "unsupported_format", f"format must be one of {list(ingest.FORMATS)}", "format")
         metrics.observe_upload("dataset", upload.size)
-        check_storage(ctx, who, upload.size)
-        uploads.check_archive(upload.path, ctx.settings)
-        label_column = form.get("label_column") or "label"
-        text_column = form.get("text_column") or "text"
-        text_pair_column = form.get("text_pair_column") or "text_pair"
-        fmt, summary, canonical = await run_in_threadpool(_ingest, ctx, upload.path, fmt, upload.filename, label_column,
-                                                          text_column, text_pair_column)
-    except ingest.DatasetError as exc:
-        raise ApiError(422, exc.code, exc.message, exc.param)
+        canonical = ctx.blobs.temp_path(".npz")
+        try:
+            fmt, summary = await _parse(ctx, upload, canonical)
+            stored = canonical.stat().st_size
+            check_storage(ctx, who, stored)  # the quota charges what is stored (the canonical npz), not the upload
+        except BaseException:
+            canonical.unlink(missing_ok=True)
+            raise
     finally:
         upload.discard()
     dataset_id = new_id("ds")
     blob_key = f"datasets/{dataset_id}/data.npz"
     await run_in_threadpool(ctx.blobs.put_file, blob_key, canonical, move=True)  # S3: an upload, not a rename
-    name = (form.get("name") or "")[:255] or upload.filename or dataset_id
+    name = (upload.fields.get("name") or "")[:255] or upload.filename or dataset_id
     row = Dataset(id=dataset_id, tenant=who.tenant, name=name, format=fmt, sha256=upload.sha256,
-                  size_bytes=upload.size, blob_key=blob_key, **summary)
+                  size_bytes=stored, blob_key=blob_key, **summary)
     with ctx.db.session() as s:
         s.add(row)
     return to_out(row)
