@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kdserve.api")
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # no BLAS thread pools to map
-CHILD_COMMAND = (sys.executable, "-m", "service.ingest_child")
+CHILD_COMMAND = (sys.executable, "-I", "-m", "service.ingest_child")  # -I: no working directory on sys.path
 
 
 async def parse_upload(src: Path, dst: Path, settings: "Settings", *, fmt: str | None, filename: str | None,
