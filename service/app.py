@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import errors, openapi
+from service.bodies import BodyParser
 from service.api import datasets, inference_v2, jobs, models, ops, teachers
 from service.api import dashboard
 from service.api import metrics as metrics_api
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db.migrate()
         ctx = Context(settings=settings, db=db, blobs=make_blob_store(settings),
                       celery=make_celery(settings), catalog={})
+        app.state.parser = BodyParser(settings.parse_processes)  # large JSON bodies, in child processes
+        app.state.parser.start()
         ctx.catalog = load_catalog(settings.python)
         app.state.ctx = ctx
         app.state.serving = inference_v2.Serving(settings)
@@ -68,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         freeze_startup_heap()
         yield
         gc.unfreeze()
+        app.state.parser.close()
         app.state.serving.close()
         db.engine.dispose()
 
