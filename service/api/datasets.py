@@ -54,8 +54,8 @@ async def create_dataset(request: Request, ctx: Context = Depends(get_ctx), who:
         if fmt is not None and fmt not in ingest.FORMATS:
             raise ApiError(422, "unsupported_format", f"format must be one of {list(ingest.FORMATS)}", "format")
         metrics.observe_upload("dataset", upload.size)
-        check_storage(ctx, who, upload.size)
-        uploads.check_archive(upload.path, ctx.settings)
+        await run_in_threadpool(check_storage, ctx, who, upload.size)
+        await run_in_threadpool(uploads.check_archive, upload.path, ctx.settings)
         label_column = form.get("label_column") or "label"
         text_column = form.get("text_column") or "text"
         text_pair_column = form.get("text_pair_column") or "text_pair"

@@ -120,7 +120,8 @@ def paginate(s: Session, table, who: auth.Principal, limit: int, after: str | No
 
 
 def check_storage(ctx: Context, who: auth.Principal, incoming: int) -> None:
-    """413 when this upload would take the tenant past KDSERVE_TENANT_MAX_STORAGE_BYTES."""
+    """413 when this upload would take the tenant past KDSERVE_TENANT_MAX_STORAGE_BYTES. It reads
+    the database: async routes call it in the thread pool."""
     used = tenant_storage_bytes(ctx.db, who.tenant)
     limit = ctx.settings.tenant_max_storage_bytes
     if used + incoming > limit:
