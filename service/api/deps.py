@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from service import auth, bodies
 from service.errors import ApiError, not_found
+from service.probe_limits import ProbeLimiter
 from service.settings import Settings
 from service.store.blobs import BlobStore
 from service.store.db import Database, Dataset, Model, Teacher
@@ -30,6 +31,7 @@ class Context:
     blobs: BlobStore
     celery: Celery
     catalog: dict[str, Any]
+    probes: ProbeLimiter | None = None  # teacher probes in flight (service/probe_limits.py); set by the app
 
     @property
     def python(self) -> str:
@@ -74,8 +76,6 @@ def principal(request: Request, ctx: Context = Depends(get_ctx)) -> auth.Princip
     return who
 
 
-def get_owned(s: Session, table, id_: str, who: auth.Principal, kind: str, param: str | None = None):
-    """The row with this id if the caller's tenant owns it; else 404 as if it did not exist."""
 def json_body(model: type[BaseModel], max_bytes: int | None = None, why: str = bodies.REQUEST_LIMIT) -> Callable:
     """A dependency giving the request's JSON body as `model`, read only once the caller's key
     has been checked (a route's own body parameter is read by FastAPI before any dependency, so the
@@ -99,6 +99,8 @@ def body_openapi(model: type[BaseModel]) -> dict:
         "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
 
 
+def get_owned(s: Session, table, id_: str, who: auth.Principal, kind: str, param: str | None = None):
+    """The row with this id if the caller's tenant owns it; else 404 as if it did not exist."""
     row = s.scalar(select(table).where(table.id == id_))
     if row is None or (row.tenant != who.tenant and not who.is_admin):
         raise not_found(kind, id_, param)

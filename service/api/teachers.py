@@ -114,7 +114,7 @@ async def create_teacher(request: Request, ctx: Context = Depends(get_ctx), who:
         metrics.observe_upload("teacher", upload.size)
         await run_in_threadpool(check_storage, ctx, who, upload.size)
         await run_in_threadpool(uploads.check_archive, upload.path, ctx.settings)
-        info = await run_in_threadpool(probe, ctx, upload.path, fmt, shape, task)
+        info = await ctx.probes.run(who.tenant, probe, ctx, upload.path, fmt, shape, task)  # 429/503 when busy
         teacher_id = new_id("tch")
         blob_key = f"teachers/{teacher_id}/teacher{_EXT[info['format']]}"
         await run_in_threadpool(ctx.blobs.put_file, blob_key, upload.path, move=True)  # S3: an upload, not a rename
