@@ -32,12 +32,12 @@ CAP = MiB  # this module's KDSERVE_MAX_REQUEST_BYTES
 ROWS = 100  # its KDSERVE_MAX_REQUEST_ROWS
 JSON_ROUTES = ["/v1/jobs", "/v1/models/mdl_none/predict", "/v2/models/mdl_none/infer"]
 
-# The probes of this module's service run through this interpreter: the real one, but a teacher
-# probe (`-m models.teachers`) first leaves a marker and waits while the gate file exists, so a
-# test can hold probes in flight for as long as it needs (a teacher whose probe is slow).
+# The probes of this module's service run through this interpreter: the real one, but while the
+# gate file exists a teacher probe (`-m models.teachers`) leaves a marker and waits for the gate to
+# go, so a test can hold probes in flight for as long as it needs (a teacher whose probe is slow).
 SLOW_PYTHON = """#!/bin/sh
 case "$*" in *models.teachers*)
-  touch "{gate}.started.$$"
+  if [ -e "{gate}" ]; then touch "{gate}.started.$$"; fi
   while [ -e "{gate}" ]; do sleep 0.05; done;;
 esac
 exec {python} "$@"
