@@ -11,10 +11,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import errors, openapi
+from service.bodies import BodyParser
 from service.api import datasets, inference_v2, jobs, models, ops, teachers
 from service.api import dashboard
 from service.api import metrics as metrics_api
 from service.api.deps import Context, load_catalog
+from service.probe_limits import ProbeLimiter
 from service.queue import make_celery
 from service.settings import Settings, get_settings
 from service.store.blobs import make_blob_store
@@ -56,8 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.resolved_database_url)
         db.migrate()
-        ctx = Context(settings=settings, db=db, blobs=make_blob_store(settings),
-                      celery=make_celery(settings), catalog={})
+        ctx = Context(settings=settings, db=db, blobs=make_blob_store(settings), celery=make_celery(settings),
+                      catalog={}, probes=ProbeLimiter(settings.probe_max_concurrent, settings.probe_max_per_tenant))
+        app.state.parser = BodyParser(settings.parse_processes)  # large JSON bodies, in child processes
+        app.state.parser.start()
         ctx.catalog = load_catalog(settings.python)
         app.state.ctx = ctx
         app.state.serving = inference_v2.Serving(settings)
@@ -68,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         freeze_startup_heap()
         yield
         gc.unfreeze()
+        app.state.parser.close()
+        ctx.probes.close()
         app.state.serving.close()
         db.engine.dispose()
 

@@ -150,7 +150,8 @@ def up(host: str = typer.Option(None, help="API bind address (default KDSERVE_HO
         name = "kdserve" if workers == 1 else f"kdserve{k + 1}"
         sup.start(name, "worker", worker_command(settings, name), env, restart=True)
     sup.start("api", "api", python_command("-m", "uvicorn", "--factory", "service.app:create_app", "--host", host,
-                                           "--port", str(port)), env)
+                                           "--port", str(port), "--limit-concurrency", str(settings.limit_concurrency)),
+              env)
     err.print(f"kdserve up: http://{host}:{port}  (docs at /docs)  {workers} worker{'s' if workers > 1 else ''}  "
               f"data in {settings.data_dir.resolve()}")
     _report_jail(settings)

@@ -11,14 +11,14 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from service.api.inference_v2 import InferRequest
-from service.schemas import ErrorResponse
+from service.schemas import ErrorResponse, JobCreate, PredictIn
 
 V1_ERRORS = {"401": "missing or invalid API key", "404": "no such resource (or another tenant's)",
              "409": "conflicts with the resource's state", "413": "over a size limit or quota",
              "415": "wrong content type", "422": "invalid request", "429": "over a tenant limit",
              "503": "a dependency (broker, database) is unavailable"}
 V2_ERRORS = {"400": "invalid inference request", "401": "missing or invalid API key", "404": "no such model",
-             "503": "the model cannot be loaded now"}
+             "413": "over a size limit (body bytes, rows, characters of text)", "503": "the model cannot be loaded now"}
 
 
 def install(app: FastAPI) -> None:
@@ -31,10 +31,11 @@ def install(app: FastAPI) -> None:
             components[name] = sub
         components["ErrorResponse"] = {k: v for k, v in ErrorResponse.model_json_schema(
             ref_template="#/components/schemas/{model}").items() if k != "$defs"}
-        # /v2 infer reads its body itself (service/api/inference_v2.infer_body): its schema goes here
-        infer = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(infer.pop("$defs", {}))
-        components["InferRequest"] = infer
+        # bodies the routes read themselves, after the key (deps.json_body, inference_v2.infer_body)
+        for model in (InferRequest, JobCreate, PredictIn):
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body.pop("$defs", {}))
+            components[model.__name__] = body
         components["V2Error"] = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)

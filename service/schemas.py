@@ -263,6 +263,12 @@ class PredictIn(Strict):
                               "(text students: a list of strings)")
     text_pairs: list[Any] | None = Field(None, description="text students trained on pairs: the second text of each")
 
+    def pack_numbers(self) -> None:
+        """Samples as a numpy array, for the trip back from a parsing child (service/bodies.py)."""
+        from service.bodies import number_array  # bodies imports FastAPI; the schemas stay importable without
+
+        self.inputs = number_array(self.inputs)
+
 
 class PredictOut(BaseModel):
     logits: list[list[float]]

@@ -69,6 +69,25 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(30.0, gt=0, description="a cancelled job stuck this long has its worker killed")
     tenant_max_active_jobs: int = Field(100, ge=1, description="queued + running jobs per tenant (429 past it)")
     tenant_max_storage_bytes: int = Field(200 * 1024**3, ge=1, description="teachers + datasets + models per tenant (413)")
+    max_request_bytes: int = Field(16 * 1024**2, ge=1024, description="largest JSON (or binary tensor) request body "
+                                   "(/v1/jobs, predict, /v2 infer); larger is refused with 413, on Content-Length or "
+                                   "while it streams, and only after the API key was checked. Multipart uploads have "
+                                   "max_upload_bytes instead")
+    max_request_rows: int = Field(4096, ge=1, description="most rows (samples, texts) in one predict or /v2 infer "
+                                  "request (413 past it)")
+    max_request_text_chars: int = Field(1_000_000, ge=1, description="most characters of text (texts and text pairs "
+                                        "together) one request to a text student may have tokenised (413 past it)")
+    parse_processes: int = Field(1, ge=1, le=64, description="child processes that parse JSON bodies over 64 KiB, so "
+                                 "a large body never holds the API's event loop (a parse holds Python's GIL: a "
+                                 "thread would not free it)")
+    limit_concurrency: int = Field(1024, ge=1, description="`kdserve up`: uvicorn's limit on connections and requests "
+                                   "in progress at once; past it new ones get 503 (with plain uvicorn, pass "
+                                   "--limit-concurrency)")
+    probe_max_concurrent: int = Field(4, ge=1, description="uploaded teachers probed at once by this API process; "
+                                      "past it an upload is refused with 503 (every probe holds a thread and a child "
+                                      "process or a worker's answer)")
+    probe_max_per_tenant: int = Field(2, ge=1, description="uploaded teachers of one tenant probed at once; past it "
+                                      "that tenant's upload is refused with 429")
     max_zip_members: int = Field(10_000, ge=1, description="members of an uploaded zip (npz, archives)")
     max_unzipped_bytes: int = Field(8 * 1024**3, ge=1, description="declared uncompressed size of an uploaded zip")
     max_dataset_bytes: int = Field(4 * 1024**3, ge=1, description="size of a dataset once parsed (x as float32, y "

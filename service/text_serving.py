@@ -7,7 +7,12 @@ beside the model), truncating at the job's max_length, so a served text becomes 
 training text did.
 
     tokenizers = TextTokenizers()
-    feeds = text_feeds(tokenizers.get(blobs, model_id, card), texts, pairs)   # {input_ids, attention_mask}
+    feeds = text_feeds(tokenizers.get(blobs, model_id, card), texts, pairs, max_chars)   # {input_ids, attention_mask}
+
+Tokenising takes time in proportion to the characters: the routes run it in a worker thread (the
+`tokenizers` library releases the GIL while it encodes), and a request has a budget of characters
+(KDSERVE_MAX_REQUEST_TEXT_CHARS) besides its row limit (KDSERVE_MAX_REQUEST_ROWS, checked by the
+routes before this module sees the texts).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from models import textio
+from service.errors import ApiError
 
-MAX_TEXTS = 4096          # texts in one request
 MAX_TEXT_CHARS = 200_000  # one text (the same bound as a dataset's)
 
 
@@ -73,12 +78,12 @@ class TextTokenizers:
 
 def strings(data: Any, label: str) -> list[str]:
     """A BYTES tensor's values as Python strings: a flat list (or [N, 1] nested list) of strings."""
+    if isinstance(data, np.ndarray):  # numbers packed by a parsing child (service/bodies.py): refused below
+        data = data.tolist()
     if isinstance(data, list) and data and all(isinstance(d, list) and len(d) == 1 for d in data):
         data = [d[0] for d in data]
     if not isinstance(data, list) or not data:
         raise TextInputError(f"{label}: BYTES data must be a non-empty list of strings")
-    if len(data) > MAX_TEXTS:
-        raise TextInputError(f"{label}: {len(data)} texts in one request; the limit is {MAX_TEXTS}")
     for i, v in enumerate(data):
         if not isinstance(v, str):
             raise TextInputError(f"{label}: element {i} is {type(v).__name__}, not a string")
@@ -87,10 +92,15 @@ def strings(data: Any, label: str) -> list[str]:
     return data
 
 
-def text_feeds(tok, texts: list[str], pairs: list[str] | None = None) -> dict[str, np.ndarray]:
-    """The student's two int64 inputs for these texts (and second texts of pairs)."""
+def text_feeds(tok, texts: list[str], pairs: list[str] | None, max_chars: int) -> dict[str, np.ndarray]:
+    """The student's two int64 inputs for these texts (and second texts of pairs); 413 past the
+    request's character budget `max_chars`."""
     if pairs is not None and len(pairs) != len(texts):
         raise TextInputError(f"{len(texts)} texts but {len(pairs)} text pairs: send one second text per text")
+    chars = sum(map(len, texts)) + sum(map(len, pairs or ()))
+    if chars > max_chars:
+        raise ApiError(413, "payload_too_large", f"the request has {chars} characters of text; the limit is "
+                       f"{max_chars} per request (KDSERVE_MAX_REQUEST_TEXT_CHARS): split it", "inputs")
     try:
         enc = textio.encode_configured(tok, texts, pairs)
     except textio.TokenizerError as exc:
@@ -106,7 +116,7 @@ def text_inputs_metadata(card: dict) -> list[dict]:
     return out + list(card.get("inputs") or [card["input"]])
 
 
-def v2_text_feeds(tok, inputs: list, pairs_allowed: bool) -> dict[str, np.ndarray]:
+def v2_text_feeds(tok, inputs: list, pairs_allowed: bool, max_chars: int) -> dict[str, np.ndarray]:
     """An Open Inference Protocol request's BYTES tensors (`text`, optionally `text_pair`; objects
     with name, datatype, shape and data) → the student's token inputs. What /v2 infer calls for a
     text student when a request sends BYTES instead of token ids."""
@@ -126,4 +136,4 @@ def v2_text_feeds(tok, inputs: list, pairs_allowed: bool) -> dict[str, np.ndarra
         raise TextInputError(f"missing input {textio.TEXT_INPUT!r} (BYTES)")
     if textio.TEXT_PAIR_INPUT in by_name and not pairs_allowed:
         raise TextInputError("this model was trained on single texts; send no text_pair")
-    return text_feeds(tok, by_name[textio.TEXT_INPUT], by_name.get(textio.TEXT_PAIR_INPUT))
+    return text_feeds(tok, by_name[textio.TEXT_INPUT], by_name.get(textio.TEXT_PAIR_INPUT), max_chars)

@@ -1,9 +1,14 @@
 """Uploads, streamed: the multipart body is parsed as it arrives and the file part goes straight
 to a temp file in the blob store, hashed on the way, stopped at KDSERVE_MAX_UPLOAD_BYTES (413).
-Nothing is spooled anywhere else, and a refused upload leaves no file behind.
+Nothing is spooled anywhere else, and a refused upload leaves no file behind. The form around the
+file is bounded too: at most MAX_PARTS parts, MAX_FIELD_BYTES per field and MAX_FIELDS_BYTES for all
+fields together, MAX_PART_HEADER_BYTES of headers per part (2000 fields of 64 KiB once held 120 MB
+of memory).
 
-Archives are checked before anything opens them: no absolute or `..` member paths, no links, a
-cap on the member count and on the declared uncompressed size (zip bombs).
+Archives are checked before anything opens them: the member count, read from the end of the
+central directory before zipfile builds its list (a zip of 300 k empty members took 1.4 s and
+158 MiB to list), no absolute or `..` member paths, no links, a cap on the declared uncompressed
+size (zip bombs).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import stat
+import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +28,12 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from service.errors import ApiError
 from service.settings import Settings
 
-MAX_FIELD_BYTES = 64 * 1024
+MAX_FIELD_BYTES = 64 * 1024  # one form field
+MAX_FIELDS_BYTES = 256 * 1024  # all form fields together
+MAX_PARTS = 32  # parts of a form, the file's included (the upload forms have under ten fields)
+MAX_PART_HEADER_BYTES = 8 * 1024  # the headers of one part
+# what a form may add to its file: fields, part headers, boundaries (a longer body is refused)
+FORM_ALLOWANCE = MAX_FIELDS_BYTES + MAX_PARTS * (MAX_PART_HEADER_BYTES + 256)
 
 
 @dataclass
@@ -51,7 +62,8 @@ def safe_name(name: str | None) -> str | None:
 
 
 class _Receiver:
-    """python-multipart callbacks: fields into memory (small), the file part onto disk."""
+    """python-multipart callbacks: fields into memory (small, and bounded: see the module's
+    docstring), the file part onto disk."""
 
     def __init__(self, make_temp: Callable[[], Path], cap: int, file_field: str, extra_files: tuple[str, ...] = ()):
         self.upload = Upload()
@@ -64,6 +76,9 @@ class _Receiver:
         self._name: str | None = None
         self._value = bytearray()
         self._out = None
+        self._parts = 0
+        self._header_bytes = 0  # of the current part
+        self._fields_bytes = 0  # of every field so far
 
     def callbacks(self) -> dict:
         return {"on_part_begin": self.part_begin, "on_header_field": self.header_field,
@@ -73,11 +88,22 @@ class _Receiver:
 
     def part_begin(self) -> None:
         self._headers, self._name, self._value = {}, None, bytearray()
+        self._parts += 1
+        self._header_bytes = 0
+        if self._parts > MAX_PARTS:
+            raise ApiError(413, "payload_too_large", f"the form has more than {MAX_PARTS} parts")
+
+    def _count_header(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise ApiError(413, "payload_too_large", f"a form part has over {MAX_PART_HEADER_BYTES} bytes of headers")
 
     def header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_field += data[start:end]
 
     def header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._headers[self._header_field.lower()] = self._headers.get(self._header_field.lower(), b"") + data[start:end]
 
     def header_end(self) -> None:
@@ -107,9 +133,12 @@ class _Receiver:
             self._out.write(chunk)
         else:
             self._value += chunk
+            self._fields_bytes += len(chunk)
             if len(self._value) > MAX_FIELD_BYTES:
                 raise ApiError(413, "payload_too_large", f"form field {self._name!r} is over {MAX_FIELD_BYTES} bytes",
                                self._name)
+            if self._fields_bytes > MAX_FIELDS_BYTES:
+                raise ApiError(413, "payload_too_large", f"the form's fields are over {MAX_FIELDS_BYTES} bytes together")
 
     def part_end(self) -> None:
         if self._out is not None:
@@ -134,14 +163,19 @@ async def receive(request: Request, settings: Settings, make_temp: Callable[[], 
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise ApiError(415, "unsupported_media_type", "send the file as multipart/form-data (curl -F file=@PATH)")
     cap = settings.max_upload_bytes
+    too_large = ApiError(413, "payload_too_large", f"the request body exceeds the {cap}-byte upload limit "
+                         "(KDSERVE_MAX_UPLOAD_BYTES) and what a form adds to it", file_field)
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > cap + MAX_FIELD_BYTES * 16:
-        raise ApiError(413, "payload_too_large", f"the request body ({declared} bytes) exceeds the {cap}-byte upload "
-                       "limit (KDSERVE_MAX_UPLOAD_BYTES)", file_field)
+    if declared and declared.isdigit() and int(declared) > cap + FORM_ALLOWANCE:
+        raise too_large
     receiver = _Receiver(make_temp, cap, file_field, extra_files)
     parser = MultipartParser(options[b"boundary"], receiver.callbacks())
+    received = 0
     try:
         async for chunk in request.stream():
+            received += len(chunk)
+            if received > cap + FORM_ALLOWANCE:  # outside the parts (a preamble, an epilogue): never parsed
+                raise too_large
             parser.write(chunk)
         parser.finalize()
     except ApiError:
@@ -162,10 +196,12 @@ async def receive(request: Request, settings: Settings, make_temp: Callable[[], 
 
 
 def check_archive(path: Path, settings: Settings) -> None:
-    """Refuse a zip whose members could escape a folder or whose unpacked size is a bomb."""
+    """Refuse a zip with too many members, whose members could escape a folder or whose unpacked
+    size is a bomb. It reads the file: async routes call it in the thread pool."""
     with open(path, "rb") as f:
         if f.read(4) != b"PK\x03\x04":
             return
+        check_member_count(f, settings.max_zip_members)
     try:
         with zipfile.ZipFile(path) as zf:
             members = zf.infolist()
@@ -185,3 +221,65 @@ def check_archive(path: Path, settings: Settings) -> None:
     if total > settings.max_unzipped_bytes:
         raise ApiError(413, "payload_too_large", f"the archive unpacks to {total} bytes; the limit is "
                        f"{settings.max_unzipped_bytes} (KDSERVE_MAX_UNZIPPED_BYTES)", "file")
+
+
+# The end of a zip (APPNOTE 4.3.16, 4.3.14, 4.3.15): the end-of-central-directory record (22 bytes
+# and a comment of up to 64 KiB), before it for zip64 a locator (20 bytes) pointing at a zip64 record.
+EOCD, EOCD_SIZE = b"PK\x05\x06", 22
+ZIP64_LOCATOR, ZIP64_LOCATOR_SIZE = b"PK\x06\x07", 20
+ZIP64_EOCD, ZIP64_EOCD_SIZE = b"PK\x06\x06", 56
+CENTRAL_ENTRY, CENTRAL_ENTRY_SIZE = b"PK\x01\x02", 46
+CENTRAL_BYTES_PER_MEMBER = 1024  # a directory entry is 46 bytes and its name: 1 KiB on average is plenty
+
+
+def check_member_count(f, limit: int) -> None:
+    """413 for a zip of more than `limit` members, found without building zipfile's list of them:
+    the count its end record declares, then the central directory's entries walked (up to
+    limit + 1), since zipfile reads every entry there whatever the count says. Damaged or missing
+    records are left to zipfile (which refuses them)."""
+    end = _central_directory(f)
+    if end is None:
+        return
+    declared, cd_start, cd_size = end
+    if declared > limit or cd_size > limit * CENTRAL_BYTES_PER_MEMBER:
+        raise ApiError(413, "payload_too_large", f"the archive declares {declared} members in a {cd_size}-byte "
+                       f"directory; the limit is {limit} members (KDSERVE_MAX_ZIP_MEMBERS)", "file")
+    f.seek(cd_start)
+    walked, pos = 0, 0
+    while pos < cd_size and walked <= limit:
+        head = f.read(CENTRAL_ENTRY_SIZE)
+        if len(head) < CENTRAL_ENTRY_SIZE or head[:4] != CENTRAL_ENTRY:
+            return
+        name_len, extra_len, comment_len = struct.unpack_from("<3H", head, 28)
+        f.seek(name_len + extra_len + comment_len, 1)
+        pos += CENTRAL_ENTRY_SIZE + name_len + extra_len + comment_len
+        walked += 1
+    if walked > limit:
+        raise ApiError(413, "payload_too_large", f"the archive has more than {limit} members (its end record says "
+                       f"{declared}); the limit is {limit} (KDSERVE_MAX_ZIP_MEMBERS)", "file")
+
+
+def _central_directory(f) -> tuple[int, int, int] | None:
+    """(declared member count, where the central directory starts, its size in bytes) from the end
+    records, found where zipfile finds them (the last 22 bytes, else the last record signature in
+    the final 64 KiB), or None without one. The directory is where zipfile reads it: right before
+    the end record (or before the zip64 record and locator), whatever offset the record states."""
+    size = f.seek(0, 2)
+    tail_start = max(0, size - EOCD_SIZE - 0xFFFF)
+    f.seek(tail_start)
+    tail = f.read()
+    at = len(tail) - EOCD_SIZE if tail[-EOCD_SIZE:-EOCD_SIZE + 4] == EOCD and tail[-2:] == b"\0\0" else tail.rfind(EOCD)
+    if at < 0 or len(tail) - at < EOCD_SIZE:
+        return None
+    count, cd_size = struct.unpack_from("<HL", tail, at + 10)
+    record_at = tail_start + at
+    if record_at >= ZIP64_LOCATOR_SIZE + ZIP64_EOCD_SIZE:
+        f.seek(record_at - ZIP64_LOCATOR_SIZE - ZIP64_EOCD_SIZE)
+        record = f.read(ZIP64_EOCD_SIZE)
+        locator = f.read(ZIP64_LOCATOR_SIZE)
+        if locator[:4] == ZIP64_LOCATOR:
+            if record[:4] != ZIP64_EOCD:
+                return None
+            count, cd_size = struct.unpack_from("<QQ", record, 32)
+            record_at -= ZIP64_LOCATOR_SIZE + ZIP64_EOCD_SIZE
+    return count, max(0, record_at - cd_size), cd_size

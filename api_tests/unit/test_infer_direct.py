@@ -5,10 +5,13 @@ equal to onnxruntime on the downloaded file) are in api_tests/api/test_inference
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from service import auth
 from service.api import inference_v2
 from service.app import create_app
 from service.settings import Settings
@@ -66,3 +69,42 @@ def test_infer_requests_do_not_reach_the_router(app, monkeypatch):
     assert TestClient(routed(app)).post("/v2/models/mdl_nope/infer", json={}).json() == {"error": "Not Found"}
     assert TestClient(app).get("/v2/models/mdl_nope/infer").json() == {"error": "Not Found"}  # GET: the router's
     assert TestClient(app).get("/v1/methods").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def authed(tmp_path_factory):
+    """An app with keys on, a 64 KiB body cap and 8 rows per request, and a key of its own."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("authed"), max_request_bytes=64 * 1024, max_request_rows=8)
+    app = create_app(settings)
+    with TestClient(app):
+        key, _ = auth.create_key(app.state.ctx.db, "t")
+        yield app, key
+
+
+def tensor_request(rows: int, key: str | None = None, **headers) -> tuple:
+    body = json.dumps({"inputs": [{"name": "input", "shape": [rows, 2], "datatype": "FP32", "data": [0.5] * rows * 2}]})
+    return body.encode(), {**({"Authorization": f"Bearer {key}"} if key else {}), **headers}
+
+
+def test_the_key_is_checked_before_the_body_on_both_paths(authed):
+    """Without a valid key every infer request is a 401, whatever its body: malformed JSON, binary
+    tensors that do not add up, a body over the cap. With one, the body's own errors: 413 for
+    the cap (on Content-Length) and for too many rows, 400 for the rest."""
+    app, key = authed
+    good = {"Authorization": f"Bearer {key}"}
+    binary = {"Inference-Header-Content-Length": "500", "Content-Type": "application/octet-stream"}
+    over_cap = b"x" * (65 * 1024)
+    cases = [(b"{not json", {}), (b"\0" * 100, binary), tensor_request(2), tensor_request(2, "kd_nope"),
+             (over_cap, {}),  # without a valid key: all 401
+             (b"{not json", good), (b"\0" * 100, {**binary, **good}), (over_cap, good), tensor_request(9, key),
+             tensor_request(8, key)]
+    results = []
+    for client in (TestClient(app), TestClient(routed(app))):
+        results.append([])
+        for body, headers in cases:
+            r = client.post("/v2/models/mdl_nope/infer", content=body,
+                            headers={"Content-Type": "application/json", **headers})
+            results[-1].append((r.status_code, r.json()))
+    assert results[0] == results[1]
+    assert [status for status, _ in results[0]] == [401, 401, 401, 401, 401, 400, 400, 413, 413, 404]
+    assert "65536-byte limit" in results[0][7][1]["error"] and "9 rows" in results[0][8][1]["error"]

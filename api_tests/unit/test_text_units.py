@@ -19,6 +19,7 @@ from models.text import (LowRankEmbedding, TextSource, build_layer_dropped, low_
                          token_weights)
 from models.zoo import ARCHITECTURES, ArchitectureError, create_student
 from service import ingest, text_serving
+from service.errors import ApiError
 from worker.pipeline import neighbour_overlap
 
 
@@ -177,7 +178,7 @@ def test_serving_tokenisation_is_the_training_tokenisation(emb_teacher):
     texts[0] = " ".join(["good"] * 100)  # truncated at max_length
     worker = textio.encode(emb_teacher.tokenizer, texts, 16)
     tok = textio.configured(emb_teacher.tokenizer_json, 16)
-    served = text_serving.text_feeds(tok, texts)
+    served = text_serving.text_feeds(tok, texts, None, 10_000)
     assert np.array_equal(served["input_ids"], worker.input_ids) and served["input_ids"].shape[1] == 16
     assert np.array_equal(served["attention_mask"], worker.attention_mask)
     assert text_serving.strings([["a"], ["b"]], "text") == ["a", "b"]
@@ -185,7 +186,11 @@ def test_serving_tokenisation_is_the_training_tokenisation(emb_teacher):
         with pytest.raises(text_serving.TextInputError, match=match):
             text_serving.strings(bad, "text")
     with pytest.raises(text_serving.TextInputError, match="pairs"):
-        text_serving.text_feeds(tok, ["a", "b"], ["c"])
+        text_serving.text_feeds(tok, ["a", "b"], ["c"], 10_000)
+    with pytest.raises(ApiError) as over:  # the request's character budget counts texts and pairs
+        text_serving.text_feeds(tok, ["abc"] * 5, ["de"] * 5, 24)
+    assert over.value.status == 413 and "25 characters" in over.value.message
+    assert text_serving.text_feeds(tok, ["abc"] * 5, ["de"] * 5, 25)["input_ids"].shape[0] == 5
 
 
 def test_jsonl_round_trip_keeps_texts_pairs_and_labels(tmp_path):
@@ -230,17 +235,17 @@ def test_v2_bytes_inputs_become_token_inputs(emb_teacher):
 
     tok = textio.configured(emb_teacher.tokenizer_json, 16)
     texts = ["the cat is good .", "a dog"]
-    feeds = text_serving.v2_text_feeds(tok, [T(name="text", datatype="BYTES", shape=[2], data=texts)], False)
+    feeds = text_serving.v2_text_feeds(tok, [T(name="text", datatype="BYTES", shape=[2], data=texts)], False, 10_000)
     ref = textio.encode(emb_teacher.tokenizer, texts, 16)
     assert np.array_equal(feeds["input_ids"], ref.input_ids) and np.array_equal(feeds["attention_mask"], ref.attention_mask)
     pair = text_serving.v2_text_feeds(tok, [T(name="text", datatype="BYTES", shape=[2, 1], data=[[t] for t in texts]),
-                                            T(name="text_pair", datatype="BYTES", shape=[2], data=["x", "y"])], True)
+                                            T(name="text_pair", datatype="BYTES", shape=[2], data=["x", "y"])], True, 10_000)
     assert pair["input_ids"].shape[0] == 2
     for inputs, match in (([T(name="text", datatype="FP32", shape=[1], data=[1.0])], "BYTES"),
                           ([T(name="text", datatype="BYTES", shape=[3], data=texts)], "shape"),
                           ([T(name="text_pair", datatype="BYTES", shape=[1], data=["a"])], "missing")):
         with pytest.raises(text_serving.TextInputError, match=match):
-            text_serving.v2_text_feeds(tok, inputs, True)
+            text_serving.v2_text_feeds(tok, inputs, True, 10_000)
     with pytest.raises(text_serving.TextInputError, match="single texts"):
         text_serving.v2_text_feeds(tok, [T(name="text", datatype="BYTES", shape=[1], data=["a"]),
-                                         T(name="text_pair", datatype="BYTES", shape=[1], data=["b"])], False)
+                                         T(name="text_pair", datatype="BYTES", shape=[1], data=["b"])], False, 10_000)

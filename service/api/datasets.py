@@ -29,7 +29,7 @@ async def _parse(ctx: Context, upload: uploads.Upload, canonical) -> tuple[str, 
     fmt = form.get("format") or None
     if fmt is not None and fmt not in ingest.FORMATS:
         raise ApiError(422, "unsupported_format", f"format must be one of {list(ingest.FORMATS)}", "format")
-    uploads.check_archive(upload.path, ctx.settings)
+    await run_in_threadpool(uploads.check_archive, upload.path, ctx.settings)
     columns = {"label_column": form.get("label_column") or "label", "text_column": form.get("text_column") or "text",
                "text_pair_column": form.get("text_pair_column") or "text_pair"}
     try:
@@ -60,7 +60,7 @@ async def create_dataset(request: Request, ctx: Context = Depends(get_ctx), who:
         try:
             fmt, summary = await _parse(ctx, upload, canonical)
             stored = canonical.stat().st_size
-            check_storage(ctx, who, stored)  # the quota charges what is stored (the canonical npz), not the upload
+            await run_in_threadpool(check_storage, ctx, who, stored)  # the quota charges what is stored (the canonical npz), not the upload
         except BaseException:
             canonical.unlink(missing_ok=True)
             raise

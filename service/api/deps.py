@@ -8,15 +8,17 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from celery import Celery
 from fastapi import Depends, Request
+from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service import auth
+from service import auth, bodies
 from service.errors import ApiError, not_found
+from service.probe_limits import ProbeLimiter
 from service.settings import Settings
 from service.store.blobs import BlobStore
 from service.store.db import Database, Dataset, Model, Teacher
@@ -29,6 +31,7 @@ class Context:
     blobs: BlobStore
     celery: Celery
     catalog: dict[str, Any]
+    probes: ProbeLimiter | None = None  # teacher probes in flight (service/probe_limits.py); set by the app
 
     @property
     def python(self) -> str:
@@ -74,6 +77,29 @@ def principal(request: Request, ctx: Context = Depends(get_ctx)) -> auth.Princip
     return who
 
 
+def json_body(model: type[BaseModel], max_bytes: int | None = None, why: str = bodies.REQUEST_LIMIT) -> Callable:
+    """A dependency giving the request's JSON body as `model`, read only once the caller's key
+    has been checked (a route's own body parameter is read by FastAPI before any dependency, so the
+    JSON routes take theirs from this), up to KDSERVE_MAX_REQUEST_BYTES or `max_bytes` if smaller,
+    parsed off the event loop when large (service/bodies.py). Document the body with
+    `openapi_extra=body_openapi(model)`."""
+    async def read_body(request: Request, _: auth.Principal = Depends(principal)) -> BaseModel:
+        if not bodies.is_json(request):
+            raise ApiError(422, "invalid_request", "the request body must be JSON (Content-Type: application/json)")
+        settings = request.app.state.ctx.settings
+        cap = min(settings.max_request_bytes, max_bytes or settings.max_request_bytes)
+        raw = await bodies.read(request, cap, why if cap == max_bytes else bodies.REQUEST_LIMIT)
+        return await request.app.state.parser.parse(model, raw)
+
+    return read_body
+
+
+def body_openapi(model: type[BaseModel]) -> dict:
+    """The requestBody of a route that reads `model` through json_body (service/openapi.py adds its schema)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
 def get_owned(s: Session, table, id_: str, who: auth.Principal, kind: str, param: str | None = None):
     """The row with this id if the caller's tenant owns it; else 404 as if it did not exist."""
     row = s.scalar(select(table).where(table.id == id_))
@@ -97,7 +123,8 @@ def paginate(s: Session, table, who: auth.Principal, limit: int, after: str | No
 
 
 def check_storage(ctx: Context, who: auth.Principal, incoming: int) -> None:
-    """413 when this upload would take the tenant past KDSERVE_TENANT_MAX_STORAGE_BYTES."""
+    """413 when this upload would take the tenant past KDSERVE_TENANT_MAX_STORAGE_BYTES. It reads
+    the database: async routes call it in the thread pool."""
     used = tenant_storage_bytes(ctx.db, who.tenant)
     limit = ctx.settings.tenant_max_storage_bytes
     if used + incoming > limit:

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import Context, get_ctx, get_owned, paginate, principal
+from service.api.deps import Context, body_openapi, get_ctx, get_owned, json_body, paginate, principal
 from service.auth import Principal
 from service.ingest import TEXT_FORMATS
 from service.errors import ApiError
@@ -214,8 +214,12 @@ def text_preflight(body: JobCreate, method: dict, arch: dict, dataset: Dataset, 
                            f"tokenizer's {vocab} tokens: the full table keeps every row", "student.params.embedding_full_rows")
 
 
-@router.post("", status_code=202, response_model=JobOut)
-def create_job(body: JobCreate, idempotency_key: str | None = Header(None, max_length=255),
+SPEC_MAX_BYTES = 256 * 1024  # a job spec is a few KB; its JSON is stored with the job
+
+
+@router.post("", status_code=202, response_model=JobOut, openapi_extra=body_openapi(JobCreate))
+def create_job(body: JobCreate = Depends(json_body(JobCreate, SPEC_MAX_BYTES, "a job spec is a few KB")),
+               idempotency_key: str | None = Header(None, max_length=255),
                ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
     with ctx.db.session() as s:
         preflight(ctx, body, who, s)

@@ -12,9 +12,10 @@ from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service import text_serving
-from service.api.deps import Context, get_ctx, get_owned, paginate, principal
+from service.api.deps import Context, body_openapi, get_ctx, get_owned, json_body, paginate, principal
 from service.api.inference_v2 import Serving, TensorError, check_finite, serving, to_array, to_model_input
 from service import metrics
+from service.bodies import check_rows
 from service.auth import Principal
 from service.errors import ApiError, not_found
 from service.schemas import ListOut, ModelOut, PredictIn, PredictOut
@@ -99,12 +100,13 @@ def _file_range(path, start: int, end: int):
             yield chunk
 
 
-@router.post("/{model_id}/predict", response_model=PredictOut)
-async def predict(request: Request, model_id: str, body: PredictIn, precision: str = Query("fp32"),
-                  ctx: Context = Depends(get_ctx), who: Principal = Depends(principal),
+@router.post("/{model_id}/predict", response_model=PredictOut, openapi_extra=body_openapi(PredictIn))
+async def predict(request: Request, model_id: str, body: PredictIn = Depends(json_body(PredictIn)),
+                  precision: str = Query("fp32"), ctx: Context = Depends(get_ctx), who: Principal = Depends(principal),
                   srv: Serving = Depends(serving)):
     """Logits and predicted classes for a batch of samples, each of the model's input shape (or
     flattened to its number of features). Runs in the same batched onnxruntime sessions as /v2."""
+    check_rows(len(body.inputs), ctx.settings.max_request_rows, "inputs")
     served = await srv.served(ctx, who, model_id, precision)
     if served.model_id != model_id:  # /v1 names models by id only (resolve also takes names)
         raise not_found("model", model_id)
@@ -137,7 +139,7 @@ async def _predict_text(request: Request, ctx: Context, served, loaded, body: Pr
         texts = text_serving.strings(body.inputs, "inputs")
         pairs = text_serving.strings(body.text_pairs, "text_pairs") if body.text_pairs is not None else None
         tok = await run_in_threadpool(request.app.state.serving.tokenizers.get, ctx.blobs, served.model_id, served.card)
-        feeds = text_serving.text_feeds(tok, texts, pairs)
+        feeds = await run_in_threadpool(text_serving.text_feeds, tok, texts, pairs, ctx.settings.max_request_text_chars)
         name = loaded.output_names[0]
         outputs = await loaded.infer(feeds, [name])
         check_finite(outputs)

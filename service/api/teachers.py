@@ -165,10 +165,10 @@ async def create_teacher(request: Request, ctx: Context = Depends(get_ctx), who:
         if task is not None and task not in TASKS:
             raise ApiError(422, "invalid_request", f"task must be one of {list(TASKS)}", "task")
         metrics.observe_upload("teacher", upload.size)
-        check_storage(ctx, who, upload.size)
-        uploads.check_archive(upload.path, ctx.settings)
+        await run_in_threadpool(check_storage, ctx, who, upload.size)
+        await run_in_threadpool(uploads.check_archive, upload.path, ctx.settings)
         await run_in_threadpool(canonical_file, ctx, upload)
-        info = await run_in_threadpool(probe, ctx, upload.path, fmt, shape, task)
+        info = await ctx.probes.run(who.tenant, probe, ctx, upload.path, fmt, shape, task)  # 429/503 when busy
         teacher_id = new_id("tch")
         ext = ".onnx.zip" if info["format"] == "onnx" and model_files.is_zip(upload.path) else _EXT[info["format"]]
         blob_key = f"teachers/{teacher_id}/teacher{ext}"
