@@ -132,25 +132,35 @@ def namespace_args() -> list[str]:
 # ---- the bubblewrap command ---------------------------------------------------------------------
 
 
-def _code_roots() -> list[Path]:
-    """Read-only paths the child's Python needs: the interpreter's installation, the environment's
+_PATHS_SCRIPT = ("import importlib.util, json, sys; print(json.dumps({'paths': [sys.prefix, sys.base_prefix, "
+                 "sys.exec_prefix, *sys.path], 'packages': [loc for p in ('models', 'worker', 'service') "
+                 "if (spec := importlib.util.find_spec(p)) for loc in spec.submodule_search_locations or []]}))")
+
+
+@lru_cache(maxsize=None)
+def _code_roots(python: str | None = None) -> tuple[Path, ...]:
+    """Read-only paths the child's Python needs: the interpreter's installation, its environment's
     site-packages, and the folders of kdserve's own packages (an editable install points outside
     site-packages). Nothing else of the host: the repository itself is not bound, so a data dir
-    inside it (the default `.kdserve`) stays out of sight."""
-    roots = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(os.path.realpath(sys.executable)).parent}
-    for entry in sys.path:
-        if entry and os.path.isdir(entry):
-            roots.add(Path(entry))
-    for package in ("models", "worker", "service"):
-        spec = importlib.util.find_spec(package)
-        for location in (spec.submodule_search_locations or []) if spec else []:
-            roots.add(Path(location))
+    inside it (the default `.kdserve`) stays out of sight. Another interpreter (KDSERVE_PYTHON) is
+    asked for its own paths once."""
+    if python is None or os.path.realpath(python) == os.path.realpath(sys.executable):
+        paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path]
+        packages = [loc for p in ("models", "worker", "service") if (spec := importlib.util.find_spec(p))
+                    for loc in spec.submodule_search_locations or []]
+        executable = sys.executable
+    else:
+        out = subprocess.run([python, "-I", "-c", _PATHS_SCRIPT], capture_output=True, text=True, timeout=120, check=True)
+        found = json.loads(out.stdout.strip().splitlines()[-1])
+        paths, packages, executable = found["paths"], found["packages"], python
+    roots = {Path(p) for p in [*paths, *packages] if p and os.path.isdir(p)}
+    roots |= {Path(os.path.dirname(os.path.abspath(executable))), Path(os.path.dirname(os.path.realpath(executable)))}
     resolved = sorted({Path(os.path.realpath(r)) for r in roots} | roots, key=lambda p: len(p.parts))
     kept: list[Path] = []
     for root in resolved:  # a folder inside one already bound needs no bind of its own
         if not any(root == k or k in root.parents for k in kept):
             kept.append(root)
-    return kept
+    return tuple(kept)
 
 
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
@@ -220,11 +230,12 @@ def command(model: Path, out_dir: Path, work_dir: Path, *, mode: str, budget: Bu
     for key, value in env.items():
         argv += ["--setenv", key, value]
     argv += _system_args()
-    for root in _code_roots():
+    # /tmp first: a code folder under the host's /tmp (a virtualenv there, say) is bound on top of it
+    argv += ["--size", str(budget.tmp_bytes), "--tmpfs", "/tmp"]
+    for root in _code_roots(python):
         argv += ["--ro-bind", str(root), str(root)]
     argv += ["--ro-bind", str(model), JAIL_MODEL, "--bind", str(out_dir), JAIL_OUT,
-             "--proc", "/proc", "--dev", "/dev", "--size", str(budget.tmp_bytes), "--tmpfs", "/tmp",
-             *_gpu_args(device), "--chdir", "/tmp", "--", *runner]
+             "--proc", "/proc", "--dev", "/dev", *_gpu_args(device), "--chdir", "/tmp", "--", *runner]
     return argv, env, {"model": JAIL_MODEL, "out": JAIL_OUT, "cwd": "/"}
 
 

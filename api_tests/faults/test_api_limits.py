@@ -33,15 +33,28 @@ ROWS = 100  # its KDSERVE_MAX_REQUEST_ROWS
 JSON_ROUTES = ["/v1/jobs", "/v1/models/mdl_none/predict", "/v2/models/mdl_none/infer"]
 
 # The probes of this module's service run through this interpreter: the real one, but while the
-# gate file exists a teacher probe (`-m models.teachers`) leaves a marker and waits for the gate to
-# go, so a test can hold probes in flight for as long as it needs (a teacher whose probe is slow).
+# gate file exists the teacher jail's runner (`-m models.teacher_host`) waits for the gate to go
+# (its folder is bound read-only into the jail), so a test can hold probes in flight for as long as
+# it needs (a teacher whose probe is slow). The test counts the waiting runners from /proc.
 SLOW_PYTHON = """#!/bin/sh
-case "$*" in *models.teachers*)
-  if [ -e "{gate}" ]; then touch "{gate}.started.$$"; fi
+case "$*" in *models.teacher_host*)
   while [ -e "{gate}" ]; do sleep 0.05; done;;
 esac
 exec {python} "$@"
 """
+
+
+def waiting_runners(wrapper: Path) -> int:
+    """Jailed probe runners still inside the slow wrapper (its shell loop), seen from the host."""
+    count = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(wrapper).encode() in args and b"models.teacher_host" in args and not args[0].endswith(b"bwrap"):
+            count += 1
+    return count
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +299,7 @@ def test_slow_teacher_uploads_cannot_block_the_api(service, client, files):
             results[tenant].append(c.post("/v1/teachers", files={"file": ("t.onnx", teacher)}))
 
     def started() -> int:
-        return len(list(service.gate.parent.glob("gate.started.*")))
+        return waiting_runners(service.gate.parent / "python")
 
     service.gate.touch()
     held = []
