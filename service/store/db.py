@@ -162,6 +162,28 @@ class Database:
                 s.rollback()
                 raise
 
+    @contextmanager
+    def locked_session(self) -> Iterator[Session]:
+        """A session for a check-then-write that must not interleave with another one (a job created
+        while its dataset is deleted, two requests with one Idempotency-Key). On SQLite its
+        transaction takes the database's write lock before its first read (BEGIN IMMEDIATE), so
+        such transactions run one after the other; on PostgreSQL it is an ordinary transaction and
+        the rows that matter are locked with lock_rows()."""
+        with self.session() as s:
+            if self.engine.dialect.name == "sqlite":
+                s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            yield s
+
+    def lock_rows(self, s: Session, table: type[Base], ids: list[str], *, exclusive: bool) -> set[str]:
+        """Lock these rows of `table` until `s` commits and return the ids that still exist. On
+        PostgreSQL a shared lock (a job that will read the row) waits for an exclusive one (its
+        delete) and the other way round; under READ COMMITTED a row deleted meanwhile is simply not
+        returned. On SQLite locked_session() already holds the whole database."""
+        query = select(table.id).where(table.id.in_(ids))
+        if self.engine.dialect.name == "postgresql":
+            query = query.with_for_update(read=not exclusive)
+        return set(s.scalars(query))
+
     def ping(self) -> None:
         with self.engine.connect() as c:
             c.exec_driver_sql("SELECT 1")
