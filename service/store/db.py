@@ -105,6 +105,7 @@ class Job(Base):
     heartbeat_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)  # the delivery that holds the job
     dispatched_at: Mapped[int | None] = mapped_column(Integer, nullable=True)  # last time its id was sent to the broker
+    claimed_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # last time a worker took it (fairness)
 
 
 class JobEvent(Base):
@@ -210,12 +211,49 @@ class Database:
         with self.session() as s:
             claimed = s.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.cancel_requested.is_(False),
-                       (Job.status == "queued") | ((Job.status == "running") & (Job.heartbeat_at < stale_before)))
+                .where(Job.id == job_id, waiting(stale_before))
                 .values(status="running", worker=worker, heartbeat_at=now(), attempts=Job.attempts + 1,
-                        started_at=func.coalesce(Job.started_at, now()), error=None)
+                        started_at=func.coalesce(Job.started_at, now()), claimed_at=time.time(), error=None)
             ).rowcount
         return claimed == 1
+
+    def claim_next(self, worker: str, stale_before: int) -> Job | None:
+        """Take the next job to run, fairly between tenants, for this delivery; None when no job waits.
+
+        A Celery message only wakes a worker: the job it runs is chosen here, from the database,
+        among every waiting job (queued, or running with a silent worker: see claim_job). The
+        tenant chosen is the one with the fewest jobs running now, then the one whose last job
+        started longest ago (a tenant never served first), and its oldest waiting job runs. So
+        with one worker tenants take turns: one tenant's hundred queued jobs delay another
+        tenant's first job by at most the job already running. Per-tenant Celery queues consumed
+        round-robin would do the same, but need a queue per tenant known to every worker; here
+        the broker still carries one message per accepted job (the reaper keeps their count
+        right), acks_late, redelivery and the job row's lease work as before."""
+        for _ in range(CLAIM_TRIES):  # another worker may take our choice first: choose again
+            job_id = self._next_job(stale_before)
+            if job_id is None:
+                return None
+            if self.claim_job(job_id, worker, stale_before):
+                return self.get_job(job_id)
+        return None
+
+    def _next_job(self, stale_before: int) -> str | None:
+        with self.session() as s:
+            heads = dict(s.execute(select(Job.tenant, func.min(Job.seq)).where(waiting(stale_before))
+                                   .group_by(Job.tenant)).all())
+            if not heads:
+                return None
+            running = dict(s.execute(select(Job.tenant, func.count()).where(
+                Job.tenant.in_(heads), Job.status == "running", Job.heartbeat_at >= stale_before).group_by(Job.tenant)).all())
+            served = dict(s.execute(select(Job.tenant, func.max(Job.claimed_at)).where(Job.tenant.in_(heads))
+                                    .group_by(Job.tenant)).all())
+            tenant = min(heads, key=lambda t: (running.get(t, 0), served.get(t) or 0.0, heads[t]))
+            return s.scalar(select(Job.id).where(Job.seq == heads[tenant]))
+
+    def count_waiting(self, stale_before: int) -> int:
+        """Jobs that need a worker: each needs a message in the broker to wake one."""
+        with self.session() as s:
+            return s.scalar(select(func.count()).select_from(Job).where(waiting(stale_before)))
 
     def release_job(self, job_id: str, worker: str) -> bool:
         """This delivery gives the job back (its worker is shutting down): the lease is made stale at
@@ -234,6 +272,16 @@ class Database:
     def get_job(self, job_id: str) -> Job | None:
         with self.session() as s:
             return s.scalar(select(Job).where(Job.id == job_id))
+
+
+CLAIM_TRIES = 5
+
+
+def waiting(stale_before: int):
+    """A job a worker may take: queued, or running with a worker silent since before `stale_before`
+    (killed, or its machine lost); never one whose cancel was asked (the reaper ends those)."""
+    return Job.cancel_requested.is_(False) & (
+        (Job.status == "queued") | ((Job.status == "running") & (Job.heartbeat_at < stale_before)))
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
