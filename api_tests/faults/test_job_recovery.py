@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -52,12 +53,14 @@ def test_cancel_after_the_worker_died_is_ended_by_the_reaper(svc, files):
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(),
                  10, "the worker to die")
+        t0 = time.time()
         r = c.post(f"/v1/jobs/{job['id']}/cancel")
         assert r.status_code == 200 and r.json()["status"] == "running"  # nobody is left to stop it
         # a teacher or dataset in use cannot be deleted while the job still says running
         assert c.delete(f"/v1/datasets/{ids['dataset_id']}").status_code == 409
         # the restarted worker's reaper ends it once its heartbeat is 4 s old (not after 7 days)
         done = wait_job(c, job["id"], timeout=90)
+        print(f"cancelled by the reaper {time.time() - t0:.1f} s after the cancel (worker restart included)")
         assert done["status"] == "cancelled" and done["error"] is None and done["model_id"] is None
         assert done["attempts"] == 1  # ended, not resumed
         last = events(c, job["id"])[-1]
@@ -88,6 +91,8 @@ def test_a_job_past_the_worker_memory_limit_fails_out_of_memory(svc, files):
         limit = next(line for line in Path(f"/proc/{worker}/limits").read_text().splitlines()
                      if line.startswith("Max data size"))
         assert str(MEMORY_LIMIT) in limit, limit
+        data = next(line for line in Path(f"/proc/{worker}/status").read_text().splitlines() if line.startswith("VmData"))
+        print(f"worker {data.split(':')[1].strip()} of data after the jobs, limit {MEMORY_LIMIT}")
 
 
 def first_run(c, job_id: str) -> int:
