@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -51,6 +52,13 @@ def service(tmp_path_factory):
 @pytest.fixture()
 def postgres_url():
     """A fresh PostgreSQL database of its own (SQLAlchemy URL), dropped afterwards."""
+    with postgres_database() as url:
+        yield url
+
+
+@contextmanager
+def postgres_database():
+    """A fresh PostgreSQL database (SQLAlchemy URL) for the block, dropped afterwards."""
     name = f"kdserve_test_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

@@ -26,14 +26,15 @@ from typing import Any, Iterator, Literal
 import numpy as np
 import torch
 
-from models.model_files import sha256_file  # noqa: F401  (re-exported: the card's checksums)
+from models.model_files import ONNX_SINGLE_FILE_BYTES, sha256_file  # noqa: F401  (sha256_file: re-exported)
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 PRECISIONS = ("fp32", "int8", "fp16")
 
 # protobuf refuses to serialise a message over 2 GiB; stay well below it so the graph itself
-# (nodes, names, shapes) still fits next to the weights in one file.
-EXTERNAL_DATA_THRESHOLD_BYTES = int(1.8 * 1024**3)
+# (nodes, names, shapes) still fits next to the weights in one file. The API refuses larger students
+# at pre-flight (service/budgets.py), and the worker never publishes an artifact of several files.
+EXTERNAL_DATA_THRESHOLD_BYTES = ONNX_SINGLE_FILE_BYTES
 
 # How int8 is made for the zoo's students: weights-only dynamic quantization where the work is
 # MatMul/Gemm (activation ranges are measured per batch at run time: no calibration needed, and

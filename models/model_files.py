@@ -19,6 +19,10 @@ from pathlib import Path, PurePosixPath
 from models.sniff import ModelFileError
 
 ONNX_MODEL_MEMBER = "model.onnx"
+# protobuf refuses to serialise a message over 2 GiB: past this the exporter would have to move a
+# student's weights to a side file, which the model store, downloads and serving do not carry (one
+# file per artifact); the job's pre-flight (service/budgets.py) and the exporter use this figure.
+ONNX_SINGLE_FILE_BYTES = int(1.8 * 1024**3)
 
 # What is extracted from an `hf` zip; everything else (pickled .bin/.pt weights, code, READMEs) is
 # left in the archive, so nothing but JSON, text vocabularies and safetensors is ever opened.

@@ -31,7 +31,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, 
 from rich.table import Table
 from rich.text import Text
 
-from service import auth
+from service import auth, budgets
 from service.client import Client, KdserveError, job_body
 from service.schemas import EventOut, JobOut, ModelOut
 from service.settings import Settings, get_settings
@@ -146,6 +146,8 @@ def up(host: str = typer.Option(None, help="API bind address (default KDSERVE_HO
         env["KDSERVE_REDIS_URL"] = settings.resolved_redis_url
     if workers > 1 and not settings.worker_threads:  # N workers on C cores: C / N torch threads each
         env["KDSERVE_WORKER_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    # each worker's memory limit (its RLIMIT_DATA): unset, the N workers share 80% of the machine
+    env["KDSERVE_WORKER_MAX_MEMORY_BYTES"] = str(budgets.worker_memory_limit(settings.worker_max_memory_bytes, workers))
     for k in range(workers):
         name = "kdserve" if workers == 1 else f"kdserve{k + 1}"
         sup.start(name, "worker", worker_command(settings, name), env, restart=True)

@@ -52,16 +52,16 @@ def redis_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
 
 
-def waiting_job_ids(client: redis.Redis, queue: str) -> set[str]:
-    """Job ids whose messages wait in the queue (Celery's Redis transport keeps them in a list
-    named after the queue). Messages already taken by a worker are not in it."""
-    ids = set()
+def waiting_job_ids(client: redis.Redis, queue: str) -> list[str]:
+    """Job ids of the messages that wait in the queue, one per message (Celery's Redis transport
+    keeps them in a list named after the queue). Messages already taken by a worker are not in it."""
+    ids = []
     for raw in client.lrange(queue, 0, -1):
         try:
             message = json.loads(raw)
             args = json.loads(base64.b64decode(message["body"]))[0]
             if message.get("headers", {}).get("task") == RUN_JOB and args:
-                ids.add(str(args[0]))
+                ids.append(str(args[0]))
         except (ValueError, KeyError, IndexError, TypeError):
             continue  # not one of ours
     return ids

@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     worker_threads: int = Field(0, ge=0, le=1024, description="torch CPU threads per worker; 0 = torch's default "
                                 "(one per core), or under `kdserve up --workers N` the cores shared among the N")
     cancel_grace_s: float = Field(30.0, gt=0, description="a cancelled job stuck this long has its worker killed")
+    worker_max_memory_bytes: int | None = Field(
+        None, ge=0, description="address space a worker process may hold for data (RLIMIT_DATA, set when it starts): "
+        "past it an allocation fails and the job ends `out_of_memory` instead of the kernel's OOM killer taking the "
+        "worker or the machine; unset: 80% of the machine's memory, shared among `kdserve up`'s workers; 0: no limit")
+    job_max_parameters: int = Field(400_000_000, ge=1, description="most student parameters a job may ask for "
+                                    "(estimated at pre-flight from the architecture's params; 422 past it)")
+    job_max_memory_bytes: int = Field(16 * 1024**3, ge=1, description="most worker memory a job may need by the "
+                                      "pre-flight estimate: training state (4 × parameters), one batch's activations, "
+                                      "the data and token arrays, the teacher (422 naming what to lower)")
+    job_max_classes: int = Field(100_000, ge=2, description="most output classes (or embedding width) a job's "
+                                 "student may have")
     tenant_max_active_jobs: int = Field(100, ge=1, description="queued + running jobs per tenant (429 past it)")
     tenant_max_storage_bytes: int = Field(200 * 1024**3, ge=1, description="teachers + datasets + models per tenant (413)")
     max_request_bytes: int = Field(16 * 1024**2, ge=1024, description="largest JSON (or binary tensor) request body "

@@ -1,9 +1,11 @@
 """The worker's Celery app: `celery -A worker.celery_app worker --pool solo` (what `kdserve worker` runs)."""
 
 import os
+import resource
 
 from celery.signals import worker_init, worker_ready
 
+from service import budgets
 from service.queue import make_celery
 from service.settings import get_settings
 
@@ -19,10 +21,21 @@ def _share_the_machine(**_) -> None:
     settings = get_settings()
     if settings.worker_nice:
         os.nice(settings.worker_nice)
+    limit_memory(budgets.worker_memory_limit(settings.worker_max_memory_bytes))
     if settings.worker_threads:
         import torch
 
         torch.set_num_threads(settings.worker_threads)
+
+
+def limit_memory(limit: int) -> None:
+    """One job cannot take the machine: past `limit` bytes an allocation fails inside the job
+    (MemoryError, or torch's "can't allocate memory"), which ends it `out_of_memory` while the
+    worker lives on, instead of the kernel's OOM killer ending this worker (the job would be
+    redelivered to fail again) or a process beside it."""
+    if limit:
+        _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
 
 
 @worker_ready.connect
@@ -36,5 +49,5 @@ def _start_reaper(**_) -> None:
     settings = get_settings()
     if set(app.amqp.queues.consume_from or {}) == {probe_queue(settings)}:
         return
-    db, _blobs = context()
-    reaper.start(db, app, settings)
+    db, blobs = context()
+    reaper.start(db, app, settings, blobs)

@@ -81,28 +81,21 @@ def pick_device(requested: str) -> torch.device:
 
 
 def run_job(job_id: str, delivery: str) -> None:
-    """Run one delivery of a job. `delivery` names this worker process and message; the job row's
-    lease (worker + heartbeat) makes sure only one delivery runs a job at a time."""
+    """Run one delivery. Its message wakes this worker; the job it runs is the fair choice among
+    all waiting jobs (Database.claim_next), often but not always `job_id`. `delivery` names this
+    worker process and message; the job row's lease (worker + heartbeat) makes sure only one
+    delivery runs a job at a time."""
     db, blobs = context()
     settings = get_settings()
-    job = db.get_job(job_id)
+    job = db.claim_next(delivery, now() - int(settings.stale_after_s))
     if job is None:
-        log.warning("job %s: not in the database, dropped", job_id)
+        log.info("delivery %s (sent for job %s): no job is waiting", delivery, job_id)
         return
-    if job.status in TERMINAL:
-        log.info("job %s: already %s, nothing to do", job_id, job.status)
-        return
-    if job.cancel_requested:
-        _finish(db, blobs, job_id, "cancelled", "cancelled before it started")
-        return
-    if job.attempts >= settings.max_attempts:
-        _fail(db, blobs, job_id, "worker_lost", f"the job's worker was lost {job.attempts} times "
+    job_id = job.id
+    if job.attempts > settings.max_attempts:
+        _fail(db, blobs, job_id, "worker_lost", f"the job's worker was lost {job.attempts - 1} times "
               f"(KDSERVE_MAX_ATTEMPTS = {settings.max_attempts}); it will not be retried")
         return
-    if not db.claim_job(job_id, delivery, now() - int(settings.stale_after_s)):
-        log.info("job %s: held by a live worker, delivery %s dropped", job_id, delivery)
-        return
-    job = db.get_job(job_id)
     db.add_event(job_id, f"running (attempt {job.attempts})", type="stage", data={"status": "running",
                                                                               "attempt": job.attempts})
     run = JobRun(db, blobs, job, delivery)
@@ -126,10 +119,11 @@ def run_job(job_id: str, delivery: str) -> None:
             _fail(db, blobs, job_id, "timeout", reason)
     except JobFailed as exc:
         _fail(db, blobs, job_id, exc.code, exc.message)
-    except torch.cuda.OutOfMemoryError:
-        _fail(db, blobs, job_id, "out_of_memory",
-              "the device ran out of memory; lower training.batch_size or the student size")
-    except Exception as exc:  # a bug: keep the trace in the log, tell the user something useful
+    except Exception as exc:
+        if _out_of_memory(exc):
+            _fail(db, blobs, job_id, "out_of_memory", "the job ran out of memory (the device's, or this worker's "
+                  "KDSERVE_WORKER_MAX_MEMORY_BYTES); lower training.batch_size or the student size")
+            return
         if _worker_shutting_down():
             # Celery's cold shutdown (`kdserve up` stopping, SIGQUIT, a second Ctrl-C) cancels the
             # running task by raising inside it (the solo pool cannot kill it). Not a failure: give
@@ -139,10 +133,18 @@ def run_job(job_id: str, delivery: str) -> None:
                 db.add_event(job_id, "the worker shut down; the job resumes from its last checkpoint on the next "
                              "worker", level="warning", data={"released": True})
             raise
+        # a bug: keep the trace in the log, tell the user something useful
         log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
         _fail(db, blobs, job_id, "internal_error", f"the worker hit an unexpected error: {type(exc).__name__}: {exc}")
     finally:
         run.close_teachers()
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """An allocation failed: on the GPU, or past the worker's memory limit (RLIMIT_DATA), where
+    Python and numpy raise MemoryError and torch's CPU allocator a RuntimeError."""
+    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
 def _worker_shutting_down() -> bool:
@@ -456,6 +458,7 @@ class JobRun:
             existing = s.query(Model).filter_by(job_id=self.job.id).one_or_none()
             if existing is not None:  # a redelivered job that already published: keep the first model
                 return existing.id
+        single_file_artifacts(files)
         model_id = new_id("mdl")
         prefix = f"models/{model_id}"
         data = self._dataset_row(self.spec.dataset_id)
@@ -475,6 +478,7 @@ class JobRun:
             bundles.append({"format": "zip", "precision": precision, "blob_key": f"{prefix}/model.{precision}.zip",
                             "size_bytes": zip_path.stat().st_size, "sha256": onnx_export.sha256_file(zip_path)})
             self.blobs.put_file(bundles[-1]["blob_key"], zip_path)
+        verify_stored(self.blobs, prefix, [a["blob_key"] for a in artifacts])
         n_params = count_parameters(model)
         t_params = teacher_row.num_parameters if teacher_row else None
         keys = ("teacher_accuracy", "student_accuracy", "agreement", "mean_cosine", "neighbour_overlap_at_10")
@@ -703,11 +707,13 @@ class JobRun:
             existing = s.query(Model).filter_by(job_id=self.job.id).one_or_none()
             if existing is not None:  # a redelivered job that already published: keep the first model
                 return existing.id
+        single_file_artifacts(files)
         model_id = new_id("mdl")
         artifacts = []
         for precision, path, artifact in files:
             artifacts.append(dict(artifact, blob_key=f"models/{model_id}/model.{precision}.onnx"))
             self.blobs.put_file(artifacts[-1]["blob_key"], path)
+        verify_stored(self.blobs, f"models/{model_id}", [a["blob_key"] for a in artifacts])
         n_params = count_parameters(model)
         t_params = teacher_row.num_parameters if teacher_row else None
         card = {
@@ -730,6 +736,33 @@ class JobRun:
             with self.db.session() as s:
                 return s.query(Model).filter_by(job_id=self.job.id).one().id
         return model_id
+
+
+def single_file_artifacts(files: list[tuple[str, Path, dict]]) -> None:
+    """A published model is one .onnx file per precision: the store keeps, downloads send and
+    serving opens that one file. Weights too large for one protobuf (see
+    models.export.EXTERNAL_DATA_THRESHOLD_BYTES) would be in a side file left behind, so such a
+    student fails here (the API's pre-flight refuses most before they run)."""
+    for precision, path, _artifact in files:
+        paths = onnx_export.model_files(path)
+        if len(paths) > 1:
+            size = sum(f.stat().st_size for f in paths)
+            raise JobFailed("export_failed", f"the {precision} student is {size / 1024**3:.2f} GiB: its weights need an "
+                            f"external data file ({paths[1].name}) and a published model is one ONNX file of at most "
+                            f"{onnx_export.EXTERNAL_DATA_THRESHOLD_BYTES / 1024**3:.1f} GiB; choose a smaller student")
+
+
+def verify_stored(blobs: BlobStore, prefix: str, keys: list[str]) -> None:
+    """Never `succeeded` without a servable model: each published .onnx file is opened from the
+    model store (with S3, the copy fetched back) in onnxruntime, as the API will serve it. A file
+    that is incomplete or needs one that was not stored fails the job with nothing left behind."""
+    for key in keys:
+        try:
+            onnx_export.ort_session(blobs.local_path(key))
+        except Exception as exc:
+            blobs.delete_prefix(prefix)
+            raise JobFailed("export_failed", f"the published {key.rsplit('/', 1)[-1]} does not load from the model "
+                            f"store: {type(exc).__name__}: {str(exc)[:300]}")
 
 
 def neighbour_overlap(student: torch.Tensor, teacher: torch.Tensor, k: int) -> float | None:

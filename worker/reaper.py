@@ -1,11 +1,18 @@
-"""The reaper: no accepted job is lost and none stays queued forever.
+"""The reaper: no accepted job is lost, none stays queued forever, and a cancel is honoured even
+when the job's worker is gone.
 
-Every worker runs it in a thread. Each round it finds
-- running jobs whose heartbeat stopped (their worker was killed, or its machine died), and
-- queued jobs whose message is no longer in the broker (Redis restarted empty, or lost it),
-and sends their ids to the queue again. The database is the truth; the broker only carries ids.
-An atomic update of `dispatched_at` decides which reaper re-sends a job when several run, and the
-job's lease (see Database.claim_job) makes a duplicate delivery harmless.
+Every worker runs it in a thread. Each round it
+- ends `cancelled` the running jobs whose cancel was asked and whose heartbeat stopped (their
+  worker was killed, or its machine died): nobody is left to stop them between batches, and no
+  redelivery would come before the broker's visibility timeout (days);
+- makes sure the broker holds a message for every job that waits for a worker (queued, or running
+  with a silent worker). A message only wakes a worker, which then takes the fairest waiting job
+  (Database.claim_next), so what counts is how many messages there are, not which ids they carry:
+  when Redis restarted empty or lost messages, or a worker died with the job it had taken, ids of
+  waiting jobs are sent again until the counts match.
+The database is the truth; the broker only carries ids. An atomic update of `dispatched_at`
+decides which reaper re-sends a job when several run, and the job's lease (see Database.claim_job)
+makes a duplicate delivery harmless: a worker woken for nothing finds no job and acknowledges.
 """
 
 from __future__ import annotations
@@ -17,27 +24,53 @@ from sqlalchemy import or_, select, update
 
 from service.queue import enqueue_job, redis_client, waiting_job_ids
 from service.settings import Settings
-from service.store.db import Database, Job, JobEvent, now
+from service.store.blobs import BlobStore
+from service.store.db import Database, Job, JobEvent, now, waiting
 
 log = logging.getLogger("kdserve.reaper")
 
 
-def reap_once(db: Database, celery_app, settings: Settings) -> list[str]:
+def end_orphaned_cancels(db: Database, blobs: BlobStore | None, stale: int) -> list[str]:
+    """Running jobs asked to cancel whose worker stopped sending heartbeats before `stale`: ended
+    `cancelled`, with the event that says so, in one transaction each (a worker that comes back
+    finds its lease gone and stops without touching the job). Their teacher and dataset are then
+    free to delete."""
+    with db.session() as s:
+        ids = list(s.scalars(select(Job.id).where(Job.status == "running", Job.cancel_requested.is_(True),
+                                                  Job.heartbeat_at < stale)))
+    ended = []
+    for job_id in ids:
+        with db.session() as s:
+            if s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.heartbeat_at < stale)
+                         .values(status="cancelled", finished_at=now(), estimated_finish=None)).rowcount != 1:
+                continue
+            s.add(JobEvent(job_id=job_id, type="stage", data={"status": "cancelled"},
+                           message="cancelled; its worker had stopped, so the reaper ended it (nothing published)"))
+        if blobs is not None:
+            blobs.delete_prefix(f"checkpoints/{job_id}")
+        log.warning("job %s: cancel asked and its worker is gone; ended cancelled", job_id)
+        ended.append(job_id)
+    return ended
+
+
+def reap_once(db: Database, celery_app, settings: Settings, blobs: BlobStore | None = None) -> list[str]:
     """One round; returns the ids it re-sent."""
     t = now()
     stale = t - int(settings.stale_after_s)
+    end_orphaned_cancels(db, blobs, stale)
     with db.session() as s:
+        # the oldest first: their wake-up has been missing longest
         candidates = list(s.scalars(select(Job.id).where(
-            or_(Job.dispatched_at.is_(None), Job.dispatched_at < stale),
-            or_(Job.status == "queued", (Job.status == "running") & (Job.heartbeat_at < stale)),
-            Job.cancel_requested.is_(False),
-        )))
+            waiting(stale), or_(Job.dispatched_at.is_(None), Job.dispatched_at < stale)).order_by(Job.seq)))
     if not candidates:
         return []
-    waiting = waiting_job_ids(redis_client(settings.resolved_redis_url), settings.queue)
+    messages = waiting_job_ids(redis_client(settings.resolved_redis_url), settings.queue)
+    missing, named = db.count_waiting(stale) - len(messages), set(messages)
     resent = []
     for job_id in candidates:
-        if job_id in waiting:
+        if len(resent) >= missing:
+            break
+        if job_id in named:
             continue
         with db.session() as s:
             won = s.execute(update(Job).where(
@@ -54,12 +87,12 @@ def reap_once(db: Database, celery_app, settings: Settings) -> list[str]:
     return resent
 
 
-def start(db: Database, celery_app, settings: Settings) -> threading.Thread:
+def start(db: Database, celery_app, settings: Settings, blobs: BlobStore | None = None) -> threading.Thread:
     def loop() -> None:
         stop = threading.Event()
         while not stop.wait(settings.reaper_interval_s):
             try:
-                reap_once(db, celery_app, settings)
+                reap_once(db, celery_app, settings, blobs)
             except Exception as exc:  # broker or database down: try again next round
                 log.warning("reaper round failed: %s: %s", type(exc).__name__, exc)
 

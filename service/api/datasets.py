@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from service import ingest, ingest_child, metrics, uploads
 from service.api.deps import Context, check_storage, get_ctx, get_owned, paginate, principal
 from service.auth import Principal
-from service.errors import ApiError
+from service.errors import ApiError, not_found
 from service.schemas import DatasetOut, ListOut
 from service.store.db import Dataset, Job, new_id
 
@@ -93,8 +93,10 @@ def get_dataset(dataset_id: str, ctx: Context = Depends(get_ctx), who: Principal
 
 @router.delete("/{dataset_id}", status_code=204)
 def delete_dataset(dataset_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
+    with ctx.db.locked_session() as s:  # no job can be created for it between the check below and the delete
         row = get_owned(s, Dataset, dataset_id, who, "dataset")
+        if not ctx.db.lock_rows(s, Dataset, [dataset_id], exclusive=True):  # deleted meanwhile
+            raise not_found("dataset", dataset_id)
         busy = s.query(Job.id).filter(
             (Job.dataset_id == dataset_id) | (Job.validation_dataset_id == dataset_id),
             Job.status.in_(("queued", "running")),

@@ -7,20 +7,24 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 
 import jsonschema
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
+from service import budgets
 from service.api.deps import Context, body_openapi, get_ctx, get_owned, json_body, paginate, principal
 from service.auth import Principal
 from service.ingest import TEXT_FORMATS
-from service.errors import ApiError
+from service.errors import ApiError, not_found
 from service.queue import enqueue_job
 from service.schemas import EventOut, JobCreate, JobOut, ListOut
+from service.settings import Settings
 from service.store.db import TERMINAL, Dataset, Job, JobEvent, Teacher, new_id, now
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -69,7 +73,11 @@ def _check_params(schema: dict, params: dict, param_prefix: str) -> dict:
     return {**defaults, **params}
 
 
-def preflight(ctx: Context, body: JobCreate, who: Principal, s) -> None:
+def normalize(ctx: Context, body: JobCreate) -> None:
+    """The part of pre-flight that needs only the catalogue: known method and architecture, their
+    params validated and completed with defaults. The request's digest (Idempotency-Key) is taken
+    after it and before anything is looked up, so a replay is recognised even when the job's
+    teacher or dataset has been deleted since."""
     method = ctx.method(body.method.name)
     if method is None:
         names = [m["name"] for m in ctx.catalog["methods"]]
@@ -81,7 +89,17 @@ def preflight(ctx: Context, body: JobCreate, who: Principal, s) -> None:
                        "student.architecture")
     body.method.params = _check_params(method["params"], body.method.params, "method.params")
     body.student.params = _check_params(arch["params"], body.student.params, "student.params")
+    if body.teacher_refinement:
+        spec = next(r for r in ctx.catalog["refinements"] if r["name"] == body.teacher_refinement.method)
+        body.teacher_refinement.params = _check_params(spec["params"], body.teacher_refinement.params,
+                                                       "teacher_refinement.params")
+    check_metadata(body.metadata)
 
+
+def preflight(ctx: Context, body: JobCreate, who: Principal, s) -> None:
+    """Everything a job needs, checked against its teacher and data before it is queued (after
+    normalize())."""
+    method, arch = ctx.method(body.method.name), ctx.architecture(body.student.architecture)
     dataset = get_owned(s, Dataset, body.dataset_id, who, "dataset", "dataset_id")
     val = get_owned(s, Dataset, body.validation_dataset_id, who, "dataset", "validation_dataset_id") \
         if body.validation_dataset_id else None
@@ -99,9 +117,6 @@ def preflight(ctx: Context, body: JobCreate, who: Principal, s) -> None:
         raise ApiError(422, "invalid_request", f"method {method['name']!r} needs teacher features: set teacher_features "
                        "to the name of one of the teacher's outputs", "teacher_features")
     if body.teacher_refinement:
-        spec = next(r for r in ctx.catalog["refinements"] if r["name"] == body.teacher_refinement.method)
-        body.teacher_refinement.params = _check_params(spec["params"], body.teacher_refinement.params,
-                                                       "teacher_refinement.params")
         if not dataset.labeled:
             raise ApiError(422, "invalid_request", "teacher refinement needs a labelled dataset", "dataset_id")
     teacher = get_owned(s, Teacher, body.teacher_id, who, "teacher", "teacher_id") if body.teacher_id else None
@@ -122,6 +137,62 @@ def preflight(ctx: Context, body: JobCreate, who: Principal, s) -> None:
             if not embedding_teacher and ds.num_classes is not None and ds.num_classes > teacher.num_classes:
                 raise ApiError(422, "label_out_of_range", f"dataset {ds.id} has label {ds.num_classes - 1} but the "
                                f"teacher has only {teacher.num_classes} classes", "dataset_id")
+    check_budget(ctx.settings, body, dataset, val, teacher)
+
+
+METADATA_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+METADATA_VALUE_MAX = 1024
+# metadata.name names the published model: it is a path segment of /v2/models/{name} and the
+# file name in the download's Content-Disposition header, so it keeps to a URL- and header-safe set
+# (and to the models table's column).
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_metadata(metadata: dict[str, str]) -> None:
+    """Free text kept with the job and shown back: keys are short identifiers, values printable
+    text of bounded length (no control or invisible formatting characters), `name` a model name."""
+    for key, value in metadata.items():
+        if not METADATA_KEY.match(key):
+            raise ApiError(422, "invalid_request", f"metadata key {key[:64]!r} must be 1-64 letters, digits, '_', '.' "
+                           "or '-'", "metadata")
+        if len(value) > METADATA_VALUE_MAX or not value.isprintable():
+            raise ApiError(422, "invalid_request", f"metadata.{key} must be at most {METADATA_VALUE_MAX} printable "
+                           "characters (no control characters)", f"metadata.{key}")
+    name = metadata.get("name")
+    if name is not None and not MODEL_NAME.match(name):
+        raise ApiError(422, "invalid_request", "metadata.name names the model: 1-128 letters, digits, '_', '.' or "
+                       "'-', starting with a letter or digit", "metadata.name")
+
+
+def check_budget(settings: Settings, body: JobCreate, dataset: Dataset, val: Dataset | None,
+                 teacher: Teacher | None) -> None:
+    """The job's estimated size (service/budgets.py) against the workers' budget: classes,
+    parameters (and the single-file ONNX limit the export must fit in), memory."""
+    width = teacher.num_classes if teacher is not None else (dataset.num_classes or 0)
+    if width > settings.job_max_classes:
+        raise ApiError(422, "invalid_request", f"the student would have {width} outputs; the limit is "
+                       f"{settings.job_max_classes} (KDSERVE_JOB_MAX_CLASSES)", "teacher_id" if teacher else "dataset_id")
+    text = dataset.format in TEXT_FORMATS
+    shapes = budgets.Shapes(
+        input_shape=dataset.feature_shape, width=width, rows=dataset.num_rows + (val.num_rows if val else 0),
+        batch_size=body.training.batch_size, max_length=body.text.max_length if text else 0,
+        teacher_parameters=teacher.num_parameters if teacher else 0, teacher_details=(teacher.details or {}) if teacher else {})
+    est = budgets.estimate(body.student.architecture, body.student.params, shapes)
+    if est is None:
+        return
+    onnx_file = f"the weights one ONNX file can hold: {budgets.ONNX_SINGLE_FILE_BYTES / 1024**3:.1f} GiB of float32"
+    for limit, why in ((settings.job_max_parameters, "KDSERVE_JOB_MAX_PARAMETERS"),
+                       (budgets.ONNX_SINGLE_FILE_BYTES // budgets.FLOAT, onnx_file)):
+        if est.parameters > limit:
+            raise ApiError(422, "invalid_request", f"the student would have about {est.parameters:,} parameters; the "
+                           f"limit is {limit:,} ({why})", "student.params")
+    if est.memory_bytes > settings.job_max_memory_bytes:
+        part = max(est.memory, key=est.memory.get)
+        parts = ", ".join(f"{k.replace('_', ' ')} {v / 1024**3:.2f}" for k, v in est.memory.items())
+        raise ApiError(422, "invalid_request", f"the job would need about {est.memory_bytes / 1024**3:.1f} GiB of worker "
+                       f"memory ({parts} GiB); the limit is {settings.job_max_memory_bytes / 1024**3:.1f} GiB "
+                       f"(KDSERVE_JOB_MAX_MEMORY_BYTES): lower {budgets.PARAM_OF_PART[part]}",
+                       budgets.PARAM_OF_PART[part])
 
 
 TEXT_ARCHITECTURES_HINT = "transformer (from scratch) or layer_dropped (a copy of a BERT teacher)"
@@ -221,28 +292,23 @@ SPEC_MAX_BYTES = 256 * 1024  # a job spec is a few KB; its JSON is stored with t
 def create_job(body: JobCreate = Depends(json_body(JobCreate, SPEC_MAX_BYTES, "a job spec is a few KB")),
                idempotency_key: str | None = Header(None, max_length=255),
                ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
-        preflight(ctx, body, who, s)
-        active = s.scalar(select(func.count()).select_from(Job).where(
-            Job.tenant == who.tenant, Job.status.in_(("queued", "running"))))
-        if active >= ctx.settings.tenant_max_active_jobs and not (
-                idempotency_key and s.scalar(select(Job.id).where(Job.tenant == who.tenant,
-                                                                  Job.idempotency_key == idempotency_key))):
-            raise ApiError(429, "rate_limited", f"tenant {who.tenant!r} has {active} queued or running jobs, its limit "
-                           "(KDSERVE_TENANT_MAX_ACTIVE_JOBS); wait for one to end or cancel one")
-        spec = body.model_dump(mode="json")
-        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-        if idempotency_key:
-            prior = s.scalar(select(Job).where(Job.tenant == who.tenant, Job.idempotency_key == idempotency_key))
+    normalize(ctx, body)
+    spec = body.model_dump(mode="json")
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    try:
+        with ctx.db.locked_session() as s:
+            prior = _replay(s, who, idempotency_key, digest)
             if prior is not None:
-                if prior.request_hash != digest:
-                    raise ApiError(409, "conflict", "this Idempotency-Key was used with a different request body")
-                return JSONResponse(to_out(prior).model_dump(mode="json"), status_code=200)
-        job = Job(id=new_id("job"), tenant=who.tenant, status="queued", teacher_id=body.teacher_id,
-                  dataset_id=body.dataset_id, validation_dataset_id=body.validation_dataset_id, spec=spec,
-                  metrics={}, idempotency_key=idempotency_key, request_hash=digest, dispatched_at=now())
-        s.add(job)
-        s.add(JobEvent(job_id=job.id, message="queued", type="stage", data={"status": "queued"}))
+                return prior
+            job = _add_job(ctx, s, body, who, spec, idempotency_key, digest)
+    except IntegrityError:
+        # PostgreSQL: a request with the same Idempotency-Key committed between our look-up and our
+        # insert (the unique constraint caught it). Answer its job like any replay.
+        with ctx.db.session() as s:
+            prior = _replay(s, who, idempotency_key, digest)
+        if prior is None:
+            raise
+        return prior
     try:
         enqueue_job(ctx.celery, job.id, ctx.settings.queue)
     except Exception as exc:
@@ -252,6 +318,45 @@ def create_job(body: JobCreate = Depends(json_body(JobCreate, SPEC_MAX_BYTES, "a
             s.query(Job).filter_by(id=job.id).delete()
         raise ApiError(503, "broker_unavailable", "the job queue is unreachable; nothing was created, retry shortly")
     return to_out(job)
+
+
+def _replay(s, who: Principal, idempotency_key: str | None, digest: str) -> JSONResponse | None:
+    """The job an earlier request with this Idempotency-Key created (200), a 409 when that request
+    had another body, or None. Answered before any other check: the first job is the answer even
+    if its dataset has been deleted or the tenant is at its job limit since."""
+    if not idempotency_key:
+        return None
+    prior = s.scalar(select(Job).where(Job.tenant == who.tenant, Job.idempotency_key == idempotency_key))
+    if prior is None:
+        return None
+    if prior.request_hash != digest:
+        raise ApiError(409, "conflict", "this Idempotency-Key was used with a different request body")
+    return JSONResponse(to_out(prior).model_dump(mode="json"), status_code=200)
+
+
+def _add_job(ctx: Context, s, body: JobCreate, who: Principal, spec: dict, idempotency_key: str | None,
+             digest: str) -> Job:
+    """Pre-flight and insert, in `s` (a locked_session): a DELETE of the job's teacher or dataset
+    runs wholly before (the job is refused with 404) or wholly after (the DELETE answers 409)."""
+    preflight(ctx, body, who, s)
+    for table, ids, kind in ((Dataset, [body.dataset_id, body.validation_dataset_id], "dataset"),
+                             (Teacher, [body.teacher_id], "teacher")):
+        ids = [i for i in ids if i]
+        missing = set(ids) - ctx.db.lock_rows(s, table, ids, exclusive=False)
+        if missing:  # deleted between pre-flight's read and the lock (PostgreSQL)
+            raise not_found(kind, sorted(missing)[0], "teacher_id" if kind == "teacher" else "dataset_id")
+    active = s.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant == who.tenant, Job.status.in_(("queued", "running"))))
+    if active >= ctx.settings.tenant_max_active_jobs:
+        raise ApiError(429, "rate_limited", f"tenant {who.tenant!r} has {active} queued or running jobs, its limit "
+                       "(KDSERVE_TENANT_MAX_ACTIVE_JOBS); wait for one to end or cancel one")
+    job = Job(id=new_id("job"), tenant=who.tenant, status="queued", teacher_id=body.teacher_id,
+              dataset_id=body.dataset_id, validation_dataset_id=body.validation_dataset_id, spec=spec,
+              metrics={}, idempotency_key=idempotency_key, request_hash=digest, dispatched_at=now())
+    s.add(job)
+    s.add(JobEvent(job_id=job.id, message="queued", type="stage", data={"status": "queued"}))
+    s.flush()  # the unique Idempotency-Key is checked here, inside the caller's try
+    return job
 
 
 @router.get("", response_model=ListOut)

@@ -22,7 +22,7 @@ from models.sniff import ModelFileError, sniff
 from service import metrics, uploads
 from service.api.deps import Context, check_storage, get_ctx, get_owned, paginate, parse_json_form, principal
 from service.auth import Principal
-from service.errors import ApiError
+from service.errors import ApiError, not_found
 from service.queue import PROBE_TEACHER, probe_queue
 from service.schemas import ListOut, TeacherOut
 from service.settings import Settings
@@ -202,8 +202,10 @@ def get_teacher(teacher_id: str, ctx: Context = Depends(get_ctx), who: Principal
 
 @router.delete("/{teacher_id}", status_code=204)
 def delete_teacher(teacher_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
+    with ctx.db.locked_session() as s:  # no job can be created for it between the check below and the delete
         row = get_owned(s, Teacher, teacher_id, who, "teacher")
+        if not ctx.db.lock_rows(s, Teacher, [teacher_id], exclusive=True):  # deleted meanwhile
+            raise not_found("teacher", teacher_id)
         busy = s.query(Job.id).filter(Job.teacher_id == teacher_id, Job.status.in_(("queued", "running"))).first()
         if busy:
             raise ApiError(409, "conflict", f"job {busy[0]} is using this teacher; cancel it or wait for it to end")

@@ -8,7 +8,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event,
+from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, create_engine, event,
                         func, select, update)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -79,7 +79,8 @@ class Dataset(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("tenant", "idempotency_key"),)
+    # the index serves claim_next's "when was each tenant last served"
+    __table_args__ = (UniqueConstraint("tenant", "idempotency_key"), Index("ix_jobs_tenant_claimed_at", "tenant", "claimed_at"))
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(40), unique=True)
     tenant: Mapped[str] = mapped_column(String(100), index=True)
@@ -105,6 +106,7 @@ class Job(Base):
     heartbeat_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)  # the delivery that holds the job
     dispatched_at: Mapped[int | None] = mapped_column(Integer, nullable=True)  # last time its id was sent to the broker
+    claimed_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # last time a worker took it (fairness)
 
 
 class JobEvent(Base):
@@ -162,6 +164,28 @@ class Database:
                 s.rollback()
                 raise
 
+    @contextmanager
+    def locked_session(self) -> Iterator[Session]:
+        """A session for a check-then-write that must not interleave with another one (a job created
+        while its dataset is deleted, two requests with one Idempotency-Key). On SQLite its
+        transaction takes the database's write lock before its first read (BEGIN IMMEDIATE), so
+        such transactions run one after the other; on PostgreSQL it is an ordinary transaction and
+        the rows that matter are locked with lock_rows()."""
+        with self.session() as s:
+            if self.engine.dialect.name == "sqlite":
+                s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            yield s
+
+    def lock_rows(self, s: Session, table: type[Base], ids: list[str], *, exclusive: bool) -> set[str]:
+        """Lock these rows of `table` until `s` commits and return the ids that still exist. On
+        PostgreSQL a shared lock (a job that will read the row) waits for an exclusive one (its
+        delete) and the other way round; under READ COMMITTED a row deleted meanwhile is simply not
+        returned. On SQLite locked_session() already holds the whole database."""
+        query = select(table.id).where(table.id.in_(ids))
+        if self.engine.dialect.name == "postgresql":
+            query = query.with_for_update(read=not exclusive)
+        return set(s.scalars(query))
+
     def ping(self) -> None:
         with self.engine.connect() as c:
             c.exec_driver_sql("SELECT 1")
@@ -188,12 +212,49 @@ class Database:
         with self.session() as s:
             claimed = s.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.cancel_requested.is_(False),
-                       (Job.status == "queued") | ((Job.status == "running") & (Job.heartbeat_at < stale_before)))
+                .where(Job.id == job_id, waiting(stale_before))
                 .values(status="running", worker=worker, heartbeat_at=now(), attempts=Job.attempts + 1,
-                        started_at=func.coalesce(Job.started_at, now()), error=None)
+                        started_at=func.coalesce(Job.started_at, now()), claimed_at=time.time(), error=None)
             ).rowcount
         return claimed == 1
+
+    def claim_next(self, worker: str, stale_before: int) -> Job | None:
+        """Take the next job to run, fairly between tenants, for this delivery; None when no job waits.
+
+        A Celery message only wakes a worker: the job it runs is chosen here, from the database,
+        among every waiting job (queued, or running with a silent worker: see claim_job). The
+        tenant chosen is the one with the fewest jobs running now, then the one whose last job
+        started longest ago (a tenant never served first), and its oldest waiting job runs. So
+        with one worker tenants take turns: one tenant's hundred queued jobs delay another
+        tenant's first job by at most the job already running. Per-tenant Celery queues consumed
+        round-robin would do the same, but need a queue per tenant known to every worker; here
+        the broker still carries one message per accepted job (the reaper keeps their count
+        right), acks_late, redelivery and the job row's lease work as before."""
+        for _ in range(CLAIM_TRIES):  # another worker may take our choice first: choose again
+            job_id = self._next_job(stale_before)
+            if job_id is None:
+                return None
+            if self.claim_job(job_id, worker, stale_before):
+                return self.get_job(job_id)
+        return None
+
+    def _next_job(self, stale_before: int) -> str | None:
+        with self.session() as s:
+            heads = dict(s.execute(select(Job.tenant, func.min(Job.seq)).where(waiting(stale_before))
+                                   .group_by(Job.tenant)).all())
+            if not heads:
+                return None
+            running = dict(s.execute(select(Job.tenant, func.count()).where(
+                Job.tenant.in_(heads), Job.status == "running", Job.heartbeat_at >= stale_before).group_by(Job.tenant)).all())
+            served = dict(s.execute(select(Job.tenant, func.max(Job.claimed_at)).where(Job.tenant.in_(heads))
+                                    .group_by(Job.tenant)).all())
+            tenant = min(heads, key=lambda t: (running.get(t, 0), served.get(t) or 0.0, heads[t]))
+            return s.scalar(select(Job.id).where(Job.seq == heads[tenant]))
+
+    def count_waiting(self, stale_before: int) -> int:
+        """Jobs that need a worker: each needs a message in the broker to wake one."""
+        with self.session() as s:
+            return s.scalar(select(func.count()).select_from(Job).where(waiting(stale_before)))
 
     def release_job(self, job_id: str, worker: str) -> bool:
         """This delivery gives the job back (its worker is shutting down): the lease is made stale at
@@ -212,6 +273,16 @@ class Database:
     def get_job(self, job_id: str) -> Job | None:
         with self.session() as s:
             return s.scalar(select(Job).where(Job.id == job_id))
+
+
+CLAIM_TRIES = 5
+
+
+def waiting(stale_before: int):
+    """A job a worker may take: queued, or running with a worker silent since before `stale_before`
+    (killed, or its machine lost); never one whose cancel was asked (the reaper ends those)."""
+    return Job.cancel_requested.is_(False) & (
+        (Job.status == "queued") | ((Job.status == "running") & (Job.heartbeat_at < stale_before)))
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
