@@ -20,9 +20,11 @@ from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.errors import ApiError
+from service.limits import ensure_free_space
 from service.settings import Settings
 
 MAX_FIELD_BYTES = 64 * 1024
+DISK_CHECK_EVERY = 64 * 1024**2  # bytes of a file part between two looks at the disk's free space
 
 
 @dataclass
@@ -50,9 +52,10 @@ def safe_name(name: str | None) -> str | None:
 class _Receiver:
     """python-multipart callbacks: fields into memory (small), the file part onto disk."""
 
-    def __init__(self, make_temp: Callable[[], Path], cap: int, file_field: str):
+    def __init__(self, make_temp: Callable[[], Path], cap: int, file_field: str, disk_reserve: int = 0):
         self.upload = Upload()
         self.make_temp, self.cap, self.file_field = make_temp, cap, file_field
+        self.disk_reserve = disk_reserve
         self._digest = hashlib.sha256()
         self._header_field = b""
         self._headers: dict[bytes, bytes] = {}
@@ -95,6 +98,8 @@ class _Receiver:
             if self.upload.size > self.cap:
                 raise ApiError(413, "payload_too_large", f"the file exceeds the {self.cap}-byte upload limit "
                                "(KDSERVE_MAX_UPLOAD_BYTES)", self.file_field)
+            if self.upload.size // DISK_CHECK_EVERY != (self.upload.size - len(chunk)) // DISK_CHECK_EVERY:
+                ensure_free_space(self.upload.path.parent, DISK_CHECK_EVERY, self.disk_reserve)  # 507
             self._digest.update(chunk)
             self._out.write(chunk)
         else:
@@ -128,7 +133,7 @@ async def receive(request: Request, settings: Settings, make_temp: Callable[[], 
     if declared and declared.isdigit() and int(declared) > cap + MAX_FIELD_BYTES * 16:
         raise ApiError(413, "payload_too_large", f"the request body ({declared} bytes) exceeds the {cap}-byte upload "
                        "limit (KDSERVE_MAX_UPLOAD_BYTES)", file_field)
-    receiver = _Receiver(make_temp, cap, file_field)
+    receiver = _Receiver(make_temp, cap, file_field, settings.disk_reserve_bytes)
     parser = MultipartParser(options[b"boundary"], receiver.callbacks())
     try:
         async for chunk in request.stream():
