@@ -232,3 +232,14 @@ def test_redis_keeps_an_append_only_file_and_prometheus_scrapes_the_api():
     assert "redis://redis:6379" in " ".join(services["flower"]["command"])
     assert set(services) >= {"api", "worker", "prober", "redis", "postgres", "minio", "minio-init", "prometheus",
                              "flower"}
+
+
+def test_only_the_api_is_published_beyond_the_host():
+    """MinIO's console, Prometheus and Flower (no login, and it can revoke tasks) listen on the
+    host's loopback only; the API is the one port meant for other machines."""
+    services = compose()["services"]
+    for name in ("minio", "prometheus", "flower"):
+        ports = services[name]["ports"]
+        assert ports and all(str(p).startswith("127.0.0.1:") for p in ports), (name, ports)
+    published = {name for name, s in services.items() for p in s.get("ports", []) if not str(p).startswith("127.0.0.1:")}
+    assert published == {"api"}
