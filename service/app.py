@@ -4,7 +4,6 @@ Run with `uvicorn --factory service.app:create_app` (what `kdserve up` does)."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 from contextlib import asynccontextmanager
@@ -67,10 +66,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logging.getLogger("kdserve.api").info("kdserve API ready: %d methods, %d architectures, %d models preloaded",
                                               len(ctx.catalog["methods"]), len(ctx.catalog["architectures"]),
                                               len(preloaded))
-        sweeper = asyncio.create_task(sweep.sweep_forever(settings, ctx.blobs))  # orphaned temp files
+        sweeper = sweep.start_sweeper(settings, ctx.blobs)  # orphaned temp files, now and periodically
         freeze_startup_heap()
         yield
-        sweeper.cancel()
+        sweeper.set()
         gc.unfreeze()
         app.state.serving.close()
         db.engine.dispose()

@@ -10,12 +10,10 @@ longer than any upload, probe or export takes) is an orphan.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import tempfile
+import threading
 from pathlib import Path
-
-from starlette.concurrency import run_in_threadpool
 
 from service.settings import Settings
 from service.store.blobs import BlobStore, remove_stale
@@ -36,12 +34,20 @@ def sweep(settings: Settings, blobs: BlobStore) -> int:
     return removed
 
 
-async def sweep_forever(settings: Settings, blobs: BlobStore) -> None:
-    """sweep() now and every temp_sweep_interval_s, in a worker thread; a failed sweep is logged
-    and tried again next time (the service goes on either way)."""
-    while True:
-        try:
-            await run_in_threadpool(sweep, settings, blobs)
-        except Exception as exc:
-            log.warning("sweeping temporary files failed: %s: %s", type(exc).__name__, exc)
-        await asyncio.sleep(settings.temp_sweep_interval_s)
+def start_sweeper(settings: Settings, blobs: BlobStore) -> threading.Event:
+    """sweep() now and every temp_sweep_interval_s, in a daemon thread, until the returned event is
+    set. A failed sweep is logged and tried again next time: the service goes on either way. The
+    API runs one (it shares the scratch folder with a local worker); so does each worker, whose
+    scratch folder is its own machine's with an S3 store."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                sweep(settings, blobs)
+            except Exception as exc:
+                log.warning("sweeping temporary files failed: %s: %s", type(exc).__name__, exc)
+            stop.wait(settings.temp_sweep_interval_s)
+
+    threading.Thread(target=loop, name="kdserve-sweep", daemon=True).start()
+    return stop
