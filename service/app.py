@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import errors, openapi
+from service import errors, openapi, sweep
 from service.bodies import BodyParser
 from service.api import datasets, inference_v2, jobs, models, ops, teachers
 from service.api import dashboard
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.make_data_dir()
         db = Database(settings.resolved_database_url)
         db.migrate()
         ctx = Context(settings=settings, db=db, blobs=make_blob_store(settings), celery=make_celery(settings),
@@ -64,20 +64,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.parser.start()
         ctx.catalog = load_catalog(settings.python)
         app.state.ctx = ctx
+        app.state.probes = inference_v2.Memo(settings.probe_cache_s, 8)  # /readyz and /metrics readings
         app.state.serving = inference_v2.Serving(settings)
         preloaded = app.state.serving.preload(ctx)
         logging.getLogger("kdserve.api").info("kdserve API ready: %d methods, %d architectures, %d models preloaded",
                                               len(ctx.catalog["methods"]), len(ctx.catalog["architectures"]),
                                               len(preloaded))
+        sweeper = sweep.start_sweeper(settings, ctx.blobs)  # orphaned temp files, now and periodically
         freeze_startup_heap()
         yield
+        sweeper.set()
         gc.unfreeze()
         app.state.parser.close()
         ctx.probes.close()
         app.state.serving.close()
         db.engine.dispose()
 
-    app = KdserveApp(title="kdserve", version="0.1.0", lifespan=lifespan,
+    # /docs is served by dashboard.py from files in the package (no CDN); ReDoc, which would load
+    # its script from a CDN, is off
+    app = KdserveApp(title="kdserve", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Knowledge distillation as a service: upload a teacher and data, get a small ONNX student.")
     errors.install(app)
     for router in (ops.router, teachers.router, datasets.router, jobs.router, models.router, inference_v2.router):

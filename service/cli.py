@@ -67,7 +67,7 @@ def global_options(
 
 
 def _db(settings: Settings) -> Database:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.make_data_dir()
     db = Database(settings.resolved_database_url)
     db.migrate()
     return db
@@ -265,7 +265,7 @@ def db_upgrade():
     from service.store.migrate import SchemaMismatch  # alembic: only for the commands that migrate
 
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.make_data_dir()
     db = Database(settings.resolved_database_url)
     try:
         print(db.migrate())

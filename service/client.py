@@ -40,6 +40,7 @@ from typing import Any, AsyncIterator, Callable, Generic, Iterator, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict
 
+from service.filenames import safe_basename
 from service.schemas import (DatasetOut, EventOut, ExportSpec, JobCreate, JobOut, MethodSpec, ModelOut, PredictOut,
                              StudentSpec, TeacherOut, TrainingSpec)
 
@@ -551,7 +552,8 @@ class _Download:
                            param="precision", status=404)
         self.sha256, self.size = artifact.sha256, artifact.size_bytes
         self.etag = f'"{artifact.sha256}"'
-        default_name = f"{card.name}.{precision}.{format}"
+        # the card's name is whoever started the job's choice: only its sanitised basename is used
+        default_name = f"{safe_basename(card.name) or card.id}.{precision}.{format}"
         dest = Path(path) if path is not None else Path(default_name)
         self.dest = dest / default_name if dest.is_dir() else dest
         self.part = self.dest.with_name(self.dest.name + ".part")
@@ -855,7 +857,8 @@ class Models(_ModelCalls):
     def download(self, id: str, path: str | os.PathLike | None = None, *, precision: str = "fp32",
                  format: str = "onnx", on_progress: Callable[[int, int], Any] | None = None,
                  chunk_size: int = 1 << 16, max_retries: int = 3) -> DownloadResult:
-        """Download an artifact to `path` (a file, or a folder for `<name>.<precision>.onnx`).
+        """Download an artifact to `path` (a file, or a folder for `<name>.<precision>.onnx`, where
+        `<name>` is the basename of the model's name: a name such as `../x` never picks the folder).
         Resumes a `<path>.part` left by an interrupted call (also within this call, up to
         `max_retries` broken connections), checks the sha256 and renames atomically.
         `on_progress(bytes_done, bytes_total)` is called as it goes."""

@@ -19,6 +19,8 @@ and the upload routes call `metrics.observe_upload("teacher" | "dataset", size_b
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
@@ -70,6 +72,24 @@ def observe_inference(model: str, *, protocol: str, batch_size: int, seconds: fl
     if outcome == "ok":
         INFERENCE_LATENCY.labels(model, protocol).observe(seconds)
         INFERENCE_REQUEST_ROWS.labels(model, protocol).observe(batch_size)
+
+
+PROTOCOLS, OUTCOMES = ("v1", "v2"), ("ok", "error")
+
+
+def forget_model(model: str) -> None:
+    """A deleted model: remove its series, so /metrics stops listing what no longer exists."""
+    for protocol in PROTOCOLS:
+        for outcome in OUTCOMES:
+            _remove(INFERENCE_REQUESTS, model, protocol, outcome)
+        _remove(INFERENCE_LATENCY, model, protocol)
+        _remove(INFERENCE_REQUEST_ROWS, model, protocol)
+    _remove(INFERENCE_RUN_ROWS, model)
+
+
+def _remove(metric, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # prometheus_client before 0.22 raises for a series never seen
+        metric.remove(*labels)
 
 
 def observe_batch(model: str, rows: int) -> None:

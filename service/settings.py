@@ -36,6 +36,15 @@ class Settings(BaseSettings):
 
     auth: str = Field("enabled", pattern="^(enabled|disabled)$", description="`disabled`: no API keys, every "
                       "caller is an admin of tenant `default` (a trusted network only)")
+    auth_cache_s: float = Field(0.5, ge=0, le=1, description="how long an API process trusts an API key it "
+                                "checked: a revoked key (`kdserve keys revoke`) stops working on /v1, /v2, open event "
+                                "streams and downloads within it")
+    metrics_token: str | None = Field(None, description="when set, GET /metrics needs `Authorization: Bearer "
+                                      "<token>` and labels inference series by model id; unset, it is open and "
+                                      "labels them by a hash of the id (no tenant's ids to the world)")
+    probe_cache_s: float = Field(5.0, ge=0, le=300, description="GET /metrics and /readyz answer from a reading "
+                                 "this fresh (database, broker, workers' broadcast, blob store): probes and "
+                                 "scrapes cost the backends at most one reading per interval")
     host: str = Field("127.0.0.1", description="`kdserve up`'s API bind address (0.0.0.0 in the images)")
     port: int = Field(8000, description="`kdserve up`'s API port")
 
@@ -99,6 +108,17 @@ class Settings(BaseSettings):
                                       "process or a worker's answer)")
     probe_max_per_tenant: int = Field(2, ge=1, description="uploaded teachers of one tenant probed at once; past it "
                                       "that tenant's upload is refused with 429")
+    tenant_max_event_streams: int = Field(16, ge=1, description="open Server-Sent Event streams per tenant and API "
+                                          "process (429 past it)")
+    tenant_max_uploads: int = Field(4, ge=1, description="teacher and dataset uploads in progress at once per tenant "
+                                    "and API process (429 past it)")
+    disk_reserve_bytes: int = Field(2 * 1024**3, ge=0, description="free space an upload must leave on the disk of "
+                                    "the blob store's scratch folder; an upload that would go under it is refused "
+                                    "with 507 (before its body when Content-Length says so, else as it streams)")
+    temp_max_age_s: float = Field(6 * 3600, gt=0, description="temporary files (uploads in progress, staged "
+                                  "probes, worker scratch folders) untouched this long are orphans: removed at start "
+                                  "and by a sweep every `temp_sweep_interval_s`")
+    temp_sweep_interval_s: float = Field(600, gt=0, description="how often the API sweeps orphaned temporary files")
     max_zip_members: int = Field(10_000, ge=1, description="members of an uploaded zip (npz, archives)")
     max_unzipped_bytes: int = Field(8 * 1024**3, ge=1, description="declared uncompressed size of an uploaded zip")
     max_dataset_bytes: int = Field(4 * 1024**3, ge=1, description="size of a dataset once parsed (x as float32, y "
@@ -170,6 +190,13 @@ class Settings(BaseSettings):
     @property
     def api_key_file(self) -> Path:
         return self.data_dir / "api_key"
+
+    def make_data_dir(self) -> Path:
+        """The data dir, created if needed and made 0700: it holds the database, the blobs, the
+        embedded Redis socket and the bootstrap key, none of them for other users of the machine."""
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
+        return self.data_dir
 
 
 @lru_cache

@@ -26,6 +26,7 @@ from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.errors import ApiError
+from service.limits import ensure_free_space
 from service.settings import Settings
 
 MAX_FIELD_BYTES = 64 * 1024  # one form field
@@ -34,6 +35,7 @@ MAX_PARTS = 32  # parts of a form, the file's included (the upload forms have un
 MAX_PART_HEADER_BYTES = 8 * 1024  # the headers of one part
 # what a form may add to its file: fields, part headers, boundaries (a longer body is refused)
 FORM_ALLOWANCE = MAX_FIELDS_BYTES + MAX_PARTS * (MAX_PART_HEADER_BYTES + 256)
+DISK_CHECK_EVERY = 64 * 1024**2  # bytes of a file part between two looks at the disk's free space
 
 
 @dataclass
@@ -65,9 +67,11 @@ class _Receiver:
     """python-multipart callbacks: fields into memory (small, and bounded: see the module's
     docstring), the file part onto disk."""
 
-    def __init__(self, make_temp: Callable[[], Path], cap: int, file_field: str, extra_files: tuple[str, ...] = ()):
+    def __init__(self, make_temp: Callable[[], Path], cap: int, file_field: str, extra_files: tuple[str, ...] = (),
+                 disk_reserve: int = 0):
         self.upload = Upload()
         self.make_temp, self.cap, self.file_field, self.extra_files = make_temp, cap, file_field, extra_files
+        self.disk_reserve = disk_reserve
         self._part: Upload | None = None  # the file part being written
         self._total = 0
         self._digest = hashlib.sha256()
@@ -129,6 +133,8 @@ class _Receiver:
             if self._total > self.cap:
                 raise ApiError(413, "payload_too_large", f"the file exceeds the {self.cap}-byte upload limit "
                                "(KDSERVE_MAX_UPLOAD_BYTES)", self._name)
+            if self._total // DISK_CHECK_EVERY != (self._total - len(chunk)) // DISK_CHECK_EVERY:
+                ensure_free_space(self._part.path.parent, DISK_CHECK_EVERY, self.disk_reserve)  # 507
             self._digest.update(chunk)
             self._out.write(chunk)
         else:
@@ -168,7 +174,7 @@ async def receive(request: Request, settings: Settings, make_temp: Callable[[], 
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > cap + FORM_ALLOWANCE:
         raise too_large
-    receiver = _Receiver(make_temp, cap, file_field, extra_files)
+    receiver = _Receiver(make_temp, cap, file_field, extra_files, settings.disk_reserve_bytes)
     parser = MultipartParser(options[b"boundary"], receiver.callbacks())
     received = 0
     try:

@@ -51,3 +51,14 @@ def _start_reaper(**_) -> None:
         return
     db, blobs = context()
     reaper.start(db, app, settings, blobs)
+
+
+@worker_ready.connect
+def _start_sweeper(**_) -> None:
+    """Orphaned temporary files on this machine (service/sweep.py): with an S3 store a worker's
+    scratch folder is its own machine's, which no API process sees."""
+    from service import sweep
+    from service.store.blobs import make_blob_store
+
+    settings = get_settings()
+    sweep.start_sweeper(settings, make_blob_store(settings))

@@ -15,15 +15,24 @@ from api_tests.harness import Service, wait_job
 from service import metrics
 
 
+TOKEN = "metrics-test-token"
+# A reading lives KDSERVE_PROBE_CACHE_S (5 s by default); these tests compare a scrape before and
+# after something happened, so each scrape here reads afresh.
+FRESH = {"KDSERVE_METRICS_TOKEN": TOKEN, "KDSERVE_PROBE_CACHE_S": "0"}
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    """A service of its own: the counts below must not depend on what other tests left running."""
-    with Service(tmp_path_factory.mktemp("metrics-svc"), redis_url=MACHINE_REDIS) as svc:
+    """A service of its own: the counts below must not depend on what other tests left running.
+    With a metrics token: the series are labelled by model id (api_tests/api/test_ops_security.py
+    has the tokenless, hashed form)."""
+    with Service(tmp_path_factory.mktemp("metrics-svc"), redis_url=MACHINE_REDIS, extra_env=FRESH) as svc:
         yield svc
 
 
 def scrape(service) -> dict:
-    r = httpx.get(service.base_url + "/metrics", timeout=30)  # no API key: Prometheus sends none
+    # no API key: Prometheus sends none, only the metrics token
+    r = httpx.get(service.base_url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     return {f.name: f for f in text_string_to_metric_families(r.text)}
 
@@ -184,7 +193,7 @@ def test_inference_helpers_record_what_serving_reports():
 def test_on_postgres_and_the_embedded_redis(tmp_path, postgres_url, files):  # noqa: F811
     """The other backends: the method is read from the JSON spec in SQL (another dialect), and the
     broker is the embedded redis-server on a unix socket (a `redis+socket://` URL)."""
-    with Service(tmp_path / "svc", redis_url=None, database_url=postgres_url) as svc:
+    with Service(tmp_path / "svc", redis_url=None, database_url=postgres_url, extra_env=FRESH) as svc:
         with svc.client() as c:
             ids = {"teacher_id": upload_teacher(c, files["onnx"])["id"],
                    "dataset_id": upload_dataset(c, files["npz"])["id"]}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 from importlib import resources
-from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
@@ -259,3 +258,14 @@ def test_teachers_run_jailed_and_the_prober_gets_no_secrets():
         opts = services[service]["security_opt"]
         seccomp = next(o for o in opts if o.startswith("seccomp="))
         assert (COMPOSE.parent / seccomp.split("=", 1)[1]).resolve() == (K8S / "seccomp" / "kdserve-jail.json").resolve()
+
+
+def test_only_the_api_is_published_beyond_the_host():
+    """MinIO's console, Prometheus and Flower (no login, and it can revoke tasks) listen on the
+    host's loopback only; the API is the one port meant for other machines."""
+    services = compose()["services"]
+    for name in ("minio", "prometheus", "flower"):
+        ports = services[name]["ports"]
+        assert ports and all(str(p).startswith("127.0.0.1:") for p in ports), (name, ports)
+    published = {name for name, s in services.items() for p in s.get("ports", []) if not str(p).startswith("127.0.0.1:")}
+    assert published == {"api"}

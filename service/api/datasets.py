@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service import ingest, ingest_child, metrics, uploads
-from service.api.deps import Context, check_storage, get_ctx, get_owned, paginate, principal
+from service.api.deps import Context, check_storage, get_ctx, get_owned, paginate, principal, uploader
 from service.auth import Principal
 from service.errors import ApiError, not_found
 from service.schemas import DatasetOut, ListOut
@@ -52,7 +52,7 @@ DATASET_FORM = {"requestBody": {"required": True, "content": {"multipart/form-da
 
 
 @router.post("", status_code=201, response_model=DatasetOut, openapi_extra=DATASET_FORM)
-async def create_dataset(request: Request, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
+async def create_dataset(request: Request, ctx: Context = Depends(get_ctx), who: Principal = Depends(uploader)):
     upload = await uploads.receive(request, ctx.settings, ctx.blobs.temp_path)
     try:
         metrics.observe_upload("dataset", upload.size)

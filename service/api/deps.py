@@ -6,7 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from service import auth, bodies
 from service.errors import ApiError, not_found
 from service.probe_limits import ProbeLimiter
+from service.limits import TenantSlots, ensure_free_space
 from service.settings import Settings
 from service.store.blobs import BlobStore
 from service.store.db import Database, Dataset, Model, Teacher
@@ -32,6 +33,10 @@ class Context:
     celery: Celery
     catalog: dict[str, Any]
     probes: ProbeLimiter | None = None  # teacher probes in flight (service/probe_limits.py); set by the app
+    # per tenant, in this process (service/limits.py)
+    event_streams: TenantSlots = field(default_factory=lambda: TenantSlots(
+        "event streams", "KDSERVE_TENANT_MAX_EVENT_STREAMS"))
+    uploads: TenantSlots = field(default_factory=lambda: TenantSlots("uploads in progress", "KDSERVE_TENANT_MAX_UPLOADS"))
 
     @property
     def python(self) -> str:
@@ -65,13 +70,19 @@ def get_ctx(request: Request) -> Context:
 
 
 def principal(request: Request, ctx: Context = Depends(get_ctx)) -> auth.Principal:
+    return authenticate(request, ctx)
+
+
+def authenticate(request: Request, ctx: Context, cached: bool = True) -> auth.Principal:
+    """The caller named by the request's bearer key, or 401. `cached`: trust a key checked in the
+    last KDSERVE_AUTH_CACHE_S (auth.lookup); the /v2 routes keep a memo of their own instead."""
     if ctx.settings.auth == "disabled":
         return auth.Principal(auth.DEFAULT_TENANT, is_admin=True)
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'")
-    who = auth.lookup(ctx.db, key.strip())
+    who = auth.lookup(ctx.db, key.strip(), ctx.settings.auth_cache_s if cached else 0.0)
     if who is None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key")
     return who
@@ -100,6 +111,32 @@ def body_openapi(model: type[BaseModel]) -> dict:
         "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
 
 
+def key_check(request: Request, ctx: Context) -> Callable[[], bool]:
+    """For a response that goes on long after its request was let in (an SSE stream, a large
+    download): a blocking function that says whether the caller's key still works, decided as
+    `authenticate` would decide now (through the auth cache: at most one database read per
+    KDSERVE_AUTH_CACHE_S). The response ends when it says no, so a revoked key's stream stops."""
+    def still_valid() -> bool:
+        try:
+            authenticate(request, ctx)
+        except ApiError:
+            return False
+        return True
+
+    return still_valid
+
+
+async def uploader(request: Request, ctx: Context = Depends(get_ctx), who: auth.Principal = Depends(principal)):
+    """The caller of an upload route, holding one of its tenant's upload slots while the request
+    runs (429 past KDSERVE_TENANT_MAX_UPLOADS), once the body's declared size is known to fit on
+    the disk above KDSERVE_DISK_RESERVE_BYTES (507; uploads.receive checks again as it streams)."""
+    declared = request.headers.get("content-length", "")
+    incoming = int(declared) if declared.isascii() and declared.isdigit() and len(declared) <= 19 else 0
+    ensure_free_space(ctx.blobs.scratch_dir, incoming, ctx.settings.disk_reserve_bytes)
+    with ctx.uploads.hold(who.tenant, ctx.settings.tenant_max_uploads):
+        yield who
+
+
 def get_owned(s: Session, table, id_: str, who: auth.Principal, kind: str, param: str | None = None):
     """The row with this id if the caller's tenant owns it; else 404 as if it did not exist."""
     row = s.scalar(select(table).where(table.id == id_))
@@ -108,12 +145,17 @@ def get_owned(s: Session, table, id_: str, who: auth.Principal, kind: str, param
     return row
 
 
+MAX_CURSOR_CHARS = 64  # ids are a prefix and 24 hex digits
+
+
 def paginate(s: Session, table, who: auth.Principal, limit: int, after: str | None, *filters) -> tuple[list, bool]:
     """Newest first; `after` is the id of the last item of the previous page."""
     q = select(table).where(*filters)
     if not who.is_admin:
         q = q.where(table.tenant == who.tenant)
     if after:
+        if len(after) > MAX_CURSOR_CHARS:  # no id is this long: not worth a query, nor echoing back
+            raise ApiError(422, "invalid_request", f"unknown cursor ({len(after)} characters)", "after")
         cursor = s.scalar(select(table.seq).where(table.id == after))
         if cursor is None:
             raise ApiError(422, "invalid_request", f"unknown cursor {after!r}", "after")

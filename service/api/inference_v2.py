@@ -36,7 +36,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable
+from typing import Annotated, Any, Callable, Hashable
 
 import numpy as np
 import pydantic_core
@@ -49,7 +49,7 @@ from starlette.requests import ClientDisconnect
 
 from models.runtime import BatchConfig, LoadedModel, SessionCache, TensorInfo, rows_of
 from service import bodies, metrics, text_serving, v2_binary
-from service.api.deps import Context, body_openapi, principal
+from service.api.deps import Context, authenticate, body_openapi
 from service.auth import Principal
 from service.errors import ApiError
 from service.settings import Settings
@@ -60,6 +60,7 @@ log = logging.getLogger("kdserve.api")
 
 PLATFORM = "onnx_onnxv1"
 DEFAULT_VERSION = "fp32"
+MAX_DIMENSION = 2**31 - 1  # one dimension of a tensor: far past any real batch or feature count
 JSON_DATATYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32, "BOOL": np.bool_}
 
 
@@ -184,13 +185,13 @@ class Serving:
     (Memo) — which file a (caller, model, version) means, and who an API key belongs to.
 
     Each memo saves a database round trip and a thread hand-off per request, which together cost a
-    small model's request more than its inference. Both live 2 s: a model deleted through this
+    small model's request more than its inference. Models live 2 s: a model deleted through this
     process is forgotten at once, one deleted through another API process is served from memory
-    for at most RESOLVE_TTL_S, a newer model given an existing name takes over within it, and a
-    revoked key stops working on /v2 within AUTH_TTL_S (refused keys are never memoised)."""
+    for at most RESOLVE_TTL_S, and a newer model given an existing name takes over within it.
+    Callers live KDSERVE_AUTH_CACHE_S (0.5 s) and are read past auth's own cache, so a revoked key
+    stops working on /v2 within that, as on /v1 (refused keys are never memoised)."""
 
     RESOLVE_TTL_S = 2.0
-    AUTH_TTL_S = 2.0
     MEMO_SIZE = 4096
 
     def __init__(self, settings: Settings):
@@ -201,7 +202,7 @@ class Serving:
                                     on_run=lambda key, rows: metrics.observe_batch(key.split(":")[0], rows))
         self.resolved = Memo(self.RESOLVE_TTL_S, self.MEMO_SIZE)  # (principal, ref, version) → Served
         self.tokenizers = text_serving.TextTokenizers()  # text students: their tokenizers, for BYTES inputs
-        self.callers = Memo(self.AUTH_TTL_S, self.MEMO_SIZE)  # sha256 of the Authorization header → Principal
+        self.callers = Memo(settings.auth_cache_s, self.MEMO_SIZE)  # sha256 of the Authorization header → Principal
 
     async def served(self, ctx: Context, who: Principal, ref: str, version: str | None = None) -> Served:
         return await self.resolved.get((who, ref, version), lambda: resolve(ctx, who, ref, version))
@@ -256,11 +257,11 @@ async def context(request: Request) -> Context:
 
 
 async def caller(request: Request, ctx: Context = Depends(context), srv: Serving = Depends(serving)) -> Principal:
-    """The caller, checked by deps.principal exactly as on /v1 (in a worker thread: it reads the
-    database), memoised per Authorization header for Serving.AUTH_TTL_S (keyed by its sha256, so
-    the memo holds no key)."""
+    """The caller, checked by deps.authenticate exactly as on /v1 (in a worker thread: it reads the
+    database), memoised per Authorization header for KDSERVE_AUTH_CACHE_S (keyed by its sha256, so
+    the memo holds no key); this memo is the only cache on the way."""
     memo_key = hashlib.sha256(request.headers.get("authorization", "").encode()).digest()
-    return await srv.callers.get(memo_key, lambda: principal(request, ctx))
+    return await srv.callers.get(memo_key, lambda: authenticate(request, ctx, cached=False))
 
 
 # ---- JSON tensors ---------------------------------------------------------------------------
@@ -359,7 +360,10 @@ def check_finite(outputs: dict[str, np.ndarray]) -> None:
 
 class InferInput(BaseModel):
     name: str
-    shape: list[int] = Field(description="full shape, batch first; non-negative")
+    # Bounded here, before numpy sees it: a dimension past int64 (`[0, 1e20]`: no elements, so no
+    # size check trips) made reshape raise outside the checks below, a 500.
+    shape: list[Annotated[int, Field(le=MAX_DIMENSION)]] = Field(
+        max_length=64, description=f"full shape, batch first; each dimension in 0..{MAX_DIMENSION}")
     datatype: str
     parameters: dict[str, Any] | None = None
     data: Any = Field(None, description="row-major values, flat or nested to the shape (absent when the tensor "

@@ -12,16 +12,17 @@ import time
 
 import jsonschema
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from service import budgets
-from service.api.deps import Context, body_openapi, get_ctx, get_owned, json_body, paginate, principal
+from service.api.deps import Context, body_openapi, get_ctx, get_owned, json_body, key_check, paginate, principal
 from service.auth import Principal
 from service.ingest import TEXT_FORMATS
 from service.errors import ApiError, not_found
+from service.limits import HeldStreamingResponse
 from service.queue import enqueue_job
 from service.schemas import EventOut, JobCreate, JobOut, ListOut
 from service.settings import Settings
@@ -399,8 +400,27 @@ def _events(ctx: Context, job_id: str, after: int, limit: int) -> tuple[list[Eve
         return out, len(rows) > limit
 
 
+# Event ids are database row ids: a cursor past a signed 64-bit integer is no id, and would
+# overflow the database's integer instead of matching nothing.
+MAX_EVENT_ID = 2**63 - 1
+_LAST_EVENT_ID = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes '²' and '١'
+
+
+def resume_cursor(last_event_id: str | None, after: int) -> int:
+    """Where an SSE stream starts: the Last-Event-ID a reconnecting client sends, else `after`.
+    This route only ever sends numeric ids, so anything else is refused, never guessed at."""
+    if last_event_id is None or last_event_id == "":
+        return after
+    value = last_event_id.strip()
+    if not _LAST_EVENT_ID.fullmatch(value) or int(value) > MAX_EVENT_ID:
+        raise ApiError(422, "invalid_request", "Last-Event-ID must be the id of an event this stream sent (a "
+                       "non-negative integer)", "Last-Event-ID")
+    return int(value)
+
+
 @router.get("/{job_id}/events")
-async def job_events(request: Request, job_id: str, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+async def job_events(request: Request, job_id: str, after: int = Query(0, ge=0, le=MAX_EVENT_ID),
+                     limit: int = Query(100, ge=1, le=1000),
                      ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
     def owned() -> Job:
         with ctx.db.session() as s:
@@ -410,29 +430,32 @@ async def job_events(request: Request, job_id: str, after: int = Query(0, ge=0),
     if "text/event-stream" not in request.headers.get("accept", ""):
         events, more = await run_in_threadpool(_events, ctx, job_id, after, limit)
         return ListOut(data=events, has_more=more)
-    last = request.headers.get("last-event-id")
-    cursor = int(last) if last and last.isdigit() else after
+    cursor = resume_cursor(request.headers.get("last-event-id"), after)
+    release = ctx.event_streams.acquire(who.tenant, ctx.settings.tenant_max_event_streams)
+    return HeldStreamingResponse(_stream(request, ctx, job_id, cursor, owned), release=release,
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    async def stream():
-        nonlocal cursor
-        last_sent = time.monotonic()
-        while True:
-            events, more = await run_in_threadpool(_events, ctx, job_id, cursor, 500)
-            for e in events:
-                cursor = e.id
-                yield f"id: {e.id}\nevent: {e.type}\ndata: {e.model_dump_json()}\n\n"
-            if not more:
-                job = await run_in_threadpool(owned)
-                if job.status in TERMINAL:
-                    tail, _ = await run_in_threadpool(_events, ctx, job_id, cursor, 500)
-                    for e in tail:
-                        yield f"id: {e.id}\nevent: {e.type}\ndata: {e.model_dump_json()}\n\n"
-                    return
-                if await request.is_disconnected():
-                    return
-                if time.monotonic() - last_sent > 15:
-                    last_sent = time.monotonic()
-                    yield ": keep-alive\n\n"
-                await asyncio.sleep(0.5)
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+async def _stream(request: Request, ctx: Context, job_id: str, cursor: int, owned):
+    """The events after `cursor` as they are written, until the job ends, the client goes away or
+    the caller's key is revoked; a comment line every 15 s keeps proxies from closing it."""
+    still_valid = key_check(request, ctx)
+    last_sent = time.monotonic()
+    while True:
+        events, more = await run_in_threadpool(_events, ctx, job_id, cursor, 500)
+        for e in events:
+            cursor = e.id
+            yield f"id: {e.id}\nevent: {e.type}\ndata: {e.model_dump_json()}\n\n"
+        if not more:
+            job = await run_in_threadpool(owned)
+            if job.status in TERMINAL:
+                tail, _ = await run_in_threadpool(_events, ctx, job_id, cursor, 500)
+                for e in tail:
+                    yield f"id: {e.id}\nevent: {e.type}\ndata: {e.model_dump_json()}\n\n"
+                return
+            if await request.is_disconnected() or not await run_in_threadpool(still_valid):
+                return
+            if time.monotonic() - last_sent > 15:
+                last_sent = time.monotonic()
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(0.5)

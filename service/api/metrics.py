@@ -11,25 +11,33 @@ Two kinds of numbers:
 Every scrape-time source is bounded in time (Redis socket timeouts of 2 s, a 0.5 s broadcast) and
 a source that is down is reported as `kdserve_<source>_up 0` instead of failing the scrape.
 
-No API key: Prometheus scrapes without one, and the numbers are aggregates over all tenants with
-no names in them (inference series are labelled by model id only).
+Who may read it: with KDSERVE_METRICS_TOKEN set, only a scraper that sends `Authorization:
+Bearer <token>` (Prometheus's `authorization` setting), and inference series are labelled by model
+id. Without it, anyone who reaches the port (Prometheus scrapes without an API key), so the
+numbers are aggregates with no tenant's names or ids in them: the `model` label is a hash of the
+id (`m_` + 16 hex digits of its sha256; `hashed_label(id)` gives it for an id you know).
+
+What a scrape costs: the database, broker and workers' broadcast are read at most once per
+KDSERVE_PROBE_CACHE_S (5 s) whatever the scrape rate; scrapes within it share one reading.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import time
 from dataclasses import dataclass, field
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from sqlalchemy import case, func, select
-from starlette.concurrency import run_in_threadpool
 
 from service import metrics as counted
 from service.api.deps import Context, get_ctx
+from service.errors import ApiError
 from service.queue import redis_client
 from service.store.db import TERMINAL, Job, now
 
@@ -143,10 +151,40 @@ def scrape(ctx: Context) -> Snapshot:
     return snap
 
 
+def hashed_label(model_id: str) -> str:
+    return "m_" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
+
+
+class HashedModels:
+    """The counted families (service/metrics.py) as the world sees them without the token: every
+    `model` label replaced by hashed_label(its id)."""
+
+    def collect(self):
+        for family in counted.REGISTRY.collect():
+            family.samples = [s._replace(labels={**s.labels, "model": hashed_label(s.labels["model"])})
+                              if "model" in s.labels else s for s in family.samples]
+            yield family
+
+
+def _authorised(request: Request, token: str | None) -> bool:
+    if token is None:
+        return True
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
 @router.get("/metrics", include_in_schema=False)
-async def metrics(ctx: Context = Depends(get_ctx)) -> Response:
-    snapshot = await run_in_threadpool(scrape, ctx)
+async def metrics(request: Request, ctx: Context = Depends(get_ctx)) -> Response:
+    token = ctx.settings.metrics_token
+    if not _authorised(request, token):
+        raise ApiError(401, "unauthorized", "GET /metrics needs 'Authorization: Bearer <KDSERVE_METRICS_TOKEN>'")
+    snapshot = await request.app.state.probes.get("metrics", lambda: scrape(ctx))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(snapshot)
-    body = generate_latest(counted.REGISTRY) + generate_latest(registry)
+    if token is None:
+        counted_registry = CollectorRegistry(auto_describe=False)
+        counted_registry.register(HashedModels())
+    else:
+        counted_registry = counted.REGISTRY
+    body = generate_latest(counted_registry) + generate_latest(registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from starlette.concurrency import run_in_threadpool
 
 from service import text_serving
-from service.api.deps import Context, body_openapi, get_ctx, get_owned, json_body, paginate, principal
+from service.api.deps import Context, body_openapi, get_ctx, get_owned, json_body, key_check, paginate, principal
 from service.api.inference_v2 import Serving, TensorError, check_finite, serving, to_array, to_model_input
 from service import metrics
 from service.bodies import check_rows
 from service.auth import Principal
 from service.errors import ApiError, not_found
+from service.filenames import content_disposition, safe_basename
 from service.schemas import ListOut, ModelOut, PredictIn, PredictOut
 from service.store.db import Model
 
@@ -46,7 +48,11 @@ def get_model(model_id: str, ctx: Context = Depends(get_ctx), who: Principal = D
         return to_out(get_owned(s, Model, model_id, who, "model"))
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# At most 19 digits: any byte offset fits, and a value of thousands of digits is refused before
+# Python's int() (which gives up past 4300 digits) or the file system sees it.
+_RANGE = re.compile(r"^bytes=([0-9]{0,19})-([0-9]{0,19})$")
+# A download in progress asks whether its key still works at most this often (deps.key_check).
+KEY_CHECK_EVERY_S = 0.25
 
 
 @router.get("/{model_id}/download")
@@ -63,36 +69,66 @@ def download_model(request: Request, model_id: str, format: str = Query("onnx"),
     # Served from blobs.local_path() for every store (FastAPI publishes a route's docstring, so this
     # note is a comment): with S3 it is this machine's cached copy, downloaded once and checked
     # against the bucket's ETag on each call, so Range and If-None-Match behave the same and the
-    # bucket needs no public or presigned URLs.
-    path = ctx.blobs.local_path(artifact["blob_key"])
-    size, etag = path.stat().st_size, f'"{artifact["sha256"]}"'
-    filename = f"{row.name}.{precision}.{'zip' if format == 'zip' else 'onnx'}"
-    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{filename}"'}
+    # bucket needs no public or presigned URLs. The file is opened here, before any header is
+    # sent: one removed since the card was read is a 404, and one removed while it streams is
+    # still read to the end (the open descriptor keeps it).
+    f = _open_artifact(ctx, artifact, model_id)
+    try:
+        return _file_response(request, ctx, f, artifact, f"{safe_basename(row.name) or row.id}.{precision}."
+                              f"{'zip' if format == 'zip' else 'onnx'}")
+    except BaseException:
+        f.close()
+        raise
+
+
+def _open_artifact(ctx: Context, artifact: dict, model_id: str):
+    try:
+        return open(ctx.blobs.local_path(artifact["blob_key"]), "rb")
+    except FileNotFoundError:
+        raise ApiError(404, "not_found", f"the {artifact['format']}/{artifact['precision']} file of model {model_id} "
+                       "is gone from the blob store", "model_id") from None
+
+
+def _file_response(request: Request, ctx: Context, f, artifact: dict, filename: str) -> Response:
+    """200 with the whole file, 206 with the Range asked for, 304 or 416; `f` is closed by the
+    response (or here, when no body follows)."""
+    size, etag = os.fstat(f.fileno()).st_size, f'"{artifact["sha256"]}"'
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Disposition": content_disposition(filename)}
     if request.headers.get("if-none-match") == etag:
+        f.close()
         return Response(status_code=304, headers=headers)
+    start, end, status = 0, size - 1, 200
     range_header = request.headers.get("range")
     if range_header and request.headers.get("if-range", etag) == etag:
         match = _RANGE.match(range_header.strip())
         if not match or match.groups() == ("", ""):
-            raise ApiError(416, "invalid_range", f"unsupported Range {range_header!r}; use bytes=START-[END]")
+            raise ApiError(416, "invalid_range", "unsupported Range header; use bytes=START-[END] (one range, at "
+                           "most 19 digits each)")
         start_s, end_s = match.groups()
         if start_s:
             start, end = int(start_s), min(int(end_s) if end_s else size - 1, size - 1)
         else:  # suffix range: the last N bytes
-            start, end = max(size - int(end_s), 0), size - 1
+            start = max(size - int(end_s), 0)
         if start >= size or start > end:
+            f.close()
             return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
-        return StreamingResponse(_file_range(path, start, end), status_code=206, media_type="application/octet-stream",
-                                 headers={**headers, "Content-Range": f"bytes {start}-{end}/{size}",
-                                          "Content-Length": str(end - start + 1)})
-    return FileResponse(path, media_type="application/octet-stream", headers=headers)
+        status, headers["Content-Range"] = 206, f"bytes {start}-{end}/{size}"
+    headers["Content-Length"] = str(end - start + 1)
+    return StreamingResponse(_file_range(f, start, end, key_check(request, ctx)), status_code=status,
+                             media_type="application/octet-stream", headers=headers)
 
 
-def _file_range(path, start: int, end: int):
-    with open(path, "rb") as f:
+def _file_range(f, start: int, end: int, still_valid):
+    """Bytes start..end of the open file `f`, then close it. Stops early when the caller's key is
+    revoked: the client sees the body end before Content-Length, an incomplete download."""
+    with f:
         f.seek(start)
-        left = end - start + 1
+        left, checked = end - start + 1, time.monotonic()
         while left > 0:
+            if time.monotonic() - checked > KEY_CHECK_EVERY_S:
+                if not still_valid():
+                    return
+                checked = time.monotonic()
             chunk = f.read(min(1 << 20, left))
             if not chunk:
                 return
@@ -160,5 +196,6 @@ def delete_model(model_id: str, request: Request, ctx: Context = Depends(get_ctx
     with ctx.db.session() as s:
         s.delete(get_owned(s, Model, model_id, who, "model"))
     request.app.state.serving.forget(model_id)  # stop serving it from memory too (sessions, tokenizer)
+    metrics.forget_model(model_id)  # and listing its series on /metrics
     ctx.blobs.delete_prefix(f"models/{model_id}")
     return Response(status_code=204)

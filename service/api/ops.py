@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import logging
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Context, get_ctx, principal
 from service.auth import Principal
@@ -12,6 +13,7 @@ from service.queue import redis_client
 from service.schemas import ListOut
 
 router = APIRouter(tags=["operations"])
+log = logging.getLogger("kdserve.api")
 
 
 @router.get("/healthz")
@@ -19,18 +21,45 @@ def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz")
-def readyz(ctx: Context = Depends(get_ctx)):
+class NotReady(Exception):
+    """A readiness check failed; `checks` names each component `ok` or `error`."""
+
+    def __init__(self, checks: dict[str, str]):
+        super().__init__(checks)
+        self.checks = checks
+
+
+def check_ready(ctx: Context) -> dict[str, str]:
+    """Each component `ok`, or NotReady. Why one failed goes to the log, not to the caller: the
+    endpoint needs no key, and exception text can carry hosts, paths and credentials in URLs."""
     checks = {}
     for name, check in (("database", ctx.db.ping), ("blob_store", ctx.blobs.ping),
-                        ("broker", lambda: redis_client(ctx.settings.resolved_redis_url).ping())):
+                        ("broker", lambda: _ping_redis(ctx.settings.resolved_redis_url))):
         try:
             check()
             checks[name] = "ok"
         except Exception as exc:
-            checks[name] = f"error: {type(exc).__name__}: {exc}"
-    ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)
+            log.warning("readyz: %s unavailable: %s: %s", name, type(exc).__name__, exc)
+            checks[name] = "error"
+    if any(v != "ok" for v in checks.values()):
+        raise NotReady(checks)
+    return checks
+
+
+def _ping_redis(url: str) -> None:
+    with redis_client(url) as r:
+        r.ping()
+
+
+@router.get("/readyz")
+async def readyz(request: Request, ctx: Context = Depends(get_ctx)):
+    """200 when the database, blob store and broker answer, else 503; a ready answer is reused for
+    KDSERVE_PROBE_CACHE_S (a not-ready one never is, so recovery shows at the next probe)."""
+    try:
+        checks = await request.app.state.probes.get("ready", lambda: check_ready(ctx))
+    except NotReady as exc:
+        return JSONResponse({"status": "not_ready", "checks": exc.checks}, status_code=503)
+    return JSONResponse({"status": "ready", "checks": checks})
 
 
 @router.get("/v1/methods", response_model=ListOut, tags=["discovery"])

@@ -20,7 +20,8 @@ from models.jail import sandbox_problem
 from models.probe import run_probe
 from models.sniff import ModelFileError, sniff
 from service import metrics, uploads
-from service.api.deps import Context, check_storage, get_ctx, get_owned, paginate, parse_json_form, principal
+from service.api.deps import (Context, check_storage, get_ctx, get_owned, paginate, parse_json_form, principal,
+                              uploader)
 from service.auth import Principal
 from service.errors import ApiError, not_found
 from service.queue import PROBE_TEACHER, probe_queue
@@ -150,7 +151,7 @@ TEACHER_FORM = {"requestBody": {"required": True, "content": {"multipart/form-da
 
 
 @router.post("", status_code=201, response_model=TeacherOut, openapi_extra=TEACHER_FORM)
-async def create_teacher(request: Request, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
+async def create_teacher(request: Request, ctx: Context = Depends(get_ctx), who: Principal = Depends(uploader)):
     upload = await uploads.receive(request, ctx.settings, ctx.blobs.temp_path, extra_files=("data",))
     try:
         form = upload.fields

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -36,6 +37,7 @@ class BlobStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    def delete_older_than(self, prefix: str, age_s: float) -> int: ...
     def ping(self) -> None: ...
     def fetch_url(self, key: str, expires_s: int) -> str | None: ...
 
@@ -54,6 +56,38 @@ def temp_file(folder: Path, suffix: str = "") -> Path:
     fd, name = tempfile.mkstemp(dir=folder, suffix=suffix)
     os.close(fd)
     return Path(name)
+
+
+def newest_mtime(path: Path) -> float:
+    """The latest modification time of `path` or of anything under it (a folder in use keeps
+    getting new files even when the folder itself was made long ago)."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for sub in path.rglob("*"):
+            try:
+                newest = max(newest, sub.lstat().st_mtime)
+            except FileNotFoundError:  # removed while we looked
+                continue
+    return newest
+
+
+def remove_stale(folder: Path, age_s: float, pattern: str = "*") -> int:
+    """Remove each entry of `folder` matching `pattern` (a file or a whole folder) in which nothing
+    was modified for `age_s` seconds; returns how many went. What is still being written is left
+    alone, and so is what this process may not remove."""
+    removed, cutoff = 0, time.time() - age_s
+    for entry in list(folder.glob(pattern)) if folder.is_dir() else []:
+        try:
+            if newest_mtime(entry) >= cutoff:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed += 1
+        except OSError:  # its owner removed it meanwhile, or it is not ours to remove
+            continue
+    return removed
 
 
 def make_blob_store(settings: "Settings") -> BlobStore:
@@ -122,6 +156,13 @@ class LocalBlobStore:
         elif path.is_file():
             path.unlink(missing_ok=True)
 
+    def delete_older_than(self, prefix: str, age_s: float) -> int:
+        """Remove what under `prefix/` was not modified for `age_s` seconds (orphans: a staged
+        probe whose request died); returns how many entries went."""
+        return remove_stale(self._path(prefix), age_s)
+
     def ping(self) -> None:
-        probe = self.temp_path()
-        probe.unlink()
+        """The scratch folder exists and this process may write there (a readiness probe: no file
+        is written for it)."""
+        if not os.access(self.scratch_dir, os.W_OK | os.X_OK):
+            raise OSError(f"the blob store's scratch folder {self.scratch_dir} is not writable")

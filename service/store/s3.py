@@ -209,16 +209,29 @@ class S3BlobStore:
         names = [name]
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=name + "/"):
             names += [obj["Key"] for obj in page.get("Contents", [])]
+        self._delete_names(names)
+        cached = self.cache_dir / prefix
+        shutil.rmtree(cached, ignore_errors=True)
+        for old in cached.parent.glob(f"{glob.escape(cached.name)}~*"):
+            old.unlink(missing_ok=True)
+
+    def _delete_names(self, names: list[str]) -> None:
         for i in range(0, len(names), 1000):  # DeleteObjects takes at most 1000 keys
             result = self.client.delete_objects(Bucket=self.bucket, Delete={
                 "Objects": [{"Key": n} for n in names[i:i + 1000]], "Quiet": True})
             if result.get("Errors"):
                 first = result["Errors"][0]
                 raise OSError(f"S3 refused to delete {first.get('Key')!r}: {first.get('Code')} {first.get('Message')}")
-        cached = self.cache_dir / prefix
-        shutil.rmtree(cached, ignore_errors=True)
-        for old in cached.parent.glob(f"{glob.escape(cached.name)}~*"):
-            old.unlink(missing_ok=True)
+
+    def delete_older_than(self, prefix: str, age_s: float) -> int:
+        """Remove the objects under `prefix/` last modified more than `age_s` seconds ago (orphans:
+        a staged probe whose request died); returns how many went."""
+        cutoff = time.time() - age_s
+        names = [obj["Key"] for page in self.client.get_paginator("list_objects_v2").paginate(
+                     Bucket=self.bucket, Prefix=self._name(prefix) + "/")
+                 for obj in page.get("Contents", []) if obj["LastModified"].timestamp() < cutoff]
+        self._delete_names(names)
+        return len(names)
 
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
