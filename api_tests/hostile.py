@@ -6,7 +6,13 @@ need a custom library."""
 from __future__ import annotations
 
 import io
+import json
+import re
+import select
+import socket
+import struct
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -108,3 +114,50 @@ def onnx_custom_domain(domain: str = "com.evil") -> bytes:
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 10])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)]
                              ).SerializeToString()
+
+
+# ---- requests -------------------------------------------------------------------------------------
+
+
+def send(service, path: str, headers: dict[str, str], total: int, chunked: bool) -> tuple[int, int, dict]:
+    """POST `total` bytes of body to `path` over a raw socket (chunked, or with its Content-Length),
+    watching for an answer between blocks and sending no more once one came. Returns (status,
+    body bytes sent, the answer's JSON)."""
+    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{service.port}", "Content-Type: application/json",
+             *(f"{k}: {v}" for k, v in headers.items()),
+             "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"]
+    block = b" " * (256 * 1024)  # JSON whitespace: what a server that read it all would still be parsing
+    sent, answer = 0, b""
+    with socket.create_connection(("127.0.0.1", service.port), timeout=60) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        try:
+            while sent < total and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(f"{len(block):x}\r\n".encode() + block + b"\r\n" if chunked else block)
+                sent += len(block)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed: the answer is still there to read
+        sock.settimeout(30)
+        while True:
+            head, _, body = answer.partition(b"\r\n\r\n")
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+            if length and len(body) >= int(length[1]):
+                break
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return int(head.split(b" ")[1]), sent, json.loads(body)
+
+
+
+def many_members_zip(path: Path, n: int, declared: int | None = None) -> Path:
+    """A zip of `n` empty members (about 85 bytes each on disk); `declared`: what its end record says."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(n):
+            zf.writestr(f"{i:x}", b"")
+    if declared is not None:  # a plain end record (n < 65536): its two counts, at bytes 8-11
+        raw = bytearray(path.read_bytes())
+        at = raw.rfind(b"PK\x05\x06")
+        raw[at + 8:at + 12] = struct.pack("<HH", declared, declared)
+        path.write_bytes(bytes(raw))
+    return path

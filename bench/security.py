@@ -18,21 +18,26 @@ import io
 import json
 import multiprocessing as mp
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import httpx
 import numpy as np
+import torch
 
 from api_tests import digits as dg
 from api_tests import hostile
 from api_tests.harness import Service, wait_job
 from bench.common import machine, table
 
+MiB = 1024**2
 MIN_WINDOW_S = 6.0
 POLL_GAP_S = 0.02
 RESULTS = Path(__file__).parent / "results" / "security.md"
@@ -49,8 +54,12 @@ class Attack:
 class Context:
     svc: Service
     client: httpx.Client  # the attacker's, tenant A
+    key: str
     files: dict[str, Path]
     tmp: Path
+    job_spec: dict = field(default_factory=dict)  # a valid job of the attacker's own teacher and data
+    job_id: str = ""          # its finished job
+    model_id: str = ""        # and the model it published
 
 
 # ---- the victim -----------------------------------------------------------------------------------
@@ -155,6 +164,153 @@ def _npy(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# ---- the attacks: requests -------------------------------------------------------------------------
+
+
+def bodies_without_a_key(ctx: Context) -> list[str]:
+    """57 MiB of JSON offered without a key, declared and chunked, to the three JSON routes."""
+    outcomes = []
+    for route in ("/v1/jobs", f"/v1/models/{ctx.model_id}/predict", f"/v2/models/{ctx.model_id}/infer"):
+        for chunked in (False, True):
+            status, sent, _ = hostile.send(ctx.svc, route, {}, 57 * MiB, chunked)
+            outcomes.append(f"{status} after {sent // MiB} MiB sent" if sent >= 8 * MiB else f"{status} (under 8 MiB read)")
+    return outcomes
+
+
+def oversized_bodies(ctx: Context) -> list[str]:
+    """With a key: 57 MiB to the same routes (the cap is 16 MiB), declared and chunked."""
+    headers = {"Authorization": f"Bearer {ctx.key}"}
+    outcomes = []
+    for route in ("/v1/jobs", f"/v1/models/{ctx.model_id}/predict", f"/v2/models/{ctx.model_id}/infer"):
+        for chunked in (False, True):
+            status, sent, _ = hostile.send(ctx.svc, route, headers, 57 * MiB, chunked)
+            outcomes.append(f"{status} (under 32 MiB read)" if sent < 32 * MiB else f"{status} after {sent // MiB} MiB")
+    return outcomes
+
+
+def too_many_rows(ctx: Context) -> list[str]:
+    rows = np.zeros((5000, 64), np.float32)
+    infer = {"inputs": [{"name": "input", "shape": [5000, 64], "datatype": "FP32", "data": rows.ravel().tolist()}]}
+    return [_status(ctx.client.post(f"/v1/models/{ctx.model_id}/predict", json={"inputs": rows.tolist()})),
+            _status(ctx.client.post(f"/v2/models/{ctx.model_id}/infer", json=infer))]
+
+
+def zip_member_floods(ctx: Context) -> list[str]:
+    if not hasattr(zip_member_floods, "path"):
+        zip_member_floods.path = hostile.many_members_zip(ctx.tmp / "many.npz", 300_000)
+    outcomes = []
+    for route in ("/v1/datasets", "/v1/teachers"):
+        with open(zip_member_floods.path, "rb") as f:
+            outcomes.append(_status(ctx.client.post(route, files={"file": ("many.npz", f)})))
+    return outcomes
+
+
+def multipart_field_floods(ctx: Context) -> list[str]:
+    boundary = "kdsec"
+    fields = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\n'.encode() + b"v" * 60_000
+                      + b"\r\n" for i in range(2000))
+    body = fields + f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d.csv"\r\n\r\nx\n1\r\n' \
+        f"--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    return [_status(ctx.client.post(route, content=body, headers=headers)) for route in ("/v1/datasets", "/v1/teachers")]
+
+
+def slow_probe_floods(ctx: Context) -> list[str]:
+    """40 uploads at once of a teacher that takes seconds to probe."""
+    content = hostile.archive(SlowTeacher())
+    with ThreadPoolExecutor(40) as pool:
+        answers = list(pool.map(lambda _: _upload(ctx, "slow.pt", content), range(40)))
+    return answers
+
+
+def former_500s(ctx: Context) -> list[str]:
+    """Inputs that answered 500 before the review's fixes."""
+    m = ctx.model_id
+    shape = {"inputs": [{"name": "input", "shape": [0, 10**20], "datatype": "FP32", "data": []}]}
+    head = json.dumps({"inputs": [{"name": "input", "shape": [2**40, 0, 2**40], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 0}}]}).encode()
+    c = ctx.client
+    return [_status(c.post(f"/v2/models/{m}/infer", json=shape)),
+            _status(c.post(f"/v2/models/{m}/infer", content=head, headers={"Inference-Header-Content-Length": str(len(head))})),
+            _status(c.get(f"/v1/jobs/{ctx.job_id}/events", headers={"Last-Event-ID": "²", "Accept": "text/event-stream"})),
+            _status(c.get(f"/v1/jobs/{ctx.job_id}/events", params={"after": "9" * 5000})),
+            _status(c.get("/v1/jobs", params={"after": "job_" + "9" * 5000})),
+            _status(c.get(f"/v1/models/{m}/download", headers={"Range": "bytes=" + "9" * 5000 + "-"})),
+            _status(c.post("/v1/jobs", json={**ctx.job_spec, "metadata": {"name": "модель ☃"}}))]
+
+
+def idempotency_races(ctx: Context) -> list[str]:
+    """Ten requests at once with one Idempotency-Key: one job, the same answer ten times."""
+    key = f"race-{time.monotonic_ns()}"
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda _: ctx.client.post("/v1/jobs", json=ctx.job_spec, headers={"Idempotency-Key": key}),
+                                range(10)))
+    ids = {r.json().get("id") for r in answers if r.status_code in (200, 202)}
+    for job_id in ids:
+        ctx.client.post(f"/v1/jobs/{job_id}/cancel")
+    return [f"{r.status_code}" for r in answers] + [f"{len(ids)} job(s) created"]
+
+
+def stream_floods(ctx: Context) -> list[str]:
+    """40 Server-Sent Event streams of a running job held open at once by one tenant (the job is
+    cancelled afterwards; it trains on the worker meanwhile)."""
+    running = ctx.client.post("/v1/jobs", json={**ctx.job_spec, "training": {"epochs": 100000}}).json()["id"]
+    try:
+        return _hold_streams(ctx, running)
+    finally:
+        ctx.client.post(f"/v1/jobs/{running}/cancel")
+
+
+def _hold_streams(ctx: Context, job_id: str) -> list[str]:
+    statuses: list[str] = []
+    with httpx.Client(base_url=ctx.svc.base_url, headers={"Authorization": f"Bearer {ctx.key}",
+                                                          "Accept": "text/event-stream"}, timeout=30) as c:
+        streams = [c.stream("GET", f"/v1/jobs/{job_id}/events") for _ in range(40)]
+        opened = []
+        try:
+            for s in streams:
+                r = s.__enter__()
+                opened.append(s)
+                statuses.append(str(r.status_code))
+        finally:
+            for s in opened:
+                s.__exit__(None, None, None)
+    return statuses
+
+
+def revoked_keys(ctx: Context) -> list[str]:
+    """A key revoked while in use: how long it still works."""
+    key = ctx.svc.create_key("attacker")
+    with ctx.svc.client(key) as c:
+        c.get("/v1/jobs")
+        key_id = next(k["id"] for k in json.loads(subprocess.run(
+            [sys.executable, "-m", "service.cli", "keys", "list", "--json"], env=ctx.svc.env, capture_output=True,
+            text=True, check=True).stdout) if key.startswith(k["prefix"]) and k["revoked_at"] is None)
+        subprocess.run([sys.executable, "-m", "service.cli", "keys", "revoke", key_id], env=ctx.svc.env, check=True,
+                       capture_output=True)
+        t0 = time.monotonic()
+        while c.get("/v1/jobs").status_code == 200 and time.monotonic() - t0 < 30:
+            time.sleep(0.01)
+        return [f"401 within {time.monotonic() - t0:.2f} s"]
+
+
+class SlowTeacher(torch.nn.Module):
+    """Legitimate but slow to probe: a few seconds of matrix products on its test batch."""
+
+    def forward(self, x):
+        h = torch.ones(512, 512)
+        for _ in range(400):
+            h = torch.tanh(h @ h / 512)
+        return x[:, :10] + h[0, :10]
+
+
+def _status(r: httpx.Response) -> str:
+    body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+    error = body.get("error")
+    code = error.get("code") if isinstance(error, dict) else ("" if error is None else "(v2 error)")
+    return f"{r.status_code} {code or ''}".strip()
+
+
 ATTACKS = [
     Attack("TorchScript reads host files", "`torch.from_file` of api_key, kdserve.db, /etc/passwd, /proc/self/environ",
            teachers_reading_files),
@@ -169,6 +325,20 @@ ATTACKS = [
            npz_bombs),
     Attack("CSV / JSONL traps", "JSONL label 2**27, CSV labels 2**62 and 1e300, a 200 KiB CSV field, .npy as npz",
            csv_and_jsonl_traps),
+    Attack("huge bodies without a key", "57 MiB of JSON to /v1/jobs, predict and /v2 infer, declared and chunked",
+           bodies_without_a_key),
+    Attack("oversized bodies with a key", "57 MiB to the same routes, declared and chunked (cap 16 MiB)",
+           oversized_bodies),
+    Attack("too many rows", "5000 rows to predict and /v2 infer (cap 4096)", too_many_rows),
+    Attack("zip member floods", "a 24 MiB zip of 300,000 empty members, as a dataset and as a teacher",
+           zip_member_floods),
+    Attack("multipart field floods", "2000 fields of 60 KB, to both upload routes", multipart_field_floods),
+    Attack("slow-probe floods", "40 simultaneous uploads of a teacher that takes seconds to probe", slow_probe_floods),
+    Attack("inputs that answered 500", "v2 shape [0, 1e20] (JSON) and [2**40, 0, 2**40] (binary), Last-Event-ID ², "
+           "5000-digit cursors and Range, a non-Latin-1 model name", former_500s),
+    Attack("Idempotency-Key races", "10 concurrent POST /v1/jobs with one key", idempotency_races),
+    Attack("event-stream floods", "40 SSE streams held open by one tenant", stream_floods),
+    Attack("revoked key still in use", "a key revoked between two requests, polled every 10 ms", revoked_keys),
 ]
 
 
@@ -197,6 +367,19 @@ def victim_job(svc: Service, key: str, files: dict[str, Path]) -> str:
         return wait_job(c, job["id"])["id"]
 
 
+def attacker_context(svc: Service, client: httpx.Client, key: str, files: dict[str, Path], tmp: Path) -> Context:
+    """The attacker's own resources: a teacher, data, a finished job and its model (what the
+    attacks on serving, events and downloads aim at)."""
+    with open(files["torchscript"], "rb") as f:
+        teacher = client.post("/v1/teachers", files={"file": ("t.pt", f)}).json()
+    with open(files["npz"], "rb") as f:
+        dataset = client.post("/v1/datasets", files={"file": ("d.npz", f)}).json()
+    spec = {"teacher_id": teacher["id"], "dataset_id": dataset["id"], "student": {"architecture": "mlp"},
+            "method": {"name": "kd"}, "training": {"epochs": 2}}
+    done = wait_job(client, client.post("/v1/jobs", json=spec).json()["id"])
+    return Context(svc, client, key, files, tmp, spec, done["id"], done["model_id"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="comma-separated attack names (substring match)")
@@ -219,7 +402,7 @@ def main() -> None:
         time.sleep(MIN_WINDOW_S)
         windows = [("(no attack: baseline)", "—", 0, collections.Counter(), t0, time.time())]
         with svc.client(attacker_key, timeout=600) as attacker:
-            ctx = Context(svc, attacker, files, tmp)
+            ctx = attacker_context(svc, attacker, attacker_key, files, tmp)
             for attack in attacks:
                 rounds, outcomes, a0, a1 = run_attack(ctx, attack)
                 windows.append((attack.name, attack.tried, rounds, outcomes, a0, a1))

@@ -9,10 +9,6 @@ api_tests/unit/test_api_limit_parts.py."""
 from __future__ import annotations
 
 import json
-import re
-import select
-import socket
-import struct
 import sys
 import threading
 import zipfile
@@ -25,6 +21,7 @@ import pytest
 from api_tests.api.test_bad_input import assert_error, unchanged  # noqa: F401
 from api_tests.e2e.test_spine import KD_JOB, upload_dataset, upload_teacher
 from api_tests.faults.stack import wait_for
+from api_tests.hostile import many_members_zip, send
 from api_tests.harness import Service, wait_job
 
 MiB = 1024**2
@@ -84,36 +81,6 @@ def model(service, files):
         done = wait_job(c, job.json()["id"])
         assert done["status"] == "succeeded", done
         return done["model_id"]
-
-
-def send(service, path: str, headers: dict[str, str], total: int, chunked: bool) -> tuple[int, int, dict]:
-    """POST `total` bytes of body to `path` over a raw socket (chunked, or with its Content-Length),
-    watching for an answer between blocks and sending no more once one came. Returns (status,
-    body bytes sent, the answer's JSON)."""
-    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{service.port}", "Content-Type: application/json",
-             *(f"{k}: {v}" for k, v in headers.items()),
-             "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"]
-    block = b" " * (256 * 1024)  # JSON whitespace: what a server that read it all would still be parsing
-    sent, answer = 0, b""
-    with socket.create_connection(("127.0.0.1", service.port), timeout=60) as sock:
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        try:
-            while sent < total and not select.select([sock], [], [], 0)[0]:
-                sock.sendall(f"{len(block):x}\r\n".encode() + block + b"\r\n" if chunked else block)
-                sent += len(block)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server answered and closed: the answer is still there to read
-        sock.settimeout(30)
-        while True:
-            head, _, body = answer.partition(b"\r\n\r\n")
-            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-            if length and len(body) >= int(length[1]):
-                break
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-    return int(head.split(b" ")[1]), sent, json.loads(body)
 
 
 def error_of(path: str, answer: dict) -> str:
@@ -217,19 +184,6 @@ def test_a_large_body_answers_what_small_ones_do(service, client, model, digits)
 
 
 # ---- archives and forms ------------------------------------------------------------------------------
-
-
-def many_members_zip(path: Path, n: int, declared: int | None = None) -> Path:
-    """A zip of `n` empty members (about 85 bytes each on disk); `declared`: what its end record says."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        for i in range(n):
-            zf.writestr(f"{i:x}", b"")
-    if declared is not None:  # a plain end record (n < 65536): its two counts, at bytes 8-11
-        raw = bytearray(path.read_bytes())
-        at = raw.rfind(b"PK\x05\x06")
-        raw[at + 8:at + 12] = struct.pack("<HH", declared, declared)
-        path.write_bytes(bytes(raw))
-    return path
 
 
 def test_a_zip_of_300k_members_is_refused_from_its_end_record(service, client, unchanged, tmp_path):  # noqa: F811

@@ -29,10 +29,6 @@ class BlobStore(Protocol):
     def put_file(self, key: str, src: Path, *, move: bool = False) -> None: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
-    def fetch_url(self, key: str, expires_s: int) -> str | None:
-        """A local folder has no URL: a process that reads it shares the machine (and the path)."""
-        return None
-
     def local_path(self, key: str) -> Path: ...
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
@@ -135,6 +131,10 @@ class LocalBlobStore:
 
     def get_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
+
+    def fetch_url(self, key: str, expires_s: int) -> str | None:
+        """A local folder has no URL: a process that reads it shares the machine (and the path)."""
+        return None
 
     def local_path(self, key: str) -> Path:
         """A readable local file with the blob's content."""
