@@ -25,13 +25,23 @@ HOSTILE_NAME = "../../☃-évil"  # a path out of the download folder, and not l
 
 @pytest.fixture(scope="module")
 def published(service, files):
-    """A student published by a real job, whose (client-chosen) name is HOSTILE_NAME."""
+    """A student published by a real job, whose name is HOSTILE_NAME. Pre-flight now refuses such
+    a name (metadata.name is `[A-Za-z0-9_.-]`), so the job names it plainly and the row is renamed
+    as a model stored before that rule would be named: downloads must still handle it."""
+    import sqlalchemy
+
     with service.client() as c:
         ids = {"teacher_id": upload_teacher(c, files["onnx"])["id"], "dataset_id": upload_dataset(c, files["npz"])["id"]}
-        job = c.post("/v1/jobs", json={**KD_JOB, **ids, "training": {"epochs": 1},
-                                       "metadata": {"name": HOSTILE_NAME}}).json()
+        refused = c.post("/v1/jobs", json={**KD_JOB, **ids, "training": {"epochs": 1}, "metadata": {"name": HOSTILE_NAME}})
+        assert refused.status_code == 422 and refused.json()["error"]["param"] == "metadata.name", refused.text
+        job = c.post("/v1/jobs", json={**KD_JOB, **ids, "training": {"epochs": 1}, "metadata": {"name": "edges"}}).json()
         job = wait_job(c, job["id"])
         assert job["status"] == "succeeded", job
+        engine = sqlalchemy.create_engine(f"sqlite:///{service.data_dir.resolve() / 'kdserve.db'}")
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("UPDATE models SET name = :n WHERE id = :id"), {"n": HOSTILE_NAME,
+                                                                                           "id": job["model_id"]})
+        engine.dispose()
         card = c.get(f"/v1/models/{job['model_id']}").json()
     assert card["name"] == HOSTILE_NAME
     return {"card": card, "job": job}
