@@ -64,7 +64,8 @@ def service(tmp_path_factory):
     python.chmod(0o755)
     env = {"KDSERVE_MAX_REQUEST_BYTES": str(CAP), "KDSERVE_MAX_REQUEST_ROWS": str(ROWS),
            "KDSERVE_PROBE_MAX_CONCURRENT": "2", "KDSERVE_PROBE_MAX_PER_TENANT": "1", "KDSERVE_PYTHON": str(python),
-           "KDSERVE_MAX_UPLOAD_BYTES": str(256 * MiB)}
+           "KDSERVE_MAX_UPLOAD_BYTES": str(256 * MiB),
+           "KDSERVE_TENANT_MAX_UPLOADS": "100"}  # the probe limiter's test floods uploads: no upload-slot 429s
     with Service(root / "svc", extra_env=env) as svc:
         svc.gate = root / "gate"
         yield svc
