@@ -54,7 +54,8 @@ RUN pip install "/src[cpu]" \
 
 FROM python-runtime AS api
 COPY --from=api-build /opt/kdserve /opt/kdserve
-CMD ["uvicorn", "--factory", "service.app:create_app", "--host", "0.0.0.0", "--port", "8000"]
+# --limit-concurrency: KDSERVE_LIMIT_CONCURRENCY's default, what `kdserve up` passes (README "Request limits")
+CMD ["uvicorn", "--factory", "service.app:create_app", "--host", "0.0.0.0", "--port", "8000", "--limit-concurrency", "1024"]
 
 # ---- worker: training, export and the teacher probe on a GPU ----------------------------------------
 FROM ${CUDA_IMAGE} AS worker-build

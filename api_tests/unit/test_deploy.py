@@ -152,6 +152,8 @@ def test_images_install_the_right_extras():
         assert re.search(r"^USER kdserve$", stages[stage], flags=re.M), f"{stage} runs as root"
         assert "HEALTHCHECK" in stages[stage], stage
     assert "uvicorn" in stages["api"] and "service.app:create_app" in stages["api"]
+    limit = str(Settings.model_fields["limit_concurrency"].default)
+    assert f'"--limit-concurrency", "{limit}"' in stages["api"]  # as `kdserve up` runs uvicorn
     assert 'CMD ["kdserve", "up"]' in stages["all-in-one"]
     allowed = {line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.startswith("!")}
