@@ -216,11 +216,18 @@ def multipart_field_floods(ctx: Context) -> list[str]:
 
 
 def slow_probe_floods(ctx: Context) -> list[str]:
-    """40 uploads at once of a teacher that takes seconds to probe."""
-    content = hostile.archive(SlowTeacher())
+    """40 uploads at once, from four tenants, of a teacher that takes seconds to probe."""
+    if not hasattr(slow_probe_floods, "keys"):
+        slow_probe_floods.keys = [ctx.svc.create_key(f"attacker{i}") for i in range(4)]
+        slow_probe_floods.content = hostile.archive(SlowTeacher())
+
+    def upload(i: int) -> str:
+        with ctx.svc.client(slow_probe_floods.keys[i % 4], timeout=600) as c:
+            return _status(c.post("/v1/teachers", files={"file": ("slow.pt", slow_probe_floods.content)},
+                                  data={"input_shape": "[64]"}))
+
     with ThreadPoolExecutor(40) as pool:
-        answers = list(pool.map(lambda _: _upload(ctx, "slow.pt", content), range(40)))
-    return answers
+        return list(pool.map(upload, range(40)))
 
 
 def former_500s(ctx: Context) -> list[str]:
@@ -232,7 +239,7 @@ def former_500s(ctx: Context) -> list[str]:
     c = ctx.client
     return [_status(c.post(f"/v2/models/{m}/infer", json=shape)),
             _status(c.post(f"/v2/models/{m}/infer", content=head, headers={"Inference-Header-Content-Length": str(len(head))})),
-            _status(c.get(f"/v1/jobs/{ctx.job_id}/events", headers={"Last-Event-ID": "²", "Accept": "text/event-stream"})),
+            _status(c.get(f"/v1/jobs/{ctx.job_id}/events", headers={"Last-Event-ID": "²".encode(), "Accept": "text/event-stream"})),
             _status(c.get(f"/v1/jobs/{ctx.job_id}/events", params={"after": "9" * 5000})),
             _status(c.get("/v1/jobs", params={"after": "job_" + "9" * 5000})),
             _status(c.get(f"/v1/models/{m}/download", headers={"Range": "bytes=" + "9" * 5000 + "-"})),
@@ -254,7 +261,7 @@ def idempotency_races(ctx: Context) -> list[str]:
 def stream_floods(ctx: Context) -> list[str]:
     """40 Server-Sent Event streams of a running job held open at once by one tenant (the job is
     cancelled afterwards; it trains on the worker meanwhile)."""
-    running = ctx.client.post("/v1/jobs", json={**ctx.job_spec, "training": {"epochs": 100000}}).json()["id"]
+    running = ctx.client.post("/v1/jobs", json={**ctx.job_spec, "training": {"epochs": 2000}}).json()["id"]
     try:
         return _hold_streams(ctx, running)
     finally:
@@ -333,7 +340,8 @@ ATTACKS = [
     Attack("zip member floods", "a 24 MiB zip of 300,000 empty members, as a dataset and as a teacher",
            zip_member_floods),
     Attack("multipart field floods", "2000 fields of 60 KB, to both upload routes", multipart_field_floods),
-    Attack("slow-probe floods", "40 simultaneous uploads of a teacher that takes seconds to probe", slow_probe_floods),
+    Attack("slow-probe floods", "40 simultaneous uploads, from 4 tenants, of a teacher that takes seconds to probe",
+           slow_probe_floods),
     Attack("inputs that answered 500", "v2 shape [0, 1e20] (JSON) and [2**40, 0, 2**40] (binary), Last-Event-ID ², "
            "5000-digit cursors and Range, a non-Latin-1 model name", former_500s),
     Attack("Idempotency-Key races", "10 concurrent POST /v1/jobs with one key", idempotency_races),
