@@ -24,6 +24,7 @@ ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 # ---- the package sources, copied once for every install below -------------------------------------
 FROM ${PYTHON_IMAGE} AS src
 COPY pyproject.toml README.md /src/
+COPY kdserve /src/kdserve
 COPY service /src/service
 COPY worker /src/worker
 COPY models /src/models
@@ -55,7 +56,7 @@ RUN pip install "/src[cpu]" \
 FROM python-runtime AS api
 COPY --from=api-build /opt/kdserve /opt/kdserve
 # --limit-concurrency: KDSERVE_LIMIT_CONCURRENCY's default, what `kdserve up` passes (README "Request limits")
-CMD ["uvicorn", "--factory", "service.app:create_app", "--host", "0.0.0.0", "--port", "8000", "--limit-concurrency", "1024"]
+CMD ["uvicorn", "--factory", "kdserve.service.app:create_app", "--host", "0.0.0.0", "--port", "8000", "--limit-concurrency", "1024"]
 
 # ---- worker: training, export and the teacher probe on a GPU ----------------------------------------
 FROM ${CUDA_IMAGE} AS worker-build
@@ -85,7 +86,7 @@ WORKDIR /opt/kdserve
 # A worker has no HTTP port, and its solo pool cannot answer a Celery ping while it trains: the
 # check is that it reaches its broker. A worker that dies mid-job is found by the reaper (heartbeats).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s \
-  CMD ["python", "-c", "from service.queue import redis_client; from service.settings import get_settings; redis_client(get_settings().resolved_redis_url).ping()"]
+  CMD ["python", "-c", "from kdserve.service.queue import redis_client; from kdserve.service.settings import get_settings; redis_client(get_settings().resolved_redis_url).ping()"]
 CMD ["kdserve", "worker", "--queues", "all"]
 
 # ---- all-in-one: API + one worker + embedded Redis + SQLite in one container (`kdserve up`) --------

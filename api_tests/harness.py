@@ -54,7 +54,7 @@ class Service:
         with open(self.log, "ab") as log:
             # -I, as the images run it: the working directory is not on sys.path (tests plant modules there)
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-u", "-m", "service.cli", "up", "--port", str(self.port), "--workers",
+                [sys.executable, "-I", "-u", "-m", "kdserve.cli", "up", "--port", str(self.port), "--workers",
                  str(self.workers)], cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
         deadline = time.time() + 120
@@ -103,7 +103,7 @@ class Service:
 
     def create_key(self, tenant: str) -> str:
         """A new API key for `tenant`, made the way an operator would: `kdserve keys create`."""
-        out = subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "--tenant", tenant], cwd=REPO,
+        out = subprocess.run([sys.executable, "-m", "kdserve.cli", "keys", "create", "--tenant", tenant], cwd=REPO,
                              env=self.env, capture_output=True, text=True, check=True)
         return out.stdout.strip()
 

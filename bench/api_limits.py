@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="15.5,57", help="body sizes in MiB (15.5: under the default 16 MiB cap)")
     args = ap.parse_args()
     if args.repo:
-        harness.REPO = args.repo.resolve()  # Service starts `python -m service.cli up` from REPO
+        harness.REPO = args.repo.resolve()  # Service starts `python -m kdserve.cli up` from REPO
     print(f"{machine()}\n\nservice code: {harness.REPO}\n")
     print(run([float(s) for s in args.sizes.split(",")]))
 

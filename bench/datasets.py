@@ -9,7 +9,7 @@ Three inputs from the security review (issue 13), each built here:
 Each goes to a fresh `kdserve up` (defaults, and the npz bomb again with KDSERVE_MAX_DATASET_BYTES
 = 64 MiB) so the API process's VmHWM (peak RSS, /proc/<pid>/status) starts from its idle value;
 the table gives the API's peak before and after the upload, the answer and the request's wall
-time, and the parse child's own peak (VmHWM) and time from running `python -m service.ingest_child`
+time, and the parse child's own peak (VmHWM) and time from running `python -m kdserve.service.ingest_child`
 on the same file with the same settings, as the API does.
 """
 
@@ -27,8 +27,8 @@ import numpy as np
 
 from api_tests.harness import Service, child_processes
 from bench.common import machine, table
-from service import ingest_child
-from service.settings import Settings
+from kdserve.service import ingest_child
+from kdserve.service.settings import Settings
 
 MiB = 1024**2
 

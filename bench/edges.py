@@ -5,7 +5,7 @@
 
 (1) Revocation delay: a client per route (GET /v1/jobs, GET /v2) asks as fast as it can with a
     key (the caches stay warm: the worst case); the key is revoked from this process, as
-    `kdserve keys revoke` does it from its own (service.auth.revoke: the API learns of it only
+    `kdserve keys revoke` does it from its own (kdserve.service.auth.revoke: the API learns of it only
     from the database); the delay is from that commit to each route's first 401.
 (2) Scrape cost: a `kdserve up` with its embedded Redis (so its command counts are the service's
     own), idle; `--scrapes` sequential GET /metrics, then the same number from 10 threads at
@@ -35,14 +35,14 @@ import redis
 
 from api_tests.harness import REPO, Service
 from bench.common import machine, table
-from service import auth
-from service.store.db import Database
+from kdserve.service import auth
+from kdserve.service.store.db import Database
 
 MACHINE_REDIS = "redis://127.0.0.1:6379/0"
 
 
 def revocation_delays(svc: Service) -> dict[str, float]:
-    made = json.loads(subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "--tenant", "bench",
+    made = json.loads(subprocess.run([sys.executable, "-m", "kdserve.cli", "keys", "create", "--tenant", "bench",
                                       "--json"], cwd=REPO, env=svc.env, capture_output=True, text=True,
                                      check=True).stdout)
     first: dict[str, float] = {}

@@ -25,7 +25,7 @@ from api_tests import digits as dg
 from api_tests.e2e.test_spine import upload_dataset, upload_teacher
 from api_tests.harness import Service, wait_job
 from bench.common import machine
-from service.store.db import Database, Job, now
+from kdserve.service.store.db import Database, Job, now
 
 JOB = {"student": {"architecture": "mlp", "params": {"hidden_sizes": [16]}}, "method": {"name": "kd"},
        "training": {"epochs": 1, "batch_size": 256, "device": "cpu"}}

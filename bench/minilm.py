@@ -217,7 +217,7 @@ def evaluate(args, folder, train, held, train_all, held_all, teacher, jobs, rows
     import onnxruntime as ort
     from sentence_transformers import SentenceTransformer
 
-    from models import textio
+    from kdserve.service.serving import textio
 
     # ---- the reference: sentence-transformers on the teacher folder, in PyTorch ----
     st = SentenceTransformer(str(folder), device="cpu")
@@ -280,8 +280,9 @@ def teacher_onnx_runners(folder: Path, held: list[str], max_length: int) -> dict
     import onnxruntime as ort
     from safetensors.torch import load_file
 
-    from models import text_export, textio
-    from models.text import TextSource, build_layer_dropped
+    from kdserve.models import text_export
+    from kdserve.service.serving import textio
+    from kdserve.models.text import TextSource, build_layer_dropped
 
     cfg = json.loads((folder / "config.json").read_text())
     tok = textio.load_tokenizer((folder / "tokenizer.json").read_text())

@@ -28,15 +28,15 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from bench.common import machine, table
-from models.teachers import load_teacher, teacher_outputs
-from models.zoo import count_parameters, create_student
-from service.ingest import Parsed
-from service.schemas import TrainingSpec
-from worker import trainer
-from worker.data import split_dataset
-from worker.losses import METHODS, build_loss
-from worker.losses.mcmi import MCMIParams
-from worker.refine import refine_mcmi
+from kdserve.models.teachers import load_teacher, teacher_outputs
+from kdserve.models.zoo import count_parameters, create_student
+from kdserve.service.ingest import Parsed
+from kdserve.service.schemas import TrainingSpec
+from kdserve.worker import trainer
+from kdserve.worker.data import split_dataset
+from kdserve.worker.losses import METHODS, build_loss
+from kdserve.worker.losses.mcmi import MCMIParams
+from kdserve.worker.refine import refine_mcmi
 
 SEEDS = (0, 1, 2, 3, 4)
 REGIMES = {"all labels": 1.0, "10% labels": 0.1}

@@ -28,7 +28,7 @@ from api_tests import digits as dg
 from api_tests.faults.stack import Stack, wait_for
 from api_tests.harness import wait_job
 from bench.common import machine, table
-from service.settings import get_settings
+from kdserve.service.settings import get_settings
 
 
 async def _load(base_url: str, key: str, job_ids: list[str], rate: float, seconds: float) -> dict:

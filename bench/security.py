@@ -291,9 +291,9 @@ def revoked_keys(ctx: Context) -> list[str]:
     with ctx.svc.client(key) as c:
         c.get("/v1/jobs")
         key_id = next(k["id"] for k in json.loads(subprocess.run(
-            [sys.executable, "-m", "service.cli", "keys", "list", "--json"], env=ctx.svc.env, capture_output=True,
+            [sys.executable, "-m", "kdserve.cli", "keys", "list", "--json"], env=ctx.svc.env, capture_output=True,
             text=True, check=True).stdout) if key.startswith(k["prefix"]) and k["revoked_at"] is None)
-        subprocess.run([sys.executable, "-m", "service.cli", "keys", "revoke", key_id], env=ctx.svc.env, check=True,
+        subprocess.run([sys.executable, "-m", "kdserve.cli", "keys", "revoke", key_id], env=ctx.svc.env, check=True,
                        capture_output=True)
         t0 = time.monotonic()
         while c.get("/v1/jobs").status_code == 200 and time.monotonic() - t0 < 30:

@@ -62,7 +62,7 @@ def student_from_onnx(spec: dict, path: Path, input_shape: list[int],
     """The zoo student of this architecture with the ONNX file's weights where the names match
     (all of an MLP's; the exporter folds BatchNorm into convolutions and pre-transposes attention
     weights, so some of the others' stay at their init — same cost, other numbers)."""
-    from models.zoo import create_student
+    from kdserve.models.zoo import create_student
 
     model = create_student(spec["architecture"], spec["params"], input_shape, num_classes).eval()
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
@@ -410,7 +410,7 @@ def main() -> None:
 
 def latency_and_variants(published: dict, d: dg.Digits, teacher: torch.nn.Module, tmp: Path) -> dict:
     """(1) ORT vs eager latencies and (2) the variants' records, per student."""
-    from models import export
+    from kdserve.models import export
 
     latency, variants, notes = {}, {}, []
     for arch, (card, path, _) in published.items():
@@ -445,8 +445,8 @@ def latency_and_variants(published: dict, d: dg.Digits, teacher: torch.nn.Module
 
 def in_process(published: dict, d: dg.Digits) -> dict:
     """(4) the ceiling: onnxruntime in-process, and our runtime (batching) in-process."""
-    from models import export
-    from models.runtime import BatchConfig, SessionCache
+    from kdserve.models import export
+    from kdserve.service.serving.runtime import BatchConfig, SessionCache
 
     limit, ours = {}, {}
     for arch in HTTP_STUDENTS:
@@ -570,7 +570,7 @@ def render(r: dict) -> str:
         "The clients share the 2 cores.",
         "",
         "The target is judged on the same JSON body for both servers. A second table has kdserve (batching on) "
-        "with the same tensors in the protocol's binary tensor data extension, in and out (service/v2_binary.py; what "
+        "with the same tensors in the protocol's binary tensor data extension, in and out (service/serving/v2_binary.py; what "
         "Triton's and KServe's HTTP clients send by default).",
         "",
         table(["student", "rows/request", "batching on req/s", "p50 ms", "p99 ms", "batching off req/s", "p50 ms",
@@ -586,7 +586,7 @@ def render(r: dict) -> str:
         "## (4) The same requests in-process, no HTTP: the ceiling",
         "",
         "32 threads calling `session.run` on the same request arrays back to back (onnxruntime), and 32 coroutines "
-        "awaiting `models/runtime.py` with dynamic batching (what the API process runs under the HTTP layer). "
+        "awaiting `service/serving/runtime.py` with dynamic batching (what the API process runs under the HTTP layer). "
         "HTTP floor = uvicorn with nothing behind it: a bare ASGI function (`bench.serving:floor_app`) that reads "
         "the same request bodies and sends a fixed 1-row answer, under the same 32 clients, in the same turns as "
         "the servers of (3) — what an HTTP server that does no work per request gets here.",
@@ -629,7 +629,7 @@ def render(r: dict) -> str:
         "exit stack and two middleware layers (infer requests are answered before the router: "
         "`KdserveApp` in service/app.py, `infer_direct` in service/api/inference_v2.py; the routes stay for "
         "OpenAPI, and a test checks both paths give the same answers), and the hand-off to the inference thread "
-        "for runs cheaper than that hand-off (the MLP's: `INLINE_BELOW_S` in models/runtime.py). A request that "
+        "for runs cheaper than that hand-off (the MLP's: `INLINE_BELOW_S` in service/serving/runtime.py). A request that "
         "fills a batch alone (64 rows) now runs at once instead of queueing behind the batcher, and a third run "
         "waits in the inference threads' queue so a thread never idles while the event loop is busy. Measured "
         "once before these changes (commit 0e59e83, Intel Xeon, 2 cores, 2026-11-28): mlp ×1 2,615, ×8 2,018, ×64 876; "

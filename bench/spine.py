@@ -69,7 +69,7 @@ def loop(student, x, y, teacher_logits_fn, epochs: int) -> float:
 
 
 def cache_comparison(d: dg.Digits, teacher: torch.nn.Module) -> dict:
-    from models.zoo import create_student
+    from kdserve.models.zoo import create_student
 
     x, y = torch.from_numpy(d.x_train), torch.from_numpy(d.y_train)
     torch.manual_seed(0)

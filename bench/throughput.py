@@ -18,11 +18,11 @@ import torch.nn.functional as F
 
 from api_tests import digits as dg
 from bench.common import machine, table
-from models.zoo import create_student
-from service.schemas import TrainingSpec
-from worker import trainer
-from worker.data import Split
-from worker.losses import build_loss
+from kdserve.models.zoo import create_student
+from kdserve.service.schemas import TrainingSpec
+from kdserve.worker import trainer
+from kdserve.worker.data import Split
+from kdserve.worker.losses import build_loss
 
 EPOCHS, BATCH, TAU, ALPHA = 5, 64, 4.0, 0.9
 STUDENTS = {

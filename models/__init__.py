@@ -1,1 +1,2 @@
-"""Everything about a network as an object: student zoo, teacher loaders, ONNX export, runtime."""
+"""Networks and their export (torch): the student zoo, teacher loaders (run only inside the teacher
+jail), ONNX export of students, and the runner the jail starts (teacher_host)."""

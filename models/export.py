@@ -26,7 +26,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 import torch
 
-from models.model_files import ONNX_SINGLE_FILE_BYTES, sha256_file  # noqa: F401  (sha256_file: re-exported)
+from kdserve.service.sandbox.model_files import ONNX_SINGLE_FILE_BYTES, sha256_file  # noqa: F401  (sha256_file: re-exported)
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 PRECISIONS = ("fp32", "int8", "fp16")

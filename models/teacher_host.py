@@ -1,7 +1,7 @@
-"""The program inside the teacher jail: `python -I -B -m models.teacher_host` (see models/jail.py).
+"""The program inside the teacher jail: `python -I -B -m kdserve.models.teacher_host` (see service/sandbox/jail.py).
 
 It limits itself (rlimits, seccomp) before it reads anything, then answers requests on its
-stdin, one at a time, on its stdout (framed messages, models/jail.py):
+stdin, one at a time, on its stdout (framed messages, service/sandbox/jail.py):
 
     {"op": "load", "model": PATH, "format", "input_shape", "task", "device", "out": DIR, "files": bool}
         → the probe's answer: {"ok": true, "format", "input_shape", "num_classes", "outputs", …}
@@ -36,7 +36,7 @@ def enter_jail() -> None:
     if limits.get("file_bytes"):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file_bytes"], limits["file_bytes"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    from models.jail import install_seccomp
+    from kdserve.service.sandbox.jail import install_seccomp
 
     install_seccomp()
 
@@ -48,7 +48,7 @@ class Host:
     def load(self, req: dict) -> dict:
         import torch
 
-        from models.teachers import HfTeacher, describe, load_teacher
+        from kdserve.models.teachers import HfTeacher, describe, load_teacher
 
         device = req.get("device") or "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -83,9 +83,9 @@ class Host:
     def refine(self, req: dict, arrays: list, send) -> dict:
         import torch
 
-        from models.teachers import TorchScriptTeacher
-        from worker.losses.mcmi import MCMIParams
-        from worker.refine import refine_mcmi
+        from kdserve.models.teachers import TorchScriptTeacher
+        from kdserve.worker.losses.mcmi import MCMIParams
+        from kdserve.worker.refine import refine_mcmi
 
         if not isinstance(self.teacher, TorchScriptTeacher):
             return {"ok": False, "code": "invalid_request", "message": "only a TorchScript teacher can be refined",
@@ -102,7 +102,7 @@ class Host:
 
 
 def serve(channel, send) -> None:
-    from models.sniff import ModelFileError
+    from kdserve.service.sandbox.sniff import ModelFileError
 
     host = Host()
     while True:
@@ -138,7 +138,7 @@ def main() -> int:
 
     import torch
 
-    from models.jail import Channel
+    from kdserve.service.sandbox.jail import Channel
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     channel = Channel(proto_in, proto_out)

@@ -4,7 +4,7 @@
     logits = teacher(x)              # x: float32 tensor [B, *input_shape] -> [B, num_classes]
 
 TorchScript runs in torch (on the worker's device); ONNX runs in onnxruntime as a black box that
-only has to produce logits. Nothing here unpickles: `models.sniff` refuses pickles first.
+only has to produce logits. Nothing here unpickles: `kdserve.service.sandbox.sniff` refuses pickles first.
 
 A Hugging Face folder (`hf`, a zip of config.json + *.safetensors + tokenizer files) is a text
 teacher: `HfTeacher.run` takes token tensors (input_ids, attention_mask, token_type_ids) instead
@@ -12,9 +12,9 @@ of one float tensor, and its tokenizer travels with it (`tokenizer_json`). It is
 transformers offline (`local_files_only`, HF_HUB_OFFLINE), never with `trust_remote_code`, and
 only safetensors weights are ever read: pickled `.bin` files are not even extracted.
 
-These loaders run only inside the teacher jail (models/jail.py, models/teacher_host.py): a
+These loaders run only inside the teacher jail (service/sandbox/jail.py, models/teacher_host.py): a
 teacher is a program, and the API and the worker never load one themselves. They talk to it
-through `models.jailed_teacher.JailedTeacher`, which has the same interface.
+through `kdserve.worker.jailed_teacher.JailedTeacher`, which has the same interface.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from models.model_files import TOKENIZER_FILES, extract_hf
-from models.sniff import ModelFileError, sniff
+from kdserve.service.sandbox.model_files import TOKENIZER_FILES, extract_hf
+from kdserve.service.sandbox.sniff import ModelFileError, sniff
 
 SUPPORTED = ("torchscript", "onnx", "hf")
 TASKS = ("classification", "embedding")
@@ -82,7 +82,7 @@ class TorchScriptTeacher(Teacher):
             self.module = torch.jit.load(str(path), map_location=device).eval()
         except Exception as exc:
             raise ModelFileError("unsupported_format", f"TorchScript archive does not load: {_first_line(exc)}")
-        from models.script_ops import check_module
+        from kdserve.models.script_graph import check_module
 
         problem = check_module(self.module)  # the compiler's view, after the source scan of sniff()
         if problem:
@@ -119,9 +119,9 @@ class OnnxTeacher(Teacher):
         import onnx
         import onnxruntime as ort
 
-        from models.onnx_check import load_checked
+        from kdserve.service.sandbox.onnx_check import load_checked
 
-        # A folder is an uploaded model with its external data (models/model_files.py): loaded
+        # A folder is an uploaded model with its external data (service/sandbox/model_files.py): loaded
         # by path, so the runtime finds the data beside it — the only files the folder holds.
         folder = path.is_dir()
         proto, model_file = load_checked(path)
@@ -302,7 +302,7 @@ class HfTeacher(Teacher):
             self.tokenizer_json = backend.to_str()
         except Exception as exc:
             raise ModelFileError("unsupported_format", f"the tokenizer does not load: {_first_line(exc)}")
-        from models import textio
+        from kdserve.service.serving import textio
 
         self.tokenizer = textio.load_tokenizer(self.tokenizer_json)
         self.vocab_size = int(self.tokenizer.get_vocab_size(with_added_tokens=True))
@@ -329,7 +329,7 @@ class HfTeacher(Teacher):
                 "sep_token_id": self.sep_token_id}
 
     def write_files(self, out: Path) -> None:
-        """What the worker reads back as data (models/jailed_teacher.py): the canonical
+        """What the worker reads back as data (worker/jailed_teacher.py): the canonical
         tokenizer.json, the config and the original tokenizer files."""
         (out / "tokenizer.json").write_text(self.tokenizer_json, encoding="utf-8")
         (out / "config.json").write_text(json.dumps(self.config), encoding="utf-8")
@@ -368,7 +368,7 @@ def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _probe_hf(teacher: HfTeacher) -> None:
     """Run one tokenised pair of sentences through the teacher; sets num_classes and output shapes."""
-    from models import textio
+    from kdserve.service.serving import textio
 
     enc = textio.encode(teacher.tokenizer, ["kdserve checks this teacher.", "a second, longer sentence to pad"],
                         max_length=min(32, teacher.max_positions))

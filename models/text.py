@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.zoo import Student
+from kdserve.models.zoo import Student
 
 # Model types whose checkpoints use BERT's parameter layout (what `from_bert_state_dict` maps).
 BERT_LAYOUT_TYPES = ("bert",)

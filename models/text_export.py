@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import export as tensor_export
-from models.textio import ATTENTION_MASK, INPUT_IDS
+from kdserve.models import export as tensor_export
+from kdserve.service.serving.textio import ATTENTION_MASK, INPUT_IDS
 
 log = logging.getLogger("kdserve.export")
 
@@ -35,7 +35,7 @@ ZIP_DATE = (2020, 1, 1, 0, 0, 0)  # fixed member timestamps: the same files alwa
 
 def export_text_onnx(model: torch.nn.Module, path: Path, opset: int, output_name: str, max_positions: int = 512) -> int:
     """Write `model(input_ids, attention_mask)` as ONNX with dynamic batch and sequence dimensions;
-    returns the opset written (see models.export.export_onnx)."""
+    returns the opset written (see kdserve.models.export.export_onnx)."""
     model = model.eval().cpu()
     example = (torch.zeros(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
@@ -91,7 +91,7 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def text_latency_ms(path: Path, seq_len: int, batch: int = 1, *, vocab_size: int = 1000, session=None,
                     repeats: int = 200, budget_s: float = 2.0) -> float:
-    """Median onnxruntime wall time of one call on [batch, seq_len] tokens (see models.export.latency_ms)."""
+    """Median onnxruntime wall time of one call on [batch, seq_len] tokens (see kdserve.models.export.latency_ms)."""
     session = session or tensor_export.ort_session(path)
     rng = np.random.default_rng(0)
     feed = {INPUT_IDS: rng.integers(1, max(2, vocab_size), (batch, seq_len)).astype(np.int64),

@@ -62,7 +62,7 @@ ARCHITECTURES: dict[str, ArchInfo] = {}
 def register_architecture(name: str, *, params: type[ArchParams], description: str, inputs: str = "tensor",
                           needs_teacher_weights: bool = False):
     """Register a student builder. A "tensor" builder is `fn(params, input_shape, num_classes)`; a
-    "text" builder is `fn(params, source)` with a models.text.TextSource (the teacher's tokenizer
+    "text" builder is `fn(params, source)` with a kdserve.models.text.TextSource (the teacher's tokenizer
     facts, output width and, when needed, its weights)."""
 
     def decorate(fn: Callable[..., Student]):
@@ -78,7 +78,7 @@ class ArchitectureError(ValueError):
 
 def create_student(name: str, params: dict[str, Any] | None, input_shape: Sequence[int], num_classes: int,
                    source: Any = None) -> Student:
-    """Build a student. Text architectures take `source` (models.text.TextSource) instead of the
+    """Build a student. Text architectures take `source` (kdserve.models.text.TextSource) instead of the
     input shape; its output_dim is the head's width."""
     info = ARCHITECTURES[name]
     p = info.params.model_validate(params or {})
@@ -293,7 +293,7 @@ class TransformerParams(ArchParams):
     "attention_mask, dynamic batch and sequence.",
 )
 def transformer(p: TransformerParams, source) -> Student:
-    from models import text
+    from kdserve.models import text
 
     if p.hidden % p.heads:
         raise ArchitectureError(f"hidden {p.hidden} is not a multiple of heads {p.heads}")
@@ -354,7 +354,7 @@ def layer_dropped_keep(p: LayerDroppedParams, num_layers: int) -> list[int]:
         if p.layers[0] < 0 or p.layers[-1] >= num_layers:
             raise ArchitectureError(f"layers {p.layers} are out of range: the teacher has layers 0..{num_layers - 1}")
         return list(p.layers)
-    from models.text import every_kth
+    from kdserve.models.text import every_kth
 
     keep = every_kth(num_layers, p.every or 2)
     if not keep:
@@ -370,7 +370,7 @@ def layer_dropped_keep(p: LayerDroppedParams, num_layers: int) -> list[int]:
     "token-embedding table. Same head as the teacher.",
 )
 def layer_dropped(p: LayerDroppedParams, source) -> Student:
-    from models import text
+    from kdserve.models import text
 
     if source.state_dict is None or source.model_type not in text.BERT_LAYOUT_TYPES:
         raise ArchitectureError(f"layer_dropped copies a BERT-family teacher (model_type {list(text.BERT_LAYOUT_TYPES)}); "

@@ -34,7 +34,7 @@ def _default(name: str, value: object) -> str:
 
 def table() -> str:
     sys.path.insert(0, str(REPO))
-    from service.settings import Settings
+    from kdserve.service.settings import Settings
 
     rows = ["| variable | default | what it sets |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():

@@ -1,1 +1,1 @@
-"""kdserve HTTP service: API, persistence, auth, CLI."""
+"""The kdserve HTTP server (never imports torch): routers, auth, uploads, store, serving, sandbox."""

@@ -1,6 +1,6 @@
 """create_app(): the FastAPI application with its routers, error handlers and lifespan.
 
-Run with `uvicorn --factory service.app:create_app` (what `kdserve up` does)."""
+Run with `uvicorn --factory kdserve.service.app:create_app` (what `kdserve up` does)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import errors, openapi, sweep
-from service.bodies import BodyParser
-from service.api import datasets, inference_v2, jobs, models, ops, teachers
-from service.api import dashboard
-from service.api import metrics as metrics_api
-from service.api.deps import Context, load_catalog
-from service.probe_limits import ProbeLimiter
-from service.queue import make_celery
-from service.settings import Settings, get_settings
-from service.store.blobs import make_blob_store
-from service.store.db import Database
+from kdserve.service import errors, openapi, sweep
+from kdserve.service.bodies import BodyParser
+from kdserve.service.api import datasets, inference_v2, jobs, models, ops, teachers
+from kdserve.service.api import dashboard
+from kdserve.service.api import metrics as metrics_api
+from kdserve.service.api.deps import Context, load_catalog
+from kdserve.service.probe_limits import ProbeLimiter
+from kdserve.service.queue import make_celery
+from kdserve.service.settings import Settings, get_settings
+from kdserve.service.store.blobs import make_blob_store
+from kdserve.service.store.db import Database
 
 
 def freeze_startup_heap() -> None:

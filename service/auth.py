@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from service.store.db import ApiKey, Database, new_id, now
+from kdserve.service.store.db import ApiKey, Database, new_id, now
 
 DEFAULT_TENANT = "default"
 

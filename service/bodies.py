@@ -30,7 +30,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from service.errors import ApiError
+from kdserve.service.errors import ApiError
 
 PARSE_ON_LOOP_BYTES = 64 * 1024  # pydantic-core parses this in about half a millisecond
 MAX_ERRORS = 10  # validation errors carried back (the answer names the first)
@@ -99,7 +99,7 @@ def _validate_packed(model: type[M], raw: bytes) -> M | list[dict]:
 
 def _warm() -> None:
     """Import in a fresh child what parsing the API's bodies needs, before the first large one."""
-    import service.api.inference_v2  # noqa: F401  (InferRequest; it imports service.schemas)
+    import kdserve.service.api.inference_v2  # noqa: F401  (InferRequest; it imports kdserve.service.schemas)
 
 
 class BodyParser:

@@ -23,8 +23,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-# the most weights one ONNX file holds (models/model_files.py says why): past it a student is refused
-from models.model_files import ONNX_SINGLE_FILE_BYTES  # noqa: F401  (service.api.jobs reads it here)
+# the most weights one ONNX file holds (service/sandbox/model_files.py says why): past it a student is refused
+from kdserve.service.sandbox.model_files import ONNX_SINGLE_FILE_BYTES  # noqa: F401  (kdserve.service.api.jobs reads it here)
 
 FLOAT = 4  # bytes of a float32
 TRAINING_COPIES = 4  # weights, gradients, two Adam moments
@@ -59,7 +59,7 @@ PARAM_OF_PART = {"training_state": "student.params", "activations": "training.ba
 
 
 def image_shape(shape: list[int], explicit: list[int] | None) -> list[int] | None:
-    """models.zoo.image_shape_for without torch: [C, H, W], or None where the builder refuses."""
+    """kdserve.models.zoo.image_shape_for without torch: [C, H, W], or None where the builder refuses."""
     s = list(explicit or shape)
     if len(s) == 1:
         side = math.isqrt(s[0])

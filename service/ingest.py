@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.ingest_errors import DatasetError  # noqa: F401  (re-exported: callers catch ingest.DatasetError)
-from service.npz_reader import read_npz
+from kdserve.service.ingest_errors import DatasetError  # noqa: F401  (re-exported: callers catch ingest.DatasetError)
+from kdserve.service.npz_reader import read_npz
 
 FORMATS = ("npz", "csv", "jsonl")
 TEXT_FORMATS = ("jsonl",)
@@ -44,7 +44,7 @@ class Limits:
     def defaults(cls) -> "Limits":
         """The settings' defaults, for callers without settings (tests, scripts). Imported here, not
         at the top: the parse child gets its limits from the API and need not load pydantic."""
-        from service.settings import Settings
+        from kdserve.service.settings import Settings
 
         fields = Settings.model_fields
         return cls(fields["max_dataset_bytes"].default, fields["max_classes"].default)

@@ -12,7 +12,7 @@ The protocol is one JSON object each way: the request on the child's stdin, and 
 either {"format", "summary"} (the canonical npz written to `dst`) or {"error": {status, code,
 message, param}}; both carry the child's time and peak RSS, which the API logs.
 
-    python -m service.ingest_child < request.json
+    python -m kdserve.service.ingest_child < request.json
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service import ingest
-from service.ingest_errors import DatasetError
+from kdserve.service import ingest
+from kdserve.service.ingest_errors import DatasetError
 
 if TYPE_CHECKING:
-    from service.settings import Settings
+    from kdserve.service.settings import Settings
 
 log = logging.getLogger("kdserve.api")
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # no BLAS thread pools to map
-CHILD_COMMAND = (sys.executable, "-I", "-m", "service.ingest_child")  # -I: no working directory on sys.path
+CHILD_COMMAND = (sys.executable, "-I", "-m", "kdserve.service.ingest_child")  # -I: no working directory on sys.path
 
 
 async def parse_upload(src: Path, dst: Path, settings: "Settings", *, fmt: str | None, filename: str | None,

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from starlette.responses import StreamingResponse
 
-from service.errors import ApiError
+from kdserve.service.errors import ApiError
 
 
 class TenantSlots:

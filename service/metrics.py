@@ -9,7 +9,7 @@ creating several apps in one process (tests) never registers a metric twice.
 
 The serving code calls:
 
-    from service import metrics
+    from kdserve.service import metrics
     metrics.observe_inference(model_id, protocol="v2", batch_size=len(rows), seconds=elapsed)
     metrics.observe_inference(model_id, protocol="v1", batch_size=0, seconds=elapsed, outcome="error")
     metrics.observe_batch(model_id, rows=merged_rows)   # one onnxruntime run of a dynamic batch

@@ -20,7 +20,7 @@ from typing import IO
 import numpy as np
 from numpy.lib import format as npy_format
 
-from service.ingest_errors import DatasetError
+from kdserve.service.ingest_errors import DatasetError
 
 CHUNK_BYTES = 8 * 1024**2
 NUMERIC_KINDS = "fiub"  # float, signed and unsigned integers, bool

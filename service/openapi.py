@@ -10,8 +10,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.api.inference_v2 import InferRequest
-from service.schemas import ErrorResponse, JobCreate, PredictIn
+from kdserve.service.api.inference_v2 import InferRequest
+from kdserve.service.schemas import ErrorResponse, JobCreate, PredictIn
 
 V1_ERRORS = {"401": "missing or invalid API key", "404": "no such resource (or another tenant's)",
              "409": "conflicts with the resource's state", "413": "over a size limit or quota",

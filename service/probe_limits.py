@@ -24,7 +24,7 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
-from service.errors import ApiError
+from kdserve.service.errors import ApiError
 
 
 class ProbeLimiter:

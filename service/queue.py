@@ -9,7 +9,7 @@ import json
 import redis
 from celery import Celery
 
-from service.settings import Settings
+from kdserve.service.settings import Settings
 
 RUN_JOB = "kdserve.run_job"
 PROBE_TEACHER = "kdserve.probe_teacher"  # KDSERVE_PROBE=worker: an upload probed on a worker (torch there)

@@ -265,7 +265,7 @@ class PredictIn(Strict):
 
     def pack_numbers(self) -> None:
         """Samples as a numpy array, for the trip back from a parsing child (service/bodies.py)."""
-        from service.bodies import number_array  # bodies imports FastAPI; the schemas stay importable without
+        from kdserve.service.bodies import number_array  # bodies imports FastAPI; the schemas stay importable without
 
         self.inputs = number_array(self.inputs)
 

@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from models.jail import JailConfig
+    from kdserve.service.sandbox.jail import JailConfig
 
 
 class Settings(BaseSettings):
@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     dataset_parse_timeout_s: float = Field(900.0, gt=0, description="an upload whose parsing takes longer is refused "
                                            "with 413 (its child process is killed)")
 
-    # Serving (models/runtime.py): onnxruntime sessions in the API process.
+    # Serving (service/serving/runtime.py): onnxruntime sessions in the API process.
     preload_models: str = Field("", description="comma-separated model ids (`mdl_…` or `mdl_…:int8`) loaded at start "
                                 "instead of on first use")
     model_cache_size: int = Field(32, ge=1, description="most onnxruntime sessions kept loaded (least recently used "
@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(64, ge=1, le=65_536, description="most samples (rows) in one dynamic batch")
     batch_max_wait_ms: float = Field(1.0, ge=0, le=1000, description="how long an idle model waits for more requests "
                                      "before running a batch (busy, requests pile up for its next run anyway)")
-    # One: the API already runs one session call per core at once (models/runtime.py: two per model,
+    # One: the API already runs one session call per core at once (service/serving/runtime.py: two per model,
     # its executor one per core), so more threads per call only oversubscribed the cores under load;
     # on 2 cores, under 32 clients, one thread per call served 1.4-1.9x the /v2 requests of 8 and 64
     # rows that onnxruntime's default did.
@@ -159,7 +159,7 @@ class Settings(BaseSettings):
     def teacher_jail(self, *, probe: bool, threads: int = 1, scratch: Path | None = None) -> "JailConfig":
         """The jail a teacher runs in: a probe's (one thread, CPU time and wall time of the probe
         limit) or a job's (the worker's threads, teacher_cpu_seconds)."""
-        from models.jail import Budget, JailConfig
+        from kdserve.service.sandbox.jail import Budget, JailConfig
 
         cpu = int(self.probe_timeout_s) + 30 if probe else self.teacher_cpu_seconds
         budget = Budget(memory_bytes=self.teacher_memory_bytes, cpu_seconds=cpu, threads=max(1, threads),

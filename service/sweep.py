@@ -15,8 +15,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from service.settings import Settings
-from service.store.blobs import BlobStore, remove_stale
+from kdserve.service.settings import Settings
+from kdserve.service.store.blobs import BlobStore, remove_stale
 
 log = logging.getLogger("kdserve.sweep")
 

@@ -25,9 +25,9 @@ from typing import Callable
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from service.errors import ApiError
-from service.limits import ensure_free_space
-from service.settings import Settings
+from kdserve.service.errors import ApiError
+from kdserve.service.limits import ensure_free_space
+from kdserve.service.settings import Settings
 
 MAX_FIELD_BYTES = 64 * 1024  # one form field
 MAX_FIELDS_BYTES = 256 * 1024  # all form fields together

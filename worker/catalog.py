@@ -1,4 +1,4 @@
-"""`python -m worker.catalog` prints the methods and student architectures this worker supports,
+"""`python -m kdserve.worker.catalog` prints the methods and student architectures this worker supports,
 with their params JSON schemas, as one JSON object. The API reads it at start (in a child process,
 so the API never imports torch) to serve /v1/methods and /v1/architectures and to pre-flight jobs;
 an API installed without torch reads the same output from service/catalog.json."""
@@ -10,9 +10,9 @@ import sys
 
 
 def catalog() -> dict:
-    from models.zoo import ARCHITECTURES
-    from worker.losses import METHODS
-    from worker.losses.mcmi import MCMIParams
+    from kdserve.models.zoo import ARCHITECTURES
+    from kdserve.worker.losses import METHODS
+    from kdserve.worker.losses.mcmi import MCMIParams
 
     return {
         "methods": [m.catalog_entry() for m in METHODS.values()],
@@ -24,6 +24,6 @@ def catalog() -> dict:
 
 
 if __name__ == "__main__":
-    # `python -m worker.catalog > service/catalog.json` refreshes the slim API image's copy
+    # `python -m kdserve.worker.catalog > service/catalog.json` refreshes the slim API image's copy
     json.dump(catalog(), sys.stdout, indent=1)
     sys.stdout.write("\n")

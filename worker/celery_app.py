@@ -1,16 +1,16 @@
-"""The worker's Celery app: `celery -A worker.celery_app worker --pool solo` (what `kdserve worker` runs)."""
+"""The worker's Celery app: `celery -A kdserve.worker.celery_app worker --pool solo` (what `kdserve worker` runs)."""
 
 import os
 import resource
 
 from celery.signals import worker_init, worker_ready
 
-from service import budgets
-from service.queue import make_celery
-from service.settings import get_settings
+from kdserve.service import budgets
+from kdserve.service.queue import make_celery
+from kdserve.service.settings import get_settings
 
 app = make_celery(get_settings())
-app.conf.imports = ("worker.tasks",)
+app.conf.imports = ("kdserve.worker.tasks",)
 
 
 @worker_init.connect
@@ -42,9 +42,9 @@ def limit_memory(limit: int) -> None:
 def _start_reaper(**_) -> None:
     """Workers that take jobs watch over jobs; a prober alone (`--queues probe`) has no database to
     watch (it runs untrusted teachers, so it is given no secrets: see README "teacher jail")."""
-    from service.queue import probe_queue
-    from worker import reaper
-    from worker.pipeline import context
+    from kdserve.service.queue import probe_queue
+    from kdserve.worker import reaper
+    from kdserve.worker.pipeline import context
 
     settings = get_settings()
     if set(app.amqp.queues.consume_from or {}) == {probe_queue(settings)}:
@@ -57,8 +57,8 @@ def _start_reaper(**_) -> None:
 def _start_sweeper(**_) -> None:
     """Orphaned temporary files on this machine (service/sweep.py): with an S3 store a worker's
     scratch folder is its own machine's, which no API process sees."""
-    from service import sweep
-    from service.store.blobs import make_blob_store
+    from kdserve.service import sweep
+    from kdserve.service.store.blobs import make_blob_store
 
     settings = get_settings()
     sweep.start_sweeper(settings, make_blob_store(settings))

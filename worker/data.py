@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from service.ingest import Parsed
+from kdserve.service.ingest import Parsed
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Split:
 
 @dataclass
 class Tokens:
-    """A tokenised text dataset (models.textio.Encoded as tensors) with its labels."""
+    """A tokenised text dataset (kdserve.service.serving.textio.Encoded as tensors) with its labels."""
 
     x: np.ndarray
     mask: np.ndarray

@@ -24,23 +24,24 @@ import torch
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from models import export as onnx_export
-from models import text_export, textio
-from models.sniff import ModelFileError
-from models.jail import JailError
-from models.jailed_teacher import JailedTeacher
-from models.teachers import Teacher, teacher_outputs, text_teacher_outputs
-from models.text import TextSource
-from models.zoo import ARCHITECTURES, ArchitectureError, count_parameters, create_student
-from service.ingest import TextParsed, load_canonical
-from service.schemas import JobCreate
-from service.settings import get_settings
-from service.store.blobs import BlobStore, make_blob_store
-from service.store.db import TERMINAL, Database, Dataset, Job, JobEvent, Model, Teacher as TeacherRow, new_id, now
-from worker import trainer
-from worker.losses.mcmi import MCMIParams
-from worker.data import Split, Tokens, split_dataset, whole
-from worker.losses import METHODS, build_loss
+from kdserve.models import export as onnx_export
+from kdserve.models import text_export
+from kdserve.service.serving import textio
+from kdserve.service.sandbox.sniff import ModelFileError
+from kdserve.service.sandbox.jail import JailError
+from kdserve.worker.jailed_teacher import JailedTeacher
+from kdserve.models.teachers import Teacher, teacher_outputs, text_teacher_outputs
+from kdserve.models.text import TextSource
+from kdserve.models.zoo import ARCHITECTURES, ArchitectureError, count_parameters, create_student
+from kdserve.service.ingest import TextParsed, load_canonical
+from kdserve.service.schemas import JobCreate
+from kdserve.service.settings import get_settings
+from kdserve.service.store.blobs import BlobStore, make_blob_store
+from kdserve.service.store.db import TERMINAL, Database, Dataset, Job, JobEvent, Model, Teacher as TeacherRow, new_id, now
+from kdserve.worker import trainer
+from kdserve.worker.losses.mcmi import MCMIParams
+from kdserve.worker.data import Split, Tokens, split_dataset, whole
+from kdserve.worker.losses import METHODS, build_loss
 
 log = logging.getLogger("kdserve.worker")
 
@@ -409,7 +410,7 @@ class JobRun:
         """Export a text student (input_ids + attention_mask), gate it on parity, make the requested
         variants and publish it with its tokenizer (per precision: the .onnx file, and a zip of it
         with the tokenizer files)."""
-        from models.text import Embeddings
+        from kdserve.models.text import Embeddings
 
         spec = self.spec
         task = teacher.task
@@ -741,7 +742,7 @@ class JobRun:
 def single_file_artifacts(files: list[tuple[str, Path, dict]]) -> None:
     """A published model is one .onnx file per precision: the store keeps, downloads send and
     serving opens that one file. Weights too large for one protobuf (see
-    models.export.EXTERNAL_DATA_THRESHOLD_BYTES) would be in a side file left behind, so such a
+    kdserve.models.export.EXTERNAL_DATA_THRESHOLD_BYTES) would be in a side file left behind, so such a
     student fails here (the API's pre-flight refuses most before they run)."""
     for precision, path, _artifact in files:
         paths = onnx_export.model_files(path)

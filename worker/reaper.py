@@ -22,10 +22,10 @@ import threading
 
 from sqlalchemy import or_, select, update
 
-from service.queue import enqueue_job, redis_client, waiting_job_ids
-from service.settings import Settings
-from service.store.blobs import BlobStore
-from service.store.db import Database, Job, JobEvent, now, waiting
+from kdserve.service.queue import enqueue_job, redis_client, waiting_job_ids
+from kdserve.service.settings import Settings
+from kdserve.service.store.blobs import BlobStore
+from kdserve.service.store.db import Database, Job, JobEvent, now, waiting
 
 log = logging.getLogger("kdserve.reaper")
 

@@ -14,8 +14,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from models.teachers import TorchScriptTeacher, named_outputs
-from worker.losses.mcmi import MCMIParams, class_centroids, cmi_estimate, teacher_loss
+from kdserve.models.teachers import TorchScriptTeacher, named_outputs
+from kdserve.worker.losses.mcmi import MCMIParams, class_centroids, cmi_estimate, teacher_loss
 
 
 def refine_mcmi(teacher: TorchScriptTeacher, x: torch.Tensor, y: torch.Tensor, params: MCMIParams,

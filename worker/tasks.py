@@ -10,12 +10,12 @@ from pathlib import Path
 
 import httpx
 
-from models.probe import refused, run_probe
-from service.queue import PROBE_TEACHER, RUN_JOB
-from service.settings import get_settings
-from worker.celery_app import app
-from worker.pipeline import context
-from worker.pipeline import run_job as run_pipeline
+from kdserve.service.sandbox.probe import refused, run_probe
+from kdserve.service.queue import PROBE_TEACHER, RUN_JOB
+from kdserve.service.settings import get_settings
+from kdserve.worker.celery_app import app
+from kdserve.worker.pipeline import context
+from kdserve.worker.pipeline import run_job as run_pipeline
 
 log = logging.getLogger("kdserve.worker")
 

@@ -23,10 +23,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from models.zoo import Student
-from service.schemas import TrainingSpec
-from worker.data import Split
-from worker.losses import DistillLoss, LossInputs, PrepareData
+from kdserve.models.zoo import Student
+from kdserve.service.schemas import TrainingSpec
+from kdserve.worker.data import Split
+from kdserve.worker.losses import DistillLoss, LossInputs, PrepareData
 
 
 class Stopped(Exception):

@@ -200,11 +200,11 @@ def test_revoked_key_stops_working(service):
 
     from api_tests.harness import REPO
 
-    made = json.loads(subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "--tenant", "c", "--json"],
+    made = json.loads(subprocess.run([sys.executable, "-m", "kdserve.cli", "keys", "create", "--tenant", "c", "--json"],
                                      cwd=REPO, env=service.env, capture_output=True, text=True, check=True).stdout)
     with service.client(api_key=made["key"]) as c:
         assert c.get("/v1/jobs").status_code == 200
-        subprocess.run([sys.executable, "-m", "service.cli", "keys", "revoke", made["id"]], cwd=REPO, env=service.env,
+        subprocess.run([sys.executable, "-m", "kdserve.cli", "keys", "revoke", made["id"]], cwd=REPO, env=service.env,
                        capture_output=True, check=True)
         deadline = time.time() + 10  # the API trusts a checked key for KDSERVE_AUTH_CACHE_S (0.5 s)
         while c.get("/v1/jobs").status_code == 200:

@@ -22,7 +22,7 @@ def kdserve(service, *args: str, key: str | None = "default", env: dict | None =
         flags += ["--api-key", service.api_key if key == "default" else key]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("KDSERVE_")}
     full_env.update(env or {}, COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "service.cli", *flags, *args], cwd=REPO, env=full_env,
+    return subprocess.run([sys.executable, "-m", "kdserve.cli", *flags, *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -128,7 +128,7 @@ def test_cancel_and_api_errors(service, uploaded):
     assert denied.returncode == 1 and "unauthorized" in denied.stderr
     usage = kdserve(service, "jobs", "create", "--param", "no-equals-sign")
     assert usage.returncode == 2 and "KEY=VALUE" in usage.stderr
-    down = subprocess.run([sys.executable, "-m", "service.cli", "--url", "http://127.0.0.1:9", "--api-key", "kd_x",
+    down = subprocess.run([sys.executable, "-m", "kdserve.cli", "--url", "http://127.0.0.1:9", "--api-key", "kd_x",
                            "models", "list", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert down.returncode == 1 and json.loads(down.stdout)["error"]["code"] == "connection_error"
 
@@ -167,7 +167,7 @@ def test_models_download_resume_and_predict(service, finished_job, tmp_path, dig
 
 def test_key_from_the_data_dir(service, tmp_path):
     """No --api-key: the CLI reads the key `kdserve up` wrote into KDSERVE_DATA_DIR."""
-    result = subprocess.run([sys.executable, "-m", "service.cli", "jobs", "list", "--json"], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "kdserve.cli", "jobs", "list", "--json"], cwd=tmp_path,
                             env={**{k: v for k, v in os.environ.items() if not k.startswith("KDSERVE_")},
                                  "KDSERVE_URL": service.base_url, "KDSERVE_DATA_DIR": str(service.data_dir),
                                  "PYTHONPATH": str(REPO)},

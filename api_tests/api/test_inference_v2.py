@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api_tests.e2e.test_spine import KD_JOB, upload_dataset, upload_teacher
 from api_tests.harness import wait_job
-from service.api.metrics import hashed_label
+from kdserve.service.api.metrics import hashed_label
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api_tests.conftest import MACHINE_REDIS
 from api_tests.e2e.test_spine import KD_JOB, upload_dataset, upload_teacher
 from api_tests.harness import Service, wait_job
-from service import metrics
+from kdserve.service import metrics
 
 
 TOKEN = "metrics-test-token"

@@ -21,7 +21,7 @@ from api_tests.api.test_bad_input import assert_error
 from api_tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS
 from api_tests.e2e.test_spine import KD_JOB, upload_dataset, upload_teacher
 from api_tests.harness import Service, wait_job
-from service.api.metrics import hashed_label
+from kdserve.service.api.metrics import hashed_label
 
 TOKEN = "ops-test-token-" + "x" * 20
 

@@ -70,12 +70,12 @@ def test_broken_teachers_get_the_same_422(remote, client, files, tmp_path):
 def test_no_worker_on_the_probe_queue_is_a_503(tmp_path, files, monkeypatch):
     """Nobody consumes the probe queue: the upload is refused as unavailable (not as a bad file),
     within the probe limit plus the queue allowance, and the staged copy is deleted."""
-    from service.api import teachers
-    from service.api.deps import Context
-    from service.errors import ApiError
-    from service.queue import make_celery, redis_client
-    from service.settings import Settings
-    from service.store.blobs import LocalBlobStore
+    from kdserve.service.api import teachers
+    from kdserve.service.api.deps import Context
+    from kdserve.service.errors import ApiError
+    from kdserve.service.queue import make_celery, redis_client
+    from kdserve.service.settings import Settings
+    from kdserve.service.store.blobs import LocalBlobStore
 
     monkeypatch.setattr(teachers, "PROBE_QUEUE_WAIT_S", 0.0)
     settings = Settings(data_dir=tmp_path, redis_url=MACHINE_REDIS, queue=f"kdtest-noworker-{tmp_path.name}",
@@ -102,9 +102,9 @@ def test_a_prober_without_secrets_probes_from_a_presigned_url(tmp_path, files, s
     import sys
 
     from api_tests.s3server import CREDENTIALS
-    from service.queue import PROBE_TEACHER, make_celery, probe_queue, redis_client
-    from service.settings import Settings
-    from service.store.s3 import S3BlobStore
+    from kdserve.service.queue import PROBE_TEACHER, make_celery, probe_queue, redis_client
+    from kdserve.service.settings import Settings
+    from kdserve.service.store.s3 import S3BlobStore
 
     queue = f"kdtest-prober-{tmp_path.name[-12:]}"
     bare = {k: v for k, v in os.environ.items() if not k.startswith(("KDSERVE_", "AWS_"))}
@@ -121,7 +121,7 @@ def test_a_prober_without_secrets_probes_from_a_presigned_url(tmp_path, files, s
             os.environ.pop(key, None)
     settings = Settings(data_dir=tmp_path, redis_url=MACHINE_REDIS, queue=queue)
     with open(tmp_path / "prober.log", "wb") as log:
-        prober = subprocess.Popen([sys.executable, "-I", "-u", "-m", "service.cli", "worker", "--queues", "probe"],
+        prober = subprocess.Popen([sys.executable, "-I", "-u", "-m", "kdserve.cli", "worker", "--queues", "probe"],
                                   env=prober_env, stdout=log, stderr=subprocess.STDOUT)
     try:
         answer = make_celery(settings).send_task(PROBE_TEACHER, args=["tmp/probes/x/teacher.pt", None, None, None, url],

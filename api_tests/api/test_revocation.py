@@ -22,14 +22,14 @@ DEADLINE_S = 2.0
 
 
 def new_key(service, tenant: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "--tenant", tenant, "--json"],
+    out = subprocess.run([sys.executable, "-m", "kdserve.cli", "keys", "create", "--tenant", tenant, "--json"],
                          cwd=REPO, env=service.env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
 def revoke(service, key_id: str) -> float:
     """Revoke through the CLI; returns the time it had committed by (when the process ended)."""
-    subprocess.run([sys.executable, "-m", "service.cli", "keys", "revoke", key_id], cwd=REPO, env=service.env,
+    subprocess.run([sys.executable, "-m", "kdserve.cli", "keys", "revoke", key_id], cwd=REPO, env=service.env,
                    capture_output=True, check=True)
     return time.monotonic()
 

@@ -1,4 +1,4 @@
-"""The Python SDK (service/client.py) against the real service: typed results, errors with the
+"""The Python SDK (kdserve/client.py) against the real service: typed results, errors with the
 API's code, a job followed over Server-Sent Events (also across a cut connection), and model
 downloads that resume an interrupted transfer and check the sha256."""
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from api_tests.netfaults import CuttingProxy
-from service.client import (APIConnectionError, AsyncClient, ChecksumMismatch, Client, Conflict, InvalidRequest,
+from kdserve.client import (APIConnectionError, AsyncClient, ChecksumMismatch, Client, Conflict, InvalidRequest,
                             NotFound, Unauthorized, WaitTimeout)
-from service.schemas import DatasetOut, EventOut, JobOut, ModelOut, TeacherOut
+from kdserve.service.schemas import DatasetOut, EventOut, JobOut, ModelOut, TeacherOut
 
 STUDENT = {"architecture": "mlp", "params": {"hidden_sizes": [32]}}
 METHOD = {"name": "kd", "params": {"temperature": 4.0, "alpha": 0.9}}

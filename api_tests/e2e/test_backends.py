@@ -10,7 +10,7 @@ from api_tests import digits as dg
 from api_tests.conftest import MACHINE_REDIS
 from api_tests.e2e.test_spine import KD_JOB, run_onnx, upload_dataset, upload_teacher
 from api_tests.harness import Service, wait_job
-from service.store import migrate
+from kdserve.service.store import migrate
 
 
 def test_postgres_and_embedded_redis(tmp_path, postgres_url, files, digits):

@@ -130,7 +130,7 @@ def test_a_text_teacher_with_a_tabular_student_and_vice_versa(client, text):
 
 def onnx_outputs(onnx_bytes: bytes, tokenizer_json: str, texts: list[str], max_length: int) -> np.ndarray:
     """What a client does with the download: tokenise with the shipped tokenizer, run onnxruntime."""
-    from models import textio
+    from kdserve.service.serving import textio
 
     enc = textio.encode(textio.load_tokenizer(tokenizer_json), texts, max_length)
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
@@ -139,8 +139,8 @@ def onnx_outputs(onnx_bytes: bytes, tokenizer_json: str, texts: list[str], max_l
 
 
 def teacher_outputs(text, name: str, texts: list[str]) -> np.ndarray:
-    from models.teachers import load_teacher
-    from models import textio
+    from kdserve.models.teachers import load_teacher
+    from kdserve.service.serving import textio
 
     t = load_teacher(text["dir"] / f"{name}.zip")
     enc = textio.encode(t.tokenizer, texts, 32)

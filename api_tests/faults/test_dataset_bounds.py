@@ -21,10 +21,10 @@ import pytest
 from api_tests.api.test_bad_input import Payload, assert_error, post_file, stored_files, unchanged  # noqa: F401
 from api_tests.conftest import MACHINE_REDIS
 from api_tests.harness import Service, child_processes
-from service import ingest_child
-from service.ingest import load_canonical
-from service.ingest_errors import DatasetError
-from service.settings import Settings
+from kdserve.service import ingest_child
+from kdserve.service.ingest import load_canonical
+from kdserve.service.ingest_errors import DatasetError
+from kdserve.service.settings import Settings
 
 MiB = 1024**2
 TIGHT = {"KDSERVE_MAX_DATASET_BYTES": str(8 * MiB), "KDSERVE_DATASET_PARSE_MEMORY_BYTES": str(64 * MiB),

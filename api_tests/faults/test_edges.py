@@ -18,7 +18,7 @@ import pytest
 from api_tests.api.test_bad_input import assert_error, stored_files, unchanged  # noqa: F401
 from api_tests.e2e.test_spine import KD_JOB, upload_dataset, upload_teacher
 from api_tests.harness import REPO, wait_job
-from service.client import Client
+from kdserve.client import Client
 
 HOSTILE_NAME = "../../☃-évil"  # a path out of the download folder, and not latin-1
 
@@ -152,7 +152,7 @@ def test_cli_download_never_leaves_the_folder(service, published, tmp_path):
     work = tmp_path / "a" / "b"
     work.mkdir(parents=True)
     env = {**service.env, "KDSERVE_URL": service.base_url, "KDSERVE_API_KEY": service.api_key}
-    out = subprocess.run([sys.executable, "-m", "service.cli", "models", "download", published["card"]["id"], "--json"],
+    out = subprocess.run([sys.executable, "-m", "kdserve.cli", "models", "download", published["card"]["id"], "--json"],
                          cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     saved = json.loads(out.stdout)["path"]
@@ -160,7 +160,7 @@ def test_cli_download_never_leaves_the_folder(service, published, tmp_path):
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == \
         ["a/b/☃-évil.fp32.onnx"]
     # the user's own -o is taken as given
-    out = subprocess.run([sys.executable, "-m", "service.cli", "models", "download", published["card"]["id"], "-o",
+    out = subprocess.run([sys.executable, "-m", "kdserve.cli", "models", "download", published["card"]["id"], "-o",
                           str(tmp_path / "mine.onnx"), "--json"], cwd=work, env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr

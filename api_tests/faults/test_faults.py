@@ -13,7 +13,7 @@ from sqlalchemy import select
 from api_tests.e2e.test_spine import upload_dataset, upload_teacher
 from api_tests.faults.stack import Stack, wait_for
 from api_tests.harness import wait_job
-from service.store.db import Database, Job
+from kdserve.service.store.db import Database, Job
 
 
 def job_body(ids, epochs):

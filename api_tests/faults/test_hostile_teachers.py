@@ -17,7 +17,7 @@ from api_tests.e2e.test_spine import KD_JOB
 from api_tests.harness import Service, wait_job
 from api_tests.hostile import (CUSTOM_CODE, Plain, ReadsAFile, Saves, WritesAFile, archive, onnx_custom_domain,
                                onnx_reading, rewrite_code)
-from models.jail import sandbox_problem
+from kdserve.service.sandbox.jail import sandbox_problem
 
 pytestmark = pytest.mark.skipif(sandbox_problem("bwrap") is not None, reason="no sandbox here")
 
@@ -143,8 +143,8 @@ def test_without_bubblewrap_teacher_uploads_are_refused_naming_it(tmp_path, file
 
 def test_the_documented_opt_out_runs_teachers_without_bubblewrap(tmp_path, files):
     """KDSERVE_JAIL=off: an operator's explicit choice; limits and seccomp still apply."""
-    from models.jail import Budget, JailConfig
-    from models.probe import run_probe
+    from kdserve.service.sandbox.jail import Budget, JailConfig
+    from kdserve.service.sandbox.probe import run_probe
 
     answer = run_probe(files["torchscript"], None, None, None,
                        jail=JailConfig(mode="off", budget=Budget(cpu_seconds=120), scratch=tmp_path))

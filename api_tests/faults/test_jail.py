@@ -1,4 +1,4 @@
-"""The teacher jail itself (models/jail.py), with real bubblewrap: whatever code runs in it — here a
+"""The teacher jail itself (service/sandbox/jail.py), with real bubblewrap: whatever code runs in it — here a
 script that tries every escape a hostile teacher would — reads no file but its own, writes none,
 reaches no network, sees no secret, starts no process, and is held to its memory, CPU and wall
 time budgets. The script enters the jail exactly as models/teacher_host.py does."""
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from models.jail import Budget, JailedProcess, JailError, sandbox_problem, seccomp_program
+from kdserve.service.sandbox.jail import Budget, JailedProcess, JailError, sandbox_problem, seccomp_program
 
 pytestmark = pytest.mark.skipif(sandbox_problem("bwrap") is not None, reason=f"no sandbox here: {sandbox_problem('bwrap')}")
 
@@ -23,9 +23,9 @@ PRELUDE = """
 import json, os, sys
 proto = os.fdopen(os.dup(1), "wb")
 os.dup2(2, 1)
-from models.teacher_host import enter_jail
+from kdserve.models.teacher_host import enter_jail
 enter_jail()
-from models.jail import Channel
+from kdserve.service.sandbox.jail import Channel
 channel = Channel(os.fdopen(os.dup(0), "rb", buffering=0), proto)
 request, _ = channel.receive(None, 1 << 20)
 """
@@ -159,6 +159,6 @@ def test_the_seccomp_filter_assembles_for_each_architecture(machine):
 
 def test_a_missing_bubblewrap_is_named():
     """What the API and `kdserve up` say when bwrap is not installed."""
-    out = subprocess.run([sys.executable, "-c", "from models.jail import sandbox_problem; print(sandbox_problem('bwrap'))"],
+    out = subprocess.run([sys.executable, "-c", "from kdserve.service.sandbox.jail import sandbox_problem; print(sandbox_problem('bwrap'))"],
                          env=dict(os.environ, PATH="/nonexistent"), capture_output=True, text=True, check=True)
     assert "bubblewrap" in out.stdout and "KDSERVE_JAIL=off" in out.stdout

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from worker.losses import LossInputs, build_loss
+from kdserve.worker.losses import LossInputs, build_loss
 
 # ---- METHODS.md §19 (B = 3, C = 4) ------------------------------------------------------------
 

@@ -16,14 +16,14 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
-from service.api.inference_v2 import InferRequest, to_array
-from service.app import create_app
-from service.bodies import PARSE_ON_LOOP_BYTES, BodyParser, validate
-from service.errors import ApiError
-from service.probe_limits import ProbeLimiter
-from service.schemas import JobCreate, PredictIn
-from service.settings import Settings
-from service.uploads import check_member_count
+from kdserve.service.api.inference_v2 import InferRequest, to_array
+from kdserve.service.app import create_app
+from kdserve.service.bodies import PARSE_ON_LOOP_BYTES, BodyParser, validate
+from kdserve.service.errors import ApiError
+from kdserve.service.probe_limits import ProbeLimiter
+from kdserve.service.schemas import JobCreate, PredictIn
+from kdserve.service.settings import Settings
+from kdserve.service.uploads import check_member_count
 
 
 # ---- the probe limiter ------------------------------------------------------------------------

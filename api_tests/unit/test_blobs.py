@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from api_tests.s3server import CREDENTIALS
-from service.settings import Settings
-from service.store.blobs import LocalBlobStore, make_blob_store
-from service.store.s3 import MiB, S3BlobStore
+from kdserve.service.settings import Settings
+from kdserve.service.store.blobs import LocalBlobStore, make_blob_store
+from kdserve.service.store.s3 import MiB, S3BlobStore
 
 BAD_KEYS = ["", "/etc/passwd", "../outside", "a/../../outside", "a/./b", "a//b", "a/", "a\\b", "a\x00b"]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from models.text import TextSource
-from models.zoo import ARCHITECTURES, count_parameters, create_student
-from service import budgets
+from kdserve.models.text import TextSource
+from kdserve.models.zoo import ARCHITECTURES, count_parameters, create_student
+from kdserve.service import budgets
 
 
 def defaults(arch: str, params: dict) -> dict:

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from api_tests.harness import REPO
-from service.cli import WORKER_QUEUES
-from service.settings import Settings
+from kdserve.cli import WORKER_QUEUES
+from kdserve.service.settings import Settings
 
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
@@ -151,7 +151,7 @@ def test_images_install_the_right_extras():
     for stage in ("api", "worker", "all-in-one"):
         assert re.search(r"^USER kdserve$", stages[stage], flags=re.M), f"{stage} runs as root"
         assert "HEALTHCHECK" in stages[stage], stage
-    assert "uvicorn" in stages["api"] and "service.app:create_app" in stages["api"]
+    assert "uvicorn" in stages["api"] and "kdserve.service.app:create_app" in stages["api"]
     limit = str(Settings.model_fields["limit_concurrency"].default)
     assert f'"--limit-concurrency", "{limit}"' in stages["api"]  # as `kdserve up` runs uvicorn
     assert 'CMD ["kdserve", "up"]' in stages["all-in-one"]
@@ -162,7 +162,7 @@ def test_images_install_the_right_extras():
 
 
 def test_probes_point_at_healthz_and_readyz():
-    from service.api import metrics, ops
+    from kdserve.service.api import metrics, ops
 
     routes = {r.path for router in (ops.router, metrics.router) for r in router.routes}
     assert {"/healthz", "/readyz", "/metrics"} <= routes

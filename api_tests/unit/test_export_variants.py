@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models import export
-from models.zoo import ArchitectureError, create_student
+from kdserve.models import export
+from kdserve.models.zoo import ArchitectureError, create_student
 
 STUDENTS = {
     "mlp": {"hidden_sizes": [64]},

@@ -11,10 +11,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service import auth
-from service.api import inference_v2
-from service.app import create_app
-from service.settings import Settings
+from kdserve.service import auth
+from kdserve.service.api import inference_v2
+from kdserve.service.app import create_app
+from kdserve.service.settings import Settings
 
 REQUESTS = [  # (path, body, content type, headers)
     ("/v2/models/mdl_nope/infer", b'{"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", '

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from loss_fixtures import CE19, TOL, s19, t19, y19
 
-from worker.losses import LossInputs, build_loss
-from worker.losses.dhkd import binary_kl, binary_kl_norm
+from kdserve.worker.losses import LossInputs, build_loss
+from kdserve.worker.losses.dhkd import binary_kl, binary_kl_norm
 
 
 def test_binary_kl_values():

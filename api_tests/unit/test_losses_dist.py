@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from loss_fixtures import CE19, TOL, inputs19, s19, t19
 from torchdistill.losses.mid_level import DISTLoss as TorchdistillDISTLoss
 
-from worker.losses import LossInputs, build_loss
-from worker.losses.dist import dist_parts
+from kdserve.worker.losses import LossInputs, build_loss
+from kdserve.worker.losses.dist import dist_parts
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from loss_fixtures import CE19, TOL, inputs19, s19, t19
 
-from worker.losses import LossInputs, build_loss
-from worker.losses.divergences import jensen_shannon, reverse_kl
+from kdserve.worker.losses import LossInputs, build_loss
+from kdserve.worker.losses.divergences import jensen_shannon, reverse_kl
 
 
 def _value(name, tau, alpha=1.0):

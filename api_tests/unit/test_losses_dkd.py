@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from loss_fixtures import CE19, TOL, inputs19, s19, t19, y19
 
-from worker.losses import LossInputs, build_loss
-from worker.losses.dkd import dkd_parts, warmup_factor
+from kdserve.worker.losses import LossInputs, build_loss
+from kdserve.worker.losses.dkd import dkd_parts, warmup_factor
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from worker.losses import METHODS, LossInputs, build_loss
+from kdserve.worker.losses import METHODS, LossInputs, build_loss
 
 S = torch.tensor([[3.0, 4.0], [1.0, 0.0]], dtype=torch.float64)
 T = torch.tensor([[4.0, 3.0], [2.0, 2.0]], dtype=torch.float64)

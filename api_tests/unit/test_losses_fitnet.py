@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from loss_fixtures import CE19, TOL, inputs19, s19, t19, y19
 from torch import nn
 
-from worker.losses import LossInputs, build_loss
-from worker.losses.fitnet import make_regressor
+from kdserve.worker.losses import LossInputs, build_loss
+from kdserve.worker.losses.fitnet import make_regressor
 
 
 @pytest.mark.parametrize(

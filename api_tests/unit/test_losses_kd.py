@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from loss_fixtures import CE19, TOL, inputs19, s19, t19, y19
 from torchdistill.losses.mid_level import KDLoss as TorchdistillKDLoss
 
-from worker.losses import LossInputs, build_loss
+from kdserve.worker.losses import LossInputs, build_loss
 
 
 def test_ce_value():

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from worker.losses import LossInputs, build_loss
-from worker.losses.lelp import class_logits, estimate_output_weight, random_rotation
+from kdserve.worker.losses import LossInputs, build_loss
+from kdserve.worker.losses.lelp import class_logits, estimate_output_weight, random_rotation
 
 
 def _data(n=300, d=12, c=3, seed=0):

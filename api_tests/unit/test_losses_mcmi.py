@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from loss_fixtures import CE19, TOL, q19, s19, y19
 
-from worker.losses.mcmi import CentroidAccumulator, MCMIParams, class_centroids, cmi_estimate, teacher_loss
+from kdserve.worker.losses.mcmi import CentroidAccumulator, MCMIParams, class_centroids, cmi_estimate, teacher_loss
 
 
 def test_mcmi_values():

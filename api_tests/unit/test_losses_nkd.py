@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from loss_fixtures import CE19, TOL, inputs19, s19, t19, u19, y19
 
-from worker.losses import LossInputs, build_loss
-from worker.losses.nkd import nkd_parts, uskd_parts, uskd_soft_targets, uskd_terms, zipf_non_target_labels
+from kdserve.worker.losses import LossInputs, build_loss
+from kdserve.worker.losses.nkd import nkd_parts, uskd_parts, uskd_soft_targets, uskd_terms, zipf_non_target_labels
 
 # ---- NKD --------------------------------------------------------------------------------------
 

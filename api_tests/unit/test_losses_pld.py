@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from loss_fixtures import TOL, inputs19, s19, t19, y19
 
-from worker.losses import LossInputs, build_loss
-from worker.losses.pld import pld_loss, teacher_optimal_permutation
+from kdserve.worker.losses import LossInputs, build_loss
+from kdserve.worker.losses.pld import pld_loss, teacher_optimal_permutation
 
 
 def naive_pld(s, t, y, tau):

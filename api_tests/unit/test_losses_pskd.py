@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from loss_fixtures import CE19, TOL, s19, t19, y19
 
-from worker.losses import LossInputs, build_loss
-from worker.losses.pskd import alpha_at
+from kdserve.worker.losses import LossInputs, build_loss
+from kdserve.worker.losses.pskd import alpha_at
 
 
 def test_alpha_schedule():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from worker.losses import METHODS, build_loss
+from kdserve.worker.losses import METHODS, build_loss
 
 FLAGS = {  # name: (needs_teacher, needs_labels)
     "rkl": (True, False),

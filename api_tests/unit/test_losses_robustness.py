@@ -13,7 +13,7 @@ from loss_fixtures import (
     build_case,
 )
 
-from worker.losses import METHODS
+from kdserve.worker.losses import METHODS
 
 ALL = sorted(METHODS)
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from loss_fixtures import CE19, TOL, inputs19, s19, t19
 
-from worker.losses import LossInputs, build_loss
-from worker.losses.sinkd import sinkhorn_cost, sinkhorn_cost_matrix, sinkhorn_plan
+from kdserve.worker.losses import LossInputs, build_loss
+from kdserve.worker.losses.sinkd import sinkhorn_cost, sinkhorn_cost_matrix, sinkhorn_plan
 
 M19 = [[0.421028, 0.848912, 0.802871], [0.860720, 0.389419, 0.728518], [0.468562, 0.785658, 0.276941]]
 PLAN19 = [[0.929105, 0.026546, 0.041702], [0.004214, 0.967685, 0.032303], [0.066681, 0.005769, 0.925995]]

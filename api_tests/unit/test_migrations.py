@@ -15,8 +15,8 @@ from alembic import command
 from sqlalchemy import create_engine, inspect, text
 
 from api_tests.harness import REPO
-from service.store import migrate
-from service.store.db import ApiKey, Base, Database
+from kdserve.service.store import migrate
+from kdserve.service.store.db import ApiKey, Base, Database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -120,7 +120,7 @@ def test_database_of_another_shape_is_refused(url, engines):
 
 def test_cli_db_upgrade(tmp_path):
     env = dict(os.environ, KDSERVE_DATA_DIR=str(tmp_path), KDSERVE_DATABASE_URL=f"sqlite:///{tmp_path / 'cli.db'}")
-    run = [sys.executable, "-m", "service.cli", "db", "upgrade"]
+    run = [sys.executable, "-m", "kdserve.cli", "db", "upgrade"]
     first = subprocess.run(run, cwd=REPO, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == f"upgraded from an empty database to {migrate.head()}"

@@ -16,9 +16,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from api_tests.hostile import Saves, archive, rewrite_code
-from models import script_ops
-from models.onnx_check import check_model
-from models.sniff import ModelFileError, sniff
+from kdserve.models import script_graph
+from kdserve.service.sandbox import script_ops
+from kdserve.service.sandbox.onnx_check import check_model
+from kdserve.service.sandbox.sniff import ModelFileError, sniff
 
 
 def sources(data: bytes) -> dict[str, str]:
@@ -81,14 +82,14 @@ def test_ordinary_teachers_pass_both_checks(make):
     traced = archive(torch.jit.trace(make().eval(), torch.randn(2, 64), strict=False, check_trace=False))
     for data in (scripted, traced):
         assert script_ops.scan_archive(sources(data)) is None
-        assert script_ops.check_module(torch.jit.load(io.BytesIO(data))) is None
+        assert script_graph.check_module(torch.jit.load(io.BytesIO(data))) is None
 
 
 @pytest.mark.parametrize("module,op", [(ReadsAFile(), "aten::from_file"), (Saves(), "aten::save")])
 def test_file_operators_are_refused_by_both_checks(tmp_path, module, op):
     data = archive(module)
     assert op in script_ops.scan_archive(sources(data))
-    assert op in script_ops.check_module(torch.jit.load(io.BytesIO(data)))
+    assert op in script_graph.check_module(torch.jit.load(io.BytesIO(data)))
     path = tmp_path / "t.pt"
     path.write_bytes(data)
     with pytest.raises(ModelFileError) as err:
@@ -118,9 +119,9 @@ def test_hand_edited_archives_are_refused_by_the_source_scan(tmp_path, new, name
 
 
 def test_the_allow_list_matches_the_installed_torch():
-    """torchscript_ops.json is generated from the pinned torch (`python -m models.script_ops`)."""
+    """torchscript_ops.json is generated from the pinned torch (`python -m kdserve.models.script_graph`)."""
     committed = {k: v for k, v in __import__("json").loads(script_ops.OPS_FILE.read_text()).items()}
-    assert committed == script_ops.generate(), "stale: run `python -m models.script_ops`"
+    assert committed == script_graph.generate(), "stale: run `python -m kdserve.models.script_graph`"
     assert "from_file" not in committed["aten"] and "linear" in committed["aten"]
 
 

@@ -10,8 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service.store.blobs import LocalBlobStore
-from worker.pipeline import JobFailed, single_file_artifacts, verify_stored
+from kdserve.service.store.blobs import LocalBlobStore
+from kdserve.worker.pipeline import JobFailed, single_file_artifacts, verify_stored
 
 
 def linear_onnx(path, external: bool) -> None:

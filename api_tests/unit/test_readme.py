@@ -7,7 +7,7 @@ import importlib.util
 import re
 
 from api_tests.harness import REPO
-from service.settings import Settings
+from kdserve.service.settings import Settings
 
 spec = importlib.util.spec_from_file_location("settings_table", REPO / "scripts" / "settings_table.py")
 settings_table = importlib.util.module_from_spec(spec)

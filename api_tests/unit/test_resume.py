@@ -8,11 +8,11 @@ import io
 import pytest
 import torch
 
-from models.zoo import create_student
-from service.schemas import TrainingSpec
-from worker import trainer
-from worker.data import Split
-from worker.losses import build_loss
+from kdserve.models.zoo import create_student
+from kdserve.service.schemas import TrainingSpec
+from kdserve.worker import trainer
+from kdserve.worker.data import Split
+from kdserve.worker.losses import build_loss
 
 
 def data(n=200, d=12, c=4, seed=0):

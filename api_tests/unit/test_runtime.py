@@ -1,4 +1,4 @@
-"""models/runtime.py without HTTP: the session cache's LRU bounds and single loading, and dynamic
+"""service/serving/runtime.py without HTTP: the session cache's LRU bounds and single loading, and dynamic
 batching (concurrent requests merged into fewer runs, each caller getting exactly its rows)."""
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from api_tests.harness import REPO
-from models import export, runtime
-from models.runtime import BatchConfig, SessionCache
-from models.zoo import create_student
+from kdserve.models import export
+from kdserve.service.serving import runtime
+from kdserve.service.serving.runtime import BatchConfig, SessionCache
+from kdserve.models.zoo import create_student
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def direct(path, x: np.ndarray) -> np.ndarray:
 
 
 def test_the_api_side_never_imports_torch():
-    code = ("import sys, models.runtime, service.api.inference_v2, service.app; "
+    code = ("import sys, kdserve.service.serving.runtime, kdserve.service.api.inference_v2, kdserve.service.app; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 

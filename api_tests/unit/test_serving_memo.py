@@ -8,7 +8,7 @@ import asyncio
 import threading
 import time
 
-from service.api.inference_v2 import Memo
+from kdserve.service.api.inference_v2 import Memo
 
 TTL = 0.4  # the refresh starts in the last REFRESH_FRACTION (half) of it
 

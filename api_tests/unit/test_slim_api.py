@@ -11,9 +11,9 @@ import sys
 import textwrap
 
 from api_tests.harness import REPO
-from service.api.deps import CATALOG_SNAPSHOT
-from service.api.teachers import probe_mode
-from service.settings import Settings
+from kdserve.service.api.deps import CATALOG_SNAPSHOT
+from kdserve.service.api.teachers import probe_mode
+from kdserve.service.settings import Settings
 
 # What the `worker` extra brings; the slim image has none of them.
 WORKER_ONLY = ("torch", "torchvision", "transformers", "sklearn", "onnx", "onnxscript", "safetensors")
@@ -22,10 +22,10 @@ WORKER_ONLY = ("torch", "torchvision", "transformers", "sklearn", "onnx", "onnxs
 def test_catalog_snapshot_is_fresh():
     """service/catalog.json is exactly what the worker code says today: a method or architecture
     added or changed without regenerating it fails here."""
-    out = subprocess.run([sys.executable, "-m", "worker.catalog"], cwd=REPO, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "kdserve.worker.catalog"], cwd=REPO, capture_output=True, text=True,
                          timeout=300, check=True)
     assert out.stdout == CATALOG_SNAPSHOT.read_text(), (
-        "service/catalog.json is stale: run `.venv/bin/python -m worker.catalog > service/catalog.json`")
+        "service/catalog.json is stale: run `.venv/bin/python -m kdserve.worker.catalog > service/catalog.json`")
 
 
 def run_api_script(body: str, tmp_path, block_worker_modules: bool) -> dict:
@@ -33,11 +33,11 @@ def run_api_script(body: str, tmp_path, block_worker_modules: bool) -> dict:
     block = f"for m in {WORKER_ONLY!r}:\n    sys.modules[m] = None  # import m raises, find_spec(m) is None\n"
     script = "import json, sys\n" + (block if block_worker_modules else "") + textwrap.dedent("""
         from fastapi.testclient import TestClient
-        from service.app import create_app
-        from service.settings import Settings
+        from kdserve.service.app import create_app
+        from kdserve.service.settings import Settings
         settings = Settings(data_dir=sys.argv[1], auth="disabled")
         with TestClient(create_app(settings)) as client:
-            from service.api.teachers import probe_mode
+            from kdserve.service.api.teachers import probe_mode
             result = {}
     """) + textwrap.indent(textwrap.dedent(body), "    ") + textwrap.dedent("""
         result["imported"] = sorted(m for m in sys.modules if m.split(".")[0] in %r and sys.modules[m] is not None)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from models import export
-from models.sniff import ModelFileError, pickle_globals, sniff
-from models.teachers import load_teacher
-from models.zoo import ARCHITECTURES, ArchitectureError, create_student
-from service import ingest
-from worker.data import split_dataset
+from kdserve.models import export
+from kdserve.service.sandbox.sniff import ModelFileError, pickle_globals, sniff
+from kdserve.models.teachers import load_teacher
+from kdserve.models.zoo import ARCHITECTURES, ArchitectureError, create_student
+from kdserve.service import ingest
+from kdserve.worker.data import split_dataset
 
 
 def test_pickle_globals_reads_opcodes_without_running_them(tmp_path):

@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 
-from service.supervisor import Supervisor, describe_exit, restart_delay
+from kdserve.service.supervisor import Supervisor, describe_exit, restart_delay
 
 
 def test_backoff_doubles_up_to_a_minute():

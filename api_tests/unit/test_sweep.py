@@ -8,8 +8,8 @@ import os
 import time
 
 from api_tests.unit.test_blobs import aws_env, store  # noqa: F401 (fixtures: both stores)
-from service.settings import Settings
-from service.sweep import STAGED_PROBES, sweep
+from kdserve.service.settings import Settings
+from kdserve.service.sweep import STAGED_PROBES, sweep
 
 
 def test_staged_probes_and_scratch_files_older_than_the_age_go(store, tmp_path):  # noqa: F811

@@ -11,16 +11,17 @@ import pytest
 import torch
 
 from api_tests import text_fixtures as tf
-from models import textio
-from models.sniff import ModelFileError
-from models.model_files import extract_hf
-from models.teachers import load_teacher
-from models.text import (LowRankEmbedding, TextSource, build_layer_dropped, low_rank_factors, projection_basis,
+from kdserve.service.serving import textio
+from kdserve.service.sandbox.sniff import ModelFileError
+from kdserve.service.sandbox.model_files import extract_hf
+from kdserve.models.teachers import load_teacher
+from kdserve.models.text import (LowRankEmbedding, TextSource, build_layer_dropped, low_rank_factors, projection_basis,
                          token_weights)
-from models.zoo import ARCHITECTURES, ArchitectureError, create_student
-from service import ingest, text_serving
-from service.errors import ApiError
-from worker.pipeline import neighbour_overlap
+from kdserve.models.zoo import ARCHITECTURES, ArchitectureError, create_student
+from kdserve.service import ingest
+from kdserve.service.serving import text as text_serving
+from kdserve.service.errors import ApiError
+from kdserve.worker.pipeline import neighbour_overlap
 
 
 @pytest.fixture(scope="module")

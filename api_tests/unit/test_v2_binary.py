@@ -1,4 +1,4 @@
-"""The binary tensor data extension's byte layout (service/v2_binary.py), by hand-built bodies."""
+"""The binary tensor data extension's byte layout (service/serving/v2_binary.py), by hand-built bodies."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from service import v2_binary as vb
+from kdserve.service.serving import v2_binary as vb
 
 
 def test_split_body_uses_the_header_length():

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from service import ingest, ingest_child, metrics, uploads
-from service.api.deps import Context, check_storage, get_ctx, get_owned, paginate, principal, uploader
-from service.auth import Principal
-from service.errors import ApiError, not_found
-from service.schemas import DatasetOut, ListOut
-from service.store.db import Dataset, Job, new_id
+from kdserve.service import ingest, ingest_child, metrics, uploads
+from kdserve.service.api.deps import Context, check_storage, get_ctx, get_owned, paginate, principal, uploader
+from kdserve.service.auth import Principal
+from kdserve.service.errors import ApiError, not_found
+from kdserve.service.schemas import DatasetOut, ListOut
+from kdserve.service.store.db import Dataset, Job, new_id
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 

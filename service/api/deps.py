@@ -16,13 +16,13 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service import auth, bodies
-from service.errors import ApiError, not_found
-from service.probe_limits import ProbeLimiter
-from service.limits import TenantSlots, ensure_free_space
-from service.settings import Settings
-from service.store.blobs import BlobStore
-from service.store.db import Database, Dataset, Model, Teacher
+from kdserve.service import auth, bodies
+from kdserve.service.errors import ApiError, not_found
+from kdserve.service.probe_limits import ProbeLimiter
+from kdserve.service.limits import TenantSlots, ensure_free_space
+from kdserve.service.settings import Settings
+from kdserve.service.store.blobs import BlobStore
+from kdserve.service.store.db import Database, Dataset, Model, Teacher
 
 
 @dataclass
@@ -53,14 +53,14 @@ CATALOG_SNAPSHOT = Path(__file__).resolve().parents[1] / "catalog.json"
 
 
 def load_catalog(python: str | None = None) -> dict[str, Any]:
-    """Methods and architectures as the worker code defines them: from `python -m worker.catalog`
+    """Methods and architectures as the worker code defines them: from `python -m kdserve.worker.catalog`
     in a child process (torch is imported there only) when KDSERVE_PYTHON is set or torch is
     installed here, else from service/catalog.json, the same output committed for the slim API
     image (api_tests/unit/test_slim_api.py regenerates it and fails when it is stale)."""
     if python is None and importlib.util.find_spec("torch") is None:
         return json.loads(CATALOG_SNAPSHOT.read_text())
     # -I: the working directory (a data dir, say) is not on the child's sys.path
-    out = subprocess.run([python or sys.executable, "-I", "-m", "worker.catalog"], capture_output=True, text=True,
+    out = subprocess.run([python or sys.executable, "-I", "-m", "kdserve.worker.catalog"], capture_output=True, text=True,
                          timeout=300, check=True)
     return json.loads(out.stdout)
 

@@ -1,5 +1,5 @@
 """Open Inference Protocol v2 (KServe / Triton REST) for published students, run by onnxruntime in
-this process (models/runtime.py: session cache + dynamic batching). PEERS.md §8 has the shapes.
+this process (service/serving/runtime.py: session cache + dynamic batching). PEERS.md §8 has the shapes.
 
     GET  /v2/health/live                      200 while the process serves (no key: a probe)
     GET  /v2/health/ready                     200 when the database answers, else 503 (no key: a probe)
@@ -18,12 +18,12 @@ key, 404 for an unknown model or version.
 Tensors are JSON: FP32, FP64, INT64, INT32 and BOOL, `data` flat (row-major) or nested to the
 shape. Values are converted to the model input's type when that is lossless in meaning (any number
 to a float input; integers to an integer input); NaN and infinities are refused. The binary tensor
-data extension (raw little-endian tensors after a JSON header, service/v2_binary.py) is accepted for
+data extension (raw little-endian tensors after a JSON header, service/serving/v2_binary.py) is accepted for
 inputs and, on request, used for outputs.
 
 A text student (its card has `text`) also takes a BYTES tensor `text` (and `text_pair` when it was
 trained on pairs): the strings are tokenised here with the student's own tokenizer
-(service/text_serving.py) into its `input_ids` and `attention_mask`.
+(service/serving/text.py) into its `input_ids` and `attention_mask`.
 """
 
 from __future__ import annotations
@@ -47,13 +47,15 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from models.runtime import BatchConfig, LoadedModel, SessionCache, TensorInfo, rows_of
-from service import bodies, metrics, text_serving, v2_binary
-from service.api.deps import Context, authenticate, body_openapi
-from service.auth import Principal
-from service.errors import ApiError
-from service.settings import Settings
-from service.store.db import Model
+from kdserve.service.serving.runtime import BatchConfig, LoadedModel, SessionCache, TensorInfo, rows_of
+from kdserve.service import bodies, metrics
+from kdserve.service.serving import text as text_serving
+from kdserve.service.serving import v2_binary
+from kdserve.service.api.deps import Context, authenticate, body_openapi
+from kdserve.service.auth import Principal
+from kdserve.service.errors import ApiError
+from kdserve.service.settings import Settings
+from kdserve.service.store.db import Model
 
 router = APIRouter(prefix="/v2", tags=["inference (Open Inference Protocol v2)"])
 log = logging.getLogger("kdserve.api")
@@ -497,7 +499,7 @@ def decode_inputs(request: InferRequest, model: LoadedModel) -> dict[str, np.nda
 
 def encode_output(name: str, value: np.ndarray, info: TensorInfo, binary: bool = False) -> dict:
     out = {"name": name, "shape": list(value.shape), "datatype": info.datatype}
-    if binary:  # the bytes follow the JSON header (service/v2_binary.py)
+    if binary:  # the bytes follow the JSON header (service/serving/v2_binary.py)
         out["parameters"] = {"binary_data_size": value.size * np.dtype(v2_binary.DTYPES[info.datatype]).itemsize}
     else:
         out["data"] = value.ravel().tolist()
@@ -513,7 +515,7 @@ def model_metadata(served: Served) -> dict:
 
 async def _text_feeds(srv: Serving, served: Served, body: InferRequest, ctx: Context) -> dict[str, np.ndarray]:
     """A text student sent BYTES `text` (and `text_pair`): tokenised with the student's own
-    tokenizer (service/text_serving.py), into its input_ids and attention_mask, in a worker thread
+    tokenizer (service/serving/text.py), into its input_ids and attention_mask, in a worker thread
     (the tokenizer releases the GIL) within the request's character budget."""
     try:
         tok = srv.tokenizers.get(ctx.blobs, served.model_id, served.card) if srv.tokenizers.cached(served.model_id) \

@@ -17,16 +17,16 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from service import budgets
-from service.api.deps import Context, body_openapi, get_ctx, get_owned, json_body, key_check, paginate, principal
-from service.auth import Principal
-from service.ingest import TEXT_FORMATS
-from service.errors import ApiError, not_found
-from service.limits import HeldStreamingResponse
-from service.queue import enqueue_job
-from service.schemas import EventOut, JobCreate, JobOut, ListOut
-from service.settings import Settings
-from service.store.db import TERMINAL, Dataset, Job, JobEvent, Teacher, new_id, now
+from kdserve.service import budgets
+from kdserve.service.api.deps import Context, body_openapi, get_ctx, get_owned, json_body, key_check, paginate, principal
+from kdserve.service.auth import Principal
+from kdserve.service.ingest import TEXT_FORMATS
+from kdserve.service.errors import ApiError, not_found
+from kdserve.service.limits import HeldStreamingResponse
+from kdserve.service.queue import enqueue_job
+from kdserve.service.schemas import EventOut, JobCreate, JobOut, ListOut
+from kdserve.service.settings import Settings
+from kdserve.service.store.db import TERMINAL, Dataset, Job, JobEvent, Teacher, new_id, now
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("kdserve.api")

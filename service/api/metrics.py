@@ -35,11 +35,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from sqlalchemy import case, func, select
 
-from service import metrics as counted
-from service.api.deps import Context, get_ctx
-from service.errors import ApiError
-from service.queue import redis_client
-from service.store.db import TERMINAL, Job, now
+from kdserve.service import metrics as counted
+from kdserve.service.api.deps import Context, get_ctx
+from kdserve.service.errors import ApiError
+from kdserve.service.queue import redis_client
+from kdserve.service.store.db import TERMINAL, Job, now
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger("kdserve.api")

@@ -7,10 +7,10 @@ import logging
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from service.api.deps import Context, get_ctx, principal
-from service.auth import Principal
-from service.queue import redis_client
-from service.schemas import ListOut
+from kdserve.service.api.deps import Context, get_ctx, principal
+from kdserve.service.auth import Principal
+from kdserve.service.queue import redis_client
+from kdserve.service.schemas import ListOut
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger("kdserve.api")

@@ -2,7 +2,7 @@
 
 An ONNX teacher whose weights live in an external data file (what torch.onnx.export writes for
 large models) is uploaded with the data file as a second part, `data`, or as a zip of both; it is
-stored as one bundle (models/model_files.py) and only ever loaded from a private folder holding
+stored as one bundle (service/sandbox/model_files.py) and only ever loaded from a private folder holding
 just those files."""
 
 from __future__ import annotations
@@ -15,19 +15,19 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from models import model_files
-from models.jail import sandbox_problem
-from models.probe import run_probe
-from models.sniff import ModelFileError, sniff
-from service import metrics, uploads
-from service.api.deps import (Context, check_storage, get_ctx, get_owned, paginate, parse_json_form, principal,
+from kdserve.service.sandbox import model_files
+from kdserve.service.sandbox.jail import sandbox_problem
+from kdserve.service.sandbox.probe import run_probe
+from kdserve.service.sandbox.sniff import ModelFileError, sniff
+from kdserve.service import metrics, uploads
+from kdserve.service.api.deps import (Context, check_storage, get_ctx, get_owned, paginate, parse_json_form, principal,
                               uploader)
-from service.auth import Principal
-from service.errors import ApiError, not_found
-from service.queue import PROBE_TEACHER, probe_queue
-from service.schemas import ListOut, TeacherOut
-from service.settings import Settings
-from service.store.db import Job, Teacher, new_id
+from kdserve.service.auth import Principal
+from kdserve.service.errors import ApiError, not_found
+from kdserve.service.queue import PROBE_TEACHER, probe_queue
+from kdserve.service.schemas import ListOut, TeacherOut
+from kdserve.service.settings import Settings
+from kdserve.service.store.db import Job, Teacher, new_id
 
 router = APIRouter(prefix="/v1/teachers", tags=["teachers"])
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from service.settings import Settings
+    from kdserve.service.settings import Settings
 
 
 class BlobStore(Protocol):
@@ -89,7 +89,7 @@ def remove_stale(folder: Path, age_s: float, pattern: str = "*") -> int:
 def make_blob_store(settings: "Settings") -> BlobStore:
     """The store KDSERVE_BLOB_STORE names: `local` (KDSERVE_BLOB_DIR) or `s3` (KDSERVE_S3_*)."""
     if settings.blob_store == "s3":
-        from service.store.s3 import S3BlobStore  # boto3 is imported only by deployments that use it
+        from kdserve.service.store.s3 import S3BlobStore  # boto3 is imported only by deployments that use it
 
         return S3BlobStore(settings.s3_bucket, prefix=settings.s3_prefix, cache_dir=settings.resolved_s3_cache_dir,
                            endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,

@@ -148,7 +148,7 @@ class Database:
     def migrate(self) -> str:
         """Create or upgrade the schema with the migrations (service/store/migrate.py); safe to call
         from every process at start. Says what it did."""
-        from service.store import migrate  # it imports this module's models
+        from kdserve.service.store import migrate  # it imports this module's models
 
         return migrate.upgrade(self.engine)
 

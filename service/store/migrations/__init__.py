@@ -7,7 +7,7 @@ at head and review the draft (autogenerate misses renames and server defaults):
 
     from alembic import command
     from sqlalchemy import create_engine
-    from service.store import migrate
+    from kdserve.service.store import migrate
     with create_engine(URL).begin() as conn:
         command.revision(migrate.config(conn), "what changed", autogenerate=True, rev_id="0002")
 """

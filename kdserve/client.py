@@ -1,7 +1,7 @@
 """kdserve Python SDK: a typed client for the HTTP API in API.md, sync (`Client`) and async
 (`AsyncClient`), built on httpx.
 
-    from service.client import Client
+    from kdserve.client import Client
 
     kd = Client()                                   # KDSERVE_URL / KDSERVE_API_KEY / .kdserve/api_key
     teacher = kd.teachers.create("teacher.pt")
@@ -40,8 +40,8 @@ from typing import Any, AsyncIterator, Callable, Generic, Iterator, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from service.filenames import safe_basename
-from service.schemas import (DatasetOut, EventOut, ExportSpec, JobCreate, JobOut, MethodSpec, ModelOut, PredictOut,
+from kdserve.service.filenames import safe_basename
+from kdserve.service.schemas import (DatasetOut, EventOut, ExportSpec, JobCreate, JobOut, MethodSpec, ModelOut, PredictOut,
                              StudentSpec, TeacherOut, TrainingSpec)
 
 __all__ = [
@@ -180,7 +180,7 @@ def error_from_response(response: httpx.Response) -> KdserveError:
     return cls(message, code=code, param=param, status=status, response=response)
 
 
-# ---- client-side models (the server's own are imported from service.schemas) -----------------
+# ---- client-side models (the server's own are imported from kdserve.service.schemas) -----------------
 
 
 class Page(BaseModel, Generic[T]):

@@ -9,13 +9,13 @@ C++ objects. So before a teacher runs:
    `code/**.py` file is parsed with `ast` and every dotted name rooted at `torch`, `ops` or `math`
    must name an allowed operator; `torch.classes`, custom op namespaces, bare uses of `torch`/`ops`
    and denied method names are refused, naming the operator.
-2. `check_module` (inside the jail, after torch loaded the archive and before it runs a batch):
+2. `kdserve.models.script_graph.check_module` (inside the jail, after torch loaded the archive and before it runs a batch):
    every method of every submodule is inlined and every graph node's kind must be allowed — the
    compiler's own view, so nothing the source scan could misread gets through.
 
 The allow-list (`torchscript_ops.json`) is every `aten::`/`prim::` operator of the pinned torch
 minus `DENIED`, plus the structural `prim::` nodes (constants, control flow, containers) that have
-no schema; `python -m models.script_ops` regenerates it, and a unit test fails when it is stale.
+no schema; `python -m kdserve.models.script_graph` regenerates it, and a unit test fails when it is stale.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import ast
 import json
 import re
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -63,20 +62,6 @@ def allowed_ops() -> frozenset[str]:
     """`ns::name` of every allowed operator (overloads share one entry)."""
     data = json.loads(OPS_FILE.read_text())
     return frozenset(f"{ns}::{name}" for ns in NAMESPACES for name in data[ns])
-
-
-def generate() -> dict:
-    """The allow-list from the installed torch (needs torch)."""
-    import torch
-
-    names: dict[str, set[str]] = {ns: set() for ns in NAMESPACES}
-    for schema in torch._C._jit_get_all_schemas():
-        ns, _, name = str(schema.name).partition("::")
-        if ns in names and not denied(f"{ns}::{name}"):
-            names[ns].add(name)
-    for kind in STRUCTURAL:
-        names["prim"].add(kind.split("::")[1])
-    return {"torch": torch.__version__.split("+")[0], "aten": sorted(names["aten"]), "prim": sorted(names["prim"])}
 
 
 # ---- 1. the source scan (no torch) --------------------------------------------------------------
@@ -154,45 +139,3 @@ def scan_archive(sources: dict[str, str]) -> str | None:
         if problem:
             return problem
     return None
-
-
-# ---- 2. the compiled-graph check (in the jail, needs torch) ------------------------------------
-
-
-def _kinds(block) -> set[str]:
-    found: set[str] = set()
-    for node in block.nodes():
-        found.add(node.kind())
-        for sub in node.blocks():
-            found |= _kinds(sub)
-    return found
-
-
-def module_op_kinds(module) -> set[str]:
-    """Every node kind in every method of the module and its submodules, calls inlined."""
-    import torch
-
-    kinds: set[str] = set()
-    for sub in [module, *module.modules()]:
-        c = getattr(sub, "_c", None)
-        if c is None:
-            continue
-        for name in c._method_names():
-            graph = c._get_method(name).graph.copy()
-            torch._C._jit_pass_inline(graph)
-            kinds |= _kinds(graph)
-    return kinds
-
-
-def check_module(module) -> str | None:
-    """The first refused node kind of a loaded ScriptModule, in words, or None."""
-    allowed = allowed_ops()
-    for kind in sorted(module_op_kinds(module)):
-        if denied(kind) or kind not in allowed:
-            return f"the compiled teacher calls the operator {kind}, which is not on the allow-list"
-    return None
-
-
-if __name__ == "__main__":
-    OPS_FILE.write_text(json.dumps(generate(), indent=0) + "\n")
-    print(f"wrote {OPS_FILE}", file=sys.stderr)

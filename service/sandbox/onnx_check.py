@@ -20,8 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from models.model_files import ONNX_MODEL_MEMBER, plain_file_name
-from models.sniff import ModelFileError
+from kdserve.service.sandbox.model_files import ONNX_MODEL_MEMBER, plain_file_name
+from kdserve.service.sandbox.sniff import ModelFileError
 
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft"}
 

@@ -1,5 +1,5 @@
 """Probe an uploaded teacher: check its bytes, then load it and run one synthetic batch in the
-teacher jail (models/jail.py), and answer one dict. A hostile or crashing file can only take its
+teacher jail (service/sandbox/jail.py), and answer one dict. A hostile or crashing file can only take its
 jailed child down. No torch here, so the slim API image can import it too.
 
 Who calls it: the API itself when torch is installed next to it (KDSERVE_PROBE=local), or the
@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from models.jail import JailConfig, JailedProcess, JailError
-from models.model_files import prepare
-from models.sniff import ModelFileError, sniff
+from kdserve.service.sandbox.jail import JailConfig, JailedProcess, JailError
+from kdserve.service.sandbox.model_files import prepare
+from kdserve.service.sandbox.sniff import ModelFileError, sniff
 
 TIMED_OUT = "the teacher did not load and run within the probe time limit"
 CRASHED = "the teacher crashed its loader; the file is refused"
@@ -31,13 +31,13 @@ def check_before_running(path: Path, fmt: str | None, folder: Path) -> tuple[str
     """Everything that can be refused from the bytes alone, before the jail starts: pickles and
     TorchScript operators (sniff), and for ONNX its external data and operator domains, where the
     `onnx` package is installed (the jail checks again either way). Returns the format and what
-    the jail is shown (models.model_files.prepare: the file, or `folder` filled)."""
+    the jail is shown (kdserve.service.sandbox.model_files.prepare: the file, or `folder` filled)."""
     detected = sniff(path).format
     if fmt and fmt != detected:
         raise ModelFileError("unsupported_format", f"format says {fmt!r} but the file is {detected}", "format")
     model = prepare(path, detected, folder)
     if detected == "onnx" and importlib.util.find_spec("onnx") is not None:
-        from models.onnx_check import load_checked
+        from kdserve.service.sandbox.onnx_check import load_checked
 
         load_checked(model)
     return detected, model

@@ -1,7 +1,7 @@
 """Serving text students: texts in (Open Inference Protocol BYTES tensors, or plain strings for
 /v1 predict), token ids out, tokenised in the API process with the student's own tokenizer.
 
-Uses the `tokenizers` library (Rust) through models.textio: no torch, no transformers. The
+Uses the `tokenizers` library (Rust) through kdserve.service.serving.textio: no torch, no transformers. The
 tokenizer is the one the student was trained with (the canonical tokenizer.json the worker stored
 beside the model), truncating at the job's max_length, so a served text becomes exactly the ids a
 training text did.
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from models import textio
-from service.errors import ApiError
+from kdserve.service.serving import textio
+from kdserve.service.errors import ApiError
 
 MAX_TEXT_CHARS = 200_000  # one text (the same bound as a dataset's)
 

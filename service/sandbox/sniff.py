@@ -64,8 +64,8 @@ def pickle_globals(data: bytes) -> set[tuple[str, str]]:
 
 def _check_torchscript_zip(zf: zipfile.ZipFile, names: list[str]) -> None:
     """No pickle may reference Python objects, and the compiled code may call allowed operators
-    only (models/script_ops.py): both read from the archive's bytes, nothing is loaded."""
-    from models.script_ops import scan_archive
+    only (service/sandbox/script_ops.py): both read from the archive's bytes, nothing is loaded."""
+    from kdserve.service.sandbox.script_ops import scan_archive
 
     sources = {}
     for name in names:

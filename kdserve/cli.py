@@ -3,7 +3,7 @@
 Run the service: `up`, `worker`, manage API keys: `keys`, and migrate the database schema: `db upgrade`
 (these talk to the database directly).
 Use a running service: `teachers`, `datasets`, `jobs`, `models`, `predict`, `demo` (these go through
-the HTTP API with the SDK in service/client.py, so they work against any kdserve, local or remote).
+the HTTP API with the SDK in kdserve/client.py, so they work against any kdserve, local or remote).
 
 Every client command takes `--json` (machine-readable output only, on stdout) and reads the
 service's address and API key from the global `--url` / `--api-key` options, else KDSERVE_URL /
@@ -31,11 +31,11 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, 
 from rich.table import Table
 from rich.text import Text
 
-from service import auth, budgets
-from service.client import Client, KdserveError, job_body
-from service.schemas import EventOut, JobOut, ModelOut
-from service.settings import Settings, get_settings
-from service.store.db import ApiKey, Database
+from kdserve.service import auth, budgets
+from kdserve.client import Client, KdserveError, job_body
+from kdserve.service.schemas import EventOut, JobOut, ModelOut
+from kdserve.service.settings import Settings, get_settings
+from kdserve.service.store.db import ApiKey, Database
 
 app = typer.Typer(help="kdserve: knowledge distillation as a service.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -106,11 +106,11 @@ def python_command(*args: str) -> list[str]:
 def worker_command(settings: Settings, name: str = "kdserve", queues: str = "all") -> list[str]:
     """jobs: distillation jobs (KDSERVE_QUEUE); probe: uploaded teachers probed for an API without
     torch (<queue>.probe); all: both, one task at a time."""
-    from service.queue import probe_queue  # celery: only for the commands that run the service
+    from kdserve.service.queue import probe_queue  # celery: only for the commands that run the service
 
     names = {"all": [settings.queue, probe_queue(settings)], "jobs": [settings.queue],
              "probe": [probe_queue(settings)]}[queues]
-    return python_command("-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
+    return python_command("-m", "celery", "-A", "kdserve.worker.celery_app", "worker", "--pool", "solo",
                           "--concurrency", "1", "-Q", ",".join(names), "--loglevel", "INFO", "-n", f"{name}@%h",
                           "--without-gossip", "--without-mingle")
 
@@ -123,7 +123,7 @@ def up(host: str = typer.Option(None, help="API bind address (default KDSERVE_HO
     """Start the whole service on this machine: API, `--workers` workers, and an embedded Redis
     when KDSERVE_REDIS_URL is unset. A worker that dies is restarted (after 1 s, doubling up to
     60 s while it keeps dying); if Redis or the API exits, everything stops. Ctrl-C stops everything."""
-    from service.supervisor import Supervisor, describe_exit
+    from kdserve.service.supervisor import Supervisor, describe_exit
 
     settings = get_settings()
     host, port = host or settings.host, port or settings.port
@@ -151,7 +151,7 @@ def up(host: str = typer.Option(None, help="API bind address (default KDSERVE_HO
     for k in range(workers):
         name = "kdserve" if workers == 1 else f"kdserve{k + 1}"
         sup.start(name, "worker", worker_command(settings, name), env, restart=True)
-    sup.start("api", "api", python_command("-m", "uvicorn", "--factory", "service.app:create_app", "--host", host,
+    sup.start("api", "api", python_command("-m", "uvicorn", "--factory", "kdserve.service.app:create_app", "--host", host,
                                            "--port", str(port), "--limit-concurrency", str(settings.limit_concurrency)),
               env)
     err.print(f"kdserve up: http://{host}:{port}  (docs at /docs)  {workers} worker{'s' if workers > 1 else ''}  "
@@ -193,7 +193,7 @@ def resolved_paths(settings: Settings) -> dict[str, str]:
 
 def _report_jail(settings: Settings) -> None:
     """One line on the teacher jail: teachers are uploaded and run only while it can start."""
-    from models.jail import sandbox_problem
+    from kdserve.service.sandbox.jail import sandbox_problem
 
     if settings.jail == "off":
         err.print("[yellow]teacher jail off (KDSERVE_JAIL=off): uploaded teachers run without a sandbox[/]")
@@ -210,7 +210,7 @@ def worker(name: str = typer.Option("kdserve", help="worker node name"),
     """Run one worker alone (one task at a time), for more machines or more GPUs."""
     if queues not in WORKER_QUEUES:
         raise typer.BadParameter(f"must be one of {', '.join(WORKER_QUEUES)}", param_hint="--queues")
-    from service.supervisor import CODE_ROOT
+    from kdserve.service.supervisor import CODE_ROOT
 
     settings = get_settings()
     env = resolved_paths(settings)
@@ -262,7 +262,7 @@ def db_upgrade():
     """Create or upgrade the database (KDSERVE_DATABASE_URL) to this version's schema. The API and
     the workers also do it when they start; run it first to migrate before a rolling deploy, or to
     see a migration's error on its own."""
-    from service.store.migrate import SchemaMismatch  # alembic: only for the commands that migrate
+    from kdserve.service.store.migrate import SchemaMismatch  # alembic: only for the commands that migrate
 
     settings = get_settings()
     settings.make_data_dir()

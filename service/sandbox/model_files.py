@@ -16,7 +16,7 @@ import re
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from models.sniff import ModelFileError
+from kdserve.service.sandbox.sniff import ModelFileError
 
 ONNX_MODEL_MEMBER = "model.onnx"
 # protobuf refuses to serialise a message over 2 GiB: past this the exporter would have to move a
@@ -72,7 +72,7 @@ def _hf_wanted(rel: PurePosixPath) -> bool:
 def extract_hf(path: Path, dest: Path) -> None:
     """Extract the files a Hugging Face folder needs, refusing pickled weights.
 
-    Member paths were checked by the API (service.uploads.check_archive); they are checked again
+    Member paths were checked by the API (kdserve.service.uploads.check_archive); they are checked again
     here since the worker must not trust its blob store blindly."""
     with zipfile.ZipFile(path) as zf:
         names = [n for n in zf.namelist() if not n.endswith("/")]

@@ -2,7 +2,7 @@
 
 A teacher is a program (TorchScript compiles arbitrary ATen calls, `aten::from_file` among them),
 so it never runs in the API or in the worker. Every load, forward pass and refinement happens in
-`python -I -B -m models.teacher_host`, started inside a bubblewrap sandbox (`bwrap`):
+`python -I -B -m kdserve.models.teacher_host`, started inside a bubblewrap sandbox (`bwrap`):
 
 - namespaces: its own user (uid 65534, no capabilities, no further user namespaces), PID, IPC,
   UTS, cgroup and network namespace (no interface but a loopback of its own: no network);
@@ -132,9 +132,11 @@ def namespace_args() -> list[str]:
 # ---- the bubblewrap command ---------------------------------------------------------------------
 
 
+# kdserve's folders: an editable install maps each of these to its own folder outside site-packages
+PACKAGES = ("kdserve", "kdserve.models", "kdserve.worker", "kdserve.service")
 _PATHS_SCRIPT = ("import importlib.util, json, sys; print(json.dumps({'paths': [sys.prefix, sys.base_prefix, "
-                 "sys.exec_prefix, *sys.path], 'packages': [loc for p in ('models', 'worker', 'service') "
-                 "if (spec := importlib.util.find_spec(p)) for loc in spec.submodule_search_locations or []]}))")
+                 "sys.exec_prefix, *sys.path], 'packages': [loc for p in %r "
+                 "if (spec := importlib.util.find_spec(p)) for loc in spec.submodule_search_locations or []]}))" % (PACKAGES,))
 
 
 @lru_cache(maxsize=None)
@@ -146,7 +148,7 @@ def _code_roots(python: str | None = None) -> tuple[Path, ...]:
     asked for its own paths once."""
     if python is None or os.path.realpath(python) == os.path.realpath(sys.executable):
         paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path]
-        packages = [loc for p in ("models", "worker", "service") if (spec := importlib.util.find_spec(p))
+        packages = [loc for p in PACKAGES if (spec := importlib.util.find_spec(p))
                     for loc in spec.submodule_search_locations or []]
         executable = sys.executable
     else:
@@ -209,7 +211,7 @@ def child_env(budget: Budget, device: str) -> dict[str, str]:
     return env
 
 
-RUNNER = ("-I", "-B", "-m", "models.teacher_host")  # isolated: no PYTHON* variables, no cwd or user site on sys.path
+RUNNER = ("-I", "-B", "-m", "kdserve.models.teacher_host")  # isolated: no PYTHON* variables, no cwd or user site on sys.path
 
 
 def command(model: Path, out_dir: Path, work_dir: Path, *, mode: str, budget: Budget, device: str = "cpu",

@@ -1,5 +1,5 @@
 """The worker's handle on a teacher: the `Teacher` interface, with the model itself loaded and run
-in the jail (models/jail.py). Tensors go in and come back as .npy arrays over a pipe; what a
+in the jail (service/sandbox/jail.py). Tensors go in and come back as .npy arrays over a pipe; what a
 text student needs besides outputs (tokenizer, config, weights to copy) comes back as files the
 jail wrote into its private /out folder, read here as data (JSON, tokenizer.json, safetensors).
 
@@ -17,11 +17,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from models import textio
-from models.jail import JailConfig, JailedProcess, JailError
-from models.model_files import prepare
-from models.sniff import ModelFileError
-from models.teachers import Teacher
+from kdserve.service.serving import textio
+from kdserve.service.sandbox.jail import JailConfig, JailedProcess, JailError
+from kdserve.service.sandbox.model_files import prepare
+from kdserve.service.sandbox.sniff import ModelFileError
+from kdserve.models.teachers import Teacher
 
 MAX_TEXT_FILE_BYTES = 256 * 1024**2  # a tokenizer.json or config.json the jail hands back
 
