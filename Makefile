@@ -3,6 +3,8 @@
 #               installs bubblewrap for the teacher jail when it is missing (root + apt)
 #   make test   set up .venv and run the whole test suite (starts Redis/PostgreSQL if they are down,
 #               installs Debian's chromium for the dashboard test if it is missing)
+#   make unit   set up .venv and run the unit tests: nothing running needed (no Redis, PostgreSQL,
+#               server or network), under a minute
 #   make demo   against a running service: distil a digits teacher end to end
 
 PYTHON ?= python3
@@ -43,8 +45,9 @@ test: venv
 	scripts/ensure-jail
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# api_tests/unit only: no sockets, no servers, no torch subprocesses (those are in api_tests/integration)
 unit: venv
-	$(BIN)/python -m pytest -q api_tests/unit
+	$(BIN)/python -m pytest -q -p no:cacheprovider api_tests/unit
 
 bench: venv
 	scripts/ensure-services

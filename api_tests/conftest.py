@@ -6,18 +6,10 @@ Redis (127.0.0.1:6379, a fresh queue name per service) and SQLite, unless a test
 
 from __future__ import annotations
 
-import os
-import uuid
-from contextlib import contextmanager
-
-import psycopg
 import pytest
 
-from api_tests import digits as dg
-from api_tests.harness import Service
-
-MACHINE_REDIS = os.environ.get("KDSERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_ADMIN_URL = os.environ.get("KDSERVE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+from api_tests.harness import MACHINE_REDIS, Service, postgres_database, stored_files
+from testkit import digits as dg
 
 
 @pytest.fixture(scope="session")
@@ -56,18 +48,6 @@ def postgres_url():
         yield url
 
 
-@contextmanager
-def postgres_database():
-    """A fresh PostgreSQL database (SQLAlchemy URL) for the block, dropped afterwards."""
-    name = f"kdserve_test_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    yield f"{base}/{name}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """moto's S3-compatible server over real HTTP, for the S3 blob store's tests."""
@@ -81,3 +61,15 @@ def s3_server(tmp_path_factory):
 def client(service):
     with service.client() as c:
         yield c
+
+
+@pytest.fixture()
+def unchanged(service, client):
+    """Asserts the test left no record and no file behind and the server is still healthy."""
+    before_files = stored_files(service)
+    before = {r: client.get(f"/v1/{r}", params={"limit": 100}).json()["data"] for r in ("teachers", "datasets", "jobs")}
+    yield
+    assert stored_files(service) == before_files
+    for r, rows in before.items():
+        assert client.get(f"/v1/{r}", params={"limit": 100}).json()["data"] == rows
+    assert client.get("/healthz").json() == {"status": "ok"}

@@ -15,7 +15,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from api_tests.harness import free_port
+from kdserve.service.store.s3 import MiB, S3BlobStore
+from testkit.service import free_port
 
 # moto accepts any credentials; boto3 only needs some to sign with (its usual environment chain)
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "kdserve-test", "AWS_SECRET_ACCESS_KEY": "kdserve-test-secret",
@@ -73,3 +74,10 @@ class MotoServer:
         """KDSERVE_* and AWS_* variables that point a kdserve at this server's `bucket`."""
         return {"KDSERVE_BLOB_STORE": "s3", "KDSERVE_S3_BUCKET": bucket, "KDSERVE_S3_PREFIX": prefix,
                 "KDSERVE_S3_ENDPOINT_URL": self.url, **CREDENTIALS}
+
+
+def s3_store(server: MotoServer, bucket: str, cache_dir, **kwargs) -> S3BlobStore:
+    """An S3BlobStore on `server`'s `bucket` under the prefix deploy-a."""
+    # 5 MiB parts (S3's smallest) so a 20 MB file is a four-part multipart upload
+    return S3BlobStore(bucket, prefix="deploy-a", cache_dir=cache_dir, endpoint_url=server.url,
+                       multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, **kwargs)

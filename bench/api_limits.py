@@ -4,7 +4,7 @@
     python -m bench.api_limits --repo DIR        # the service from another checkout (e.g. `git archive`
                                                  # of the commit before, unpacked), for "before"
 
-Starts `kdserve up` (api_tests/harness.py). Tenant b polls GET /v1/jobs every 20 ms for the whole
+Starts `kdserve up` (testkit/service.py). Tenant b polls GET /v1/jobs every 20 ms for the whole
 run; tenant a sends, one after another, ROUNDS bodies of each size to /v2 infer and /v1 predict
 of a model that does not exist, so the answer comes once the body is parsed (404, or 413 when a
 cap refuses it). The table: each body's answer and time, and tenant b's latency meanwhile against
@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from api_tests import harness
 from bench.common import machine, table
+from testkit import service as harness
 
 MiB = 1024**2
 ROUNDS = 3

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from api_tests.harness import Service, child_processes
 from bench.common import machine, table
 from kdserve.service import ingest_child
 from kdserve.service.settings import Settings
+from testkit.service import Service, child_processes
 
 MiB = 1024**2
 

@@ -33,10 +33,10 @@ from pathlib import Path
 import httpx
 import redis
 
-from api_tests.harness import REPO, Service
 from bench.common import machine, table
 from kdserve.service import auth
 from kdserve.service.store.db import Database
+from testkit.service import REPO, Service
 
 MACHINE_REDIS = "redis://127.0.0.1:6379/0"
 

@@ -21,11 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from api_tests import digits as dg
-from api_tests.e2e.test_spine import upload_dataset, upload_teacher
-from api_tests.harness import Service, wait_job
 from bench.common import machine
 from kdserve.service.store.db import Database, Job, now
+from testkit import digits as dg
+from testkit.service import Service, postgres_database, upload_dataset, upload_teacher, wait_job
 
 JOB = {"student": {"architecture": "mlp", "params": {"hidden_sizes": [16]}}, "method": {"name": "kd"},
        "training": {"epochs": 1, "batch_size": 256, "device": "cpu"}}
@@ -88,8 +87,6 @@ def main() -> None:
     ap.add_argument("--claim-cost", action="store_true", help="time Database.claim_next instead")
     args = ap.parse_args()
     if args.claim_cost:
-        from api_tests.conftest import postgres_database
-
         with tempfile.TemporaryDirectory() as tmp, postgres_database() as pg:
             for name, url in (("SQLite", f"sqlite:///{tmp}/claim.db"), ("PostgreSQL", pg)):
                 median, worst = claim_cost(url)

@@ -37,9 +37,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from api_tests.harness import Service, wait_job  # noqa: E402
 from bench.common import machine, table  # noqa: E402
 from bench.stdlib_corpus import stdlib_sentences  # noqa: E402
+from testkit.service import Service, wait_job  # noqa: E402
 
 # (label, student params, training overrides). The token-embedding table is 11.7 M of MiniLM's 22.6 M parameters,
 # so dropping layers alone cannot make it 3x smaller. The students factorise the table as [30522, r] @ [r, 384]

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 
-from api_tests import digits as dg
-from api_tests.faults.stack import Stack, wait_for
-from api_tests.harness import wait_job
 from bench.common import machine, table
 from kdserve.service.settings import get_settings
+from testkit import digits as dg
+from testkit.service import wait_job, wait_until
+from testkit.stack import Stack
 
 
 async def _load(base_url: str, key: str, job_ids: list[str], rate: float, seconds: float) -> dict:
@@ -154,7 +154,7 @@ def main() -> None:
                     "training": {"epochs": 10000, "max_duration_s": int(args.seconds) + 240}}
             jobs = [c.post("/v1/jobs", json=body).json()["id"] for _ in range(2)]
             # training, not just claimed: each job has finished an epoch before the load starts
-            wait_for(lambda: all(c.get(f"/v1/jobs/{j}").json()["epoch"] >= 1 for j in jobs), 180, "training")
+            wait_until(lambda: all(c.get(f"/v1/jobs/{j}").json()["epoch"] >= 1 for j in jobs), 180, "training")
             epochs_before = [c.get(f"/v1/jobs/{j}").json()["epoch"] for j in jobs]
             queue = mp.Queue()
             proc = mp.Process(target=load_process, args=(stack.base_url, stack.api_key, jobs, args.rate,

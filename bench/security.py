@@ -32,10 +32,10 @@ import httpx
 import numpy as np
 import torch
 
-from api_tests import digits as dg
-from api_tests import hostile
-from api_tests.harness import Service, wait_job
 from bench.common import machine, table
+from testkit import digits as dg
+from testkit import hostile
+from testkit.service import Service, wait_job
 
 MiB = 1024**2
 MIN_WINDOW_S = 6.0

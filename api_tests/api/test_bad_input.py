@@ -12,54 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from api_tests import digits as dg
-from api_tests.e2e.test_spine import KD_JOB, upload_dataset, upload_teacher
-
-
-def assert_error(r, status: int, code: str, param: str | None = "__any__"):
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert err["code"] == code, err
-    assert err["message"]
-    if param != "__any__":
-        assert err["param"] == param, err
-
-
-def stored_files(service) -> list[str]:
-    root = service.data_dir / "blobs"
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-
-
-@pytest.fixture()
-def unchanged(service, client):
-    """Asserts the test left no record and no file behind and the server is still healthy."""
-    before_files = stored_files(service)
-    before = {r: client.get(f"/v1/{r}", params={"limit": 100}).json()["data"] for r in ("teachers", "datasets", "jobs")}
-    yield
-    assert stored_files(service) == before_files
-    for r, rows in before.items():
-        assert client.get(f"/v1/{r}", params={"limit": 100}).json()["data"] == rows
-    assert client.get("/healthz").json() == {"status": "ok"}
+from api_tests.harness import KD_JOB, Payload, assert_error, post_file, upload_dataset, upload_teacher
+from testkit import digits as dg
 
 
 @pytest.fixture(scope="module")
 def good(service, files):
     with service.client() as c:
         return {"teacher": upload_teacher(c, files["onnx"]), "dataset": upload_dataset(c, files["npz"])}
-
-
-class Payload:
-    """Unpickling this creates a file: the proof that a loader ran code."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def post_file(client, route: str, name: str, content: bytes, **form):
-    return client.post(route, files={"file": (name, io.BytesIO(content))}, data=form)
 
 
 def test_corrupted_teacher_is_refused(client, files, unchanged):

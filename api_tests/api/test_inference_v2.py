@@ -12,8 +12,7 @@ import onnxruntime as ort
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api_tests.e2e.test_spine import KD_JOB, upload_dataset, upload_teacher
-from api_tests.harness import wait_job
+from api_tests.harness import KD_JOB, upload_dataset, upload_teacher, wait_job
 from kdserve.service.api.metrics import hashed_label
 
 

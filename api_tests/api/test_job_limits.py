@@ -12,10 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from api_tests import digits as dg
-from api_tests.api.test_bad_input import assert_error, unchanged  # noqa: F401
-from api_tests.e2e.test_spine import KD_JOB, upload_dataset, upload_teacher
-from api_tests.harness import Service, wait_job
+from api_tests.harness import KD_JOB, Service, assert_error, upload_dataset, upload_teacher, wait_job
+from testkit import digits as dg
 
 LIMITS = {"KDSERVE_JOB_MAX_PARAMETERS": str(600_000_000), "KDSERVE_JOB_MAX_MEMORY_BYTES": str(2 * 1024**3),
           "KDSERVE_JOB_MAX_CLASSES": "20"}
@@ -53,7 +51,7 @@ def job(ids, **changes) -> dict:
     ({"name": 'a"; filename="evil.sh'}, "metadata.name"),   # the download's Content-Disposition
     ({"name": "-leading-dash"}, "metadata.name"),
 ])
-def test_metadata_is_bounded(client, ids, unchanged, metadata, param):  # noqa: F811
+def test_metadata_is_bounded(client, ids, unchanged, metadata, param):
     assert_error(client.post("/v1/jobs", json=job(ids, metadata=metadata)), 422, "invalid_request", param)
 
 
@@ -70,13 +68,13 @@ def mlp(*hidden: int) -> dict:
     return {"architecture": "mlp", "params": {"hidden_sizes": list(hidden)}}
 
 
-def test_more_parameters_than_the_limit(client, ids, unchanged):  # noqa: F811
+def test_more_parameters_than_the_limit(client, ids, unchanged):
     r = client.post("/v1/jobs", json=job(ids, student=mlp(30_000, 30_000)))  # 0.9 G parameters
     assert_error(r, 422, "invalid_request", "student.params")
     assert "KDSERVE_JOB_MAX_PARAMETERS" in r.json()["error"]["message"]
 
 
-def test_weights_too_large_for_one_onnx_file(client, ids, unchanged):  # noqa: F811
+def test_weights_too_large_for_one_onnx_file(client, ids, unchanged):
     """0.5 G parameters are within this service's parameter limit, but 2 GB of float32 weights do
     not fit one ONNX file: refused before training rather than published without its weights."""
     r = client.post("/v1/jobs", json=job(ids, student=mlp(22_400, 22_400)))
@@ -84,20 +82,20 @@ def test_weights_too_large_for_one_onnx_file(client, ids, unchanged):  # noqa: F
     assert "ONNX" in r.json()["error"]["message"]
 
 
-def test_activations_over_the_memory_budget(client, ids, unchanged):  # noqa: F811
+def test_activations_over_the_memory_budget(client, ids, unchanged):
     """A small student, but a batch of 65,536 rows through 8192-wide layers: ~8 GiB of activations."""
     r = client.post("/v1/jobs", json=job(ids, student=mlp(8192), training={"batch_size": 65_536}))
     assert_error(r, 422, "invalid_request", "training.batch_size")
     assert "KDSERVE_JOB_MAX_MEMORY_BYTES" in r.json()["error"]["message"]
 
 
-def test_training_state_over_the_memory_budget(client, ids, unchanged):  # noqa: F811
+def test_training_state_over_the_memory_budget(client, ids, unchanged):
     """200 M parameters are within the parameter limit; weights, gradients and Adam's moments are 3 GiB."""
     r = client.post("/v1/jobs", json=job(ids, student=mlp(14_000, 14_000)))
     assert_error(r, 422, "invalid_request", "student.params")
 
 
-def test_more_classes_than_the_limit(client, ids, unchanged):  # noqa: F811
+def test_more_classes_than_the_limit(client, ids, unchanged):
     r = client.post("/v1/jobs", json=job(ids, teacher_id=ids["wide_teacher_id"]))
     assert_error(r, 422, "invalid_request", "teacher_id")
     assert "KDSERVE_JOB_MAX_CLASSES" in r.json()["error"]["message"]

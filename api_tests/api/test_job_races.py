@@ -11,9 +11,7 @@ import uuid
 
 import pytest
 
-from api_tests.conftest import postgres_database
-from api_tests.e2e.test_spine import KD_JOB, upload_dataset, upload_teacher
-from api_tests.harness import Service, wait_job
+from api_tests.harness import KD_JOB, Service, postgres_database, upload_dataset, upload_teacher, wait_job
 
 ROUNDS = 8
 

@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from api_tests.e2e.test_spine import KD_JOB, upload_dataset, upload_teacher
-from api_tests.harness import wait_job
+from api_tests.harness import KD_JOB, upload_dataset, upload_teacher, wait_job
 
 
 @pytest.fixture(scope="module")

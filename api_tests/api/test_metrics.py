@@ -9,9 +9,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api_tests.conftest import MACHINE_REDIS
-from api_tests.e2e.test_spine import KD_JOB, upload_dataset, upload_teacher
-from api_tests.harness import Service, wait_job
+from api_tests.harness import KD_JOB, MACHINE_REDIS, Service, upload_dataset, upload_teacher, wait_job
 from kdserve.service import metrics
 
 

@@ -17,10 +17,8 @@ import redis
 from playwright.sync_api import sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
-from api_tests.api.test_bad_input import assert_error
-from api_tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS
-from api_tests.e2e.test_spine import KD_JOB, upload_dataset, upload_teacher
-from api_tests.harness import Service, wait_job
+from api_tests.harness import (CHROMIUM, CHROMIUM_ARGS, KD_JOB, Service, assert_error, upload_dataset,
+                               upload_teacher, wait_job)
 from kdserve.service.api.metrics import hashed_label
 
 TOKEN = "ops-test-token-" + "x" * 20

@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from api_tests.conftest import MACHINE_REDIS
-from api_tests.harness import Service
+from api_tests.harness import MACHINE_REDIS, Service
 
 SAME_FIELDS = ("format", "input_shape", "input_dtype", "num_classes", "num_parameters", "outputs")
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import psycopg
 
-from api_tests import digits as dg
-from api_tests.conftest import MACHINE_REDIS
-from api_tests.e2e.test_spine import KD_JOB, run_onnx, upload_dataset, upload_teacher
-from api_tests.harness import Service, wait_job
+from api_tests.harness import KD_JOB, MACHINE_REDIS, Service, run_onnx, upload_dataset, upload_teacher, wait_job
 from kdserve.service.store import migrate
+from testkit import digits as dg
 
 
 def test_postgres_and_embedded_redis(tmp_path, postgres_url, files, digits):

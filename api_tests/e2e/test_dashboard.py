@@ -13,12 +13,8 @@ import re
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from api_tests.e2e.test_spine import upload_dataset, upload_teacher
-from api_tests.harness import REPO
+from api_tests.harness import CHROMIUM, CHROMIUM_ARGS, REPO, upload_dataset, upload_teacher
 
-CHROMIUM = "/usr/bin/chromium"  # scripts/ensure-services installs it (apt) when it is missing
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DOCS = REPO / "docs"
 EPOCHS = 60
 

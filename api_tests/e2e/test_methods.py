@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from api_tests import digits as dg
-from api_tests.e2e.test_spine import upload_dataset, upload_teacher
-from api_tests.harness import wait_job
+from api_tests.harness import upload_dataset, upload_teacher, wait_job
+from testkit import digits as dg
 
 
 class WithEmbedding(nn.Module):

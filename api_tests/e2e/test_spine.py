@@ -8,33 +8,11 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
-from api_tests import digits as dg
-from api_tests.harness import wait_job
-
-KD_JOB = {
-    "student": {"architecture": "mlp", "params": {"hidden_sizes": [32]}},
-    "method": {"name": "kd", "params": {"temperature": 4.0, "alpha": 0.9}},
-    "training": {"epochs": 30, "batch_size": 64, "learning_rate": 0.005, "seed": 0},
-}
-
-
-def upload_teacher(client, path, **form):
-    with open(path, "rb") as f:
-        r = client.post("/v1/teachers", files={"file": (path.name, f)}, data=form)
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def upload_dataset(client, path, **form):
-    with open(path, "rb") as f:
-        r = client.post("/v1/datasets", files={"file": (path.name, f)}, data=form)
-    assert r.status_code == 201, r.text
-    return r.json()
-
+from api_tests.harness import KD_JOB, run_onnx, upload_dataset, upload_teacher, wait_job
+from testkit import digits as dg
 
 @pytest.fixture(scope="module")
 def uploads(service, files):
@@ -57,11 +35,6 @@ def test_uploads_are_described(uploads, digits):
         assert d["format"] == fmt and d["num_rows"] == len(digits.x_train) and d["feature_shape"] == [64]
         assert d["labeled"] and d["num_classes"] == 10
         assert sum(d["class_counts"].values()) == len(digits.x_train)
-
-
-def run_onnx(path, x):
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
 @pytest.mark.parametrize("teacher_fmt,data_fmt", [("torchscript", "npz"), ("onnx", "csv"), ("onnx", "npz"),

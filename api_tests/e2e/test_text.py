@@ -17,8 +17,7 @@ import pytest
 import torch
 
 from api_tests import text_fixtures as tf
-from api_tests.e2e.test_spine import upload_dataset
-from api_tests.harness import wait_job
+from api_tests.harness import upload_dataset, wait_job
 
 
 def upload(client, path, expect=201, **form):

@@ -18,11 +18,8 @@ import httpx
 import numpy as np
 import pytest
 
-from api_tests.api.test_bad_input import assert_error, unchanged  # noqa: F401
-from api_tests.e2e.test_spine import KD_JOB, upload_dataset, upload_teacher
-from api_tests.faults.stack import wait_for
-from api_tests.hostile import many_members_zip, send
-from api_tests.harness import Service, wait_job
+from api_tests.harness import KD_JOB, Service, assert_error, upload_dataset, upload_teacher, wait_job, wait_until
+from testkit.hostile import many_members_zip, send
 
 MiB = 1024**2
 CAP = MiB  # this module's KDSERVE_MAX_REQUEST_BYTES
@@ -98,7 +95,7 @@ def error_of(path: str, answer: dict) -> str:
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 @pytest.mark.parametrize("route", JSON_ROUTES)
-def test_a_huge_body_without_a_key_is_refused_unread(service, client, unchanged, route, chunked):  # noqa: F811
+def test_a_huge_body_without_a_key_is_refused_unread(service, client, unchanged, route, chunked):
     """512 MiB offered without a key (or with a wrong one): 401 while the client is still sending,
     after a few MiB at most, the socket buffers; no server that read the body answers before it
     ends, and one that checked its size first would say 413."""
@@ -111,7 +108,7 @@ def test_a_huge_body_without_a_key_is_refused_unread(service, client, unchanged,
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 @pytest.mark.parametrize("route", JSON_ROUTES)
-def test_a_body_over_the_cap_is_413(service, client, unchanged, route, chunked):  # noqa: F811
+def test_a_body_over_the_cap_is_413(service, client, unchanged, route, chunked):
     """With a key: 413 on Content-Length before any of it is read (the message quotes the length),
     or, chunked, once the bytes read pass the cap (1 MiB here; a job spec's is 256 KiB)."""
     headers = {"Authorization": f"Bearer {service.api_key}"}
@@ -133,7 +130,7 @@ def binary_request(rows: int, width: int = 64) -> tuple[bytes, dict[str, str]]:
         "Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
 
 
-def test_binary_infer_without_a_key_is_401(service, client, unchanged):  # noqa: F811
+def test_binary_infer_without_a_key_is_401(service, client, unchanged):
     """The binary tensor extension: nothing of the body is looked at before the key, so a body that
     does not add up is a 401 without one, a 400 with one."""
     valid, headers = binary_request(4)
@@ -187,7 +184,7 @@ def test_a_large_body_answers_what_small_ones_do(service, client, model, digits)
 # ---- archives and forms ------------------------------------------------------------------------------
 
 
-def test_a_zip_of_300k_members_is_refused_from_its_end_record(service, client, unchanged, tmp_path):  # noqa: F811
+def test_a_zip_of_300k_members_is_refused_from_its_end_record(service, client, unchanged, tmp_path):
     path = many_members_zip(tmp_path / "many.npz", 300_000)
     with open(path, "rb") as f:
         r = client.post("/v1/datasets", files={"file": ("many.npz", f)}, timeout=60)
@@ -196,7 +193,7 @@ def test_a_zip_of_300k_members_is_refused_from_its_end_record(service, client, u
     assert not list((service.data_dir / "blobs" / ".tmp").iterdir())
 
 
-def test_a_zip_whose_end_record_lies_is_refused_too(service, client, unchanged, tmp_path):  # noqa: F811
+def test_a_zip_whose_end_record_lies_is_refused_too(service, client, unchanged, tmp_path):
     path = many_members_zip(tmp_path / "liar.npz", 20_000, declared=3)
     assert len(zipfile.ZipFile(path).infolist()) == 20_000  # what zipfile would have listed
     for route in ("/v1/datasets", "/v1/teachers"):
@@ -221,7 +218,7 @@ def form(fields: list[tuple[str, bytes]], file: bytes = b"x,y\n1,2\n") -> tuple[
     ([(f"f{i}", b"v" * 60_000) for i in range(10)], "fields are over"),  # each under 64 KiB, 600 KB together
     ([(f"f{i}", b"ok") for i in range(2000)], "more than 32 parts"),
 ], ids=["2000-fields-of-60-KB", "10-fields-of-60-KB", "2000-small-fields"])
-def test_multipart_fields_are_bounded(service, client, unchanged, fields, what):  # noqa: F811
+def test_multipart_fields_are_bounded(service, client, unchanged, fields, what):
     body, headers = form(fields)
     for route in ("/v1/datasets", "/v1/teachers"):
         r = client.post(route, content=body, headers=headers)
@@ -230,7 +227,7 @@ def test_multipart_fields_are_bounded(service, client, unchanged, fields, what):
     assert not list((service.data_dir / "blobs" / ".tmp").iterdir())
 
 
-def test_multipart_part_headers_are_bounded(service, client, unchanged):  # noqa: F811
+def test_multipart_part_headers_are_bounded(service, client, unchanged):
     body, headers = form([])
     body = body.replace(b"Content-Type: text/csv", b"\r\n".join([b"X-Pad: " + b"p" * 4000] * 3))
     r = client.post("/v1/datasets", content=body, headers=headers)
@@ -262,7 +259,7 @@ def test_slow_teacher_uploads_cannot_block_the_api(service, client, files):
         for tenant in ("a", "b"):
             held.append(threading.Thread(target=upload, args=(tenant,)))
             held[-1].start()
-            wait_for(lambda n=len(held): started() >= n, 60, f"{len(held)} probe(s) in flight", 0.05)
+            wait_until(lambda n=len(held): started() >= n, 60, f"{len(held)} probe(s) in flight", 0.05)
         upload("a")
         flood = [threading.Thread(target=upload, args=("c",)) for _ in range(40)]
         for t in flood:

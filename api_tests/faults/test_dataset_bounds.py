@@ -18,9 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from api_tests.api.test_bad_input import Payload, assert_error, post_file, stored_files, unchanged  # noqa: F401
-from api_tests.conftest import MACHINE_REDIS
-from api_tests.harness import Service, child_processes
+from api_tests.harness import MACHINE_REDIS, Payload, Service, assert_error, child_processes, post_file, stored_files
 from kdserve.service import ingest_child
 from kdserve.service.ingest import load_canonical
 from kdserve.service.ingest_errors import DatasetError
@@ -112,7 +110,7 @@ def test_csv_past_the_dataset_limit_is_refused_at_its_line(tight):
         assert re.search(r"at line \d+", r.json()["error"]["message"])
 
 
-def test_big_label_jsonl_is_refused_quickly(client, unchanged):  # noqa: F811
+def test_big_label_jsonl_is_refused_quickly(client, unchanged):
     """34 bytes whose label 2**27 made a 134M-entry class count; the timeout only says it answered."""
     content = b'{"text": "hi", "label": 134217728}\n'
     r = client.post("/v1/datasets", files={"file": ("d.jsonl", io.BytesIO(content))}, timeout=30)
@@ -120,7 +118,7 @@ def test_big_label_jsonl_is_refused_quickly(client, unchanged):  # noqa: F811
     assert "line 1" in r.json()["error"]["message"]
 
 
-def test_class_cap_is_the_setting(client, unchanged):  # noqa: F811
+def test_class_cap_is_the_setting(client, unchanged):
     ok = post_file(client, "/v1/datasets", "d.csv", b"a,label\n1,4999\n")
     assert ok.status_code == 201 and ok.json()["num_classes"] == 5000
     assert client.delete(f"/v1/datasets/{ok.json()['id']}").status_code == 204
@@ -194,14 +192,14 @@ def test_quota_charges_the_stored_npz_not_the_upload(tight):
     ("1e300", "label_out_of_range"), (str(2**62), "label_out_of_range"), ("-1", "label_out_of_range"),
     ("nan", "invalid_request"), ("1.5", "invalid_request"), ("inf", "invalid_request"), ("9" * 5000, "invalid_request"),
 ])
-def test_csv_bad_labels(client, unchanged, cell, code):  # noqa: F811
+def test_csv_bad_labels(client, unchanged, cell, code):
     r = post_file(client, "/v1/datasets", "d.csv", f"a,b,label\n1,2,0\n3,4,{cell}\n".encode())
     assert_error(r, 422, code, "label_column")
     assert "line 3" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("where", ["feature", "label", "header"])
-def test_csv_field_over_128_kib(client, unchanged, where):  # noqa: F811
+def test_csv_field_over_128_kib(client, unchanged, where):
     big = "1" * (129 * 1024)
     content = {"feature": f"a,label\n1,0\n{big},1\n", "label": f"a,label\n1,0\n2,{big}\n",
                "header": f"a,{big}\n1,0\n"}[where]
@@ -210,12 +208,12 @@ def test_csv_field_over_128_kib(client, unchanged, where):  # noqa: F811
     assert "field larger than field limit" in r.json()["error"]["message"]
 
 
-def test_csv_with_a_nul_byte(client, unchanged):  # noqa: F811
+def test_csv_with_a_nul_byte(client, unchanged):
     assert_error(post_file(client, "/v1/datasets", "d.csv", b"a,label\n1\x00,0\n"), 422, "invalid_request")
 
 
 @pytest.mark.parametrize("form", [{"format": "npz"}, {}])
-def test_npy_sent_as_npz(client, unchanged, form):  # noqa: F811
+def test_npy_sent_as_npz(client, unchanged, form):
     buf = io.BytesIO()
     np.save(buf, np.zeros((4, 3), np.float32))
     r = post_file(client, "/v1/datasets", "d.npz", buf.getvalue(), **form)
@@ -227,7 +225,7 @@ def test_npy_sent_as_npz(client, unchanged, form):  # noqa: F811
     lambda m: {"x": np.zeros((2, 2)), "y": np.array([Payload(m), 1], dtype=object)},
     lambda m: {"x": np.array([(1.0, Payload(m))], dtype=[("a", "f8"), ("b", "O")]).reshape(1, 1)},
 ], ids=["object_x", "object_y", "object_field"])
-def test_npz_with_objects_is_never_unpickled(client, unchanged, tmp_path, arrays):  # noqa: F811
+def test_npz_with_objects_is_never_unpickled(client, unchanged, tmp_path, arrays):
     marker = tmp_path / "pwned"
     assert_error(post_file(client, "/v1/datasets", "d.npz", npz(**arrays(str(marker)))), 422, "unsafe_file", "file")
     assert not marker.exists()
@@ -238,7 +236,7 @@ def test_npz_with_objects_is_never_unpickled(client, unchanged, tmp_path, arrays
     np.array([["2024-01-01"]], dtype="datetime64[D]"), np.zeros((2, 2), dtype=[("a", "f4"), ("b", "f4")]),
     np.zeros((2, 2), dtype="V8"),
 ], ids=["str", "bytes", "complex", "datetime", "structured", "void"])
-def test_npz_x_not_numeric(client, unchanged, x):  # noqa: F811
+def test_npz_x_not_numeric(client, unchanged, x):
     r = post_file(client, "/v1/datasets", "d.npz", npz(x=x))
     assert_error(r, 422, "invalid_request", "file")
     assert "must be numeric" in r.json()["error"]["message"]
@@ -246,7 +244,7 @@ def test_npz_x_not_numeric(client, unchanged, x):  # noqa: F811
 
 @pytest.mark.parametrize("y", [np.zeros(5), np.zeros(3), np.zeros((4, 1)), np.array(1), np.zeros(0)],
                          ids=["longer", "shorter", "2d", "scalar", "empty"])
-def test_npz_mismatched_lengths(client, unchanged, y):  # noqa: F811
+def test_npz_mismatched_lengths(client, unchanged, y):
     r = post_file(client, "/v1/datasets", "d.npz", npz(x=np.zeros((4, 2), np.float32), y=y))
     assert_error(r, 422, "invalid_request", "file")
     assert "y must have shape [4]" in r.json()["error"]["message"]
@@ -257,11 +255,11 @@ def test_npz_mismatched_lengths(client, unchanged, y):  # noqa: F811
     (np.array([0, -2, 1]), "label_out_of_range"), (np.array([0, np.nan, 1]), "invalid_request"),
     (np.array([0, 2**64 - 1, 1], np.uint64), "label_out_of_range"),
 ])
-def test_npz_bad_labels(client, unchanged, y, code):  # noqa: F811
+def test_npz_bad_labels(client, unchanged, y, code):
     assert_error(post_file(client, "/v1/datasets", "d.npz", npz(x=np.zeros((3, 2)), y=y)), 422, code, "file")
 
 
-def test_npz_shapes_refused_before_reading(client, unchanged):  # noqa: F811
+def test_npz_shapes_refused_before_reading(client, unchanged):
     """A 1-D x, rows of no features, and a header claiming more data than its zip member holds."""
     assert_error(post_file(client, "/v1/datasets", "d.npz", npz(x=np.zeros(4))), 422, "invalid_request")
     assert_error(post_file(client, "/v1/datasets", "d.npz", npz(x=np.zeros((4, 0)))), 422, "invalid_request")
@@ -275,14 +273,14 @@ def test_npz_shapes_refused_before_reading(client, unchanged):  # noqa: F811
     assert "declares shape [1000000, 64]" in r.json()["error"]["message"]
 
 
-def test_npz_truncated_or_corrupted_member(client, unchanged):  # noqa: F811
+def test_npz_truncated_or_corrupted_member(client, unchanged):
     good = npz_compressed(x=np.random.default_rng(0).random((64, 8)))
     corrupted = good[:200] + bytes(b ^ 0xFF for b in good[200:400]) + good[400:]
     r = post_file(client, "/v1/datasets", "d.npz", corrupted)
     assert r.status_code == 422 and r.json()["error"]["code"] in ("unsupported_format", "invalid_request"), r.text
 
 
-def test_jsonl_nested_too_deep(client, unchanged):  # noqa: F811
+def test_jsonl_nested_too_deep(client, unchanged):
     content = b'{"text": "a", "label": ' + b"[" * 200_000 + b"\n"
     assert_error(post_file(client, "/v1/datasets", "d.jsonl", content), 422, "invalid_request")
 

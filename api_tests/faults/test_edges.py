@@ -15,9 +15,7 @@ import urllib.parse
 import httpx
 import pytest
 
-from api_tests.api.test_bad_input import assert_error, stored_files, unchanged  # noqa: F401
-from api_tests.e2e.test_spine import KD_JOB, upload_dataset, upload_teacher
-from api_tests.harness import REPO, wait_job
+from api_tests.harness import KD_JOB, assert_error, stored_files, upload_dataset, upload_teacher, wait_job
 from kdserve.client import Client
 
 HOSTILE_NAME = "../../☃-évil"  # a path out of the download folder, and not latin-1
@@ -54,7 +52,7 @@ def v2_error(r, status: int = 400) -> str:
 
 
 @pytest.mark.parametrize("shape", [[0, 1e20], [0, 10**30], [10**19, 0], [0, 2**63]])
-def test_v2_absurd_shapes_in_json(client, published, unchanged, shape):  # noqa: F811
+def test_v2_absurd_shapes_in_json(client, published, unchanged, shape):
     body = json.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": []}]})
     r = client.post(f"/v2/models/{published['card']['id']}/infer", content=body,
                     headers={"Content-Type": "application/json"})
@@ -62,7 +60,7 @@ def test_v2_absurd_shapes_in_json(client, published, unchanged, shape):  # noqa:
 
 
 @pytest.mark.parametrize("shape", [[0, 1e20], [0, 10**30], [10**19, 0]])
-def test_v2_absurd_shapes_in_binary(client, published, unchanged, shape):  # noqa: F811
+def test_v2_absurd_shapes_in_binary(client, published, unchanged, shape):
     header = json.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32",
                                      "parameters": {"binary_data_size": 0}}]}).encode()
     r = client.post(f"/v2/models/{published['card']['id']}/infer", content=header,
@@ -79,7 +77,7 @@ def test_v2_still_serves_after_absurd_shapes(client, published, digits):
 
 @pytest.mark.parametrize("last_id", ["²".encode("latin-1"), "¹²".encode("latin-1"), "١٢".encode(), b"12abc", b"-1",
                                      b"9" * 5000, b"99999999999999999999"])
-def test_sse_last_event_id_that_is_not_a_number(client, published, unchanged, last_id):  # noqa: F811
+def test_sse_last_event_id_that_is_not_a_number(client, published, unchanged, last_id):
     """HTTP headers are latin-1 on the wire: b'\xb2' is '²', which Python's str.isdigit() calls a digit."""
     job = published["job"]["id"]
     headers = {"Accept": "text/event-stream", "Last-Event-ID": last_id}
@@ -96,21 +94,21 @@ def test_sse_resumes_from_a_good_last_event_id(client, published):
 
 @pytest.mark.parametrize("after", ["9" * 5000, "99999999999999999999", str(2**63), "-5", "1e3"])
 @pytest.mark.parametrize("accept", ["application/json", "text/event-stream"])
-def test_event_cursor_of_many_digits(client, published, unchanged, after, accept):  # noqa: F811
+def test_event_cursor_of_many_digits(client, published, unchanged, after, accept):
     r = client.get(f"/v1/jobs/{published['job']['id']}/events", params={"after": after}, headers={"Accept": accept})
     assert_error(r, 422, "invalid_request", "after")
 
 
 @pytest.mark.parametrize("route", ["teachers", "datasets", "jobs", "models"])
 @pytest.mark.parametrize("after", ["9" * 5000, "x" * 8000])
-def test_list_cursor_of_thousands_of_characters(client, unchanged, route, after):  # noqa: F811
+def test_list_cursor_of_thousands_of_characters(client, unchanged, route, after):
     assert_error(client.get(f"/v1/{route}", params={"after": after}), 422, "invalid_request", "after")
 
 
 @pytest.mark.parametrize("value", ["bytes=" + "9" * 5000 + "-", "bytes=0-" + "9" * 5000, "bytes=-" + "9" * 5000,
                                    "bytes=99999999999999999999999-", "bytes=0-1,5-9", "bytes=²-".encode("latin-1"),
                                    "items=0-1"])
-def test_range_of_thousands_of_digits(client, published, unchanged, value):  # noqa: F811
+def test_range_of_thousands_of_digits(client, published, unchanged, value):
     r = client.get(f"/v1/models/{published['card']['id']}/download", headers={"Range": value})
     assert r.status_code == 416, r.text
     if r.content:  # an unsatisfiable range is answered with Content-Range and no body

@@ -5,20 +5,13 @@ during submission, the API restarted mid-job, 20 jobs on 2 workers. Every accept
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 from sqlalchemy import select
 
-from api_tests.e2e.test_spine import upload_dataset, upload_teacher
-from api_tests.faults.stack import Stack, wait_for
-from api_tests.harness import wait_job
+from api_tests.harness import events, job_body, models_of, upload_dataset, upload_teacher, wait_job, wait_until
 from kdserve.service.store.db import Database, Job
-
-
-def job_body(ids, epochs):
-    return {**ids, "student": {"architecture": "mlp", "params": {"hidden_sizes": [32]}},
-            "method": {"name": "kd"}, "training": {"epochs": epochs, "learning_rate": 0.005}}
+from testkit.stack import Stack
 
 
 @pytest.fixture()
@@ -33,19 +26,21 @@ def ids(stack, files):
         return {"teacher_id": upload_teacher(c, files["onnx"])["id"], "dataset_id": upload_dataset(c, files["npz"])["id"]}
 
 
-def events(c, job_id):
-    return c.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
-
-
-def models_of(c, job_id):
-    return [m for m in c.get("/v1/models", params={"limit": 100}).json()["data"] if m["job_id"] == job_id]
+def epoch_in_database(stack: Stack, job_id: str) -> int:
+    """The job's epoch as its row says, read without the API."""
+    db = Database(f"sqlite:///{stack.root / 'kdserve.db'}")
+    try:
+        with db.session() as s:
+            return s.get(Job, job_id).epoch
+    finally:
+        db.engine.dispose()
 
 
 def test_worker_sigkill_resumes_from_checkpoint(stack, ids):
     worker = stack.start_worker()
     with stack.client() as c:
         job = c.post("/v1/jobs", json=job_body(ids, 150)).json()
-        wait_for(lambda: c.get(f"/v1/jobs/{job['id']}").json()["epoch"] >= 5, 120, "epoch 5")
+        wait_until(lambda: c.get(f"/v1/jobs/{job['id']}").json()["epoch"] >= 5, 120, "epoch 5")
         worker.send_signal(signal.SIGKILL)
         worker.wait()
         killed_at = c.get(f"/v1/jobs/{job['id']}").json()
@@ -69,13 +64,17 @@ def test_redis_lost_mid_job_and_during_submission(stack, ids):
     with stack.client() as c:
         running = c.post("/v1/jobs", json=job_body(ids, 60)).json()
         queued = [c.post("/v1/jobs", json=job_body(ids, 3)).json() for _ in range(2)]
-        wait_for(lambda: c.get(f"/v1/jobs/{running['id']}").json()["epoch"] >= 2, 120, "training")
+        wait_until(lambda: c.get(f"/v1/jobs/{running['id']}").json()["epoch"] >= 2, 120, "training")
         stack.stop_redis()
         r = c.post("/v1/jobs", json=job_body(ids, 3))
         assert r.status_code == 503 and r.json()["error"]["code"] == "broker_unavailable"
         assert c.get("/readyz").status_code == 503
-        assert c.get(f"/v1/jobs/{running['id']}").status_code == 200  # the database still answers
-        time.sleep(3)
+        r = c.get(f"/v1/jobs/{running['id']}")
+        assert r.status_code == 200  # the database still answers
+        lost_at = r.json()["epoch"]
+        # the outage lasts while the worker trains on: two more epochs
+        wait_until(lambda: c.get(f"/v1/jobs/{running['id']}").json()["epoch"] >= lost_at + 2, 120,
+                   "training going on with Redis down")
         stack.start_redis()  # a new, empty Redis: the queued messages are gone
         accepted = [running, *queued]
         finished = [wait_job(c, j["id"], timeout=300) for j in accepted]
@@ -90,9 +89,12 @@ def test_api_restart_mid_job(stack, ids):
     stack.start_worker()
     with stack.client() as c:
         job = c.post("/v1/jobs", json=job_body(ids, 80)).json()
-        wait_for(lambda: c.get(f"/v1/jobs/{job['id']}").json()["epoch"] >= 3, 120, "training")
+        wait_until(lambda: c.get(f"/v1/jobs/{job['id']}").json()["epoch"] >= 3, 120, "training")
     stack.stop_api()
-    time.sleep(2)
+    # the API stays down while the worker trains on (the row's epoch moves): two more epochs
+    stopped_at = epoch_in_database(stack, job["id"])
+    wait_until(lambda: epoch_in_database(stack, job["id"]) >= stopped_at + 2, 120,
+               "training going on with the API down")
     stack.start_api()
     with stack.client() as c:
         job = wait_job(c, job["id"], timeout=300)

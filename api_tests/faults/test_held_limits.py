@@ -16,11 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api_tests.api.test_bad_input import assert_error, post_file
-from api_tests.conftest import MACHINE_REDIS
-from api_tests.e2e.test_spine import KD_JOB, upload_dataset, upload_teacher
-from api_tests.faults.test_hostile import raw_upload
-from api_tests.harness import Service, wait_job
+from api_tests.harness import (KD_JOB, MACHINE_REDIS, Service, assert_error, post_file, raw_upload, upload_dataset,
+                               upload_teacher, wait_job, wait_until)
 
 HOURS = 3600
 OLD = time.time() - 2 * HOURS  # older than the 1 h KDSERVE_TEMP_MAX_AGE_S below
@@ -60,20 +57,13 @@ def limited(orphans):
         yield svc
 
 
-def wait_until(check, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while not check():
-        assert time.time() < deadline
-        time.sleep(0.2)
-
-
 def test_orphans_are_swept_at_start_and_periodically(limited, orphans):
     _, planted = orphans
-    wait_until(lambda: not any(p.exists() for k, p in planted.items() if k != "fresh"))
+    wait_until(lambda: not any(p.exists() for k, p in planted.items() if k != "fresh"), 30, "the orphans swept")
     assert not planted["export_dir"].parent.exists() and not planted["hf_scratch"].parent.exists()
     assert planted["fresh"].exists()  # in use (modified just now): left alone
     later = plant(limited.data_dir / "blobs" / ".tmp" / "tmplater.bin")  # while it runs
-    wait_until(lambda: not later.exists())
+    wait_until(lambda: not later.exists(), 30, "the later orphan swept")
     assert planted["fresh"].exists()
     with limited.client() as c:
         assert c.get("/healthz").status_code == 200
@@ -119,7 +109,7 @@ def test_event_streams_per_tenant(limited, files):
             c.close()
             return False
 
-        wait_until(one_more_opens)
+        wait_until(one_more_opens, 30, "a stream opened in the slot a client left")
     finally:
         for c, _ in opened:
             c.close()
@@ -146,15 +136,17 @@ def test_uploads_in_progress_per_tenant(limited):
     sock = slow_upload(limited, limited.api_key)
     try:
         with limited.client() as c:
-            wait_until(lambda: any(temp.iterdir()))  # the slow one holds the slot, its file part arriving
+            # the slow one holds the slot, its file part arriving
+            wait_until(lambda: any(temp.iterdir()), 30, "the slow upload's file")
             assert_error(post_file(c, "/v1/datasets", "d.csv", csv), 429, "rate_limited")
         with limited.client(api_key=limited.create_key("upload-neighbour")) as other:
             assert post_file(other, "/v1/datasets", "d.csv", csv).status_code == 201
     finally:
         sock.close()  # the client goes away mid-body: the slot and the temp file are given back
     with limited.client() as c:
-        wait_until(lambda: post_file(c, "/v1/datasets", "d.csv", csv).status_code == 201)
-    wait_until(lambda: not [p for p in temp.iterdir() if p.name != "tmpfresh.bin"])
+        wait_until(lambda: post_file(c, "/v1/datasets", "d.csv", csv).status_code == 201, 30,
+                   "an upload accepted again")
+    wait_until(lambda: not [p for p in temp.iterdir() if p.name != "tmpfresh.bin"], 30, "the temporary files gone")
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,13 @@ types. Each gets its documented 4xx, no file is left behind and the server stays
 from __future__ import annotations
 
 import io
-import select
-import socket
 import stat
 import zipfile
 
 import numpy as np
 import pytest
 
-from api_tests.api.test_bad_input import assert_error, post_file, stored_files, unchanged  # noqa: F401
-from api_tests.e2e.test_spine import KD_JOB
+from api_tests.harness import KD_JOB, assert_error, post_file, raw_upload
 
 GiB = 1024**3
 
@@ -39,17 +36,17 @@ def npy(arr: np.ndarray) -> bytes:
 
 @pytest.mark.parametrize("route", ["/v1/teachers", "/v1/datasets"])
 @pytest.mark.parametrize("member", ["../../evil.npy", "/abs/x.npy", "a/../../b.npy"])
-def test_zip_members_escaping_the_archive(client, unchanged, route, member):  # noqa: F811
+def test_zip_members_escaping_the_archive(client, unchanged, route, member):
     content = zip_bytes({"x.npy": npy(np.zeros((4, 2), np.float32)), member: b"boom"})
     assert_error(post_file(client, route, "d.npz", content), 422, "unsafe_file", "file")
 
 
-def test_zip_with_a_symlink(client, unchanged):  # noqa: F811
+def test_zip_with_a_symlink(client, unchanged):
     content = zip_bytes({"x.npy": npy(np.zeros((4, 2), np.float32))}, link="y.npy")
     assert_error(post_file(client, "/v1/datasets", "d.npz", content), 422, "unsafe_file", "file")
 
 
-def test_zip_bomb(client, unchanged, tmp_path):  # noqa: F811
+def test_zip_bomb(client, unchanged, tmp_path):
     """512 MiB of zeros that deflate to half a megabyte, against a 256 MiB unpack limit."""
     path = tmp_path / "bomb.npz"
     chunk = b"\0" * (1 << 24)
@@ -62,46 +59,8 @@ def test_zip_bomb(client, unchanged, tmp_path):  # noqa: F811
     assert "unpacks to" in r.json()["error"]["message"]
 
 
-def raw_upload(service, total: int, chunked: bool) -> tuple[int, int]:
-    """Stream `total` bytes of a multipart upload over a raw socket, reading the answer as soon as
-    the server sends one. Returns (status, bytes sent)."""
-    boundary = "kdbound"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    headers = [f"POST /v1/datasets HTTP/1.1", f"Host: 127.0.0.1:{service.port}",
-               f"Authorization: Bearer {service.api_key}",
-               f"Content-Type: multipart/form-data; boundary={boundary}"]
-    headers.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(head) + total + len(tail)}")
-    sock = socket.create_connection(("127.0.0.1", service.port), timeout=60)
-    sent, block = 0, b"\x01" * (1 << 20)
-    answer = b""
-    try:
-        sock.sendall(("\r\n".join(headers) + "\r\n\r\n").encode())
-
-        def send(data: bytes) -> None:
-            sock.sendall(f"{len(data):x}\r\n".encode() + data + b"\r\n" if chunked else data)
-
-        send(head)
-        while sent < total:
-            readable, _, _ = select.select([sock], [], [], 0)
-            if readable:
-                break
-            try:
-                send(block)
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            sent += len(block)
-        sock.settimeout(30)
-        while b"\r\n" not in answer:
-            answer += sock.recv(4096)
-    finally:
-        sock.close()
-    return int(answer.split(b" ")[1]), sent
-
-
 @pytest.mark.parametrize("chunked", [False, True])
-def test_three_gigabytes_against_a_one_gigabyte_cap(service, client, unchanged, chunked):  # noqa: F811
+def test_three_gigabytes_against_a_one_gigabyte_cap(service, client, unchanged, chunked):
     status, sent = raw_upload(service, 3 * GiB, chunked)
     assert status == 413
     if chunked:  # the server reads up to the cap, then refuses
@@ -122,13 +81,13 @@ def test_three_gigabytes_against_a_one_gigabyte_cap(service, client, unchanged, 
     b'[1, 2, 3]',
     b'"just a string"',
 ])
-def test_absurd_json(client, unchanged, raw):  # noqa: F811
+def test_absurd_json(client, unchanged, raw):
     r = client.post("/v1/jobs", content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == "invalid_request"
 
 
-def test_wrong_content_types(client, unchanged):  # noqa: F811
+def test_wrong_content_types(client, unchanged):
     r = client.post("/v1/jobs", content=b"dataset_id=ds_x", headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
     r = client.post("/v1/teachers", json={"file": "AAAA"})
@@ -141,6 +100,6 @@ def test_wrong_content_types(client, unchanged):  # noqa: F811
     assert_error(r, 422, "invalid_request", "file")
 
 
-def test_metadata_and_names_are_bounded(client, unchanged):  # noqa: F811
+def test_metadata_and_names_are_bounded(client, unchanged):
     body = {**KD_JOB, "dataset_id": "ds_x", "metadata": {f"k{i}": "v" for i in range(40)}}
     assert client.post("/v1/jobs", json=body).status_code == 422

@@ -12,12 +12,10 @@ import zipfile
 import pytest
 import torch
 
-from api_tests.api.test_bad_input import assert_error, post_file, unchanged  # noqa: F401
-from api_tests.e2e.test_spine import KD_JOB
-from api_tests.harness import Service, wait_job
-from api_tests.hostile import (CUSTOM_CODE, Plain, ReadsAFile, Saves, WritesAFile, archive, onnx_custom_domain,
-                               onnx_reading, rewrite_code)
+from api_tests.harness import KD_JOB, Service, assert_error, post_file, wait_job
 from kdserve.service.sandbox.jail import sandbox_problem
+from testkit.hostile import (CUSTOM_CODE, Plain, ReadsAFile, Saves, WritesAFile, archive, onnx_custom_domain,
+                               onnx_reading, rewrite_code)
 
 pytestmark = pytest.mark.skipif(sandbox_problem("bwrap") is not None, reason="no sandbox here")
 
@@ -29,13 +27,13 @@ def refused(client, content: bytes, named: str, name: str = "t.pt", **form) -> s
     return r.text
 
 
-def test_torchscript_reading_the_api_key_is_refused(service, client, unchanged):  # noqa: F811
+def test_torchscript_reading_the_api_key_is_refused(service, client, unchanged):
     key_file = str((service.data_dir / "api_key").resolve())
     text = refused(client, archive(ReadsAFile(key_file)), "aten::from_file")
     assert service.api_key not in text
 
 
-def test_torchscript_writing_files_is_refused(service, client, unchanged, tmp_path):  # noqa: F811
+def test_torchscript_writing_files_is_refused(service, client, unchanged, tmp_path):
     for target in (service.data_dir / "argparse.py", tmp_path / "planted"):
         refused(client, archive(WritesAFile(str(target.resolve()))), "aten::from_file")
         assert not target.exists()
@@ -44,26 +42,26 @@ def test_torchscript_writing_files_is_refused(service, client, unchanged, tmp_pa
 
 
 @pytest.mark.parametrize("new,named", list(CUSTOM_CODE.items()))
-def test_torchscript_custom_operators_and_classes_are_refused(client, unchanged, new, named):  # noqa: F811
+def test_torchscript_custom_operators_and_classes_are_refused(client, unchanged, new, named):
     refused(client, rewrite_code(archive(Plain()), "torch.relu(", new), named)
 
 
 @pytest.mark.parametrize("where", ["initializer", "constant", "subgraph"])
-def test_onnx_external_data_pointing_at_host_files_is_refused(service, client, unchanged, where):  # noqa: F811
+def test_onnx_external_data_pointing_at_host_files_is_refused(service, client, unchanged, where):
     key_file = (service.data_dir / "api_key").resolve()
     for location in ("api_key", "../../api_key", str(key_file), "/etc/passwd"):
         text = refused(client, onnx_reading(location, where), "not a data file uploaded", name="t.onnx")
         assert service.api_key not in text
 
 
-def test_onnx_external_data_outside_its_own_data_file_is_refused(client, unchanged):  # noqa: F811
+def test_onnx_external_data_outside_its_own_data_file_is_refused(client, unchanged):
     r = client.post("/v1/teachers", files={"file": ("t.onnx", io.BytesIO(onnx_reading("api_key"))),
                                            "data": ("t.onnx.data", io.BytesIO(b"\0" * 2560))})
     assert_error(r, 422, "unsafe_file")
     assert "'api_key'" in r.json()["error"]["message"] and "t.onnx.data" in r.json()["error"]["message"]
 
 
-def test_onnx_custom_domain_is_refused(client, unchanged):  # noqa: F811
+def test_onnx_custom_domain_is_refused(client, unchanged):
     refused(client, onnx_custom_domain("com.evil"), "com.evil", name="t.onnx")
 
 
@@ -105,7 +103,7 @@ def test_stock_onnx_export_zipped_with_its_data_is_accepted(client, stock_export
     assert r.json()["format"] == "onnx" and r.json()["num_classes"] == 10
 
 
-def test_a_data_file_under_another_name_is_refused_with_the_name_to_use(client, unchanged, stock_export):  # noqa: F811
+def test_a_data_file_under_another_name_is_refused_with_the_name_to_use(client, unchanged, stock_export):
     r = client.post("/v1/teachers", files={"file": (stock_export.name, stock_export.read_bytes()),
                                            "data": ("weights.bin", stock_export.with_name("digits.onnx.data").read_bytes())})
     assert_error(r, 422, "unsafe_file")

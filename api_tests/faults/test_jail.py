@@ -121,6 +121,7 @@ def test_cpu_budget_kills_a_busy_child(host):
 
 
 def test_wall_time_kills_a_sleeping_child(host):
+    # the sleep is the stimulus, not a wait: a child that would outlast its wall-time budget
     body = """
     import time
     time.sleep(600)

@@ -18,10 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from api_tests.e2e.test_spine import upload_dataset, upload_teacher
-from api_tests.faults.stack import wait_for
-from api_tests.faults.test_faults import events, job_body, models_of
-from api_tests.harness import Service, wait_job
+from api_tests.harness import Service, events, job_body, models_of, upload_dataset, upload_teacher, wait_job, wait_until
 
 MEMORY_LIMIT = 3 * 1024**3
 SETTINGS = {"KDSERVE_HEARTBEAT_S": "1", "KDSERVE_STALE_AFTER_S": "4", "KDSERVE_REAPER_INTERVAL_S": "1",
@@ -41,17 +38,17 @@ def uploads(c, files) -> dict:
 
 
 def the_worker(svc: Service) -> int:
-    return wait_for(lambda: (p := svc.worker_pids()) and len(p) == 1 and p[0], 60, "one worker")
+    return wait_until(lambda: (p := svc.worker_pids()) and len(p) == 1 and p[0], 60, "one worker")
 
 
 def test_cancel_after_the_worker_died_is_ended_by_the_reaper(svc, files):
     with svc.client() as c:
         ids = uploads(c, files)
         job = c.post("/v1/jobs", json=job_body(ids, 5000)).json()
-        wait_for(lambda: c.get(f"/v1/jobs/{job['id']}").json()["epoch"] >= 1, 120, "training")
+        wait_until(lambda: c.get(f"/v1/jobs/{job['id']}").json()["epoch"] >= 1, 120, "training")
         pid = svc.job_worker_pid(job["id"])
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(),
+        wait_until(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(),
                  10, "the worker to die")
         t0 = time.time()
         r = c.post(f"/v1/jobs/{job['id']}/cancel")

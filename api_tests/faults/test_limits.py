@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from api_tests.e2e.test_spine import KD_JOB, upload_dataset, upload_teacher
-from api_tests.harness import Service, wait_job
+from api_tests.harness import KD_JOB, Service, upload_dataset, upload_teacher, wait_job
 
 
 def test_tenant_limits_and_admin(tmp_path, files):

@@ -22,10 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-from api_tests.e2e.test_spine import upload_dataset, upload_teacher
-from api_tests.faults.stack import wait_for
-from api_tests.faults.test_faults import events, job_body, models_of
-from api_tests.harness import Service, wait_job
+from api_tests.harness import Service, events, job_body, models_of, upload_dataset, upload_teacher, wait_job, wait_until
 
 GRACE_S = 2
 SETTINGS = {"KDSERVE_CANCEL_GRACE_S": str(GRACE_S), "KDSERVE_HEARTBEAT_S": "1", "KDSERVE_STALE_AFTER_S": "4",
@@ -75,7 +72,7 @@ def body(ids, teacher: str, epochs: int, **training) -> dict:
 
 def the_worker(svc: Service) -> int:
     """The one live worker process (waits for it: after a kill, the replacement)."""
-    return wait_for(lambda: (p := svc.worker_pids()) and len(p) == 1 and p[0], 60, "one worker")
+    return wait_until(lambda: (p := svc.worker_pids()) and len(p) == 1 and p[0], 60, "one worker")
 
 
 def assert_nothing_published(c, job: dict) -> None:
@@ -84,11 +81,11 @@ def assert_nothing_published(c, job: dict) -> None:
 
 def assert_replaced(svc: Service, old: int, why: str) -> int:
     """The old worker process is gone, `kdserve up` said why and started another; its pid."""
-    wait_for(lambda: not Path(f"/proc/{old}").exists(), 30, f"worker {old} to exit")
+    wait_until(lambda: not Path(f"/proc/{old}").exists(), 30, f"worker {old} to exit")
     new = the_worker(svc)
     assert new != old
     # `kdserve up` logs the restart just after starting the process: the new pid can be seen first
-    wait_for(lambda: f"restarted (pid {new})" in svc.log.read_text(), 10, f"the log line of worker {new}'s start")
+    wait_until(lambda: f"restarted (pid {new})" in svc.log.read_text(), 10, f"the log line of worker {new}'s start")
     log = svc.log.read_text()
     assert f"(pid {old}) {why}" in log and f"restarted (pid {new})" in log, log[-3000:]
     return new
@@ -106,7 +103,7 @@ def wait_stage(c, job_id: str, stage: str) -> dict:
         assert job["status"] in ("queued", "running"), job
         return job if job["stage"] == stage else None
 
-    return wait_for(reached, 120, f"stage {stage}")
+    return wait_until(reached, 120, f"stage {stage}")
 
 
 def test_cancel_of_a_stuck_job_ends_its_worker_and_a_fresh_one_takes_the_next_job(svc, ids):

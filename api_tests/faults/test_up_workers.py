@@ -10,10 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from api_tests.e2e.test_spine import upload_dataset, upload_teacher
-from api_tests.faults.stack import wait_for
-from api_tests.faults.test_faults import events, job_body, models_of
-from api_tests.harness import Service, wait_job
+from api_tests.harness import Service, events, job_body, models_of, upload_dataset, upload_teacher, wait_job, wait_until
 
 SETTINGS = {"KDSERVE_HEARTBEAT_S": "1", "KDSERVE_STALE_AFTER_S": "4", "KDSERVE_REAPER_INTERVAL_S": "1"}
 
@@ -21,10 +18,10 @@ SETTINGS = {"KDSERVE_HEARTBEAT_S": "1", "KDSERVE_STALE_AFTER_S": "4", "KDSERVE_R
 @pytest.mark.timeout(420)
 def test_up_replaces_a_killed_worker_and_its_job_still_succeeds(tmp_path, files):
     with Service(tmp_path / "up2", extra_env=SETTINGS, workers=2) as svc, svc.client() as c:
-        workers = wait_for(lambda: (p := svc.worker_pids()) and len(p) == 2 and p, 60, "two workers")
+        workers = wait_until(lambda: (p := svc.worker_pids()) and len(p) == 2 and p, 60, "two workers")
         ids = {"teacher_id": upload_teacher(c, files["onnx"])["id"], "dataset_id": upload_dataset(c, files["npz"])["id"]}
         job = c.post("/v1/jobs", json=job_body(ids, 60)).json()
-        wait_for(lambda: c.get(f"/v1/jobs/{job['id']}").json()["epoch"] >= 3, 120, "epoch 3")
+        wait_until(lambda: c.get(f"/v1/jobs/{job['id']}").json()["epoch"] >= 3, 120, "epoch 3")
         victim = svc.job_worker_pid(job["id"])
         assert victim in workers
         # workers run niced (KDSERVE_WORKER_NICE, default 10) with the cores shared out among them
@@ -34,11 +31,11 @@ def test_up_replaces_a_killed_worker_and_its_job_still_succeeds(tmp_path, files)
                    for p in workers)
         os.kill(victim, signal.SIGKILL)
 
-        wait_for(lambda: not Path(f"/proc/{victim}").exists(), 30, "the killed worker to be reaped")
-        now = wait_for(lambda: (p := svc.worker_pids()) and len(p) == 2 and p, 60, "a replacement worker")
+        wait_until(lambda: not Path(f"/proc/{victim}").exists(), 30, "the killed worker to be reaped")
+        now = wait_until(lambda: (p := svc.worker_pids()) and len(p) == 2 and p, 60, "a replacement worker")
         (replacement,) = set(now) - set(workers)
         # `kdserve up` logs the restart just after starting the process: the new pid can be seen first
-        wait_for(lambda: f"restarted (pid {replacement})" in svc.log.read_text(), 10, "the restart's log line")
+        wait_until(lambda: f"restarted (pid {replacement})" in svc.log.read_text(), 10, "the restart's log line")
         log = svc.log.read_text()
         assert f"(pid {victim}) killed by SIGKILL" in log and "restarting it in 1 s" in log, log[-3000:]
         assert f"restarted (pid {replacement})" in log
@@ -62,7 +59,7 @@ def test_stopping_up_mid_job_gives_the_job_back(tmp_path, files):
     with Service(tmp_path / "svc", extra_env=env) as svc, svc.client() as c:
         ids = {"teacher_id": upload_teacher(c, files["onnx"])["id"], "dataset_id": upload_dataset(c, files["npz"])["id"]}
         job = c.post("/v1/jobs", json=job_body(ids, 60)).json()
-        wait_for(lambda: c.get(f"/v1/jobs/{job['id']}").json()["epoch"] >= 3, 120, "epoch 3")
+        wait_until(lambda: c.get(f"/v1/jobs/{job['id']}").json()["epoch"] >= 3, 120, "epoch 3")
     with Service(tmp_path / "svc", extra_env=env) as svc, svc.client() as c:
         log = svc.log.read_text()
         assert "interrupted by the worker's shutdown" in log and f"job {job['id']} crashed" not in log

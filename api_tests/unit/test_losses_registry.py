@@ -41,13 +41,13 @@ def test_mcmi_and_common_register_nothing():
 
 
 @pytest.mark.parametrize("name", sorted(FLAGS))
-def test_flags(name):
+def test_method_says_whether_it_needs_a_teacher_and_labels(name):
     info = METHODS[name]
     assert (info.needs_teacher, info.needs_labels) == FLAGS[name]
 
 
 @pytest.mark.parametrize("name", sorted(DEFAULTS))
-def test_defaults(name):
+def test_build_loss_without_params_uses_the_documented_defaults(name):
     assert build_loss(name).params.model_dump() == DEFAULTS[name]
 
 
@@ -68,6 +68,6 @@ def test_defaults(name):
         ("fitnet", {"hint_weight": -1}),
     ],
 )
-def test_constraints(name, bad):
+def test_out_of_range_params_are_refused(name, bad):
     with pytest.raises(ValidationError):
         build_loss(name, bad)

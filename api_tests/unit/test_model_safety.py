@@ -15,11 +15,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from api_tests.hostile import Saves, archive, rewrite_code
 from kdserve.models import script_graph
 from kdserve.service.sandbox import script_ops
 from kdserve.service.sandbox.onnx_check import check_model
 from kdserve.service.sandbox.sniff import ModelFileError, sniff
+from testkit.hostile import Saves, archive, rewrite_code
 
 
 def sources(data: bytes) -> dict[str, str]:

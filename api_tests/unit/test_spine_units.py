@@ -3,19 +3,19 @@ ONNX export with its parity check, the trainer's split."""
 
 from __future__ import annotations
 
-import io
 import pickle
 import zipfile
 
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from kdserve.models import export
-from kdserve.service.sandbox.sniff import ModelFileError, pickle_globals, sniff
 from kdserve.models.teachers import load_teacher
 from kdserve.models.zoo import ARCHITECTURES, ArchitectureError, create_student
 from kdserve.service import ingest
+from kdserve.service.sandbox.sniff import ModelFileError, pickle_globals, sniff
 from kdserve.worker.data import split_dataset
 
 
@@ -94,39 +94,10 @@ def test_npz_shapes_and_labels(tmp_path):
         ingest.parse(p, "npz")
 
 
-@pytest.mark.parametrize("arch,params,shape", [
-    ("mlp", {"hidden_sizes": [16, 8], "batch_norm": True, "dropout": 0.1}, [64]),
-    ("cnn", {"channels": [4, 8]}, [64]),
-    ("cnn", {"channels": [4]}, [3, 10, 12]),
-    ("cnn", {"channels": [4], "image_shape": [2, 4, 4]}, [32]),
-])
-def test_zoo_builds_and_exports_with_parity(tmp_path, arch, params, shape):
-    torch.manual_seed(0)
-    student = create_student(arch, params, shape, 5).eval()
-    path = tmp_path / "s.onnx"
-    export.export_onnx(student, shape, path)
-    for batch in (1, 7, 64):
-        x = torch.randn(batch, *shape)
-        with torch.no_grad():
-            ref = student(x).numpy()
-        parity = export.check_parity(path, ref, x.numpy())
-        assert parity.max_abs_diff < 1e-4 and parity.argmax_agreement == 1.0
-        assert parity.onnx_logits.shape == (batch, 5)
-
-
-def test_parity_check_catches_a_different_model(tmp_path):
-    a = create_student("mlp", {}, [8], 3).eval()
-    export.export_onnx(a, [8], tmp_path / "a.onnx")
-    x = torch.randn(32, 8)
-    with torch.no_grad():
-        other = create_student("mlp", {}, [8], 3).eval()(x).numpy()
-    assert export.check_parity(tmp_path / "a.onnx", other, x.numpy()).max_abs_diff > 1e-3
-
-
 def test_cnn_needs_an_image_shape():
     with pytest.raises(ArchitectureError, match="not a square"):
         create_student("cnn", {}, [10], 2)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="nope"):  # an unknown parameter
         create_student("mlp", {"nope": 1}, [10], 2)
     assert set(ARCHITECTURES) >= {"mlp", "cnn"}
 

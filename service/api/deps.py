@@ -56,7 +56,7 @@ def load_catalog(python: str | None = None) -> dict[str, Any]:
     """Methods and architectures as the worker code defines them: from `python -m kdserve.worker.catalog`
     in a child process (torch is imported there only) when KDSERVE_PYTHON is set or torch is
     installed here, else from service/catalog.json, the same output committed for the slim API
-    image (api_tests/unit/test_slim_api.py regenerates it and fails when it is stale)."""
+    image (api_tests/integration/test_slim_api.py regenerates it and fails when it is stale)."""
     if python is None and importlib.util.find_spec("torch") is None:
         return json.loads(CATALOG_SNAPSHOT.read_text())
     # -I: the working directory (a data dir, say) is not on the child's sys.path

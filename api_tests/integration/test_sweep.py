@@ -7,12 +7,11 @@ from __future__ import annotations
 import os
 import time
 
-from api_tests.unit.test_blobs import aws_env, store  # noqa: F401 (fixtures: both stores)
 from kdserve.service.settings import Settings
 from kdserve.service.sweep import STAGED_PROBES, sweep
 
 
-def test_staged_probes_and_scratch_files_older_than_the_age_go(store, tmp_path):  # noqa: F811
+def test_staged_probes_and_scratch_files_older_than_the_age_go(store, tmp_path):
     store.put_bytes(f"{STAGED_PROBES}/abc/teacher.onnx", b"staged")
     store.put_bytes("teachers/tch_1/teacher.onnx", b"kept: not temporary")
     old = time.time() - 7200

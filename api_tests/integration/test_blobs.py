@@ -7,35 +7,15 @@ import hashlib
 import os
 
 import pytest
+from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
-from api_tests.s3server import CREDENTIALS
+from api_tests.s3server import s3_store
 from kdserve.service.settings import Settings
 from kdserve.service.store.blobs import LocalBlobStore, make_blob_store
-from kdserve.service.store.s3 import MiB, S3BlobStore
+from kdserve.service.store.s3 import S3BlobStore
 
 BAD_KEYS = ["", "/etc/passwd", "../outside", "a/../../outside", "a/./b", "a//b", "a/", "a\\b", "a\x00b"]
-
-
-def s3_store(server, bucket: str, cache_dir, **kwargs) -> S3BlobStore:
-    # 5 MiB parts (S3's smallest) so a 20 MB file is a four-part multipart upload
-    return S3BlobStore(bucket, prefix="deploy-a", cache_dir=cache_dir, endpoint_url=server.url,
-                       multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, **kwargs)
-
-
-@pytest.fixture()
-def aws_env(monkeypatch):
-    for name, value in CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path):
-    if request.param == "local":
-        return LocalBlobStore(tmp_path / "blobs")
-    request.getfixturevalue("aws_env")
-    server = request.getfixturevalue("s3_server")
-    return s3_store(server, server.new_bucket(), tmp_path / "cache")
 
 
 def test_bytes_round_trip(store):
@@ -102,7 +82,7 @@ def test_keys_that_escape_are_refused(store, tmp_path, key):
     assert src.exists()
 
 
-def test_big_file(store, request, tmp_path):
+def test_a_20_mb_file_round_trips_intact_and_goes_to_s3_in_parts(store, request, tmp_path):
     data = os.urandom(20 * 1000 * 1000)
     src = store.temp_path()
     src.write_bytes(data)
@@ -116,7 +96,7 @@ def test_big_file(store, request, tmp_path):
         assert head["ETag"].strip('"').endswith("-4")
 
 
-def test_ping(store):
+def test_ping_succeeds_on_a_store_that_is_there(store):
     store.ping()
 
 
@@ -193,7 +173,7 @@ def test_s3_cache_is_bounded_least_recently_used_first(s3_server, bucket, tmp_pa
 
 
 def test_s3_missing_bucket_fails_ping(s3_server, aws_env, tmp_path):
-    with pytest.raises(Exception):
+    with pytest.raises(ClientError, match="HeadBucket.*404"):
         S3BlobStore("kdserve-no-such-bucket", cache_dir=tmp_path, endpoint_url=s3_server.url).ping()
 
 

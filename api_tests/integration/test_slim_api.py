@@ -80,3 +80,9 @@ def test_probe_mode_setting():
     assert probe_mode(Settings(probe="local")) == "local"
     assert probe_mode(Settings(probe="auto", python="/opt/torch/bin/python")) == "local"
     assert probe_mode(Settings(probe="auto")) == "local"  # torch is installed in the test venv
+
+
+def test_the_api_side_never_imports_torch():
+    code = ("import sys, kdserve.service.serving.runtime, kdserve.service.api.inference_v2, kdserve.service.app; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

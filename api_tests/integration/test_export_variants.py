@@ -218,3 +218,32 @@ def test_latency_at_batch_64_and_the_time_budget(trained):
     one = export.latency_ms(fp32_path, [64], batch=1, repeats=20)
     many = export.latency_ms(fp32_path, [64], batch=64, repeats=20, budget_s=0.0)  # budget spent: 5 timed runs
     assert 0 < one < many
+
+
+@pytest.mark.parametrize("arch,params,shape", [
+    ("mlp", {"hidden_sizes": [16, 8], "batch_norm": True, "dropout": 0.1}, [64]),
+    ("cnn", {"channels": [4, 8]}, [64]),
+    ("cnn", {"channels": [4]}, [3, 10, 12]),
+    ("cnn", {"channels": [4], "image_shape": [2, 4, 4]}, [32]),
+])
+def test_zoo_builds_and_exports_with_parity(tmp_path, arch, params, shape):
+    torch.manual_seed(0)
+    student = create_student(arch, params, shape, 5).eval()
+    path = tmp_path / "s.onnx"
+    export.export_onnx(student, shape, path)
+    for batch in (1, 7, 64):
+        x = torch.randn(batch, *shape)
+        with torch.no_grad():
+            ref = student(x).numpy()
+        parity = export.check_parity(path, ref, x.numpy())
+        assert parity.max_abs_diff < 1e-4 and parity.argmax_agreement == 1.0
+        assert parity.onnx_logits.shape == (batch, 5)
+
+
+def test_parity_check_catches_a_different_model(tmp_path):
+    a = create_student("mlp", {}, [8], 3).eval()
+    export.export_onnx(a, [8], tmp_path / "a.onnx")
+    x = torch.randn(32, 8)
+    with torch.no_grad():
+        other = create_student("mlp", {}, [8], 3).eval()(x).numpy()
+    assert export.check_parity(tmp_path / "a.onnx", other, x.numpy()).max_abs_diff > 1e-3
