@@ -1,7 +1,8 @@
-"""Shared fixtures: the digits data and teacher files, and running services.
+"""Shared fixtures: the digits data and teacher files, running services, and `unchanged`.
 
 The services are real: `kdserve up` (uvicorn + a Celery worker process) against the machine's
 Redis (127.0.0.1:6379, a fresh queue name per service) and SQLite, unless a test asks otherwise.
+The unit tests (unit/) use none of the services: see unit/conftest.py.
 """
 
 from __future__ import annotations

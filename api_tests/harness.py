@@ -11,8 +11,8 @@ import socket
 
 import onnxruntime as ort
 
-from testkit.service import (REPO, TERMINAL, Service, child_processes, free_port, postgres_database,  # noqa: F401
-                             upload_dataset, upload_teacher, wait_job, wait_until)
+from testkit.service import (REPO, Service, child_processes, postgres_database, upload_dataset,  # noqa: F401
+                             upload_teacher, wait_job, wait_until)
 
 MACHINE_REDIS = os.environ.get("KDSERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -143,7 +143,7 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
         if value:
             return value
         time.sleep(interval)
-    raise TimeoutError(f"{what}: not so after {timeout} s")
+    raise TimeoutError(f"gave up waiting for {what} after {timeout} s")
 
 
 def upload_teacher(client: httpx.Client, path: Path, **form: str) -> dict:

@@ -173,7 +173,7 @@ def test_s3_cache_is_bounded_least_recently_used_first(s3_server, bucket, tmp_pa
 
 
 def test_s3_missing_bucket_fails_ping(s3_server, aws_env, tmp_path):
-    with pytest.raises(ClientError, match="HeadBucket.*404"):
+    with pytest.raises(ClientError, match=r"\(404\) when calling the HeadBucket operation"):
         S3BlobStore("kdserve-no-such-bucket", cache_dir=tmp_path, endpoint_url=s3_server.url).ping()
 
 
