@@ -31,7 +31,7 @@ def epoch_in_database(stack: Stack, job_id: str) -> int:
     db = Database(f"sqlite:///{stack.root / 'kdserve.db'}")
     try:
         with db.session() as s:
-            return s.get(Job, job_id).epoch
+            return s.scalars(select(Job.epoch).where(Job.id == job_id)).one()
     finally:
         db.engine.dispose()
 
