@@ -11,7 +11,6 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from kdserve.models import export
 from kdserve.models.teachers import load_teacher
 from kdserve.models.zoo import ARCHITECTURES, ArchitectureError, create_student
 from kdserve.service import ingest
