@@ -22,7 +22,7 @@ from api_tests.api.test_bad_input import Payload, assert_error, post_file, store
 from api_tests.conftest import MACHINE_REDIS
 from api_tests.harness import Service, child_processes
 from kdserve.service import ingest_child
-from kdserve.service.ingest import load_canonical
+from kdserve.service.store.datasets import load_canonical
 from kdserve.service.ingest_errors import DatasetError
 from kdserve.service.settings import Settings
 
