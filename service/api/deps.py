@@ -20,6 +20,7 @@ from kdserve.service import auth, bodies
 from kdserve.service.errors import ApiError, not_found
 from kdserve.service.probe_limits import ProbeLimiter
 from kdserve.service.limits import TenantSlots, ensure_free_space
+from kdserve.service.serving.v2 import Serving
 from kdserve.service.settings import Settings
 from kdserve.service.store.blobs import BlobStore
 from kdserve.service.store.db import Database, Dataset, Model, Teacher
@@ -67,6 +68,12 @@ def load_catalog(python: str | None = None) -> dict[str, Any]:
 
 def get_ctx(request: Request) -> Context:
     return request.app.state.ctx
+
+
+async def serving(request: Request) -> Serving:
+    """The process's inference state (a coroutine: a plain `def` dependency costs a thread hand-off,
+    more than a small model's inference)."""
+    return request.app.state.serving
 
 
 def principal(request: Request, ctx: Context = Depends(get_ctx)) -> auth.Principal:

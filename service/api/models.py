@@ -13,14 +13,15 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from kdserve.service.serving import text as text_serving
-from kdserve.service.api.deps import Context, body_openapi, get_ctx, get_owned, json_body, key_check, paginate, principal
-from kdserve.service.api.inference_v2 import Serving, TensorError, check_finite, serving, to_array, to_model_input
+from kdserve.service.api.deps import (Context, body_openapi, get_ctx, get_owned, json_body, key_check, paginate, principal,
+                                      serving)
 from kdserve.service import metrics
 from kdserve.service.bodies import check_rows
 from kdserve.service.auth import Principal
 from kdserve.service.errors import ApiError, not_found
 from kdserve.service.filenames import content_disposition, safe_basename
 from kdserve.service.schemas import ListOut, ModelOut, PredictIn, PredictOut
+from kdserve.service.serving.v2 import Serving, TensorError, check_finite, to_array, to_model_input
 from kdserve.service.store.db import Model
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
