@@ -33,7 +33,7 @@ from kdserve.worker.jailed_teacher import JailedTeacher
 from kdserve.models.teachers import Teacher, teacher_outputs, text_teacher_outputs
 from kdserve.models.text import TextSource
 from kdserve.models.zoo import ARCHITECTURES, ArchitectureError, count_parameters, create_student
-from kdserve.service.ingest import TextParsed, load_canonical
+from kdserve.service.store.datasets import TextParsed, load_canonical
 from kdserve.service.schemas import JobCreate
 from kdserve.service.settings import get_settings
 from kdserve.service.store.blobs import BlobStore, make_blob_store
