@@ -69,6 +69,20 @@ def test_every_listed_method_has_a_section_in_methods_md():
     assert not missing, f"docs/methods.md has no section (anchor) for {missing}"
 
 
+def test_methods_md_gives_every_parameter_its_default():
+    """Each method's section has a row `| `param` | `default` |` per parameter GET /v1/methods lists."""
+    catalog = json.loads((REPO / "service" / "catalog.json").read_text())
+    text = (DOCS / "methods.md").read_text(encoding="utf-8")
+    wrong = []
+    for method in catalog["methods"] + catalog.get("refinements", []):
+        section = re.search(rf"^### `{method['name']}`\n(.*?)(?=^#)", text + "\n#", flags=re.M | re.S)
+        body = section.group(1) if section else ""
+        for name, schema in method["params"].get("properties", {}).items():
+            if f"| `{name}` | `{json.dumps(schema.get('default'))}` |" not in body:
+                wrong.append(f"{method['name']}.{name}")
+    assert not wrong, f"docs/methods.md lacks or misstates the default of {wrong}"
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_links_between_the_pages_land(page):
     text = page.read_text(encoding="utf-8")
