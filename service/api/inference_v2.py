@@ -49,6 +49,7 @@ from starlette.requests import ClientDisconnect
 
 from kdserve.service.serving.runtime import BatchConfig, LoadedModel, SessionCache, TensorInfo, rows_of
 from kdserve.service import bodies, metrics
+from kdserve.service.model_card import ModelCard
 from kdserve.service.serving import text as text_serving
 from kdserve.service.serving import v2_binary
 from kdserve.service.api.deps import Context, authenticate, body_openapi
@@ -79,7 +80,7 @@ class Served:
     versions: list[str]
     path: Path
     sha256: str
-    card: dict
+    card: ModelCard
 
     @property
     def key(self) -> str:
@@ -102,20 +103,21 @@ def find_model(ctx: Context, who: Principal, ref: str) -> Model:
 
 def resolve(ctx: Context, who: Principal, ref: str, version: str | None = None) -> Served:
     row = find_model(ctx, who, ref)
-    artifacts = [a for a in row.card["artifacts"] if a["format"] == "onnx"]
-    versions = [a["precision"] for a in artifacts]
+    card = ModelCard.of(row.card)
+    artifacts = card.onnx_artifacts()
+    versions = [a.precision for a in artifacts]
     if not versions:
         raise ApiError(404, "not_found", f"model {ref!r} has no ONNX artifact to serve", "model")
     wanted = version or (DEFAULT_VERSION if DEFAULT_VERSION in versions else versions[0])
-    artifact = next((a for a in artifacts if a["precision"] == wanted), None)
+    artifact = next((a for a in artifacts if a.precision == wanted), None)
     if artifact is None:
         raise ApiError(404, "not_found", f"model {ref!r} has no version {wanted!r}; its versions are {versions}",
                        "version")
     try:
-        path = ctx.blobs.local_path(artifact["blob_key"])
+        path = ctx.blobs.local_path(artifact.blob_key)
     except FileNotFoundError:
         raise ApiError(404, "not_found", f"the {wanted} file of model {ref!r} is gone from the blob store", "model")
-    return Served(row.id, row.name, wanted, versions, path, artifact["sha256"], row.card)
+    return Served(row.id, row.name, wanted, versions, path, artifact.sha256, card)
 
 
 class Memo:
@@ -508,9 +510,9 @@ def encode_output(name: str, value: np.ndarray, info: TensorInfo, binary: bool =
 
 def model_metadata(served: Served) -> dict:
     card = served.card
-    inputs = text_serving.text_inputs_metadata(card) if text_serving.is_text_model(card) else [card["input"]]
+    inputs = text_serving.text_inputs_metadata(card) if card.is_text else [card.input.model_dump()]
     return {"name": served.name, "versions": served.versions, "platform": PLATFORM,
-            "inputs": inputs, "outputs": [card["output"]]}
+            "inputs": inputs, "outputs": [card.output.model_dump()]}
 
 
 async def _text_feeds(srv: Serving, served: Served, body: InferRequest, ctx: Context) -> dict[str, np.ndarray]:
@@ -521,7 +523,7 @@ async def _text_feeds(srv: Serving, served: Served, body: InferRequest, ctx: Con
         tok = srv.tokenizers.get(ctx.blobs, served.model_id, served.card) if srv.tokenizers.cached(served.model_id) \
             else await run_in_threadpool(srv.tokenizers.get, ctx.blobs, served.model_id, served.card)
         return await run_in_threadpool(text_serving.v2_text_feeds, tok, body.inputs,
-                                       bool(served.card["text"].get("text_pairs")), ctx.settings.max_request_text_chars)
+                                       served.card.text.text_pairs, ctx.settings.max_request_text_chars)
     except text_serving.TextInputError as exc:
         raise bad_request(str(exc)) from None
 
@@ -594,7 +596,7 @@ async def _infer(srv: Serving, ctx: Context, who: Principal, model: str, version
 
 async def _run_infer(srv: Serving, served: Served, body: InferRequest, ctx: Context) -> tuple[dict | Response, int]:
     loaded = await srv.load(served)
-    if text_serving.is_text_model(served.card) and any(t.datatype == "BYTES" for t in body.inputs):
+    if served.card.is_text and any(t.datatype == "BYTES" for t in body.inputs):
         feeds = await _text_feeds(srv, served, body, ctx)
     else:
         feeds = decode_inputs(body, loaded)
