@@ -568,7 +568,8 @@ def build_variants(fp32_path: Path, precisions: list[str], *, spec: InputSpec | 
       artifact()  card fields: size_bytes, sha256, max_abs_diff, max_rel_diff, per-output diffs,
                   argmax_agreement, accuracy, accuracy_delta, latency_ms_batch1/64 (CPU),
                   cuda_latency_ms_batch1/64 (only when a session really ran on CUDA), providers,
-                  quantization (which method, in words), opset.
+                  quantization (which method, in words), opset; embeddings: mean_cosine in place of
+                  argmax_agreement; token inputs: sequence_length (the length latency was timed at).
       logits      the variant's logits on val_x (for events or further checks; not for the card).
     """
     spec = spec or tensor_input(list(np.shape(val_x)[1:]), 0)
