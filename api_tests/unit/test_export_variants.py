@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kdserve.models import export
+from kdserve.models.input_spec import tensor_input
 from kdserve.models.zoo import ArchitectureError, create_student
 
 STUDENTS = {
@@ -36,14 +37,14 @@ def test_every_student_exports_with_parity_at_any_batch(tmp_path, arch, params, 
     torch.manual_seed(0)
     student = create_student(arch, params, shape, 10).eval()
     path = tmp_path / "s.onnx"
-    opset = export.export_onnx(student, shape, path, opset=18)
+    opset = export.export_student(student, tensor_input(shape, 10), path, opset=18)
     assert opset == export.model_opset(path) == 18
     assert export.model_files(path) == [path]  # one self-contained file
     for batch in (1, 7, 64):
         x = torch.randn(batch, *shape).numpy()
         parity = export.check_parity(path, reference(student, x), x)
-        assert parity.onnx_logits.shape == (batch, 10)
-        assert parity.max_abs_diff < 1e-4 and parity.argmax_agreement == 1.0, (arch, batch, parity.max_abs_diff)
+        assert parity.outputs.shape == (batch, 10)
+        assert parity.max_abs_diff < 1e-4 and parity.agreement == 1.0, (arch, batch, parity.max_abs_diff)
 
 
 def test_patch_transformer_refuses_patches_that_do_not_tile():
@@ -73,7 +74,7 @@ def trained(digits, tmp_path_factory):
     for arch, epochs in (("mlp", 10), ("cnn", 4), ("patch_transformer", 4)):
         model = train(arch, digits, epochs)
         path = tmp_path_factory.mktemp(arch) / "model.onnx"
-        export.export_onnx(model, [64], path)
+        export.export_student(model, tensor_input([64], 10), path)
         out[arch] = (model, path, reference(model, digits.x_test))
     return out
 
@@ -182,7 +183,7 @@ def test_a_model_that_exports_differently_is_caught_by_the_parity_gate(digits, t
     torch.manual_seed(0)
     model = ExportsDifferently().eval()
     path = tmp_path / "broken.onnx"
-    export.export_onnx(model, [64], path)  # exports without any error or warning
+    export.export_student(model, tensor_input([64], 10), path)  # exports without any error or warning
     ref = reference(model, digits.x_test)
     assert export.check_parity(path, ref, digits.x_test).max_abs_diff > 1e-4
     (fp32,) = export.build_variants(path, ["fp32"], calib_x=None, val_x=digits.x_test, val_y=digits.y_test,
@@ -199,7 +200,7 @@ def test_weights_over_the_threshold_go_to_external_data(digits, tmp_path, monkey
     model = create_student("mlp", {"hidden_sizes": [128]}, [64], 10).eval()
     path = tmp_path / "big" / "model.onnx"
     path.parent.mkdir()
-    export.export_onnx(model, [64], path)
+    export.export_student(model, tensor_input([64], 10), path)
     files = export.model_files(path)
     assert len(files) == 2 and files[1].exists() and path.stat().st_size < 10_000
     ref = reference(model, digits.x_test)

@@ -15,6 +15,7 @@ import torch
 
 from api_tests.harness import REPO
 from kdserve.models import export
+from kdserve.models.input_spec import tensor_input
 from kdserve.service.serving import runtime
 from kdserve.service.serving.runtime import BatchConfig, SessionCache
 from kdserve.models.zoo import create_student
@@ -28,7 +29,8 @@ def files(tmp_path_factory):
     for i, width in enumerate((16, 32, 64)):
         torch.manual_seed(i)
         path = d / f"m{i}.onnx"
-        export.export_onnx(create_student("mlp", {"hidden_sizes": [width]}, [64], 10).eval(), [64], path)
+        student = create_student("mlp", {"hidden_sizes": [width]}, [64], 10).eval()
+        export.export_student(student, tensor_input([64], 10), path)
         out.append(path)
     return out
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kdserve.models import export
+from kdserve.models.input_spec import tensor_input
 from kdserve.service.sandbox.sniff import ModelFileError, pickle_globals, sniff
 from kdserve.models.teachers import load_teacher
 from kdserve.models.zoo import ARCHITECTURES, ArchitectureError, create_student
@@ -104,19 +105,19 @@ def test_zoo_builds_and_exports_with_parity(tmp_path, arch, params, shape):
     torch.manual_seed(0)
     student = create_student(arch, params, shape, 5).eval()
     path = tmp_path / "s.onnx"
-    export.export_onnx(student, shape, path)
+    export.export_student(student, tensor_input(shape, 5), path)
     for batch in (1, 7, 64):
         x = torch.randn(batch, *shape)
         with torch.no_grad():
             ref = student(x).numpy()
         parity = export.check_parity(path, ref, x.numpy())
-        assert parity.max_abs_diff < 1e-4 and parity.argmax_agreement == 1.0
-        assert parity.onnx_logits.shape == (batch, 5)
+        assert parity.max_abs_diff < 1e-4 and parity.agreement == 1.0
+        assert parity.outputs.shape == (batch, 5)
 
 
 def test_parity_check_catches_a_different_model(tmp_path):
     a = create_student("mlp", {}, [8], 3).eval()
-    export.export_onnx(a, [8], tmp_path / "a.onnx")
+    export.export_student(a, tensor_input([8], 3), tmp_path / "a.onnx")
     x = torch.randn(32, 8)
     with torch.no_grad():
         other = create_student("mlp", {}, [8], 3).eval()(x).numpy()

@@ -20,6 +20,7 @@ from kdserve.service import auth, bodies
 from kdserve.service.errors import ApiError, not_found
 from kdserve.service.probe_limits import ProbeLimiter
 from kdserve.service.limits import TenantSlots, ensure_free_space
+from kdserve.service.model_card import ModelCard
 from kdserve.service.serving.v2 import Serving
 from kdserve.service.settings import Settings
 from kdserve.service.store.blobs import BlobStore
@@ -187,7 +188,7 @@ def tenant_storage_bytes(db: Database, tenant: str) -> int:
         used = sum(s.scalars(select(func.coalesce(func.sum(t.size_bytes), 0)).where(t.tenant == tenant)).one()
                    for t in (Teacher, Dataset))
         for card in s.scalars(select(Model.card).where(Model.tenant == tenant)):
-            used += sum(a.get("size_bytes", 0) for a in card.get("artifacts", []) + (card.get("bundles") or []))
+            used += ModelCard.of(card).stored_bytes()
     return int(used)
 
 

@@ -112,7 +112,7 @@ async def _text_feeds(srv: Serving, served: Served, body: InferRequest, ctx: Con
         tok = srv.tokenizers.get(ctx.blobs, served.model_id, served.card) if srv.tokenizers.cached(served.model_id) \
             else await run_in_threadpool(srv.tokenizers.get, ctx.blobs, served.model_id, served.card)
         return await run_in_threadpool(text_serving.v2_text_feeds, tok, body.inputs,
-                                       bool(served.card["text"].get("text_pairs")), ctx.settings.max_request_text_chars)
+                                       served.card.text.text_pairs, ctx.settings.max_request_text_chars)
     except text_serving.TextInputError as exc:
         raise bad_request(str(exc)) from None
 
@@ -185,7 +185,7 @@ async def _infer(srv: Serving, ctx: Context, who: Principal, model: str, version
 
 async def _run_infer(srv: Serving, served: Served, body: InferRequest, ctx: Context) -> tuple[dict | Response, int]:
     loaded = await srv.load(served)
-    if text_serving.is_text_model(served.card) and any(t.datatype == "BYTES" for t in body.inputs):
+    if served.card.is_text and any(t.datatype == "BYTES" for t in body.inputs):
         feeds = await _text_feeds(srv, served, body, ctx)
     else:
         feeds = decode_inputs(body, loaded)

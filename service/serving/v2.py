@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from kdserve.service import bodies, metrics
 from kdserve.service.auth import Principal
 from kdserve.service.errors import ApiError
+from kdserve.service.model_card import ModelCard
 from kdserve.service.serving import text as text_serving
 from kdserve.service.serving import v2_binary
 from kdserve.service.serving.runtime import BatchConfig, LoadedModel, SessionCache, TensorInfo
@@ -52,7 +53,7 @@ class Served:
     versions: list[str]
     path: Path
     sha256: str
-    card: dict
+    card: ModelCard
 
     @property
     def key(self) -> str:
@@ -75,20 +76,21 @@ def find_model(ctx: Context, who: Principal, ref: str) -> Model:
 
 def resolve(ctx: Context, who: Principal, ref: str, version: str | None = None) -> Served:
     row = find_model(ctx, who, ref)
-    artifacts = [a for a in row.card["artifacts"] if a["format"] == "onnx"]
-    versions = [a["precision"] for a in artifacts]
+    card = ModelCard.of(row.card)
+    artifacts = card.onnx_artifacts()
+    versions = [a.precision for a in artifacts]
     if not versions:
         raise ApiError(404, "not_found", f"model {ref!r} has no ONNX artifact to serve", "model")
     wanted = version or (DEFAULT_VERSION if DEFAULT_VERSION in versions else versions[0])
-    artifact = next((a for a in artifacts if a["precision"] == wanted), None)
+    artifact = next((a for a in artifacts if a.precision == wanted), None)
     if artifact is None:
         raise ApiError(404, "not_found", f"model {ref!r} has no version {wanted!r}; its versions are {versions}",
                        "version")
     try:
-        path = ctx.blobs.local_path(artifact["blob_key"])
+        path = ctx.blobs.local_path(artifact.blob_key)
     except FileNotFoundError:
         raise ApiError(404, "not_found", f"the {wanted} file of model {ref!r} is gone from the blob store", "model")
-    return Served(row.id, row.name, wanted, versions, path, artifact["sha256"], row.card)
+    return Served(row.id, row.name, wanted, versions, path, artifact.sha256, card)
 
 
 class Memo:
@@ -429,6 +431,6 @@ def encode_output(name: str, value: np.ndarray, info: TensorInfo, binary: bool =
 
 def model_metadata(served: Served) -> dict:
     card = served.card
-    inputs = text_serving.text_inputs_metadata(card) if text_serving.is_text_model(card) else [card["input"]]
+    inputs = text_serving.text_inputs_metadata(card) if card.is_text else [card.input.model_dump()]
     return {"name": served.name, "versions": served.versions, "platform": PLATFORM,
-            "inputs": inputs, "outputs": [card["output"]]}
+            "inputs": inputs, "outputs": [card.output.model_dump()]}
