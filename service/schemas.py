@@ -6,6 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kdserve.service.vocab import OPTIMIZERS, QUANTIZE
+
+Optimizer = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]  (the names of kdserve.service.vocab)
+Quantize = Literal[QUANTIZE]  # type: ignore[valid-type]
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -41,7 +46,7 @@ class TrainingSpec(Strict):
     epochs: int = Field(20, ge=1, le=10_000)
     batch_size: int = Field(64, ge=1, le=65_536)
     learning_rate: float = Field(1e-3, gt=0, le=10)
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    optimizer: Optimizer = "adamw"
     weight_decay: float = Field(0.0, ge=0, le=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
@@ -52,7 +57,7 @@ class ExportSpec(Strict):
     onnx: Literal[True] = Field(True, description="the student is always exported to ONNX")
     opset: int = Field(18, ge=13, le=21, description="ONNX opset; 18 is what the exporter targets natively (older "
                        "opsets go through a version converter that not every op survives)")
-    quantize: list[Literal["int8", "fp16"]] = Field(
+    quantize: list[Quantize] = Field(
         default_factory=list, max_length=2,
         description="extra precisions to publish: int8 (dynamic for MLP/transformer students, static QDQ calibrated "
         "on training samples for CNNs) and fp16 (for GPU serving); each is measured on the validation set and "

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from celery import Celery
@@ -21,6 +18,7 @@ from kdserve.service.errors import ApiError, not_found
 from kdserve.service.probe_limits import ProbeLimiter
 from kdserve.service.limits import TenantSlots, ensure_free_space
 from kdserve.service.settings import Settings
+from kdserve.service.spec.catalog import catalog
 from kdserve.service.store.blobs import BlobStore
 from kdserve.service.store.db import Database, Dataset, Model, Teacher
 
@@ -42,27 +40,11 @@ class Context:
     def python(self) -> str:
         return self.settings.python or sys.executable
 
-    def method(self, name: str) -> dict | None:
-        return next((m for m in self.catalog["methods"] if m["name"] == name), None)
 
-    def architecture(self, name: str) -> dict | None:
-        return next((a for a in self.catalog["architectures"] if a["name"] == name), None)
-
-
-CATALOG_SNAPSHOT = Path(__file__).resolve().parents[1] / "catalog.json"
-
-
-def load_catalog(python: str | None = None) -> dict[str, Any]:
-    """Methods and architectures as the worker code defines them: from `python -m kdserve.worker.catalog`
-    in a child process (torch is imported there only) when KDSERVE_PYTHON is set or torch is
-    installed here, else from service/catalog.json, the same output committed for the slim API
-    image (api_tests/unit/test_slim_api.py regenerates it and fails when it is stale)."""
-    if python is None and importlib.util.find_spec("torch") is None:
-        return json.loads(CATALOG_SNAPSHOT.read_text())
-    # -I: the working directory (a data dir, say) is not on the child's sys.path
-    out = subprocess.run([python or sys.executable, "-I", "-m", "kdserve.worker.catalog"], capture_output=True, text=True,
-                         timeout=300, check=True)
-    return json.loads(out.stdout)
+def load_catalog() -> dict[str, Any]:
+    """Methods, architectures and refinements as the job-spec classes define them
+    (kdserve.service.spec.catalog): torch-free, the same classes POST /v1/jobs validates with."""
+    return catalog()
 
 
 def get_ctx(request: Request) -> Context:

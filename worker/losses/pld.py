@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from .base import DistillLoss, LossInputs, MethodParams, register_method
+from .base import DistillLoss, LossInputs, register_method
 from .common import check_logits, require_teacher, resolve_targets, target_mask, upcast
 
 
@@ -43,23 +42,7 @@ def pld_loss(
     return (q * (tail - s_perm)).sum(dim=1).mean()
 
 
-class PLDParams(MethodParams):
-    temperature: float = Field(
-        4.0,
-        gt=0,
-        description="teacher temperature τ_T of the step weights q = softmax(t/τ_T) (4 on CIFAR-100, 1 on ImageNet)",
-    )
-
-
-@register_method(
-    "pld",
-    params=PLDParams,
-    description="Plackett–Luce distillation: the student's PL negative log-likelihood of the teacher-optimal ranking "
-    "(true label first, then classes by descending teacher logit), each step weighted by softmax(t/τ_T). Replaces "
-    "CE + KD (no separate CE). Unlabelled samples rank the teacher's argmax first.",
-    reference="Bassam, Zhu, Bian 2025, PLD: A Choice-Theoretic List-Wise Knowledge Distillation, arXiv:2506.12542; "
-    "METHODS.md §6",
-)
+@register_method("pld")
 class PLDLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
         check_logits(inp.student_logits)
