@@ -21,8 +21,9 @@ from torch import nn
 
 from kdserve.models import text
 from kdserve.models.student import Student
+from kdserve.service.spec.binding import Bound
 from kdserve.service.spec.architectures import ARCHITECTURES as ARCH_SPECS
-from kdserve.service.spec.architectures import (ArchitectureError, ArchSpec, CNNParams, LayerDroppedParams, MLPParams,
+from kdserve.service.spec.architectures import (ArchitectureError, CNNParams, LayerDroppedParams, MLPParams,
                                                 PatchTransformerParams, StudentInput, TextTeacher, TransformerParams,
                                                 image_shape_for, layer_dropped_keep, patch_grid)
 
@@ -31,19 +32,10 @@ __all__ = ["ARCHITECTURES", "ArchInfo", "ArchitectureError", "Student", "count_p
 
 
 @dataclass(frozen=True)
-class ArchInfo:
-    """An architecture's spec (params, rules) and its builder."""
+class ArchInfo(Bound):
+    """An architecture's spec (params, rules: `info.needs_teacher_weights`...) and its builder."""
 
-    spec: ArchSpec
     build: Callable[..., Student]
-
-    def __getattr__(self, name: str) -> Any:  # name, description, params, inputs, needs_teacher_weights
-        if name == "spec":  # not set yet (copy, unpickling)
-            raise AttributeError(name)
-        return getattr(self.spec, name)
-
-    def catalog_entry(self) -> dict[str, Any]:
-        return self.spec.catalog_entry()
 
 
 ARCHITECTURES: dict[str, ArchInfo] = {}

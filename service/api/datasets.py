@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from kdserve.service import ingest, ingest_child, metrics, uploads
-from kdserve.service.api.deps import Context, check_storage, get_ctx, get_owned, paginate, principal, uploader
+from kdserve.service.api.deps import Context, add_read_routes, check_storage, get_ctx, get_owned, principal, uploader
 from kdserve.service.auth import Principal
 from kdserve.service.errors import ApiError, not_found
-from kdserve.service.schemas import DatasetOut, ListOut
+from kdserve.service.schemas import DatasetOut
 from kdserve.service.store.db import Dataset, Job, new_id
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -77,18 +77,7 @@ async def create_dataset(request: Request, ctx: Context = Depends(get_ctx), who:
     return to_out(row)
 
 
-@router.get("", response_model=ListOut)
-def list_datasets(limit: int = Query(20, ge=1, le=100), after: str | None = None,
-                  ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
-        rows, more = paginate(s, Dataset, who, limit, after)
-        return ListOut(data=[to_out(r) for r in rows], has_more=more)
-
-
-@router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
-        return to_out(get_owned(s, Dataset, dataset_id, who, "dataset"))
+add_read_routes(router, Dataset, "dataset", to_out, DatasetOut)
 
 
 @router.delete("/{dataset_id}", status_code=204)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from celery import Celery
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -17,6 +18,7 @@ from kdserve.service import auth, bodies
 from kdserve.service.errors import ApiError, not_found
 from kdserve.service.probe_limits import ProbeLimiter
 from kdserve.service.limits import TenantSlots, ensure_free_space
+from kdserve.service.schemas import ListOut
 from kdserve.service.settings import Settings
 from kdserve.service.spec.catalog import catalog
 from kdserve.service.store.blobs import BlobStore
@@ -144,6 +146,28 @@ def paginate(s: Session, table, who: auth.Principal, limit: int, after: str | No
         q = q.where(table.seq < cursor)
     rows = list(s.scalars(q.order_by(table.seq.desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit
+
+
+def add_read_routes(router: APIRouter, table, kind: str, to_out: Callable, out_model: type[BaseModel]) -> None:
+    """GET "" (the caller's rows, newest first, a page at a time) and GET "/{<kind>_id}" (one row,
+    404 unless the caller's): the reads every stored resource has, written once."""
+
+    def list_rows(limit: int = Query(20, ge=1, le=100), after: str | None = None,
+                  ctx: Context = Depends(get_ctx), who: auth.Principal = Depends(principal)):
+        with ctx.db.session() as s:
+            rows, more = paginate(s, table, who, limit, after)
+            return ListOut(data=[to_out(r) for r in rows], has_more=more)
+
+    def get_row(ctx: Context = Depends(get_ctx), who: auth.Principal = Depends(principal), **ids: str):
+        with ctx.db.session() as s:
+            return to_out(get_owned(s, table, ids[f"{kind}_id"], who, kind))
+
+    # the path parameter keeps its resource's name ({dataset_id}, ...), in the OpenAPI document too
+    id_param = inspect.Parameter(f"{kind}_id", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str)
+    rest = [p for p in inspect.signature(get_row).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    get_row.__signature__ = inspect.Signature([id_param, *rest])
+    router.add_api_route("", list_rows, methods=["GET"], response_model=ListOut, name=f"list_{kind}s")
+    router.add_api_route(f"/{{{kind}_id}}", get_row, methods=["GET"], response_model=out_model, name=f"get_{kind}")
 
 
 def check_storage(ctx: Context, who: auth.Principal, incoming: int) -> None:

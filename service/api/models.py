@@ -13,14 +13,15 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from kdserve.service.serving import text as text_serving
-from kdserve.service.api.deps import Context, body_openapi, get_ctx, get_owned, json_body, key_check, paginate, principal
+from kdserve.service.api.deps import (Context, add_read_routes, body_openapi, get_ctx, get_owned, json_body, key_check,
+                                      principal)
 from kdserve.service.api.inference_v2 import Serving, TensorError, check_finite, serving, to_array, to_model_input
 from kdserve.service import metrics
 from kdserve.service.bodies import check_rows
 from kdserve.service.auth import Principal
 from kdserve.service.errors import ApiError, not_found
 from kdserve.service.filenames import content_disposition, safe_basename
-from kdserve.service.schemas import ListOut, ModelOut, PredictIn, PredictOut
+from kdserve.service.schemas import ModelOut, PredictIn, PredictOut
 from kdserve.service.store.db import Model
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -34,18 +35,7 @@ def to_out(row: Model) -> ModelOut:
                     **{**card, "artifacts": artifacts, "bundles": bundles})
 
 
-@router.get("", response_model=ListOut)
-def list_models(limit: int = Query(20, ge=1, le=100), after: str | None = None,
-                ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
-        rows, more = paginate(s, Model, who, limit, after)
-        return ListOut(data=[to_out(r) for r in rows], has_more=more)
-
-
-@router.get("/{model_id}", response_model=ModelOut)
-def get_model(model_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
-        return to_out(get_owned(s, Model, model_id, who, "model"))
+add_read_routes(router, Model, "model", to_out, ModelOut)
 
 
 # At most 19 digits: any byte offset fits, and a value of thousands of digits is refused before

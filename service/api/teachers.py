@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from celery.exceptions import TimeoutError as CeleryTimeout
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from kdserve.service.sandbox import model_files
@@ -20,12 +20,13 @@ from kdserve.service.sandbox.jail import sandbox_problem
 from kdserve.service.sandbox.probe import run_probe
 from kdserve.service.sandbox.sniff import ModelFileError, sniff
 from kdserve.service import metrics, uploads, vocab
-from kdserve.service.api.deps import (Context, check_storage, get_ctx, get_owned, paginate, parse_json_form, principal,
-                              uploader)
+from kdserve.service.api.deps import (Context, add_read_routes, check_storage, get_ctx, get_owned, parse_json_form,
+                                      principal,
+                                      uploader)
 from kdserve.service.auth import Principal
 from kdserve.service.errors import ApiError, not_found
 from kdserve.service.queue import PROBE_TEACHER, probe_queue
-from kdserve.service.schemas import ListOut, TeacherOut
+from kdserve.service.schemas import TeacherOut
 from kdserve.service.settings import Settings
 from kdserve.service.store.db import Job, Teacher, new_id
 from kdserve.service.vocab import TEACHER_FORMATS
@@ -195,18 +196,7 @@ async def create_teacher(request: Request, ctx: Context = Depends(get_ctx), who:
     return to_out(row)
 
 
-@router.get("", response_model=ListOut)
-def list_teachers(limit: int = Query(20, ge=1, le=100), after: str | None = None,
-                  ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
-        rows, more = paginate(s, Teacher, who, limit, after)
-        return ListOut(data=[to_out(r) for r in rows], has_more=more)
-
-
-@router.get("/{teacher_id}", response_model=TeacherOut)
-def get_teacher(teacher_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
-        return to_out(get_owned(s, Teacher, teacher_id, who, "teacher"))
+add_read_routes(router, Teacher, "teacher", to_out, TeacherOut)
 
 
 @router.delete("/{teacher_id}", status_code=204)

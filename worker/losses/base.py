@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from kdserve.service.spec.methods import METHODS as METHOD_SPECS
-from kdserve.service.spec.methods import MethodParams, MethodSpec
+from kdserve.service.spec.binding import Bound
+from kdserve.service.spec.methods import MethodParams
 
 
 @dataclass
@@ -98,19 +99,10 @@ class DistillLoss(torch.nn.Module):
 
 
 @dataclass(frozen=True)
-class MethodInfo:
-    """A method's spec (params, flags) and the loss that implements it."""
+class MethodInfo(Bound):
+    """A method's spec (params, flags: `info.needs_teacher`...) and the loss that implements it."""
 
-    spec: MethodSpec
     loss_cls: type[DistillLoss]
-
-    def __getattr__(self, name: str) -> Any:  # name, description, params, needs_teacher, ...
-        if name == "spec":  # not set yet (copy, unpickling)
-            raise AttributeError(name)
-        return getattr(self.spec, name)
-
-    def catalog_entry(self) -> dict[str, Any]:
-        return self.spec.catalog_entry()
 
 
 METHODS: dict[str, MethodInfo] = {}

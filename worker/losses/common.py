@@ -43,6 +43,12 @@ def require_teacher(teacher_logits: torch.Tensor | None, student_logits: torch.T
     return teacher_logits
 
 
+def checked_teacher(inp: Any, method: str) -> torch.Tensor:
+    """The batch's teacher logits, after checking the student's are [B, C] and the teacher's match."""
+    check_logits(inp.student_logits)
+    return require_teacher(inp.teacher_logits, inp.student_logits, method)
+
+
 def require_extra(extras: dict[str, Any], key: str, method: str) -> torch.Tensor:
     if key not in extras or extras[key] is None:
         raise ValueError(f"{method} needs extras[{key!r}] (declared in its `requires`)")

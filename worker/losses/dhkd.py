@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import DistillLoss, LossInputs, register_method
-from .common import labelled_ce, check_logits, require_extra, require_teacher, upcast
+from .common import checked_teacher, labelled_ce, require_extra, upcast
 
 # |x| beyond which d = σ(x) is clipped to 1e−8 / 1 − 1e−8
 _CLIP_LOGIT = math.log((1.0 - 1e-8) / 1e-8)
@@ -58,8 +58,7 @@ class DHKDLoss(DistillLoss):
     def parts(self, inp: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(γ·CE on the main head, α·binary KL on the auxiliary head), for gradient alignment."""
         p = self.params
-        check_logits(inp.student_logits)
-        teacher = require_teacher(inp.teacher_logits, inp.student_logits, "dhkd")
+        teacher = checked_teacher(inp, "dhkd")
         aux = require_extra(inp.extras, "aux_logits", "dhkd")
         if aux.shape != teacher.shape:
             raise ValueError(f"dhkd: aux_logits {tuple(aux.shape)} must match teacher_logits {tuple(teacher.shape)}")

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import DistillLoss, LossInputs, register_method
-from .common import labelled_ce, check_logits, require_classes, require_teacher, upcast
+from .common import checked_teacher, labelled_ce, require_classes, upcast
 
 
 def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -48,8 +48,7 @@ def dist_parts(
 class DISTLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
         p = self.params
-        check_logits(inp.student_logits)
-        teacher = require_teacher(inp.teacher_logits, inp.student_logits, "dist")
+        teacher = checked_teacher(inp, "dist")
         require_classes(inp.student_logits.shape[1], 2, "dist", "a Pearson correlation across one class is undefined")
         inter, intra = dist_parts(inp.student_logits, teacher, p.temperature, p.eps)
         tau2 = p.temperature * p.temperature

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from kdserve.service.spec.methods import DivergenceParams
 
 from .base import DistillLoss, LossInputs, register_method
-from .common import labelled_ce, check_logits, require_teacher, upcast
+from .common import checked_teacher, labelled_ce, upcast
 
 
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
@@ -47,8 +47,7 @@ def jensen_shannon(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
 
 
 def _mixed(inp: LossInputs, params: DivergenceParams, divergence, method: str) -> torch.Tensor:
-    check_logits(inp.student_logits)
-    teacher = require_teacher(inp.teacher_logits, inp.student_logits, method)
+    teacher = checked_teacher(inp, method)
     tau, alpha = params.temperature, params.alpha
     soft = tau * tau * divergence(inp.student_logits, teacher, tau)
     return (1.0 - alpha) * labelled_ce(inp.student_logits, inp.labels) + alpha * soft

@@ -30,12 +30,12 @@ import torch.nn.functional as F
 
 from .base import DistillLoss, LossInputs, register_method
 from .common import (
-    labelled_ce,
     check_logits,
+    checked_teacher,
+    labelled_ce,
     non_target,
     require_classes,
     require_extra,
-    require_teacher,
     resolve_targets,
     upcast,
 )
@@ -63,8 +63,7 @@ def nkd_parts(
 @register_method("nkd")
 class NKDLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
-        check_logits(inp.student_logits)
-        teacher = require_teacher(inp.teacher_logits, inp.student_logits, "nkd")
+        teacher = checked_teacher(inp, "nkd")
         require_classes(inp.student_logits.shape[1], 2, "nkd", "the non-target term needs a non-target class")
         target = resolve_targets(inp.labels, teacher)
         tgt, non = nkd_parts(inp.student_logits, teacher, target, self.params.temperature, self.params.gamma)

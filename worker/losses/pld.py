@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import DistillLoss, LossInputs, register_method
-from .common import check_logits, require_teacher, resolve_targets, target_mask, upcast
+from .common import checked_teacher, resolve_targets, target_mask, upcast
 
 
 def teacher_optimal_permutation(teacher_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,6 @@ def pld_loss(
 @register_method("pld")
 class PLDLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
-        check_logits(inp.student_logits)
-        teacher = require_teacher(inp.teacher_logits, inp.student_logits, "pld")
+        teacher = checked_teacher(inp, "pld")
         target = resolve_targets(inp.labels, teacher)
         return pld_loss(inp.student_logits, teacher, target, self.params.temperature)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import DistillLoss, LossInputs, register_method
-from .common import labelled_ce, check_logits, require_teacher, upcast
+from .common import checked_teacher, labelled_ce, upcast
 
 
 def sinkhorn_plan(cost: torch.Tensor, epsilon: float = 0.1, n_iter: int = 20) -> torch.Tensor:
@@ -76,8 +76,7 @@ def sinkhorn_cost(
 class SinKDLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
         p = self.params
-        check_logits(inp.student_logits)
-        teacher = require_teacher(inp.teacher_logits, inp.student_logits, "sinkd")
+        teacher = checked_teacher(inp, "sinkd")
         s, t = upcast(inp.student_logits), upcast(teacher)
         # CE-form soft loss: mean_i −Σ_c p^T_c log p^S_c at temperature τ
         log_ps = F.log_softmax(s / p.temperature, dim=1)
