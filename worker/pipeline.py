@@ -291,8 +291,7 @@ class JobRun:
             try:
                 source = self._text_source(teacher, train_split, loss_fn.output_width(num_classes)) if self.text else None
                 student = create_student(spec.student.architecture, spec.student.params, input_shape,
-                                         loss_fn.output_width(num_classes), source=source,
-                                         max_length=spec.text.max_length if self.text else 0)
+                                         loss_fn.output_width(num_classes), source=source)
             except ArchitectureError as exc:
                 raise JobFailed("invalid_request", str(exc))
 
