@@ -20,11 +20,10 @@ from kdserve.service.sandbox.jail import sandbox_problem
 from kdserve.service.sandbox.probe import run_probe
 from kdserve.service.sandbox.sniff import ModelFileError, sniff
 from kdserve.service import metrics, uploads, vocab
-from kdserve.service.api.deps import (Context, add_read_routes, check_storage, get_ctx, get_owned, parse_json_form,
-                                      principal,
-                                      uploader)
+from kdserve.service.api.deps import (Context, add_read_routes, check_storage, delete_unused, get_ctx, parse_json_form,
+                                      principal, uploader)
 from kdserve.service.auth import Principal
-from kdserve.service.errors import ApiError, not_found
+from kdserve.service.errors import ApiError
 from kdserve.service.queue import PROBE_TEACHER, probe_queue
 from kdserve.service.schemas import TeacherOut
 from kdserve.service.settings import Settings
@@ -201,14 +200,7 @@ add_read_routes(router, Teacher, "teacher", to_out, TeacherOut)
 
 @router.delete("/{teacher_id}", status_code=204)
 def delete_teacher(teacher_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.locked_session() as s:  # no job can be created for it between the check below and the delete
-        row = get_owned(s, Teacher, teacher_id, who, "teacher")
-        if not ctx.db.lock_rows(s, Teacher, [teacher_id], exclusive=True):  # deleted meanwhile
-            raise not_found("teacher", teacher_id)
-        busy = s.query(Job.id).filter(Job.teacher_id == teacher_id, Job.status.in_(("queued", "running"))).first()
-        if busy:
-            raise ApiError(409, "conflict", f"job {busy[0]} is using this teacher; cancel it or wait for it to end")
-        s.delete(row)
+    delete_unused(ctx, who, Teacher, teacher_id, "teacher", Job.teacher_id == teacher_id)
     ctx.blobs.delete_prefix(f"teachers/{teacher_id}")
     ctx.blobs.delete_prefix(f"cache/teacher_outputs/{teacher_id}")  # text teachers' cached outputs
     return Response(status_code=204)

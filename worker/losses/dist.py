@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import DistillLoss, LossInputs, register_method
-from .common import checked_teacher, labelled_ce, require_classes, upcast
+from .common import checked_teacher, labelled_ce, upcast
 
 
 def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -48,8 +48,7 @@ def dist_parts(
 class DISTLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
         p = self.params
-        teacher = checked_teacher(inp, "dist")
-        require_classes(inp.student_logits.shape[1], 2, "dist", "a Pearson correlation across one class is undefined")
+        teacher = checked_teacher(inp, "dist", two_classes="a Pearson correlation across one class is undefined")
         inter, intra = dist_parts(inp.student_logits, teacher, p.temperature, p.eps)
         tau2 = p.temperature * p.temperature
         return p.ce_weight * labelled_ce(inp.student_logits, inp.labels) + tau2 * (p.beta * inter + p.gamma * intra)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import DistillLoss, LossInputs, register_method
-from .common import checked_teacher, labelled_ce, non_target, require_classes, resolve_targets, upcast
+from .common import checked_teacher, labelled_ce, non_target, resolve_targets, upcast
 
 
 def _binary_log_probs(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -58,8 +58,7 @@ def warmup_factor(epoch: int, warmup: int) -> float:
 class DKDLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
         p = self.params
-        teacher = checked_teacher(inp, "dkd")
-        require_classes(inp.student_logits.shape[1], 2, "dkd", "NCKD needs a non-target class")
+        teacher = checked_teacher(inp, "dkd", two_classes="NCKD needs a non-target class")
         target = resolve_targets(inp.labels, teacher)
         tckd, nckd = dkd_parts(inp.student_logits, teacher, target, p.temperature)
         tau2 = p.temperature * p.temperature

@@ -63,8 +63,7 @@ def nkd_parts(
 @register_method("nkd")
 class NKDLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
-        teacher = checked_teacher(inp, "nkd")
-        require_classes(inp.student_logits.shape[1], 2, "nkd", "the non-target term needs a non-target class")
+        teacher = checked_teacher(inp, "nkd", two_classes="the non-target term needs a non-target class")
         target = resolve_targets(inp.labels, teacher)
         tgt, non = nkd_parts(inp.student_logits, teacher, target, self.params.temperature, self.params.gamma)
         return labelled_ce(inp.student_logits, inp.labels) + tgt + non
