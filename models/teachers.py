@@ -32,9 +32,11 @@ import torch
 
 from kdserve.service.sandbox.model_files import TOKENIZER_FILES, extract_hf
 from kdserve.service.sandbox.sniff import ModelFileError, sniff
+from kdserve.service.vocab import TASKS as TASK_NAMES
+from kdserve.service.vocab import TEACHER_FORMATS
 
-SUPPORTED = ("torchscript", "onnx", "hf")
-TASKS = ("classification", "embedding")
+SUPPORTED = tuple(TEACHER_FORMATS)  # the upload form accepts exactly these
+TASKS = tuple(TASK_NAMES)
 
 
 class Teacher:

@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                       catalog={}, probes=ProbeLimiter(settings.probe_max_concurrent, settings.probe_max_per_tenant))
         app.state.parser = BodyParser(settings.parse_processes)  # large JSON bodies, in child processes
         app.state.parser.start(InferRequest, PredictIn, JobCreate)
-        ctx.catalog = load_catalog(settings.python)
+        ctx.catalog = load_catalog()
         app.state.ctx = ctx
         app.state.probes = Memo(settings.probe_cache_s, 8)  # /readyz and /metrics readings
         app.state.serving = Serving(settings)

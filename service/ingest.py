@@ -26,9 +26,9 @@ import numpy as np
 from kdserve.service.ingest_errors import DatasetError  # noqa: F401  (re-exported: callers catch ingest.DatasetError)
 from kdserve.service.npz_reader import read_npz
 from kdserve.service.store.datasets import Parsed, TextParsed
+from kdserve.service.vocab import DATASET_FORMATS
 
-FORMATS = ("npz", "csv", "jsonl")
-TEXT_FORMATS = ("jsonl",)
+FORMATS = tuple(DATASET_FORMATS)
 MAX_TEXT_CHARS = 200_000  # one text; longer is surely not a sentence or a document for an encoder
 CSV_BLOCK_CELLS = 1 << 16  # CSV rows are converted to float32 this many cells at a time
 

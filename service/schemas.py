@@ -8,6 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # The card's parts, typed once (service/model_card.py): ModelOut is the card as served.
 from kdserve.service.model_card import Artifact, Bundle, CardFields, OutputDiffOut, TensorSpec  # noqa: F401
+from kdserve.service.vocab import OPTIMIZERS, QUANTIZE
+
+Optimizer = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]  (the names of kdserve.service.vocab)
+Quantize = Literal[QUANTIZE]  # type: ignore[valid-type]
 
 
 class Strict(BaseModel):
@@ -44,7 +48,7 @@ class TrainingSpec(Strict):
     epochs: int = Field(20, ge=1, le=10_000)
     batch_size: int = Field(64, ge=1, le=65_536)
     learning_rate: float = Field(1e-3, gt=0, le=10)
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    optimizer: Optimizer = "adamw"
     weight_decay: float = Field(0.0, ge=0, le=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
@@ -55,7 +59,7 @@ class ExportSpec(Strict):
     onnx: Literal[True] = Field(True, description="the student is always exported to ONNX")
     opset: int = Field(18, ge=13, le=21, description="ONNX opset; 18 is what the exporter targets natively (older "
                        "opsets go through a version converter that not every op survives)")
-    quantize: list[Literal["int8", "fp16"]] = Field(
+    quantize: list[Quantize] = Field(
         default_factory=list, max_length=2,
         description="extra precisions to publish: int8 (dynamic for MLP/transformer students, static QDQ calibrated "
         "on training samples for CNNs) and fp16 (for GPU serving); each is measured on the validation set and "

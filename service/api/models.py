@@ -13,15 +13,15 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from kdserve.service.serving import text as text_serving
-from kdserve.service.api.deps import (Context, body_openapi, get_ctx, get_owned, json_body, key_check, paginate, principal,
-                                      serving)
+from kdserve.service.api.deps import (Context, add_read_routes, body_openapi, get_ctx, get_owned, json_body, key_check,
+                                      principal, serving)
 from kdserve.service import metrics
 from kdserve.service.bodies import check_rows
 from kdserve.service.auth import Principal
 from kdserve.service.errors import ApiError, not_found
 from kdserve.service.filenames import content_disposition, safe_basename
 from kdserve.service.model_card import ModelCard, StoredArtifact, StoredBundle
-from kdserve.service.schemas import ListOut, ModelOut, PredictIn, PredictOut
+from kdserve.service.schemas import ModelOut, PredictIn, PredictOut
 from kdserve.service.serving.v2 import Serving, TensorError, check_finite, to_array, to_model_input
 from kdserve.service.store.db import Model
 
@@ -33,18 +33,7 @@ def to_out(row: Model) -> ModelOut:
                     **ModelCard.of(row.card).served())
 
 
-@router.get("", response_model=ListOut)
-def list_models(limit: int = Query(20, ge=1, le=100), after: str | None = None,
-                ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
-        rows, more = paginate(s, Model, who, limit, after)
-        return ListOut(data=[to_out(r) for r in rows], has_more=more)
-
-
-@router.get("/{model_id}", response_model=ModelOut)
-def get_model(model_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
-        return to_out(get_owned(s, Model, model_id, who, "model"))
+add_read_routes(router, Model, "model", to_out, ModelOut)
 
 
 # At most 19 digits: any byte offset fits, and a value of thousands of digits is refused before

@@ -81,7 +81,8 @@ def validate(ctx: RunContext, device: torch.device) -> Prepared:
     width = loss_fn.output_width(num_classes)
     try:
         source = text_source(ctx, teacher, train, width) if text else None
-        student = create_student(spec.student.architecture, spec.student.params, input_shape, width, source=source)
+        student = create_student(spec.student.architecture, spec.student.params, input_shape, width, source=source,
+                                 max_length=max_length)
     except ArchitectureError as exc:
         raise JobFailed("invalid_request", str(exc))
     return Prepared(teacher_row, teacher, train, val, num_classes, input_shape, max_length, loss_fn, student)
