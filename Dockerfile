@@ -5,7 +5,7 @@
 #   docker build --target worker     -t kdserve-worker .  # CUDA: torch (CUDA wheel) + onnxruntime-gpu
 #   docker build --target all-in-one -t kdserve .         # one box: `kdserve up` (API + worker + embedded Redis)
 #
-# The API never imports torch: it reads the method catalogue from service/catalog.json and sends
+# The API never imports torch: it validates jobs with the torch-free specs (service/spec/) and sends
 # uploaded teachers to a worker to be probed (KDSERVE_PROBE=auto picks `worker` when torch is
 # missing). Workers consume the job queue and `<queue>.probe`; `kdserve worker --queues probe` is a
 # small CPU-only prober that answers uploads while every GPU worker trains.

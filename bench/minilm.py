@@ -280,7 +280,8 @@ def teacher_onnx_runners(folder: Path, held: list[str], max_length: int) -> dict
     import onnxruntime as ort
     from safetensors.torch import load_file
 
-    from kdserve.models import text_export
+    from kdserve.models import export
+    from kdserve.models.input_spec import EMBEDDING_OUTPUT, text_input
     from kdserve.service.serving import textio
     from kdserve.models.text import TextSource, build_layer_dropped
 
@@ -292,7 +293,9 @@ def teacher_onnx_runners(folder: Path, held: list[str], max_length: int) -> dict
     enc = textio.encode(tok, held, max_length)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "teacher.onnx"
-        text_export.export_text_onnx(model, path, 18, text_export.EMBEDDING_OUTPUT, cfg["max_position_embeddings"])
+        spec = text_input(output=EMBEDDING_OUTPUT, width=cfg["hidden_size"], task="embedding",
+                          vocab_size=tok.get_vocab_size(), max_positions=cfg["max_position_embeddings"], sequence_length=8)
+        export.export_student(model, spec, path, 18)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -30,7 +30,7 @@ from torch import nn
 from bench.common import machine, table
 from kdserve.models.teachers import load_teacher, teacher_outputs
 from kdserve.models.zoo import count_parameters, create_student
-from kdserve.service.ingest import Parsed
+from kdserve.service.store.datasets import Parsed
 from kdserve.service.schemas import TrainingSpec
 from kdserve.worker import trainer
 from kdserve.worker.data import split_dataset

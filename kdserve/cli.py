@@ -907,7 +907,7 @@ def demo(ctx: typer.Context,
         kd.health()  # fail fast, with the URL in the message, when nothing is listening
         say(f"kdserve at {kd.base_url}")
         say("training a digits teacher here (scikit-learn digits, 64 → 256 → 256 → 10 MLP)…")
-        from service import demo as demo_data  # torch and scikit-learn: only now, only here
+        from kdserve import demo as demo_data  # torch and scikit-learn: only now, only here
 
         files = demo_data.prepare(workdir)
         say(f"  teacher accuracy on held-out digits: {_pct(files.teacher_test_accuracy)}")

@@ -1,4 +1,5 @@
-"""ONNX export of a trained student, the parity check that gates it, and its int8/fp16 variants.
+"""ONNX export of a trained student, the parity check that gates it, and its int8/fp16 variants:
+one path for every kind of student input, described by an InputSpec (models/input_spec.py).
 
 Follows Optimum's exporter: export, then run the file in onnxruntime on real inputs and compare
 with the PyTorch reference output by output. Unlike Optimum, a variant that drifts is never shipped
@@ -6,17 +7,21 @@ with a warning: every variant is measured on the job's validation set (max abs/r
 per output, argmax agreement, task accuracy, accuracy delta vs fp32, latency at batch 1 and 64) and
 `build_variants` says, for each, whether it may be published and why.
 
-    opset = export_onnx(student, [64], out / "model.onnx", opset=17)
-    results = build_variants(out / "model.onnx", ["int8", "fp16"], calib_x=..., val_x=..., ...)
+    spec = tensor_input([64], width=10)          # or text_input(...) for input_ids + attention_mask
+    opset = export_student(student, spec, out / "model.onnx", opset=17)
+    parity = check_parity(out / "model.onnx", reference, val_x, spec)
+    results = build_variants(out / "model.onnx", ["int8", "fp16"], spec=spec, calib_x=..., val_x=..., ...)
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import time
 import warnings
+import zipfile
 from collections.abc import Mapping
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
@@ -26,9 +31,10 @@ from typing import Any, Iterator, Literal
 import numpy as np
 import torch
 
+from kdserve.models.input_spec import EMBEDDING_OUTPUT, INPUT_NAME, LOGITS, InputSpec, Inputs, tensor_input  # noqa: F401
 from kdserve.service.sandbox.model_files import ONNX_SINGLE_FILE_BYTES, sha256_file  # noqa: F401  (sha256_file: re-exported)
 
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+OUTPUT_NAME = LOGITS
 PRECISIONS = ("fp32", "int8", "fp16")
 
 # protobuf refuses to serialise a message over 2 GiB; stay well below it so the graph itself
@@ -57,7 +63,7 @@ def parameter_bytes(model: torch.nn.Module) -> int:
 @contextmanager
 def _quiet_exporters() -> Iterator[None]:
     """The exporters print progress to stdout and log tracebacks for a failed opset down-conversion
-    (which they survive by keeping their native opset; export_onnx reports the opset it got)."""
+    (which they survive by keeping their native opset; export_student reports the opset it got)."""
     names = ("torch.onnx", "onnxscript", "onnx_ir")
     levels = {n: logging.getLogger(n).level for n in names}
     try:
@@ -71,8 +77,9 @@ def _quiet_exporters() -> Iterator[None]:
             logging.getLogger(n).setLevel(level)
 
 
-def export_onnx(model: torch.nn.Module, input_shape: list[int], path: Path, opset: int = 17) -> int:
-    """Write `model` (in eval mode, on the CPU) as ONNX with a dynamic batch dimension.
+def export_student(model: torch.nn.Module, spec: InputSpec, path: Path, opset: int = 17) -> int:
+    """Write `model` (in eval mode, on the CPU) as ONNX with the spec's inputs, output and dynamic
+    axes (the batch; a token input's sequence too).
 
     One self-contained file while the parameters stay under EXTERNAL_DATA_THRESHOLD_BYTES (a
     client downloads one file); beyond that the weights go to an external-data file next to it
@@ -83,14 +90,12 @@ def export_onnx(model: torch.nn.Module, input_shape: list[int], path: Path, opse
     and the caller should report what it got rather than what was asked for.
     """
     model = model.eval().cpu()
-    example = (torch.zeros([2, *input_shape]),)
     external = parameter_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES
     with _quiet_exporters():
         torch.onnx.export(
-            model, example, str(path),
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},),
-            opset_version=opset, dynamo=True, external_data=external, optimize=True,
+            model, spec.example(), str(path), input_names=spec.names, output_names=[spec.output],
+            dynamic_shapes=spec.dynamic_shapes(), opset_version=opset, dynamo=True, external_data=external,
+            optimize=True,
         )
     return model_opset(path)
 
@@ -119,8 +124,8 @@ def model_files(path: Path) -> list[Path]:
 class Parity:
     max_abs_diff: float
     max_rel_diff: float
-    argmax_agreement: float
-    onnx_logits: np.ndarray
+    agreement: float  # argmax agreement, or for embeddings the mean cosine, with the reference
+    outputs: np.ndarray  # onnxruntime's outputs
 
 
 def ort_session(path: Path, device: str = "cpu", threads: int = 0):
@@ -139,12 +144,14 @@ def ort_session(path: Path, device: str = "cpu", threads: int = 0):
     return ort.InferenceSession(str(path), opts, providers=providers)
 
 
-def run_onnx(session, x: np.ndarray, batch_size: int = 256, outputs: list[str] | None = None):
-    """Run x through the session in chunks. With `outputs`, a dict name → array; without, the logits."""
-    names = outputs or [OUTPUT_NAME]
-    chunks = [session.run(names, {INPUT_NAME: x[i : i + batch_size]}) for i in range(0, len(x), batch_size)]
+def run_onnx(session, data: np.ndarray | Inputs, spec: InputSpec | None = None, outputs: list[str] | None = None):
+    """Run the samples through the session in the spec's batches (a bare array: the tensor spec
+    of its sample shape). With `outputs`, a dict name → array; without, the spec's output."""
+    spec = spec or tensor_input(list(np.shape(data)[1:]), 0)
+    names = outputs or [spec.output]
+    chunks = [session.run(names, feed) for feed in spec.batches(spec.as_inputs(data))]
     joined = {n: np.concatenate([c[k] for c in chunks]) for k, n in enumerate(names)}
-    return joined if outputs else joined[OUTPUT_NAME]
+    return joined if outputs else joined[spec.output]
 
 
 def output_diff(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -159,25 +166,26 @@ def output_diff(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return float(diff.max()), float(rel.max())
 
 
-def check_parity(onnx_path: Path, reference_logits: np.ndarray, x: np.ndarray) -> Parity:
-    """Compare onnxruntime's logits on x with the PyTorch reference logits for the same x."""
-    got = run_onnx(ort_session(onnx_path), x.astype(np.float32))
-    max_abs, max_rel = output_diff(got, reference_logits)
-    agree = float(np.mean(got.argmax(1) == reference_logits.argmax(1))) if len(x) else 1.0
-    return Parity(max_abs, max_rel, agree, got)
+def check_parity(onnx_path: Path, reference: np.ndarray, data: np.ndarray | Inputs,
+                 spec: InputSpec | None = None) -> Parity:
+    """Compare onnxruntime's outputs on the samples with the PyTorch reference outputs for them."""
+    spec = spec or tensor_input(list(np.shape(data)[1:]), 0)
+    got = run_onnx(ort_session(onnx_path), data, spec)
+    max_abs, max_rel = output_diff(got, reference)
+    return Parity(max_abs, max_rel, spec.agreement(got, reference), got)
 
 
-def latency_ms(onnx_path: Path, input_shape: list[int], batch: int = 1, repeats: int = 200, *,
+def latency_ms(onnx_path: Path, spec: InputSpec | list[int], batch: int = 1, repeats: int = 200, *,
                device: str = "cpu", session=None, budget_s: float = 2.0) -> float:
-    """Median wall time of one onnxruntime call at this batch size, in milliseconds.
+    """Median wall time of one onnxruntime call at this batch size, in milliseconds, on the spec's
+    sample inputs (a list: the sample shape of a tensor input).
 
     Runs `repeats` timed calls after a warm-up, or fewer when `budget_s` runs out first (at least
     5): a large model at batch 64 must not hold a job for minutes to be timed. Pass `session` to
     time a session already created (e.g. one that took the CUDA provider)."""
+    spec = spec if isinstance(spec, InputSpec) else tensor_input(list(spec), 0)
     session = session or ort_session(onnx_path, device)
-    x = np.random.default_rng(0).standard_normal([batch, *input_shape]).astype(np.float32)
-    feed = {session.get_inputs()[0].name: x}
-    return time_session(session, feed, repeats, budget_s)
+    return time_session(session, spec.sample_feed(batch), repeats, budget_s)
 
 
 def time_session(session, feed: dict[str, np.ndarray], repeats: int, budget_s: float, warmup: int = 5) -> float:
@@ -290,7 +298,9 @@ def quantize_int8(fp32_path: Path, out_path: Path, method: str, calib_x: np.ndar
     `dynamic`: int8 weights of every MatMul with a constant weight (Gemm rewritten first), uint8
     activations quantized per batch at run time. `static_qdq`: QuantizeLinear/DequantizeLinear pairs
     around every quantizable op, activation ranges (MinMax) from `calib_x` — training samples, never
-    the validation set the variant is then judged on — weights per channel.
+    the validation set the variant is then judged on — weights per channel. `dynamic_tokens` (text
+    students): `dynamic` without the Gemm rewrite, and the token-embedding tables (Gather) in int8
+    too — the embedding table is most of a small text student's bytes.
 
     Weights use the full int8 range (reduce_range off): with VNNI (AVX512-VNNI / AVX-VNNI, ARM dot
     product) there is no saturation; on older x86 the u8×s8 kernels may saturate, which the accuracy
@@ -304,6 +314,12 @@ def quantize_int8(fp32_path: Path, out_path: Path, method: str, calib_x: np.ndar
     try:
         with warnings.catch_warnings(), _quiet_quantizer():
             warnings.simplefilter("ignore")
+            if method == "dynamic_tokens":
+                quantize_dynamic(fp32_path, out_path, weight_type=QuantType.QInt8,
+                                 op_types_to_quantize=["MatMul", "Gather"], per_channel=False, reduce_range=False,
+                                 use_external_data_format=external, extra_options={"MatMulConstBOnly": True})
+                return ("dynamic int8 (MatMulInteger with int8 weights, int8 token-embedding tables, per-batch "
+                        "uint8 activations)")
             if method == "dynamic":
                 rewritten = _gemm_to_matmul(model)
                 _save(model, tmp)
@@ -322,7 +338,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, method: str, calib_x: np.ndar
                                 use_external_data_format=external)
                 return (f"static int8 QDQ (per-channel int8 weights, uint8 activations, MinMax calibration on "
                         f"{len(calib)} training samples)")
-            raise ValueError(f"unknown int8 method {method!r}; use 'dynamic' or 'static_qdq'")
+            raise ValueError(f"unknown int8 method {method!r}; use 'dynamic', 'dynamic_tokens' or 'static_qdq'")
     finally:
         for p in (tmp, tmp.with_name(tmp.name + ".data")):
             p.unlink(missing_ok=True)
@@ -385,6 +401,7 @@ class VariantResult:
     max_abs_diff: float | None = None
     max_rel_diff: float | None = None
     argmax_agreement: float | None = None
+    mean_cosine: float | None = None
     accuracy: float | None = None
     accuracy_delta: float | None = None
     latency_ms_batch1: float | None = None
@@ -392,6 +409,7 @@ class VariantResult:
     cuda_latency_ms_batch1: float | None = None
     cuda_latency_ms_batch64: float | None = None
     providers: list[str] = field(default_factory=list)
+    sequence_length: int | None = None
     logits: np.ndarray | None = field(default=None, repr=False)
 
     def artifact(self) -> dict[str, Any]:
@@ -410,6 +428,7 @@ class VariantResult:
             "quantization": self.quantization, "providers": list(self.providers), "opset": self.opset,
             "outputs": [{"name": o.name, "max_abs_diff": r(o.max_abs_diff), "max_rel_diff": r(o.max_rel_diff)}
                         for o in self.outputs],
+            "mean_cosine": r(self.mean_cosine), "sequence_length": self.sequence_length,
         }
 
 
@@ -419,55 +438,56 @@ def finite_or_none(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def _accuracy(logits: np.ndarray, y: np.ndarray) -> float | None:
-    labelled = y >= 0
-    if not labelled.any():
-        return None
-    return float(np.mean(logits.argmax(1)[labelled] == y[labelled]))
-
-
-def validate_variant(path: Path, precision: str, *, val_x: np.ndarray, val_y: np.ndarray | None,
-                     reference_logits: np.ndarray | Mapping[str, np.ndarray], fp32_accuracy: float | None,
-                     quantization: str | None = None, latency: bool = True) -> VariantResult:
+def validate_variant(path: Path, precision: str, *, spec: InputSpec | None = None, val_x: np.ndarray | Inputs,
+                     val_y: np.ndarray | None, reference_logits: np.ndarray | Mapping[str, np.ndarray],
+                     fp32_accuracy: float | None, quantization: str | None = None,
+                     latency: bool = True) -> VariantResult:
     """Measure one ONNX file against the PyTorch reference on the validation set (not gated:
     `published` is False and `reason` empty until build_variants decides).
 
-    reference_logits: the PyTorch student's outputs on val_x, an array (the `logits` output) or a
-    dict output name → array. Every output the file has a reference for gets its own diff; argmax
-    agreement and accuracy are computed on `logits`."""
-    references = dict(reference_logits) if isinstance(reference_logits, Mapping) else {OUTPUT_NAME: reference_logits}
-    x = np.ascontiguousarray(val_x, np.float32)
+    reference_logits: the PyTorch student's outputs on val_x, an array (the spec's output) or a
+    dict output name → array. Every output the file has a reference for gets its own diff;
+    agreement (argmax, or mean cosine for embeddings) and accuracy are computed on the spec's output."""
+    spec = spec or tensor_input(list(np.shape(val_x)[1:]), 0)
+    references = dict(reference_logits) if isinstance(reference_logits, Mapping) else {spec.output: reference_logits}
+    data = spec.as_inputs(val_x)
     session = ort_session(path)
     names = [o.name for o in session.get_outputs() if o.name in references]
-    if OUTPUT_NAME not in names:
-        raise ValueError(f"{path.name} has no output named {OUTPUT_NAME!r}")
-    got = run_onnx(session, x, outputs=names)
+    if spec.output not in names:
+        raise ValueError(f"{path.name} has no output named {spec.output!r}")
+    got = run_onnx(session, data, spec, outputs=names)
     diffs = [OutputDiff(n, *output_diff(got[n], np.asarray(references[n]))) for n in names]
-    logits, ref = got[OUTPUT_NAME], np.asarray(references[OUTPUT_NAME])
-    y = np.asarray(val_y, np.int64) if val_y is not None else np.full(len(x), -1, np.int64)
-    accuracy = _accuracy(logits, y)
+    logits, ref = got[spec.output], np.asarray(references[spec.output])
+    y = None if val_y is None else np.asarray(val_y, np.int64)
+    accuracy = spec.accuracy(logits, y)
     if fp32_accuracy is None:
-        fp32_accuracy = _accuracy(ref, y)
+        fp32_accuracy = spec.accuracy(ref, y)
+    agreement = spec.agreement(logits, ref)
+    embedding = spec.task == "embedding"
     files = model_files(path)
     result = VariantResult(
         precision=precision, published=False, reason="", path=path, files=files, quantization=quantization,
         opset=model_opset(path), size_bytes=sum(f.stat().st_size for f in files), sha256=sha256_file(path),
         outputs=diffs, max_abs_diff=max(d.max_abs_diff for d in diffs), max_rel_diff=max(d.max_rel_diff for d in diffs),
-        argmax_agreement=float(np.mean(logits.argmax(1) == ref.argmax(1))) if len(x) else 1.0,
-        accuracy=accuracy,
+        argmax_agreement=None if embedding else agreement, mean_cosine=agreement if embedding else None,
+        accuracy=accuracy, sequence_length=spec.sequence_length,
         accuracy_delta=None if accuracy is None or fp32_accuracy is None else accuracy - fp32_accuracy,
         logits=logits, providers=list(session.get_providers()[:1]),
     )
     if latency:
-        shape = list(x.shape[1:])
-        result.latency_ms_batch1 = latency_ms(path, shape, 1, session=session)
-        result.latency_ms_batch64 = latency_ms(path, shape, 64, session=session)
-        cuda = ort_session(path, "cuda")
-        if cuda.get_providers()[0] == "CUDAExecutionProvider":
-            result.cuda_latency_ms_batch1 = latency_ms(path, shape, 1, session=cuda)
-            result.cuda_latency_ms_batch64 = latency_ms(path, shape, 64, session=cuda)
-            result.providers.append("CUDAExecutionProvider")
+        _measure_latency(result, path, spec, session)
     return result
+
+
+def _measure_latency(result: VariantResult, path: Path, spec: InputSpec, session) -> None:
+    """CPU latency at batch 1 and 64; CUDA's too when a session really runs there."""
+    result.latency_ms_batch1 = latency_ms(path, spec, 1, session=session)
+    result.latency_ms_batch64 = latency_ms(path, spec, 64, session=session)
+    cuda = ort_session(path, "cuda")
+    if cuda.get_providers()[0] == "CUDAExecutionProvider":
+        result.cuda_latency_ms_batch1 = latency_ms(path, spec, 1, session=cuda)
+        result.cuda_latency_ms_batch64 = latency_ms(path, spec, 64, session=cuda)
+        result.providers.append("CUDAExecutionProvider")
 
 
 def _points(fraction: float) -> str:
@@ -480,7 +500,8 @@ def gate(result: VariantResult, max_accuracy_drop: float, parity_tolerance: floa
     fp32 is gated on parity (max abs diff ≤ parity_tolerance, when given). int8/fp16 are gated on
     accuracy: labelled data → the drop vs fp32 must be ≤ max_accuracy_drop (a fraction: 0.01 = one
     point). Unlabelled data has no accuracy, so the gate uses 1 − argmax agreement with the fp32
-    reference, which bounds the accuracy the variant can lose."""
+    reference, which bounds the accuracy the variant can lose. Embeddings have neither: the mean
+    cosine to the fp32 outputs must stay ≥ 1 − max_accuracy_drop."""
     if result.precision == "fp32":
         if parity_tolerance is not None and not (result.max_abs_diff or 0.0) <= parity_tolerance:
             result.published, result.reason = False, (
@@ -489,7 +510,9 @@ def gate(result: VariantResult, max_accuracy_drop: float, parity_tolerance: floa
         else:
             result.published, result.reason = True, f"parity ok: max abs diff {result.max_abs_diff:.3g}"
         return result
-    if result.accuracy_delta is not None:
+    if result.mean_cosine is not None:
+        drop, what = 1.0 - result.mean_cosine, f"mean cosine {result.mean_cosine:.4f} to the fp32 outputs"
+    elif result.accuracy_delta is not None:
         drop, what = -result.accuracy_delta, (f"accuracy {result.accuracy:.4f} vs fp32 "
                                              f"{result.accuracy - result.accuracy_delta:.4f}")
     else:
@@ -506,28 +529,31 @@ def gate(result: VariantResult, max_accuracy_drop: float, parity_tolerance: floa
     return result
 
 
-def build_variants(fp32_path: Path, precisions: list[str], *, calib_x: np.ndarray | None, val_x: np.ndarray,
-                   val_y: np.ndarray | None, reference_logits: np.ndarray | Mapping[str, np.ndarray],
+def build_variants(fp32_path: Path, precisions: list[str], *, spec: InputSpec | None = None,
+                   calib_x: np.ndarray | None, val_x: np.ndarray | Inputs, val_y: np.ndarray | None, reference_logits: np.ndarray | Mapping[str, np.ndarray],
                    fp32_accuracy: float | None, max_accuracy_drop: float, kind: str, out_dir: Path,
                    parity_tolerance: float | None = None, latency: bool = True) -> list[VariantResult]:
     """Build, measure and gate each requested precision of an exported student. The entry point of
     the pipeline's quantizing stage.
 
     Arguments
-      fp32_path         the exported fp32 ONNX file (export_onnx), already through the parity gate.
+      fp32_path         the exported fp32 ONNX file (export_student), already through the parity gate.
       precisions        e.g. ["int8", "fp16"] (ExportSpec.quantize); "fp32" may be included to get
                         the fp32 file measured the same way (its card fields) — it is not rewritten.
                         Duplicates are ignored; an unknown name raises ValueError (a caller bug:
                         the request schema only admits these).
+      spec              the student's InputSpec; None: a tensor input of val_x's sample shape.
       calib_x           training samples (float32, [N, *input_shape]) for static int8 calibration;
                         at most CALIBRATION_SAMPLES are used. Only static QDQ needs it.
-      val_x, val_y      the validation set every variant is judged on; val_y int64 with −1 for an
+      val_x, val_y      the validation set every variant is judged on (an array, or input name →
+                        array for a spec of several inputs); val_y int64 with −1 for an
                         unlabelled row (None = all unlabelled).
       reference_logits  the PyTorch student's logits on val_x (or a dict output name → array).
       fp32_accuracy     accuracy of the fp32 artifact on val_x/val_y, the baseline of
                         accuracy_delta; None → computed from reference_logits on the labelled rows.
       max_accuracy_drop ExportSpec.max_accuracy_drop, a fraction (0.01 = 1 point).
-      kind              the student's architecture name; picks the int8 method (int8_method).
+      kind              the student's architecture name; picks the int8 method (int8_method) unless
+                        the spec fixes one.
       out_dir           where variant files are written, as `model.<precision>.onnx`.
       parity_tolerance  when given, fp32 is gated on max abs diff ≤ it (the pipeline's verifying
                         stage normally does this already).
@@ -542,9 +568,11 @@ def build_variants(fp32_path: Path, precisions: list[str], *, calib_x: np.ndarra
       artifact()  card fields: size_bytes, sha256, max_abs_diff, max_rel_diff, per-output diffs,
                   argmax_agreement, accuracy, accuracy_delta, latency_ms_batch1/64 (CPU),
                   cuda_latency_ms_batch1/64 (only when a session really ran on CUDA), providers,
-                  quantization (which method, in words), opset.
+                  quantization (which method, in words), opset; embeddings: mean_cosine in place of
+                  argmax_agreement; token inputs: sequence_length (the length latency was timed at).
       logits      the variant's logits on val_x (for events or further checks; not for the card).
     """
+    spec = spec or tensor_input(list(np.shape(val_x)[1:]), 0)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[VariantResult] = []
     for precision in dict.fromkeys(precisions):
@@ -553,12 +581,12 @@ def build_variants(fp32_path: Path, precisions: list[str], *, calib_x: np.ndarra
         path = Path(fp32_path) if precision == "fp32" else out_dir / f"model.{precision}.onnx"
         try:
             if precision == "int8":
-                quantization = quantize_int8(fp32_path, path, int8_method(kind, fp32_path), calib_x)
+                quantization = quantize_int8(fp32_path, path, spec.int8 or int8_method(kind, fp32_path), calib_x)
             elif precision == "fp16":
                 quantization = convert_fp16(fp32_path, path)
             else:
                 quantization = "none (fp32)"
-            result = validate_variant(path, precision, val_x=val_x, val_y=val_y, reference_logits=reference_logits,
+            result = validate_variant(path, precision, spec=spec, val_x=val_x, val_y=val_y, reference_logits=reference_logits,
                                       fp32_accuracy=fp32_accuracy, quantization=quantization, latency=latency)
         except Exception as exc:  # one variant failing must not fail the job: report it, publish the rest
             log.warning("%s variant of %s failed: %s", precision, fp32_path, exc, exc_info=True)
@@ -570,3 +598,27 @@ def build_variants(fp32_path: Path, precisions: list[str], *, calib_x: np.ndarra
     return results
 
 
+# ---- what ships beside a text student ----------------------------------------------------------
+
+ZIP_DATE = (2020, 1, 1, 0, 0, 0)  # fixed member timestamps: the same files always give the same zip bytes
+
+
+def tokenizer_bundle(tokenizer_json: str, files: dict[str, bytes], info: dict) -> dict[str, bytes]:
+    """The tokenizer files a client needs: the canonical tokenizer.json, the original tokenizer
+    files of the teacher folder, and kdserve_text.json (max_length, input and output names, task)."""
+    bundle = {"tokenizer.json": tokenizer_json.encode("utf-8"), **files}
+    bundle["kdserve_text.json"] = json.dumps(info, indent=2, sort_keys=True).encode("utf-8")
+    return bundle
+
+
+def write_zip(path: Path, onnx_path: Path, tokenizer: dict[str, bytes]) -> None:
+    """model.onnx + tokenizer/… in a zip whose bytes depend only on its contents."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        info = zipfile.ZipInfo("model.onnx", ZIP_DATE)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with open(onnx_path, "rb") as f:
+            zf.writestr(info, f.read())
+        for name in sorted(tokenizer):
+            member = zipfile.ZipInfo(f"tokenizer/{name}", ZIP_DATE)
+            member.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(member, tokenizer[name])

@@ -12,7 +12,7 @@ of one float tensor, and its tokenizer travels with it (`tokenizer_json`). It is
 transformers offline (`local_files_only`, HF_HUB_OFFLINE), never with `trust_remote_code`, and
 only safetensors weights are ever read: pickled `.bin` files are not even extracted.
 
-These loaders run only inside the teacher jail (service/sandbox/jail.py, models/teacher_host.py): a
+These loaders run only inside the teacher jail (service/sandbox/jail.py, worker/teacher_host.py): a
 teacher is a program, and the API and the worker never load one themselves. They talk to it
 through `kdserve.worker.jailed_teacher.JailedTeacher`, which has the same interface.
 """
@@ -32,9 +32,11 @@ import torch
 
 from kdserve.service.sandbox.model_files import TOKENIZER_FILES, extract_hf
 from kdserve.service.sandbox.sniff import ModelFileError, sniff
+from kdserve.service.vocab import TASKS as TASK_NAMES
+from kdserve.service.vocab import TEACHER_FORMATS
 
-SUPPORTED = ("torchscript", "onnx", "hf")
-TASKS = ("classification", "embedding")
+SUPPORTED = tuple(TEACHER_FORMATS)  # the upload form accepts exactly these
+TASKS = tuple(TASK_NAMES)
 
 
 class Teacher:

@@ -26,10 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdserve.models.zoo import Student
-
-# Model types whose checkpoints use BERT's parameter layout (what `from_bert_state_dict` maps).
-BERT_LAYOUT_TYPES = ("bert",)
+from kdserve.models.student import Student
 
 
 @dataclass
@@ -478,9 +475,3 @@ def _set_norm(norm: nn.LayerNorm, w: dict[str, torch.Tensor], name: str, p: torc
             norm.bias.copy_(w[f"{name}.bias"])
     else:
         _project_norm(norm, w[f"{name}.weight"], w[f"{name}.bias"], p)
-
-
-def every_kth(num_layers: int, k: int) -> list[int]:
-    """Layers k−1, 2k−1, …: the last of each group of k, so the top layer is kept when k divides
-    the depth (it writes the space the teacher's output lives in)."""
-    return list(range(k - 1, num_layers, k))

@@ -17,6 +17,8 @@ from kdserve.service.api import dashboard
 from kdserve.service.api import metrics as metrics_api
 from kdserve.service.api.deps import Context, load_catalog
 from kdserve.service.probe_limits import ProbeLimiter
+from kdserve.service.schemas import JobCreate, PredictIn
+from kdserve.service.serving.v2 import InferRequest, Memo, Serving
 from kdserve.service.queue import make_celery
 from kdserve.service.settings import Settings, get_settings
 from kdserve.service.store.blobs import make_blob_store
@@ -61,11 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ctx = Context(settings=settings, db=db, blobs=make_blob_store(settings), celery=make_celery(settings),
                       catalog={}, probes=ProbeLimiter(settings.probe_max_concurrent, settings.probe_max_per_tenant))
         app.state.parser = BodyParser(settings.parse_processes)  # large JSON bodies, in child processes
-        app.state.parser.start()
-        ctx.catalog = load_catalog(settings.python)
+        app.state.parser.start(InferRequest, PredictIn, JobCreate)
+        ctx.catalog = load_catalog()
         app.state.ctx = ctx
-        app.state.probes = inference_v2.Memo(settings.probe_cache_s, 8)  # /readyz and /metrics readings
-        app.state.serving = inference_v2.Serving(settings)
+        app.state.probes = Memo(settings.probe_cache_s, 8)  # /readyz and /metrics readings
+        app.state.serving = Serving(settings)
         preloaded = app.state.serving.preload(ctx)
         logging.getLogger("kdserve.api").info("kdserve API ready: %d methods, %d architectures, %d models preloaded",
                                               len(ctx.catalog["methods"]), len(ctx.catalog["architectures"]),

@@ -97,9 +97,9 @@ def _validate_packed(model: type[M], raw: bytes) -> M | list[dict]:
     return value
 
 
-def _warm() -> None:
-    """Import in a fresh child what parsing the API's bodies needs, before the first large one."""
-    import kdserve.service.api.inference_v2  # noqa: F401  (InferRequest; it imports kdserve.service.schemas)
+def _warm(models: tuple[type[BaseModel], ...]) -> int:
+    """Nothing to do: receiving `models` (pickled by reference) imported their modules in the child."""
+    return len(models)
 
 
 class BodyParser:
@@ -109,9 +109,10 @@ class BodyParser:
         self.processes = processes
         self._pool: ProcessPoolExecutor | None = None
 
-    def start(self) -> None:
-        """Start the children and their imports now (about a second), not on the first large body."""
-        self._executor().submit(_warm)
+    def start(self, *models: type[BaseModel]) -> None:
+        """Start the children and import what parsing `models` needs now (about a second), not on
+        the first large body."""
+        self._executor().submit(_warm, models)
 
     async def parse(self, model: type[M], raw: bytes) -> M:
         if len(raw) <= PARSE_ON_LOOP_BYTES:

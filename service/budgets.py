@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 # the most weights one ONNX file holds (service/sandbox/model_files.py says why): past it a student is refused
 from kdserve.service.sandbox.model_files import ONNX_SINGLE_FILE_BYTES  # noqa: F401  (kdserve.service.api.jobs reads it here)
+from kdserve.service.spec.architectures import ArchitectureError, image_shape_for
 
 FLOAT = 4  # bytes of a float32
 TRAINING_COPIES = 4  # weights, gradients, two Adam moments
@@ -59,14 +60,11 @@ PARAM_OF_PART = {"training_state": "student.params", "activations": "training.ba
 
 
 def image_shape(shape: list[int], explicit: list[int] | None) -> list[int] | None:
-    """kdserve.models.zoo.image_shape_for without torch: [C, H, W], or None where the builder refuses."""
-    s = list(explicit or shape)
-    if len(s) == 1:
-        side = math.isqrt(s[0])
-        s = [1, side, side] if side * side == s[0] else []
-    elif len(s) == 2:
-        s = [1, *s]
-    return s if len(s) == 3 and math.prod(s) == math.prod(shape) else None
+    """The image [C, H, W] a CNN or patch student views the input as, or None where the builder refuses."""
+    try:
+        return image_shape_for(list(shape), explicit)
+    except ArchitectureError:
+        return None
 
 
 def _mlp(p: dict, x: Shapes) -> tuple[int, int]:

@@ -2,7 +2,7 @@
 unlabelled) at the door, so every bad cell is a 422 at upload time and the worker reads one format.
 
 Text (JSONL: one object per line with a text, optionally a label and a second text of a pair) is
-stored as raw text in the canonical npz (UTF-8 bytes + offsets, no pickle): it can only be
+stored as raw text in the canonical npz (service/store/datasets.py: UTF-8 bytes + offsets, no pickle): it can only be
 tokenised once a job names the teacher whose tokenizer the student will share.
 
 The readers are bounded (`Limits`): an npz is judged from its array headers before its data is
@@ -25,9 +25,10 @@ import numpy as np
 
 from kdserve.service.ingest_errors import DatasetError  # noqa: F401  (re-exported: callers catch ingest.DatasetError)
 from kdserve.service.npz_reader import read_npz
+from kdserve.service.store.datasets import Parsed, TextParsed
+from kdserve.service.vocab import DATASET_FORMATS
 
-FORMATS = ("npz", "csv", "jsonl")
-TEXT_FORMATS = ("jsonl",)
+FORMATS = tuple(DATASET_FORMATS)
 MAX_TEXT_CHARS = 200_000  # one text; longer is surely not a sentence or a document for an encoder
 CSV_BLOCK_CELLS = 1 << 16  # CSV rows are converted to float32 this many cells at a time
 
@@ -48,31 +49,6 @@ class Limits:
 
         fields = Settings.model_fields
         return cls(fields["max_dataset_bytes"].default, fields["max_classes"].default)
-
-
-@dataclass
-class Parsed:
-    x: np.ndarray  # float32 [N, *feature_shape]
-    y: np.ndarray  # int64 [N], -1 where unlabelled
-
-    @property
-    def labeled(self) -> bool:
-        return bool((self.y >= 0).any())
-
-    def summary(self) -> dict:
-        labelled = self.y[self.y >= 0]
-        counts = np.bincount(labelled) if labelled.size else np.zeros(0, dtype=np.int64)
-        return {
-            "num_rows": int(self.x.shape[0]),
-            "feature_shape": [int(d) for d in self.x.shape[1:]],
-            "labeled": self.labeled,
-            "num_classes": int(counts.size) if labelled.size else None,
-            "class_counts": {str(c): int(n) for c, n in enumerate(counts) if n} if labelled.size else None,
-        }
-
-    def save(self, path: Path) -> None:
-        with open(path, "wb") as f:
-            np.savez(f, x=self.x, y=self.y)
 
 
 def detect_format(filename: str | None, head: bytes) -> str:
@@ -224,64 +200,6 @@ def _is_float(cell: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def load_canonical(path: Path) -> "Parsed | TextParsed":
-    with np.load(path, allow_pickle=False) as z:
-        if "text_offsets" in z.files:
-            pairs = _unpack(z["pair_bytes"], z["pair_offsets"]) if "pair_offsets" in z.files else None
-            return TextParsed(_unpack(z["text_bytes"], z["text_offsets"]), pairs, z["y"])
-        return Parsed(z["x"], z["y"])
-
-
-# ---- text -----------------------------------------------------------------------------------
-
-
-@dataclass
-class TextParsed:
-    """A text dataset: raw texts (and the second texts of pairs), labels (-1 = unlabelled)."""
-
-    texts: list[str]
-    pairs: list[str] | None
-    y: np.ndarray  # int64 [N]
-
-    @property
-    def labeled(self) -> bool:
-        return bool((self.y >= 0).any())
-
-    def summary(self) -> dict:
-        labelled = self.y[self.y >= 0]
-        counts = np.bincount(labelled) if labelled.size else np.zeros(0, dtype=np.int64)
-        chars = np.fromiter((len(t) for t in self.texts), dtype=np.int64, count=len(self.texts))
-        return {
-            "num_rows": len(self.texts),
-            "feature_shape": [],  # texts have no shape until a job tokenises them
-            "labeled": self.labeled,
-            "num_classes": int(counts.size) if labelled.size else None,
-            "class_counts": {str(c): int(n) for c, n in enumerate(counts) if n} if labelled.size else None,
-            "details": {"kind": "text", "text_pairs": self.pairs is not None,
-                        "mean_chars": round(float(chars.mean()), 2), "max_chars": int(chars.max())},
-        }
-
-    def save(self, path: Path) -> None:
-        arrays = dict(zip(("text_bytes", "text_offsets"), _pack(self.texts)))
-        if self.pairs is not None:
-            arrays.update(zip(("pair_bytes", "pair_offsets"), _pack(self.pairs)))
-        with open(path, "wb") as f:
-            np.savez(f, y=self.y, **arrays)
-
-
-def _pack(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """UTF-8 bytes of every text back to back, and the N+1 offsets between them (no object arrays)."""
-    encoded = [t.encode("utf-8") for t in texts]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum([len(b) for b in encoded], out=offsets[1:])
-    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets  # read-only is enough for np.savez
-
-
-def _unpack(data: np.ndarray, offsets: np.ndarray) -> list[str]:
-    raw = data.tobytes()
-    return [raw[offsets[i] : offsets[i + 1]].decode("utf-8") for i in range(len(offsets) - 1)]
 
 
 def _parse_jsonl(path: Path, text_column: str, pair_column: str, label_column: str, limits: Limits) -> TextParsed:

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from kdserve.service.api.inference_v2 import InferRequest
+from kdserve.service.serving.v2 import InferRequest
 from kdserve.service.schemas import ErrorResponse, JobCreate, PredictIn
 
 V1_ERRORS = {"401": "missing or invalid API key", "404": "no such resource (or another tenant's)",

@@ -6,6 +6,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The card's parts, typed once (service/model_card.py): ModelOut is the card as served.
+from kdserve.service.model_card import Artifact, Bundle, CardFields, OutputDiffOut, TensorSpec  # noqa: F401
+from kdserve.service.vocab import OPTIMIZERS, QUANTIZE
+
+Optimizer = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]  (the names of kdserve.service.vocab)
+Quantize = Literal[QUANTIZE]  # type: ignore[valid-type]
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -41,7 +48,7 @@ class TrainingSpec(Strict):
     epochs: int = Field(20, ge=1, le=10_000)
     batch_size: int = Field(64, ge=1, le=65_536)
     learning_rate: float = Field(1e-3, gt=0, le=10)
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    optimizer: Optimizer = "adamw"
     weight_decay: float = Field(0.0, ge=0, le=1)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
@@ -52,7 +59,7 @@ class ExportSpec(Strict):
     onnx: Literal[True] = Field(True, description="the student is always exported to ONNX")
     opset: int = Field(18, ge=13, le=21, description="ONNX opset; 18 is what the exporter targets natively (older "
                        "opsets go through a version converter that not every op survives)")
-    quantize: list[Literal["int8", "fp16"]] = Field(
+    quantize: list[Quantize] = Field(
         default_factory=list, max_length=2,
         description="extra precisions to publish: int8 (dynamic for MLP/transformer students, static QDQ calibrated "
         "on training samples for CNNs) and fp16 (for GPU serving); each is measured on the validation set and "
@@ -181,67 +188,14 @@ class EventOut(BaseModel):
     data: dict[str, Any] | None
 
 
-class TensorSpec(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-
-
-class OutputDiffOut(BaseModel):
-    name: str
-    max_abs_diff: float | None
-    max_rel_diff: float | None
-
-
-class Artifact(BaseModel):
-    format: str
-    precision: str
-    size_bytes: int
-    sha256: str
-    max_abs_diff: float | None
-    argmax_agreement: float | None
-    accuracy: float | None
-    latency_ms_batch1: float | None
-    # Added with the int8/fp16 variants; absent on cards published before them.
-    max_rel_diff: float | None = Field(None, description="max |onnx − pytorch| / |pytorch| over the validation set "
-                                       "(|pytorch| floored at 1e-3 of the output's largest magnitude)")
-    outputs: list[OutputDiffOut] | None = Field(None, description="max abs and relative diff per model output")
-    accuracy_delta: float | None = Field(None, description="accuracy minus the fp32 artifact's accuracy (fraction)")
-    latency_ms_batch64: float | None = Field(None, description="median onnxruntime CPU latency at batch 64")
-    cuda_latency_ms_batch1: float | None = Field(None, description="set only when a session really ran on CUDA")
-    cuda_latency_ms_batch64: float | None = None
-    quantization: str | None = Field(None, description="how this precision was made (e.g. dynamic int8, static QDQ)")
-    providers: list[str] | None = Field(None, description="onnxruntime execution providers the latencies were measured on")
-    opset: int | None = Field(None, description="ONNX opset the file was written with")
-    mean_cosine: float | None = Field(None, description="embedding students: mean cosine of this file's outputs to "
-                                      "the PyTorch student's (fp32) on the validation set")
-    sequence_length: int | None = Field(None, description="text students: tokens per row the latencies were measured at "
-                                        "(the validation set's median)")
-
-
-class Bundle(BaseModel):
-    format: str = Field(description="zip: the ONNX file as model.onnx plus tokenizer/ (text students)")
-    precision: str
-    size_bytes: int
-    sha256: str
-
-
-class ModelOut(BaseModel):
+class ModelHead(BaseModel):
     id: str
     object: Literal["model"] = "model"
     name: str
     job_id: str
-    teacher_id: str | None
-    dataset_id: str
-    method: dict[str, Any]
-    student: dict[str, Any]
-    num_parameters: int
-    teacher_num_parameters: int | None
-    refined_teacher_id: str | None = Field(None, description="the MCMI-refined teacher this student learned from")
-    compression_ratio: float | None
-    metrics: dict[str, float | None]
-    input: TensorSpec
-    output: TensorSpec
+
+
+class ModelOut(CardFields, ModelHead):  # served: id, object, name, job_id, the card's fields, its files
     artifacts: list[Artifact]
     created_at: int
     inputs: list[TensorSpec] | None = Field(None, description="every input, when there is more than one (text students: "

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         "there), `worker` (a task on a worker's `<queue>.probe` queue: the slim API image), `auto` (local when torch "
         "is importable or `python` is set, else worker)")
     visibility_timeout_s: int = Field(7 * 24 * 3600, description="Redis redelivery timeout; longer than any job")
-    python: str | None = Field(None, description="interpreter for torch-side helpers (teacher probe, catalogue)")
+    python: str | None = Field(None, description="interpreter for torch-side helpers (the teacher probe)")
     jail: Literal["bwrap", "off"] = Field(
         "bwrap", description="how uploaded teachers run: `bwrap` (in a bubblewrap sandbox: no files but their own, no "
         "network, no secrets, no new processes; teacher uploads and jobs are refused when bubblewrap cannot start) or "

@@ -27,7 +27,7 @@ CODE_ROOT = str(Path(__file__).resolve().parents[1])
 RESTART_MIN_S = 1.0
 RESTART_MAX_S = 60.0
 HEALTHY_AFTER_S = 60.0
-STUCK_JOB_EXIT = 70  # worker/pipeline.py: a job did not stop within the grace period
+STUCK_JOB_EXIT = 70  # worker/pipeline/lease.py: a job did not stop within the grace period
 
 # shutdown order: no new requests first, then the workers (cold shutdown: an unacknowledged job
 # goes back to the queue), the broker last

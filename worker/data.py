@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kdserve.service.ingest import Parsed
+from kdserve.service.store.datasets import Parsed
 
 
 @dataclass

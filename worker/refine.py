@@ -21,7 +21,7 @@ from kdserve.worker.losses.mcmi import MCMIParams, class_centroids, cmi_estimate
 def refine_mcmi(teacher: TorchScriptTeacher, x: torch.Tensor, y: torch.Tensor, params: MCMIParams,
                 device: torch.device, seed: int, on_epoch: Callable[[int, float, float], None]) -> None:
     """Fine-tune teacher.module in place on the labelled rows (x, y). on_epoch(epoch, mean_loss,
-    cmi) after each epoch. Runs inside the teacher jail (models/teacher_host.py): a TorchScript
+    cmi) after each epoch. Runs inside the teacher jail (worker/teacher_host.py): a TorchScript
     teacher is a program, and training it runs that program; a cancel ends the jailed process."""
     module = teacher.module.to(device)
     logits_of = lambda x: named_outputs(module(x))[teacher.logits_name].float()  # noqa: E731

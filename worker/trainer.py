@@ -188,6 +188,31 @@ def make_optimizer(params, spec: TrainingSpec) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
 
 
+def _prepared_batcher(student: Student, loss_fn: DistillLoss, train_d: Split, device: torch.device) -> Batcher:
+    """The batcher of this run, and the loss prepared with the student's hint shape and the teacher's
+    outputs (a loss that cannot work with them is a SetupError)."""
+    batcher = Batcher(student, loss_fn, train_d, device)
+    with torch.no_grad():
+        first = torch.arange(min(2, len(train_d)), device=train_d.x.device)
+        hint_shape = tuple(batcher.student.forward_features(*batcher.model_inputs(train_d, first),
+                                                            layer=batcher.layer)[0].shape)
+    try:
+        loss_fn.prepare(PrepareData(hint_shape, train_d.teacher_logits, train_d.teacher_features, train_d.y))
+    except ValueError as exc:
+        raise SetupError(str(exc)) from exc
+    loss_fn.to(device)
+    return batcher
+
+
+def _step(loss_fn: DistillLoss, optimizer: torch.optim.Optimizer, inputs) -> torch.Tensor:
+    """One optimizer step on one batch; the loss, detached (left on the device)."""
+    loss = loss_fn(inputs)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def train(
     student: Student,
     loss_fn: DistillLoss,
@@ -210,16 +235,7 @@ def train(
     student.to(device)
     train_d, val_d = train_split.to(device), val_split.to(device)
     has_labels = bool(train_split.labelled.any())
-    batcher = Batcher(student, loss_fn, train_d, device)
-    with torch.no_grad():
-        first = torch.arange(min(2, len(train_d)), device=train_d.x.device)
-        hint_shape = tuple(batcher.student.forward_features(*batcher.model_inputs(train_d, first),
-                                                            layer=batcher.layer)[0].shape)
-    try:
-        loss_fn.prepare(PrepareData(hint_shape, train_d.teacher_logits, train_d.teacher_features, train_d.y))
-    except ValueError as exc:
-        raise SetupError(str(exc)) from exc
-    loss_fn.to(device)
+    batcher = _prepared_batcher(student, loss_fn, train_d, device)
 
     params = list(student.parameters()) + list(loss_fn.parameters()) + batcher.parameters()
     optimizer = make_optimizer(params, spec)
@@ -232,10 +248,8 @@ def train(
     trained_samples, train_seconds, first_epoch = 0, 0.0, 0
     cpu_samples, cpu_seconds = 0, 0.0  # this run only (not carried over a resume)
     if resume is not None:
-        student.load_state_dict(resume["student"])
-        loss_fn.load_state_dict(resume["loss"])
-        batcher.load_state_dict(resume["batcher"])
-        optimizer.load_state_dict(resume["optimizer"])
+        for part, state in ((student, "student"), (loss_fn, "loss"), (batcher, "batcher"), (optimizer, "optimizer")):
+            part.load_state_dict(resume[state])
         generator.set_state(resume["generator"])
         step, first_epoch = resume["step"], resume["epoch"]
         result.history = [EpochMetrics(**m) for m in resume["history"]]
@@ -252,14 +266,11 @@ def train(
             idx = idx.to(device)
             if len(idx) < 2 and sizes:  # a trailing batch of one breaks BatchNorm; the next shuffle places it elsewhere
                 continue
-            loss = loss_fn(batcher.inputs(train_d, idx, has_labels, epoch, spec.epochs, training=True))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            losses.append(_step(loss_fn, optimizer, batcher.inputs(train_d, idx, has_labels, epoch, spec.epochs,
+                                                                    training=True)))
             step += 1
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * spec.learning_rate * (1 + math.cos(math.pi * step / total_steps))
-            losses.append(loss.detach())
             sizes.append(len(idx))
         count = sum(sizes)
         epoch_loss = float((torch.stack(losses) * torch.tensor(sizes, device=device)).sum()) / count
@@ -269,19 +280,15 @@ def train(
         cpu_samples += count
         train_seconds += seconds
         metrics = evaluate_epoch(student, loss_fn, batcher, val_d, epoch, spec, embedding)
-        record = EpochMetrics(
-            epoch=epoch + 1, train_loss=epoch_loss, seconds=seconds,
-            lr=optimizer.param_groups[0]["lr"], **metrics,
-        )
+        record = EpochMetrics(epoch=epoch + 1, train_loss=epoch_loss, seconds=seconds,
+                              lr=optimizer.param_groups[0]["lr"], **metrics)
         result.history.append(record)
         on_epoch(record)
         if checkpoint is not None:
-            checkpoint({
-                "epoch": epoch + 1, "step": step, "student": student.state_dict(), "loss": loss_fn.state_dict(),
-                "batcher": batcher.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(), "history": [m.__dict__ for m in result.history],
-                "trained_samples": trained_samples, "train_seconds": train_seconds,
-            })
+            checkpoint({"epoch": epoch + 1, "step": step, "student": student.state_dict(), "loss": loss_fn.state_dict(),
+                        "batcher": batcher.state_dict(), "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(), "history": [m.__dict__ for m in result.history],
+                        "trained_samples": trained_samples, "train_seconds": train_seconds})
     result.samples_per_second = trained_samples / train_seconds if train_seconds else 0.0
     result.cpu_samples_per_second = cpu_samples / cpu_seconds if cpu_seconds else 0.0
     return result

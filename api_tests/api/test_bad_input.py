@@ -30,6 +30,19 @@ def test_corrupted_teacher_is_refused(client, files, unchanged):
     assert_error(post_file(client, "/v1/teachers", "t.onnx", onnx_bytes[: len(onnx_bytes) // 2]), 422, "unsupported_format")
 
 
+def test_only_formats_that_load_are_accepted(client, files, unchanged):
+    """The form accepts the teacher formats the loader runs (kdserve.service.vocab.TEACHER_FORMATS);
+    a bare safetensors file, weights without a model, is refused at the door with what to send."""
+    header = b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
+    bare = len(header).to_bytes(8, "little") + header + b"\0\0\0\0"
+    r = post_file(client, "/v1/teachers", "model.safetensors", bare)
+    assert_error(r, 422, "unsupported_format", "file")
+    assert "format hf" in r.json()["error"]["message"]
+    r = post_file(client, "/v1/teachers", "t.onnx", files["onnx"].read_bytes(), format="safetensors")
+    assert_error(r, 422, "invalid_request", "format")
+    assert "['torchscript', 'onnx', 'hf']" in r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("kind", ["raw_pickle", "torch_save_zip"])
 def test_pickle_teacher_is_refused_and_never_unpickled(client, tmp_path, unchanged, kind):
     marker = tmp_path / "pwned"

@@ -27,11 +27,11 @@ ROWS = 100  # its KDSERVE_MAX_REQUEST_ROWS
 JSON_ROUTES = ["/v1/jobs", "/v1/models/mdl_none/predict", "/v2/models/mdl_none/infer"]
 
 # The probes of this module's service run through this interpreter: the real one, but while the
-# gate file exists the teacher jail's runner (`-m kdserve.models.teacher_host`) waits for the gate to go
+# gate file exists the teacher jail's runner (`-m kdserve.worker.teacher_host`) waits for the gate to go
 # (its folder is bound read-only into the jail), so a test can hold probes in flight for as long as
 # it needs (a teacher whose probe is slow). The test counts the waiting runners from /proc.
 SLOW_PYTHON = """#!/bin/sh
-case "$*" in *kdserve.models.teacher_host*)
+case "$*" in *kdserve.worker.teacher_host*)
   while [ -e "{gate}" ]; do sleep 0.05; done;;
 esac
 exec {python} "$@"
@@ -46,7 +46,7 @@ def waiting_runners(wrapper: Path) -> int:
             args = cmdline.read_bytes().split(b"\0")
         except OSError:
             continue
-        if str(wrapper).encode() in args and b"kdserve.models.teacher_host" in args and not args[0].endswith(b"bwrap"):
+        if str(wrapper).encode() in args and b"kdserve.worker.teacher_host" in args and not args[0].endswith(b"bwrap"):
             count += 1
     return count
 

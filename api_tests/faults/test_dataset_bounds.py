@@ -20,7 +20,7 @@ import pytest
 
 from api_tests.harness import MACHINE_REDIS, Payload, Service, assert_error, child_processes, post_file, stored_files
 from kdserve.service import ingest_child
-from kdserve.service.ingest import load_canonical
+from kdserve.service.store.datasets import load_canonical
 from kdserve.service.ingest_errors import DatasetError
 from kdserve.service.settings import Settings
 

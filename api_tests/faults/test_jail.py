@@ -1,7 +1,7 @@
 """The teacher jail itself (service/sandbox/jail.py), with real bubblewrap: whatever code runs in it — here a
 script that tries every escape a hostile teacher would — reads no file but its own, writes none,
 reaches no network, sees no secret, starts no process, and is held to its memory, CPU and wall
-time budgets. The script enters the jail exactly as models/teacher_host.py does."""
+time budgets. The script enters the jail exactly as worker/teacher_host.py does."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ PRELUDE = """
 import json, os, sys
 proto = os.fdopen(os.dup(1), "wb")
 os.dup2(2, 1)
-from kdserve.models.teacher_host import enter_jail
+from kdserve.worker.teacher_host import enter_jail
 enter_jail()
 from kdserve.service.sandbox.jail import Channel
 channel = Channel(os.fdopen(os.dup(0), "rb", buffering=0), proto)

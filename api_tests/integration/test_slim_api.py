@@ -1,6 +1,6 @@
 """The API runs without torch (the slim `api` image, `pip install kdserve` without the `worker`
-extra): it never imports torch, it reads the method catalogue from service/catalog.json, and it
-sends uploaded teachers to a worker to be probed."""
+extra): it never imports torch, it builds the method catalogue from the torch-free job-spec classes
+(kdserve.service.spec), and it sends uploaded teachers to a worker to be probed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import sys
 import textwrap
 
 from api_tests.harness import REPO
-from kdserve.service.api.deps import CATALOG_SNAPSHOT
+from kdserve.service.spec import methods as spec_methods
+from kdserve.service.spec.catalog import catalog
 from kdserve.service.api.teachers import probe_mode
 from kdserve.service.settings import Settings
 
@@ -19,13 +20,20 @@ from kdserve.service.settings import Settings
 WORKER_ONLY = ("torch", "torchvision", "transformers", "sklearn", "onnx", "onnxscript", "safetensors")
 
 
-def test_catalog_snapshot_is_fresh():
-    """service/catalog.json is exactly what the worker code says today: a method or architecture
-    added or changed without regenerating it fails here."""
-    out = subprocess.run([sys.executable, "-m", "kdserve.worker.catalog"], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, check=True)
-    assert out.stdout == CATALOG_SNAPSHOT.read_text(), (
-        "service/catalog.json is stale: run `.venv/bin/python -m kdserve.worker.catalog > service/catalog.json`")
+def test_catalogue_is_what_the_worker_runs():
+    """Every method and architecture the API serves (and validates jobs for) has its loss and its
+    builder in the worker, bound to the same params class, and nothing the worker has is missing."""
+    from kdserve.models.zoo import ARCHITECTURES
+    from kdserve.worker.losses import METHODS
+
+    served = catalog()
+    assert [m["name"] for m in served["methods"]] == list(METHODS)
+    assert [a["name"] for a in served["architectures"]] == list(ARCHITECTURES)
+    for entry in served["methods"]:
+        assert METHODS[entry["name"]].catalog_entry() == entry
+        assert METHODS[entry["name"]].params is spec_methods.METHODS[entry["name"]].params
+    for entry in served["architectures"]:
+        assert ARCHITECTURES[entry["name"]].catalog_entry() == entry
 
 
 def run_api_script(body: str, tmp_path, block_worker_modules: bool) -> dict:
@@ -56,16 +64,16 @@ def test_api_starts_and_serves_the_catalogue_without_torch(tmp_path):
         result["architectures"] = [a["name"] for a in client.get("/v1/architectures").json()["data"]]
         result["probe"] = probe_mode(settings)
     """, tmp_path, block_worker_modules=True)
-    snapshot = json.loads(CATALOG_SNAPSHOT.read_text())
-    assert result["methods"] == [m["name"] for m in snapshot["methods"]]
-    assert result["architectures"] == [a["name"] for a in snapshot["architectures"]]
+    served = catalog()
+    assert result["methods"] == [m["name"] for m in served["methods"]]
+    assert result["architectures"] == [a["name"] for a in served["architectures"]]
     assert result["probe"] == "worker"
     assert result["imported"] == []
 
 
 def test_api_process_never_imports_torch(tmp_path):
     """With torch installed (this venv) the API still keeps it out of its own process: the
-    catalogue and the probe run in child processes."""
+    catalogue comes from the torch-free specs and the probe runs in a child process."""
     result = run_api_script("""
         result["methods"] = len(client.get("/v1/methods").json()["data"])
         result["probe"] = probe_mode(settings)

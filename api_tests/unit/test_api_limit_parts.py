@@ -16,7 +16,7 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
-from kdserve.service.api.inference_v2 import InferRequest, to_array
+from kdserve.service.serving.v2 import InferRequest, to_array
 from kdserve.service.app import create_app
 from kdserve.service.bodies import PARSE_ON_LOOP_BYTES, BodyParser, validate
 from kdserve.service.errors import ApiError

@@ -1,4 +1,4 @@
-"""The worker's publishing guards (worker/pipeline.py) on real ONNX files and a real blob store:
+"""The worker's publishing guards (worker/pipeline/publish.py) on real ONNX files and a real blob store:
 an artifact whose weights live in an external-data file is never published (one .onnx file per
 precision is what the store keeps, downloads send and serving opens), and a stored file that does
 not load in onnxruntime fails the job with nothing left under the model's prefix."""

@@ -1,4 +1,4 @@
-"""service/api/inference_v2.Memo, which keeps /v2's API-key and model lookups off the database: one
+"""service/serving/v2.py Memo, which keeps /v2's API-key and model lookups off the database: one
 lookup per key in flight however many requests wait, a refresh ahead of expiry that no request
 waits for, failures never memoised, and drop() beating a lookup in flight."""
 
@@ -8,7 +8,7 @@ import asyncio
 import threading
 import time
 
-from kdserve.service.api.inference_v2 import Memo
+from kdserve.service.serving.v2 import Memo
 
 TTL = 0.4  # the refresh starts in the last REFRESH_FRACTION (half) of it
 

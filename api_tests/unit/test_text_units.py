@@ -19,6 +19,7 @@ from kdserve.models.text import (LowRankEmbedding, TextSource, build_layer_dropp
                          token_weights)
 from kdserve.models.zoo import ARCHITECTURES, ArchitectureError, create_student
 from kdserve.service import ingest
+from kdserve.service.store import datasets
 from kdserve.service.serving import text as text_serving
 from kdserve.service.errors import ApiError
 from kdserve.worker.pipeline import neighbour_overlap
@@ -202,7 +203,7 @@ def test_jsonl_round_trip_keeps_texts_pairs_and_labels(tmp_path):
     summary = parsed.summary()
     assert summary["feature_shape"] == [] and summary["details"]["text_pairs"] and summary["num_classes"] == 2
     parsed.save(tmp_path / "c.npz")
-    back = ingest.load_canonical(tmp_path / "c.npz")
+    back = datasets.load_canonical(tmp_path / "c.npz")
     assert back.texts == texts and back.pairs == ["a", "b", "c"] and back.y.tolist() == [1, -1, 0]
 
 

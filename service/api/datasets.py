@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from kdserve.service import ingest, ingest_child, metrics, uploads
-from kdserve.service.api.deps import Context, check_storage, get_ctx, get_owned, paginate, principal, uploader
+from kdserve.service.api.deps import (Context, add_read_routes, check_storage, delete_unused, get_ctx, principal,
+                                      uploader)
 from kdserve.service.auth import Principal
-from kdserve.service.errors import ApiError, not_found
-from kdserve.service.schemas import DatasetOut, ListOut
+from kdserve.service.errors import ApiError
+from kdserve.service.schemas import DatasetOut
 from kdserve.service.store.db import Dataset, Job, new_id
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -77,32 +78,12 @@ async def create_dataset(request: Request, ctx: Context = Depends(get_ctx), who:
     return to_out(row)
 
 
-@router.get("", response_model=ListOut)
-def list_datasets(limit: int = Query(20, ge=1, le=100), after: str | None = None,
-                  ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
-        rows, more = paginate(s, Dataset, who, limit, after)
-        return ListOut(data=[to_out(r) for r in rows], has_more=more)
-
-
-@router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
-        return to_out(get_owned(s, Dataset, dataset_id, who, "dataset"))
+add_read_routes(router, Dataset, "dataset", to_out, DatasetOut)
 
 
 @router.delete("/{dataset_id}", status_code=204)
 def delete_dataset(dataset_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.locked_session() as s:  # no job can be created for it between the check below and the delete
-        row = get_owned(s, Dataset, dataset_id, who, "dataset")
-        if not ctx.db.lock_rows(s, Dataset, [dataset_id], exclusive=True):  # deleted meanwhile
-            raise not_found("dataset", dataset_id)
-        busy = s.query(Job.id).filter(
-            (Job.dataset_id == dataset_id) | (Job.validation_dataset_id == dataset_id),
-            Job.status.in_(("queued", "running")),
-        ).first()
-        if busy:
-            raise ApiError(409, "conflict", f"job {busy[0]} is using this dataset; cancel it or wait for it to end")
-        s.delete(row)
+    delete_unused(ctx, who, Dataset, dataset_id, "dataset",
+                  (Job.dataset_id == dataset_id) | (Job.validation_dataset_id == dataset_id))
     ctx.blobs.delete_prefix(f"datasets/{dataset_id}")
     return Response(status_code=204)

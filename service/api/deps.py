@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
+import inspect
 import json
-import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from celery import Celery
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -20,9 +18,13 @@ from kdserve.service import auth, bodies
 from kdserve.service.errors import ApiError, not_found
 from kdserve.service.probe_limits import ProbeLimiter
 from kdserve.service.limits import TenantSlots, ensure_free_space
+from kdserve.service.model_card import ModelCard
+from kdserve.service.serving.v2 import Serving
+from kdserve.service.schemas import ListOut
 from kdserve.service.settings import Settings
+from kdserve.service.spec.catalog import catalog
 from kdserve.service.store.blobs import BlobStore
-from kdserve.service.store.db import Database, Dataset, Model, Teacher
+from kdserve.service.store.db import Database, Dataset, Job, Model, Teacher
 
 
 @dataclass
@@ -42,31 +44,21 @@ class Context:
     def python(self) -> str:
         return self.settings.python or sys.executable
 
-    def method(self, name: str) -> dict | None:
-        return next((m for m in self.catalog["methods"] if m["name"] == name), None)
 
-    def architecture(self, name: str) -> dict | None:
-        return next((a for a in self.catalog["architectures"] if a["name"] == name), None)
-
-
-CATALOG_SNAPSHOT = Path(__file__).resolve().parents[1] / "catalog.json"
-
-
-def load_catalog(python: str | None = None) -> dict[str, Any]:
-    """Methods and architectures as the worker code defines them: from `python -m kdserve.worker.catalog`
-    in a child process (torch is imported there only) when KDSERVE_PYTHON is set or torch is
-    installed here, else from service/catalog.json, the same output committed for the slim API
-    image (api_tests/integration/test_slim_api.py regenerates it and fails when it is stale)."""
-    if python is None and importlib.util.find_spec("torch") is None:
-        return json.loads(CATALOG_SNAPSHOT.read_text())
-    # -I: the working directory (a data dir, say) is not on the child's sys.path
-    out = subprocess.run([python or sys.executable, "-I", "-m", "kdserve.worker.catalog"], capture_output=True, text=True,
-                         timeout=300, check=True)
-    return json.loads(out.stdout)
+def load_catalog() -> dict[str, Any]:
+    """Methods, architectures and refinements as the job-spec classes define them
+    (kdserve.service.spec.catalog): torch-free, the same classes POST /v1/jobs validates with."""
+    return catalog()
 
 
 def get_ctx(request: Request) -> Context:
     return request.app.state.ctx
+
+
+async def serving(request: Request) -> Serving:
+    """The process's inference state (a coroutine: a plain `def` dependency costs a thread hand-off,
+    more than a small model's inference)."""
+    return request.app.state.serving
 
 
 def principal(request: Request, ctx: Context = Depends(get_ctx)) -> auth.Principal:
@@ -164,6 +156,42 @@ def paginate(s: Session, table, who: auth.Principal, limit: int, after: str | No
     return rows[:limit], len(rows) > limit
 
 
+def add_read_routes(router: APIRouter, table, kind: str, to_out: Callable, out_model: type[BaseModel]) -> None:
+    """GET "" (the caller's rows, newest first, a page at a time) and GET "/{<kind>_id}" (one row,
+    404 unless the caller's): the reads every stored resource has, written once."""
+
+    def list_rows(limit: int = Query(20, ge=1, le=100), after: str | None = None,
+                  ctx: Context = Depends(get_ctx), who: auth.Principal = Depends(principal)):
+        with ctx.db.session() as s:
+            rows, more = paginate(s, table, who, limit, after)
+            return ListOut(data=[to_out(r) for r in rows], has_more=more)
+
+    def get_row(ctx: Context = Depends(get_ctx), who: auth.Principal = Depends(principal), **ids: str):
+        with ctx.db.session() as s:
+            return to_out(get_owned(s, table, ids[f"{kind}_id"], who, kind))
+
+    # the path parameter keeps its resource's name ({dataset_id}, ...), in the OpenAPI document too
+    id_param = inspect.Parameter(f"{kind}_id", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str)
+    rest = [p for p in inspect.signature(get_row).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    get_row.__signature__ = inspect.Signature([id_param, *rest])
+    router.add_api_route("", list_rows, methods=["GET"], response_model=ListOut, name=f"list_{kind}s")
+    router.add_api_route(f"/{{{kind}_id}}", get_row, methods=["GET"], response_model=out_model, name=f"get_{kind}")
+
+
+def delete_unused(ctx: Context, who: auth.Principal, table, id_: str, kind: str, used_by) -> None:
+    """Delete the caller's row (404 as get_owned) unless a queued or running job uses it (409;
+    `used_by`: the Job condition). Under the lock no job can be created for it between the check
+    and the delete."""
+    with ctx.db.locked_session() as s:
+        row = get_owned(s, table, id_, who, kind)
+        if not ctx.db.lock_rows(s, table, [id_], exclusive=True):  # deleted meanwhile
+            raise not_found(kind, id_)
+        busy = s.query(Job.id).filter(used_by, Job.status.in_(("queued", "running"))).first()
+        if busy:
+            raise ApiError(409, "conflict", f"job {busy[0]} is using this {kind}; cancel it or wait for it to end")
+        s.delete(row)
+
+
 def check_storage(ctx: Context, who: auth.Principal, incoming: int) -> None:
     """413 when this upload would take the tenant past KDSERVE_TENANT_MAX_STORAGE_BYTES. It reads
     the database: async routes call it in the thread pool."""
@@ -180,7 +208,7 @@ def tenant_storage_bytes(db: Database, tenant: str) -> int:
         used = sum(s.scalars(select(func.coalesce(func.sum(t.size_bytes), 0)).where(t.tenant == tenant)).one()
                    for t in (Teacher, Dataset))
         for card in s.scalars(select(Model.card).where(Model.tenant == tenant)):
-            used += sum(a.get("size_bytes", 0) for a in card.get("artifacts", []) + (card.get("bundles") or []))
+            used += ModelCard.of(card).stored_bytes()
     return int(used)
 
 

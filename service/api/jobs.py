@@ -6,11 +6,9 @@ import asyncio
 import hashlib
 import json
 import logging
-import math
 import re
 import time
 
-import jsonschema
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
@@ -20,12 +18,17 @@ from starlette.concurrency import run_in_threadpool
 from kdserve.service import budgets
 from kdserve.service.api.deps import Context, body_openapi, get_ctx, get_owned, json_body, key_check, paginate, principal
 from kdserve.service.auth import Principal
-from kdserve.service.ingest import TEXT_FORMATS
 from kdserve.service.errors import ApiError, not_found
 from kdserve.service.limits import HeldStreamingResponse
 from kdserve.service.queue import enqueue_job
 from kdserve.service.schemas import EventOut, JobCreate, JobOut, ListOut
 from kdserve.service.settings import Settings
+from kdserve.service.spec import architectures as spec_archs
+from kdserve.service.spec import methods as spec_methods
+from kdserve.service.spec.errors import SpecError
+from kdserve.service.spec.jobs import (DataFacts, TeacherFacts, check_pairing, check_student, student_input,
+                                       validate_params)
+from kdserve.service.vocab import TEXT_DATASET_FORMATS
 from kdserve.service.store.db import TERMINAL, Dataset, Job, JobEvent, Teacher, new_id, now
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -46,82 +49,63 @@ def to_out(job: Job) -> JobOut:
     )
 
 
-def _non_finite(value, path: str) -> str | None:
-    """The path of the first NaN or infinite number in a JSON value (JSON itself has none, but
-    Python's parser accepts NaN and Infinity)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return path
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    return next((p for k, v in items if (p := _non_finite(v, f"{path}.{k}"))), None)
+def refused(exc: SpecError) -> ApiError:
+    """A job-spec rule's refusal (kdserve.service.spec) as the API's 422."""
+    return ApiError(422, "invalid_request", exc.message, exc.param)
 
 
-def _check_params(schema: dict, params: dict, param_prefix: str) -> dict:
-    """Validate against the registry's JSON schema; return the params with defaults filled in."""
-    bad = _non_finite(params, param_prefix)
-    if bad:
-        raise ApiError(422, "invalid_request", f"{bad} must be a finite number", bad)
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(params), key=lambda e: list(e.path))
-    if errors:
-        err = errors[0]
-        if err.validator == "additionalProperties":
-            extra = sorted(set(params) - set(schema.get("properties", {})))
-            raise ApiError(422, "invalid_request", f"unknown parameter(s) {extra}; known: {sorted(schema.get('properties', {}))}",
-                           f"{param_prefix}.{extra[0]}" if extra else param_prefix)
-        where = ".".join(str(p) for p in err.path)
-        raise ApiError(422, "invalid_request", f"{where or 'params'}: {err.message}",
-                       f"{param_prefix}.{where}" if where else param_prefix)
-    defaults = {k: v["default"] for k, v in schema.get("properties", {}).items() if "default" in v}
-    return {**defaults, **params}
-
-
-def normalize(ctx: Context, body: JobCreate) -> None:
-    """The part of pre-flight that needs only the catalogue: known method and architecture, their
-    params validated and completed with defaults. The request's digest (Idempotency-Key) is taken
-    after it and before anything is looked up, so a replay is recognised even when the job's
-    teacher or dataset has been deleted since."""
-    method = ctx.method(body.method.name)
+def normalize(body: JobCreate) -> None:
+    """The part of pre-flight that needs only the spec: known method and architecture, their params
+    validated (kdserve.service.spec, the classes the worker validates them with again) and
+    completed with defaults. The request's digest (Idempotency-Key) is taken after it and before
+    anything is looked up, so a replay is recognised even when the job's teacher or dataset has
+    been deleted since."""
+    method = spec_methods.METHODS.get(body.method.name)
     if method is None:
-        names = [m["name"] for m in ctx.catalog["methods"]]
-        raise ApiError(422, "invalid_request", f"unknown method {body.method.name!r}; choose one of {names}", "method.name")
-    arch = ctx.architecture(body.student.architecture)
+        raise ApiError(422, "invalid_request", f"unknown method {body.method.name!r}; choose one of "
+                       f"{list(spec_methods.METHODS)}", "method.name")
+    arch = spec_archs.ARCHITECTURES.get(body.student.architecture)
     if arch is None:
-        names = [a["name"] for a in ctx.catalog["architectures"]]
-        raise ApiError(422, "invalid_request", f"unknown architecture {body.student.architecture!r}; choose one of {names}",
-                       "student.architecture")
-    body.method.params = _check_params(method["params"], body.method.params, "method.params")
-    body.student.params = _check_params(arch["params"], body.student.params, "student.params")
-    if body.teacher_refinement:
-        spec = next(r for r in ctx.catalog["refinements"] if r["name"] == body.teacher_refinement.method)
-        body.teacher_refinement.params = _check_params(spec["params"], body.teacher_refinement.params,
-                                                       "teacher_refinement.params")
+        raise ApiError(422, "invalid_request", f"unknown architecture {body.student.architecture!r}; choose one of "
+                       f"{list(spec_archs.ARCHITECTURES)}", "student.architecture")
+    try:
+        body.method.params = validate_params(method.params, body.method.params, "method.params")
+        body.student.params = validate_params(arch.params, body.student.params, "student.params")
+        if body.teacher_refinement:
+            refinement = spec_methods.REFINEMENTS[body.teacher_refinement.method]
+            body.teacher_refinement.params = validate_params(refinement.params, body.teacher_refinement.params,
+                                                             "teacher_refinement.params")
+    except SpecError as exc:
+        raise refused(exc)
     check_metadata(body.metadata)
 
 
 def preflight(ctx: Context, body: JobCreate, who: Principal, s) -> None:
     """Everything a job needs, checked against its teacher and data before it is queued (after
     normalize())."""
-    method, arch = ctx.method(body.method.name), ctx.architecture(body.student.architecture)
+    method = spec_methods.METHODS[body.method.name]
+    arch = spec_archs.ARCHITECTURES[body.student.architecture]
     dataset = get_owned(s, Dataset, body.dataset_id, who, "dataset", "dataset_id")
     val = get_owned(s, Dataset, body.validation_dataset_id, who, "dataset", "validation_dataset_id") \
         if body.validation_dataset_id else None
     if val is not None and val.feature_shape != dataset.feature_shape:
         raise ApiError(422, "invalid_request", f"validation rows have shape {val.feature_shape}, training rows "
                        f"{dataset.feature_shape}", "validation_dataset_id")
-    if method["needs_labels"] and not dataset.labeled:
-        raise ApiError(422, "invalid_request", f"method {method['name']!r} needs labels and dataset {dataset.id} has none",
+    if method.needs_labels and not dataset.labeled:
+        raise ApiError(422, "invalid_request", f"method {method.name!r} needs labels and dataset {dataset.id} has none",
                        "dataset_id")
-    if (method["needs_teacher"] or body.teacher_refinement) and not body.teacher_id:
-        raise ApiError(422, "invalid_request", f"method {method['name']!r} needs a teacher: set teacher_id", "teacher_id")
+    if (method.needs_teacher or body.teacher_refinement) and not body.teacher_id:
+        raise ApiError(422, "invalid_request", f"method {method.name!r} needs a teacher: set teacher_id", "teacher_id")
     if not body.teacher_id and not dataset.labeled:
         raise ApiError(422, "invalid_request", "without a teacher the dataset must be labelled", "dataset_id")
-    if "teacher_features" in method["requires"] and not body.teacher_features:
-        raise ApiError(422, "invalid_request", f"method {method['name']!r} needs teacher features: set teacher_features "
+    if "teacher_features" in method.requires and not body.teacher_features:
+        raise ApiError(422, "invalid_request", f"method {method.name!r} needs teacher features: set teacher_features "
                        "to the name of one of the teacher's outputs", "teacher_features")
     if body.teacher_refinement:
         if not dataset.labeled:
             raise ApiError(422, "invalid_request", "teacher refinement needs a labelled dataset", "dataset_id")
     teacher = get_owned(s, Teacher, body.teacher_id, who, "teacher", "teacher_id") if body.teacher_id else None
-    text_preflight(body, method, arch, dataset, val, teacher)
+    check_spec(body, method, arch, dataset, val, teacher)
     if teacher is not None:
         names = [o["name"] for o in teacher.outputs or []]
         if body.teacher_features and body.teacher_features not in names:
@@ -173,7 +157,7 @@ def check_budget(settings: Settings, body: JobCreate, dataset: Dataset, val: Dat
     if width > settings.job_max_classes:
         raise ApiError(422, "invalid_request", f"the student would have {width} outputs; the limit is "
                        f"{settings.job_max_classes} (KDSERVE_JOB_MAX_CLASSES)", "teacher_id" if teacher else "dataset_id")
-    text = dataset.format in TEXT_FORMATS
+    text = dataset.format in TEXT_DATASET_FORMATS
     shapes = budgets.Shapes(
         input_shape=dataset.feature_shape, width=width, rows=dataset.num_rows + (val.num_rows if val else 0),
         batch_size=body.training.batch_size, max_length=body.text.max_length if text else 0,
@@ -196,94 +180,19 @@ def check_budget(settings: Settings, body: JobCreate, dataset: Dataset, val: Dat
                        budgets.PARAM_OF_PART[part])
 
 
-TEXT_ARCHITECTURES_HINT = "transformer (from scratch) or layer_dropped (a copy of a BERT teacher)"
-
-
-def text_preflight(body: JobCreate, method: dict, arch: dict, dataset: Dataset, val: Dataset | None,
-                   teacher: Teacher | None) -> None:
-    """Text jobs: the dataset, teacher, student and method must agree on text, on the tokenizer and
-    on the head. A text dataset is tokenised with the teacher's tokenizer at job start, and the
-    student shares that vocabulary: a mismatch here would otherwise surface as an index error
-    deep in training (the most common failure of distillation between transformers)."""
-    text_data = dataset.format in TEXT_FORMATS
-    text_arch = arch.get("inputs") == "text"
-    text_teacher = teacher is not None and teacher.format == "hf"
-    if val is not None and (val.format in TEXT_FORMATS) != text_data:
-        raise ApiError(422, "invalid_request", f"validation dataset {val.id} and dataset {dataset.id} must both be text "
-                       "or both numeric", "validation_dataset_id")
-    if text_data:
-        if teacher is None:
-            raise ApiError(422, "invalid_request", f"dataset {dataset.id} is text: it is tokenised with the teacher's "
-                           "tokenizer, so set teacher_id to a text teacher (format hf)", "teacher_id")
-        if not text_teacher:
-            raise ApiError(422, "invalid_request", f"dataset {dataset.id} is text but teacher {teacher.id} ({teacher.format}) "
-                           "has no tokenizer; use a Hugging Face teacher (format hf) whose tokenizer the student will "
-                           "share", "teacher_id")
-        if not text_arch:
-            raise ApiError(422, "invalid_request", f"student architecture {arch['name']!r} takes numeric features; for "
-                           f"text use {TEXT_ARCHITECTURES_HINT}", "student.architecture")
-    else:
-        if text_teacher:
-            raise ApiError(422, "invalid_request", f"teacher {teacher.id} is a text model (format hf); its dataset must "
-                           f"be text (jsonl), and dataset {dataset.id} is {dataset.format}", "dataset_id")
-        if text_arch:
-            raise ApiError(422, "invalid_request", f"{arch['name']!r} is a text student and dataset {dataset.id} is "
-                           f"numeric ({dataset.format}); use mlp, cnn or patch_transformer", "student.architecture")
-        return
-    d = teacher.details or {}
-    task, vocab = d.get("task"), int(d.get("vocab_size") or 0)
-    if body.text.max_length > int(d.get("max_positions") or 512):
-        raise ApiError(422, "invalid_request", f"text.max_length {body.text.max_length} is more than the teacher's "
-                       f"{d.get('max_positions')} positions", "text.max_length")
-    if method.get("compares", "logits") == "logits" and task == "embedding":
-        raise ApiError(422, "invalid_request", f"method {method['name']!r} compares class logits through a softmax, "
-                       f"and teacher {teacher.id} is a sentence-embedding model (no classes); use embedding_cosine, "
-                       "embedding_mse or embedding_relational", "method.name")
-    if method["needs_labels"] and task == "embedding":
-        raise ApiError(422, "invalid_request", f"method {method['name']!r} trains on class labels; an embedding "
-                       "student has no class head", "method.name")
-    p = body.student.params
-    if arch["name"] == "transformer":
-        if p.get("vocab_size") is not None and p["vocab_size"] < vocab:
-            raise ApiError(422, "invalid_request", f"vocabulary mismatch: student.params.vocab_size is {p['vocab_size']} "
-                           f"but teacher {teacher.id}'s tokenizer has {vocab} tokens; ids ≥ {p['vocab_size']} would "
-                           "index outside the student's embedding table. Leave vocab_size out to use the tokenizer's",
-                           "student.params.vocab_size")
-        if p.get("hidden", 1) % p.get("heads", 1):
-            raise ApiError(422, "invalid_request", f"student.params.hidden {p['hidden']} must be a multiple of heads "
-                           f"{p['heads']}", "student.params.hidden")
-        if p.get("max_positions") is not None and p["max_positions"] < body.text.max_length:
-            raise ApiError(422, "invalid_request", f"student.params.max_positions {p['max_positions']} is less than "
-                           f"text.max_length {body.text.max_length}", "student.params.max_positions")
-    elif arch["name"] == "layer_dropped":
-        if d.get("model_type") != "bert":
-            raise ApiError(422, "invalid_request", f"layer_dropped copies a BERT-family teacher (model_type bert); "
-                           f"teacher {teacher.id} is {d.get('model_type')!r}: use the transformer student",
-                           "student.architecture")
-        layers, n = p.get("layers"), int(d.get("num_layers") or 0)
-        if layers is not None and p.get("every") is not None:
-            raise ApiError(422, "invalid_request", "give student.params.layers or every, not both", "student.params.layers")
-        if layers is not None and (sorted(set(layers)) != layers or layers[0] < 0 or layers[-1] >= n):
-            raise ApiError(422, "invalid_request", f"student.params.layers {layers} must be distinct, increasing and "
-                           f"within the teacher's layers 0..{n - 1}", "student.params.layers")
-        if layers is None and (p.get("every") or 2) > n:
-            raise ApiError(422, "invalid_request", f"every={p.get('every')} keeps no layer of a {n}-layer teacher",
-                           "student.params.every")
-        if p.get("hidden_size") is not None and p["hidden_size"] > int(d.get("hidden_size") or 0):
-            raise ApiError(422, "invalid_request", f"student.params.hidden_size {p['hidden_size']} is wider than the "
-                           f"teacher's {d.get('hidden_size')}", "student.params.hidden_size")
-        width = p.get("hidden_size") or int(d.get("hidden_size") or 0)
-        if p.get("embedding_rank") is not None and width and p["embedding_rank"] >= width:
-            raise ApiError(422, "invalid_request", f"student.params.embedding_rank {p['embedding_rank']} must be below "
-                           f"the student's hidden size {width}: a factorisation of full rank saves nothing",
-                           "student.params.embedding_rank")
-        full_rows, vocab = p.get("embedding_full_rows"), int(d.get("vocab_size") or 0)
-        if full_rows is not None and p.get("embedding_rank") is None:
-            raise ApiError(422, "invalid_request", "student.params.embedding_full_rows adds full rows to a factorised "
-                           "table: set student.params.embedding_rank too", "student.params.embedding_full_rows")
-        if full_rows is not None and vocab and full_rows >= vocab:
-            raise ApiError(422, "invalid_request", f"student.params.embedding_full_rows {full_rows} must be below the "
-                           f"tokenizer's {vocab} tokens: the full table keeps every row", "student.params.embedding_full_rows")
+def check_spec(body: JobCreate, method: spec_methods.MethodSpec, arch: spec_archs.ArchSpec, dataset: Dataset,
+               val: Dataset | None, teacher: Teacher | None) -> None:
+    """The spec's rules (kdserve.service.spec.jobs) on what was stored at upload: text or numeric
+    agreement, the tokenizer and head of a text teacher, and the student's own rules for this
+    input, the same the worker's builders run again."""
+    data = DataFacts(dataset.id, dataset.format, dataset.feature_shape)
+    val_data = DataFacts(val.id, val.format, val.feature_shape) if val is not None else None
+    facts = TeacherFacts(teacher.id, teacher.format, teacher.details) if teacher is not None else None
+    try:
+        check_pairing(method, arch, data, val_data, facts, body.text.max_length)
+        check_student(arch, body.student.params, student_input(data, facts, body.text.max_length))
+    except SpecError as exc:
+        raise refused(exc)
 
 
 SPEC_MAX_BYTES = 256 * 1024  # a job spec is a few KB; its JSON is stored with the job
@@ -293,7 +202,7 @@ SPEC_MAX_BYTES = 256 * 1024  # a job spec is a few KB; its JSON is stored with t
 def create_job(body: JobCreate = Depends(json_body(JobCreate, SPEC_MAX_BYTES, "a job spec is a few KB")),
                idempotency_key: str | None = Header(None, max_length=255),
                ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    normalize(ctx, body)
+    normalize(body)
     spec = body.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     try:

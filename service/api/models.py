@@ -13,39 +13,27 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from kdserve.service.serving import text as text_serving
-from kdserve.service.api.deps import Context, body_openapi, get_ctx, get_owned, json_body, key_check, paginate, principal
-from kdserve.service.api.inference_v2 import Serving, TensorError, check_finite, serving, to_array, to_model_input
+from kdserve.service.api.deps import (Context, add_read_routes, body_openapi, get_ctx, get_owned, json_body, key_check,
+                                      principal, serving)
 from kdserve.service import metrics
 from kdserve.service.bodies import check_rows
 from kdserve.service.auth import Principal
 from kdserve.service.errors import ApiError, not_found
 from kdserve.service.filenames import content_disposition, safe_basename
-from kdserve.service.schemas import ListOut, ModelOut, PredictIn, PredictOut
+from kdserve.service.model_card import ModelCard, StoredArtifact, StoredBundle
+from kdserve.service.schemas import ModelOut, PredictIn, PredictOut
+from kdserve.service.serving.v2 import Serving, TensorError, check_finite, to_array, to_model_input
 from kdserve.service.store.db import Model
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 def to_out(row: Model) -> ModelOut:
-    card = row.card
-    artifacts = [{k: v for k, v in a.items() if k != "blob_key"} for a in card["artifacts"]]
-    bundles = [{k: v for k, v in b.items() if k != "blob_key"} for b in card.get("bundles") or []] or None
     return ModelOut(id=row.id, name=row.name, job_id=row.job_id, created_at=row.created_at,
-                    **{**card, "artifacts": artifacts, "bundles": bundles})
+                    **ModelCard.of(row.card).served())
 
 
-@router.get("", response_model=ListOut)
-def list_models(limit: int = Query(20, ge=1, le=100), after: str | None = None,
-                ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
-        rows, more = paginate(s, Model, who, limit, after)
-        return ListOut(data=[to_out(r) for r in rows], has_more=more)
-
-
-@router.get("/{model_id}", response_model=ModelOut)
-def get_model(model_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
-        return to_out(get_owned(s, Model, model_id, who, "model"))
+add_read_routes(router, Model, "model", to_out, ModelOut)
 
 
 # At most 19 digits: any byte offset fits, and a value of thousands of digits is refused before
@@ -61,10 +49,10 @@ def download_model(request: Request, model_id: str, format: str = Query("onnx"),
     with ctx.db.session() as s:
         row = get_owned(s, Model, model_id, who, "model")
     # `bundles`: text students' zips (model.onnx + tokenizer/), one per precision (format=zip)
-    files = row.card["artifacts"] + row.card.get("bundles", [])
-    artifact = next((a for a in files if a["format"] == format and a["precision"] == precision), None)
+    files = ModelCard.of(row.card).files()
+    artifact = next((a for a in files if a.format == format and a.precision == precision), None)
     if artifact is None:
-        have = [f"{a['format']}/{a['precision']}" for a in files]
+        have = [f"{a.format}/{a.precision}" for a in files]
         raise ApiError(404, "not_found", f"model {model_id} has no {format}/{precision} artifact; it has {have}", "precision")
     # Served from blobs.local_path() for every store (FastAPI publishes a route's docstring, so this
     # note is a comment): with S3 it is this machine's cached copy, downloaded once and checked
@@ -81,18 +69,19 @@ def download_model(request: Request, model_id: str, format: str = Query("onnx"),
         raise
 
 
-def _open_artifact(ctx: Context, artifact: dict, model_id: str):
+def _open_artifact(ctx: Context, artifact: StoredArtifact | StoredBundle, model_id: str):
     try:
-        return open(ctx.blobs.local_path(artifact["blob_key"]), "rb")
+        return open(ctx.blobs.local_path(artifact.blob_key), "rb")
     except FileNotFoundError:
-        raise ApiError(404, "not_found", f"the {artifact['format']}/{artifact['precision']} file of model {model_id} "
+        raise ApiError(404, "not_found", f"the {artifact.format}/{artifact.precision} file of model {model_id} "
                        "is gone from the blob store", "model_id") from None
 
 
-def _file_response(request: Request, ctx: Context, f, artifact: dict, filename: str) -> Response:
+def _file_response(request: Request, ctx: Context, f, artifact: StoredArtifact | StoredBundle,
+                   filename: str) -> Response:
     """200 with the whole file, 206 with the Range asked for, 304 or 416; `f` is closed by the
     response (or here, when no body follows)."""
-    size, etag = os.fstat(f.fileno()).st_size, f'"{artifact["sha256"]}"'
+    size, etag = os.fstat(f.fileno()).st_size, f'"{artifact.sha256}"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Disposition": content_disposition(filename)}
     if request.headers.get("if-none-match") == etag:
         f.close()
@@ -148,7 +137,7 @@ async def predict(request: Request, model_id: str, body: PredictIn = Depends(jso
         raise not_found("model", model_id)
     t0 = time.perf_counter()
     loaded = await srv.load(served)
-    if text_serving.is_text_model(served.card):
+    if served.card.is_text:
         return await _predict_text(request, ctx, served, loaded, body, t0)
     info = loaded.inputs[0]
     sample = list(info.shape[1:])
@@ -183,7 +172,7 @@ async def _predict_text(request: Request, ctx: Context, served, loaded, body: Pr
         metrics.observe_inference(served.model_id, protocol="v1", batch_size=0, seconds=0.0, outcome="error")
         raise ApiError(422, "invalid_request", f"{exc}; send a list of strings", "inputs")
     out = outputs[name]
-    if served.card["text"]["task"] == "embedding":
+    if served.card.text.task == "embedding":
         answer = PredictOut(logits=[], predictions=[], embeddings=out.tolist())
     else:
         answer = PredictOut(logits=out.tolist(), predictions=out.argmax(axis=1).tolist())

@@ -12,28 +12,32 @@ import uuid
 from pathlib import Path
 
 from celery.exceptions import TimeoutError as CeleryTimeout
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from kdserve.service.sandbox import model_files
 from kdserve.service.sandbox.jail import sandbox_problem
 from kdserve.service.sandbox.probe import run_probe
 from kdserve.service.sandbox.sniff import ModelFileError, sniff
-from kdserve.service import metrics, uploads
-from kdserve.service.api.deps import (Context, check_storage, get_ctx, get_owned, paginate, parse_json_form, principal,
-                              uploader)
+from kdserve.service import metrics, uploads, vocab
+from kdserve.service.api.deps import (Context, add_read_routes, check_storage, delete_unused, get_ctx, parse_json_form,
+                                      principal, uploader)
 from kdserve.service.auth import Principal
-from kdserve.service.errors import ApiError, not_found
+from kdserve.service.errors import ApiError
 from kdserve.service.queue import PROBE_TEACHER, probe_queue
-from kdserve.service.schemas import ListOut, TeacherOut
+from kdserve.service.schemas import TeacherOut
 from kdserve.service.settings import Settings
 from kdserve.service.store.db import Job, Teacher, new_id
+from kdserve.service.vocab import TEACHER_FORMATS
 
 router = APIRouter(prefix="/v1/teachers", tags=["teachers"])
 
-FORMATS = ("torchscript", "onnx", "hf", "safetensors")
-TASKS = ("classification", "embedding")
-_EXT = {"torchscript": ".pt", "onnx": ".onnx", "hf": ".zip", "safetensors": ".safetensors"}
+FORMATS = tuple(TEACHER_FORMATS)  # what the loader runs (kdserve.service.vocab)
+TASKS = tuple(vocab.TASKS)
+_EXT = {"torchscript": ".pt", "onnx": ".onnx", "hf": ".zip"}
+# Files the sniff recognises that are not teachers, and what to upload instead.
+UNLOADABLE = {"safetensors": "a bare safetensors file holds weights without the model that runs them; upload a zip "
+              "of the Hugging Face model folder (config.json, model.safetensors, tokenizer files) as format hf"}
 PROBE_QUEUE_WAIT_S = 30.0  # KDSERVE_PROBE=worker: time for the task to reach a free worker, on top of the probe's
 
 
@@ -51,9 +55,12 @@ def probe(ctx: Context, path: Path, fmt: str | None, input_shape, task: str | No
     next to the API, or on a worker when the API has no torch (KDSERVE_PROBE); the answer, and so
     every 422, is the same either way."""
     try:
-        sniff(path)
+        sniffed = sniff(path).format
     except ModelFileError as exc:
         raise ApiError(422, exc.code, exc.message, exc.param)
+    if sniffed not in FORMATS:  # recognised, but nothing the loader runs
+        raise ApiError(422, "unsupported_format", f"this is a {sniffed} file: {UNLOADABLE.get(sniffed, '')} (teacher "
+                       f"formats: {list(FORMATS)})", "file")
     if probe_mode(ctx.settings) == "worker":
         result = probe_on_worker(ctx, path, fmt, input_shape, task)
     else:
@@ -157,7 +164,8 @@ async def create_teacher(request: Request, ctx: Context = Depends(get_ctx), who:
         form = upload.fields
         fmt = form.get("format") or None
         if fmt is not None and fmt not in FORMATS:
-            raise ApiError(422, "invalid_request", f"format must be one of {list(FORMATS)}", "format")
+            raise ApiError(422, "invalid_request", f"format must be one of {list(FORMATS)}"
+                           + (f"; {UNLOADABLE[fmt]}" if fmt in UNLOADABLE else ""), "format")
         shape = parse_json_form(form.get("input_shape"), "input_shape")
         if shape is not None and (not isinstance(shape, list) or not shape
                                   or not all(isinstance(d, int) and 0 < d <= 1 << 20 for d in shape)):
@@ -187,30 +195,12 @@ async def create_teacher(request: Request, ctx: Context = Depends(get_ctx), who:
     return to_out(row)
 
 
-@router.get("", response_model=ListOut)
-def list_teachers(limit: int = Query(20, ge=1, le=100), after: str | None = None,
-                  ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
-        rows, more = paginate(s, Teacher, who, limit, after)
-        return ListOut(data=[to_out(r) for r in rows], has_more=more)
-
-
-@router.get("/{teacher_id}", response_model=TeacherOut)
-def get_teacher(teacher_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.session() as s:
-        return to_out(get_owned(s, Teacher, teacher_id, who, "teacher"))
+add_read_routes(router, Teacher, "teacher", to_out, TeacherOut)
 
 
 @router.delete("/{teacher_id}", status_code=204)
 def delete_teacher(teacher_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
-    with ctx.db.locked_session() as s:  # no job can be created for it between the check below and the delete
-        row = get_owned(s, Teacher, teacher_id, who, "teacher")
-        if not ctx.db.lock_rows(s, Teacher, [teacher_id], exclusive=True):  # deleted meanwhile
-            raise not_found("teacher", teacher_id)
-        busy = s.query(Job.id).filter(Job.teacher_id == teacher_id, Job.status.in_(("queued", "running"))).first()
-        if busy:
-            raise ApiError(409, "conflict", f"job {busy[0]} is using this teacher; cancel it or wait for it to end")
-        s.delete(row)
+    delete_unused(ctx, who, Teacher, teacher_id, "teacher", Job.teacher_id == teacher_id)
     ctx.blobs.delete_prefix(f"teachers/{teacher_id}")
     ctx.blobs.delete_prefix(f"cache/teacher_outputs/{teacher_id}")  # text teachers' cached outputs
     return Response(status_code=204)

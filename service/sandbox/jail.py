@@ -2,7 +2,7 @@
 
 A teacher is a program (TorchScript compiles arbitrary ATen calls, `aten::from_file` among them),
 so it never runs in the API or in the worker. Every load, forward pass and refinement happens in
-`python -I -B -m kdserve.models.teacher_host`, started inside a bubblewrap sandbox (`bwrap`):
+`python -I -B -m kdserve.worker.teacher_host`, started inside a bubblewrap sandbox (`bwrap`):
 
 - namespaces: its own user (uid 65534, no capabilities, no further user namespaces), PID, IPC,
   UTS, cgroup and network namespace (no interface but a loopback of its own: no network);
@@ -211,7 +211,7 @@ def child_env(budget: Budget, device: str) -> dict[str, str]:
     return env
 
 
-RUNNER = ("-I", "-B", "-m", "kdserve.models.teacher_host")  # isolated: no PYTHON* variables, no cwd or user site on sys.path
+RUNNER = ("-I", "-B", "-m", "kdserve.worker.teacher_host")  # isolated: no PYTHON* variables, no cwd or user site on sys.path
 
 
 def command(model: Path, out_dir: Path, work_dir: Path, *, mode: str, budget: Budget, device: str = "cpu",

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from kdserve.service.model_card import ModelCard
 from kdserve.service.serving import textio
 from kdserve.service.errors import ApiError
 
@@ -31,10 +32,6 @@ MAX_TEXT_CHARS = 200_000  # one text (the same bound as a dataset's)
 
 class TextInputError(ValueError):
     """A text input the model cannot take; the message says what is wrong (a 400 on /v2, 422 on /v1)."""
-
-
-def is_text_model(card: dict) -> bool:
-    return bool(card.get("text"))
 
 
 def tokenizer_key(model_id: str) -> str:
@@ -50,7 +47,7 @@ class TextTokenizers:
         self._items: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, blobs, model_id: str, card: dict):
+    def get(self, blobs, model_id: str, card: ModelCard):
         with self._lock:
             tok = self._items.get(model_id)
             if tok is not None:
@@ -60,7 +57,7 @@ class TextTokenizers:
             json_text = blobs.get_bytes(tokenizer_key(model_id)).decode("utf-8")
         except FileNotFoundError:
             raise TextInputError(f"model {model_id}'s tokenizer is gone from the blob store") from None
-        tok = textio.configured(json_text, int(card["text"]["max_length"]))
+        tok = textio.configured(json_text, card.text.max_length)
         with self._lock:
             self._items[model_id] = tok
             while len(self._items) > self.max_models:
@@ -108,12 +105,12 @@ def text_feeds(tok, texts: list[str], pairs: list[str] | None, max_chars: int) -
     return {textio.INPUT_IDS: enc.input_ids, textio.ATTENTION_MASK: enc.attention_mask}
 
 
-def text_inputs_metadata(card: dict) -> list[dict]:
+def text_inputs_metadata(card: ModelCard) -> list[dict]:
     """What /v2 metadata lists for a text student: the BYTES inputs it accepts besides its token ids."""
     out = [{"name": textio.TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]
-    if card["text"].get("text_pairs"):
+    if card.text.text_pairs:
         out.append({"name": textio.TEXT_PAIR_INPUT, "datatype": "BYTES", "shape": [-1]})
-    return out + list(card.get("inputs") or [card["input"]])
+    return out + [spec.model_dump() for spec in card.model_inputs]
 
 
 def v2_text_feeds(tok, inputs: list, pairs_allowed: bool, max_chars: int) -> dict[str, np.ndarray]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+
+from kdserve.service.store.keys import check_key, temp_file
 
 if TYPE_CHECKING:
     from kdserve.service.settings import Settings
@@ -36,22 +37,6 @@ class BlobStore(Protocol):
     def delete_older_than(self, prefix: str, age_s: float) -> int: ...
     def ping(self) -> None: ...
     def fetch_url(self, key: str, expires_s: int) -> str | None: ...
-
-
-def check_key(key: str) -> str:
-    """The key itself if it is a plain relative POSIX path; ValueError otherwise. The same rule for
-    every store, so a key that works on a laptop's folder also works on a bucket and back."""
-    parts = key.split("/") if isinstance(key, str) else [""]
-    if not key or key.startswith("/") or "\\" in key or "\x00" in key or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"blob key escapes the store: {key!r}")
-    return key
-
-
-def temp_file(folder: Path, suffix: str = "") -> Path:
-    """A fresh empty file in `folder` (a store's scratch_dir)."""
-    fd, name = tempfile.mkstemp(dir=folder, suffix=suffix)
-    os.close(fd)
-    return Path(name)
 
 
 def newest_mtime(path: Path) -> float:

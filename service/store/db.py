@@ -1,137 +1,23 @@
-"""Database tables and the few queries everything shares. The database is the source of truth:
-the Celery message carries a job id, nothing else."""
+"""The database and the few queries everything shares. The database is the source of truth: the
+Celery message carries a job id, nothing else. The tables are in service/store/tables.py (their
+names are importable from here too)."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, create_engine, event,
-                        func, select, update)
+from sqlalchemy import create_engine, event, func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
+from kdserve.service.store import migrate
+from kdserve.service.store.tables import (TERMINAL, ApiKey, Base, Dataset, Job, JobEvent, Model, Teacher, new_id,
+                                          now)
 
-def now() -> int:
-    return int(time.time())
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
-
-
-class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
-
-
-class ApiKey(Base):
-    __tablename__ = "api_keys"
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    tenant: Mapped[str] = mapped_column(String(100), index=True)
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    prefix: Mapped[str] = mapped_column(String(16))
-    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[int] = mapped_column(Integer, default=now)
-    revoked_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
-
-
-class Teacher(Base):
-    __tablename__ = "teachers"
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(40), unique=True)
-    tenant: Mapped[str] = mapped_column(String(100), index=True)
-    name: Mapped[str] = mapped_column(String(255))
-    format: Mapped[str] = mapped_column(String(20))
-    sha256: Mapped[str] = mapped_column(String(64))
-    size_bytes: Mapped[int] = mapped_column(Integer)
-    input_shape: Mapped[list[Any]] = mapped_column(JSON)
-    input_dtype: Mapped[str] = mapped_column(String(20))
-    num_classes: Mapped[int] = mapped_column(Integer)
-    num_parameters: Mapped[int] = mapped_column(Integer)
-    outputs: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    blob_key: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[int] = mapped_column(Integer, default=now)
-    # Text teachers (format hf): task, tokenizer and architecture facts the pre-flight checks need.
-    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-
-
-class Dataset(Base):
-    __tablename__ = "datasets"
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(40), unique=True)
-    tenant: Mapped[str] = mapped_column(String(100), index=True)
-    name: Mapped[str] = mapped_column(String(255))
-    format: Mapped[str] = mapped_column(String(20))
-    sha256: Mapped[str] = mapped_column(String(64))
-    size_bytes: Mapped[int] = mapped_column(Integer)
-    num_rows: Mapped[int] = mapped_column(Integer)
-    feature_shape: Mapped[list[Any]] = mapped_column(JSON)
-    labeled: Mapped[bool] = mapped_column(Boolean)
-    num_classes: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    class_counts: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    blob_key: Mapped[str] = mapped_column(String(255))  # canonical npz: x float32, y int64 (-1 = unlabelled)
-    created_at: Mapped[int] = mapped_column(Integer, default=now)
-    # Text datasets (format jsonl): kind, whether rows are text pairs, text lengths.
-    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-
-
-class Job(Base):
-    __tablename__ = "jobs"
-    # the index serves claim_next's "when was each tenant last served"
-    __table_args__ = (UniqueConstraint("tenant", "idempotency_key"), Index("ix_jobs_tenant_claimed_at", "tenant", "claimed_at"))
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(40), unique=True)
-    tenant: Mapped[str] = mapped_column(String(100), index=True)
-    status: Mapped[str] = mapped_column(String(20), index=True, default="queued")
-    stage: Mapped[str | None] = mapped_column(String(20), nullable=True)
-    progress: Mapped[float] = mapped_column(Float, default=0.0)
-    epoch: Mapped[int] = mapped_column(Integer, default=0)
-    teacher_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
-    dataset_id: Mapped[str] = mapped_column(String(40), index=True)
-    validation_dataset_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the validated JobCreate body
-    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    model_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    created_at: Mapped[int] = mapped_column(Integer, default=now)
-    started_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    estimated_finish: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    heartbeat_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)  # the delivery that holds the job
-    dispatched_at: Mapped[int | None] = mapped_column(Integer, nullable=True)  # last time its id was sent to the broker
-    claimed_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # last time a worker took it (fairness)
-
-
-class JobEvent(Base):
-    __tablename__ = "job_events"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    created_at: Mapped[int] = mapped_column(Integer, default=now)
-    level: Mapped[str] = mapped_column(String(10), default="info")
-    type: Mapped[str] = mapped_column(String(10), default="message")
-    message: Mapped[str] = mapped_column(Text)
-    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-
-
-class Model(Base):
-    __tablename__ = "models"
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(40), unique=True)
-    tenant: Mapped[str] = mapped_column(String(100), index=True)
-    name: Mapped[str] = mapped_column(String(255))
-    job_id: Mapped[str] = mapped_column(String(40), unique=True)  # one model per job: publishing is idempotent
-    card: Mapped[dict[str, Any]] = mapped_column(JSON)  # everything of the model card but the ids above
-    created_at: Mapped[int] = mapped_column(Integer, default=now)
-
-
-TERMINAL = ("succeeded", "failed", "cancelled")
+__all__ = ["TERMINAL", "ApiKey", "Base", "Database", "Dataset", "Job", "JobEvent", "Model", "Teacher", "new_id", "now",
+           "waiting"]
 
 
 class Database:
@@ -148,8 +34,6 @@ class Database:
     def migrate(self) -> str:
         """Create or upgrade the schema with the migrations (service/store/migrate.py); safe to call
         from every process at start. Says what it did."""
-        from kdserve.service.store import migrate  # it imports this module's models
-
         return migrate.upgrade(self.engine)
 
     create_all = migrate  # the name callers used before migrations existed

@@ -28,7 +28,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
-from kdserve.service.store.db import Base
+from kdserve.service.store.tables import Base
 
 SCRIPTS = Path(__file__).with_name("migrations")
 PG_LOCK_KEY = 0x6B647376  # "kdsv": the advisory lock every kdserve process takes to migrate

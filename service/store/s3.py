@@ -34,7 +34,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from kdserve.service.store.blobs import check_key, temp_file
+from kdserve.service.store.keys import check_key, temp_file
 
 MiB = 1024 * 1024
 _MISSING = {"404", "NoSuchKey", "NotFound"}

@@ -1,17 +1,16 @@
-"""The method registry: one decorated class per distillation method.
+"""The losses: one decorated class per distillation method, bound by name to its spec.
 
-Adding a method is one module in this package:
+A method's params schema, description and flags live torch-free in kdserve.service.spec.methods
+(the API validates a job with them, and serves them at GET /v1/methods); its loss is one module
+in this package:
 
-    class MyParams(MethodParams):
-        temperature: float = Field(4.0, gt=0)
-
-    @register_method("mine", params=MyParams, description="...", reference="arXiv:...")
+    @register_method("mine")          # define_method("mine", params=MyParams, ...) in the spec
     class MyLoss(DistillLoss):
         def forward(self, inp: LossInputs) -> torch.Tensor:
-            ...
+            ...  # self.params is a validated MyParams
 
-`worker/losses/__init__.py` imports every module of the package, so the new method is listed by
-`GET /v1/methods` and usable in `POST /v1/jobs` without touching anything else.
+`worker/losses/__init__.py` imports every module of the package; every defined method must have a
+loss (api_tests/unit/test_spec.py checks it).
 """
 
 from __future__ import annotations
@@ -22,13 +21,10 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
 
-
-class MethodParams(BaseModel):
-    """Base of every method's params schema. Unknown params are an error, not ignored."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+from kdserve.service.spec.methods import METHODS as METHOD_SPECS
+from kdserve.service.spec.binding import Bound
+from kdserve.service.spec.methods import MethodParams
 
 
 @dataclass
@@ -40,7 +36,7 @@ class LossInputs:
     teacher_logits: [B, C] cached teacher outputs (detached); None for self-distillation.
     epoch/epochs:   0-based current epoch and the total, for schedules (warm-ups, PS-KD's alpha).
     extras:         method-specific tensors the trainer provides when a loss asks for them
-                    through `DistillLoss.requires` (e.g. "aux_logits", "prev_probs").
+                    through its spec's `requires` (e.g. "aux_logits", "prev_probs").
     """
 
     student_logits: torch.Tensor
@@ -65,7 +61,7 @@ class DistillLoss(torch.nn.Module):
     """A distillation objective. It is an nn.Module so a method may own learnable parts
     (a FitNets regressor, say); the trainer optimises them with the student.
 
-    Extras the trainer can provide (declare them in `requires`):
+    Extras the trainer can provide (the method's spec lists those it needs: `requires`):
       "aux_logits"        [B, C]  an auxiliary linear head on the student's penultimate features
                                   (trained with the student, never exported)
       "student_features"  the output of `student_layer()` of the student's body (default: the
@@ -103,48 +99,25 @@ class DistillLoss(torch.nn.Module):
 
 
 @dataclass(frozen=True)
-class MethodInfo:
-    name: str
-    description: str
-    reference: str
-    needs_teacher: bool
-    needs_labels: bool
-    params: type[MethodParams]
-    loss_cls: type[DistillLoss]
-    # "logits": class logits through a softmax (needs a classification teacher); "vectors": any
-    # output vector compared as it is (sentence embeddings, or logits regressed as vectors).
-    compares: str = "logits"
+class MethodInfo(Bound):
+    """A method's spec (params, flags: `info.needs_teacher`...) and the loss that implements it."""
 
-    def catalog_entry(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "description": self.description,
-            "needs_teacher": self.needs_teacher,
-            "needs_labels": self.needs_labels,
-            "compares": self.compares,
-            "requires": sorted(self.loss_cls.requires),
-            "params": self.params.model_json_schema(),
-            "reference": self.reference,
-        }
+    loss_cls: type[DistillLoss]
 
 
 METHODS: dict[str, MethodInfo] = {}
 
 
-def register_method(
-    name: str,
-    *,
-    params: type[MethodParams],
-    description: str,
-    reference: str,
-    needs_teacher: bool = True,
-    needs_labels: bool = False,
-    compares: str = "logits",
-):
+def register_method(name: str):
+    """Bind a loss to the method `name` of kdserve.service.spec.methods: its params class validates
+    the loss's params, its `requires` are the extras the trainer provides."""
+    spec = METHOD_SPECS[name]
+
     def decorate(cls: type[DistillLoss]) -> type[DistillLoss]:
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        METHODS[name] = MethodInfo(name, description, reference, needs_teacher, needs_labels, params, cls, compares)
+        cls.requires = spec.requires
+        METHODS[name] = MethodInfo(spec, cls)
         return cls
 
     return decorate

@@ -43,6 +43,16 @@ def require_teacher(teacher_logits: torch.Tensor | None, student_logits: torch.T
     return teacher_logits
 
 
+def checked_teacher(inp: Any, method: str, two_classes: str | None = None) -> torch.Tensor:
+    """The batch's teacher logits, after checking the student's are [B, C] and the teacher's match;
+    `two_classes`: why the method needs C ≥ 2, when it does."""
+    check_logits(inp.student_logits)
+    teacher = require_teacher(inp.teacher_logits, inp.student_logits, method)
+    if two_classes is not None:
+        require_classes(inp.student_logits.shape[1], 2, method, two_classes)
+    return teacher
+
+
 def require_extra(extras: dict[str, Any], key: str, method: str) -> torch.Tensor:
     if key not in extras or extras[key] is None:
         raise ValueError(f"{method} needs extras[{key!r}] (declared in its `requires`)")

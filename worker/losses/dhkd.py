@@ -25,14 +25,11 @@ to 0 from epoch `kd_stop_epoch` on when it is given (50 in the ImageNet recipe).
 from __future__ import annotations
 
 import math
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from .base import DistillLoss, LossInputs, MethodParams, register_method
-from .common import labelled_ce, check_logits, require_extra, require_teacher, upcast
+from .base import DistillLoss, LossInputs, register_method
+from .common import checked_teacher, labelled_ce, require_extra, upcast
 
 # |x| beyond which d = σ(x) is clipped to 1e−8 / 1 − 1e−8
 _CLIP_LOGIT = math.log((1.0 - 1e-8) / 1e-8)
@@ -55,40 +52,13 @@ def binary_kl(aux_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
     return temperature * temperature * per_class.sum(dim=1).mean()
 
 
-class DHKDParams(MethodParams):
-    temperature: float = Field(2.0, gt=0, description="temperature T of the binary KL (T² scaling applied)")
-    alpha: float = Field(
-        1.0, ge=0, description="weight α of the binary-KL loss on the auxiliary head (1 CIFAR, 0.1 ImageNet)"
-    )
-    gamma: float = Field(1.0, ge=0, description="weight γ of the CE on the main head")
-    binary_kl: Literal["norm", "plain"] = Field(
-        "norm", description="'norm': BinaryKL-Norm KL(Bern(½) ‖ Bern(σ((z−t)/T))) as DHKD trains; 'plain': BinaryKL"
-    )
-    kd_stop_epoch: int | None = Field(
-        None,
-        ge=0,
-        description="0-based epoch from which the binary-KL weight is 0 (the ImageNet recipe uses 50); None = never",
-    )
-
-
-@register_method(
-    "dhkd",
-    params=DHKDParams,
-    description="Dual-Head KD: γ·CE(z¹, y) on the main head + α·T²·mean_i Σ_c KL(Bern(½) ‖ Bern(σ((z²−t)/T))) on an "
-    "auxiliary head z² (extras 'aux_logits' [B, C], a second head on the same pooled feature, never used for "
-    "prediction). Gradient alignment is left to the trainer (parts()). Labels are needed: the main head learns from CE "
-    "alone; unlabelled samples only reach the auxiliary head.",
-    reference="Yang et al. 2024, Dual-Head Knowledge Distillation, arXiv:2411.08937; METHODS.md §7",
-    needs_labels=True,
-)
+@register_method("dhkd")
 class DHKDLoss(DistillLoss):
-    requires = frozenset({"aux_logits"})
 
     def parts(self, inp: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(γ·CE on the main head, α·binary KL on the auxiliary head), for gradient alignment."""
         p = self.params
-        check_logits(inp.student_logits)
-        teacher = require_teacher(inp.teacher_logits, inp.student_logits, "dhkd")
+        teacher = checked_teacher(inp, "dhkd")
         aux = require_extra(inp.extras, "aux_logits", "dhkd")
         if aux.shape != teacher.shape:
             raise ValueError(f"dhkd: aux_logits {tuple(aux.shape)} must match teacher_logits {tuple(teacher.shape)}")

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from .base import DistillLoss, LossInputs, MethodParams, register_method
-from .common import labelled_ce, check_logits, require_classes, require_teacher, upcast
+from .base import DistillLoss, LossInputs, register_method
+from .common import checked_teacher, labelled_ce, upcast
 
 
 def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -45,30 +44,11 @@ def dist_parts(
     return inter, intra
 
 
-class DISTParams(MethodParams):
-    temperature: float = Field(
-        4.0, gt=0, description="temperature τ (4 on CIFAR-100, 1 on ImageNet); τ² scales both terms"
-    )
-    beta: float = Field(2.0, ge=0, description="weight β of the inter-class relation term (effective paper weight 2)")
-    gamma: float = Field(2.0, ge=0, description="weight γ of the intra-class relation term (effective paper weight 2)")
-    ce_weight: float = Field(1.0, ge=0, description="weight of the label cross-entropy")
-    eps: float = Field(1e-8, gt=0, description="ε added to the product of norms in the Pearson correlation")
-
-
-@register_method(
-    "dist",
-    params=DISTParams,
-    description="DIST: w_ce·CE(s, y) + τ²·(β·(1 − mean_i Pearson(p^S_i, p^T_i)) + γ·(1 − mean_c Pearson over the batch "
-    "of class c)), p = softmax(·/τ). Matches relations only, for a much stronger teacher. Needs batches of ≥ 3 for the "
-    "intra-class term to be informative. Unlabelled samples contribute the relation terms only.",
-    reference="Huang et al. 2022, Knowledge Distillation from A Stronger Teacher, arXiv:2205.10536; METHODS.md §15",
-)
+@register_method("dist")
 class DISTLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
         p = self.params
-        check_logits(inp.student_logits)
-        teacher = require_teacher(inp.teacher_logits, inp.student_logits, "dist")
-        require_classes(inp.student_logits.shape[1], 2, "dist", "a Pearson correlation across one class is undefined")
+        teacher = checked_teacher(inp, "dist", two_classes="a Pearson correlation across one class is undefined")
         inter, intra = dist_parts(inp.student_logits, teacher, p.temperature, p.eps)
         tau2 = p.temperature * p.temperature
         return p.ce_weight * labelled_ce(inp.student_logits, inp.labels) + tau2 * (p.beta * inter + p.gamma * intra)

@@ -21,10 +21,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from .base import DistillLoss, LossInputs, MethodParams, register_method
-from .common import labelled_ce, check_logits, require_teacher, upcast
+from kdserve.service.spec.methods import DivergenceParams
+
+from .base import DistillLoss, LossInputs, register_method
+from .common import checked_teacher, labelled_ce, upcast
 
 
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
@@ -45,40 +46,20 @@ def jensen_shannon(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     return (0.5 * (kl_tm + kl_sm)).mean()
 
 
-class DivergenceParams(MethodParams):
-    temperature: float = Field(
-        1.0, gt=0, description="softening temperature τ of both distributions (τ = 1 as KD_generalization's RevKD)"
-    )
-    alpha: float = Field(0.9, ge=0, le=1, description="weight of the τ²-scaled divergence; CE gets 1 − alpha")
-
-
 def _mixed(inp: LossInputs, params: DivergenceParams, divergence, method: str) -> torch.Tensor:
-    check_logits(inp.student_logits)
-    teacher = require_teacher(inp.teacher_logits, inp.student_logits, method)
+    teacher = checked_teacher(inp, method)
     tau, alpha = params.temperature, params.alpha
     soft = tau * tau * divergence(inp.student_logits, teacher, tau)
     return (1.0 - alpha) * labelled_ce(inp.student_logits, inp.labels) + alpha * soft
 
 
-@register_method(
-    "rkl",
-    params=DivergenceParams,
-    description="Reverse-KL KD (mode-seeking): (1−α)·CE(s, y) + α·τ²·KL(softmax(s/τ) ‖ softmax(t/τ)), batchmean. "
-    "Unlabelled samples contribute the divergence term only.",
-    reference="METHODS.md §2; Hinton et al. 2015 arXiv:1503.02531 (τ² convention); KD_generalization RevKD",
-)
+@register_method("rkl")
 class ReverseKLLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
         return _mixed(inp, self.params, reverse_kl, "rkl")
 
 
-@register_method(
-    "jsd",
-    params=DivergenceParams,
-    description="Jensen–Shannon KD (symmetric, bounded by log 2): (1−α)·CE(s, y) + α·τ²·JS(p^T_τ, p^S_τ) with "
-    "m = ½(p^T + p^S) mixed in probability space, batchmean. Unlabelled samples contribute the JS term only.",
-    reference="METHODS.md §2; SinKD arXiv:2402.17110 (JS as a KD baseline)",
-)
+@register_method("jsd")
 class JensenShannonLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
         return _mixed(inp, self.params, jensen_shannon, "jsd")

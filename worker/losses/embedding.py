@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from .base import DistillLoss, LossInputs, MethodParams, register_method, upcast
+from .base import DistillLoss, LossInputs, register_method, upcast
 
 
 def _pair(inp: LossInputs, method: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,54 +46,21 @@ def similarity_matrix(x: torch.Tensor) -> torch.Tensor:
     return xn @ xn.T
 
 
-class EmbeddingMSEParams(MethodParams):
-    pass
-
-
-@register_method(
-    "embedding_mse", params=EmbeddingMSEParams, compares="vectors",
-    description="Mean squared error between the student's and the teacher's output vectors, averaged over every "
-    "element: (1/(B·D)) Σ‖s − t‖². For sentence-embedding teachers; on logits it is Ba & Caruana's logit regression.",
-    reference="Reimers & Gurevych 2020, Making Monolingual Sentence Embeddings Multilingual using Knowledge "
-    "Distillation, arXiv:2004.09813",
-)
+@register_method("embedding_mse")
 class EmbeddingMSELoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
         s, t = _pair(inp, "embedding_mse")
         return F.mse_loss(s, t)
 
 
-class EmbeddingCosineParams(MethodParams):
-    pass
-
-
-@register_method(
-    "embedding_cosine", params=EmbeddingCosineParams, compares="vectors",
-    description="One minus the cosine similarity between the student's and the teacher's vectors, averaged over "
-    "the batch: (1/B) Σ (1 − cos(s, t)). Ignores the vectors' norms.",
-    reference="Sanh et al. 2019, DistilBERT (cosine embedding loss), arXiv:1910.01108",
-)
+@register_method("embedding_cosine")
 class EmbeddingCosineLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
         s, t = _pair(inp, "embedding_cosine")
         return cosine_distance(s, t)
 
 
-class EmbeddingRelationalParams(MethodParams):
-    relational_weight: float = Field(1.0, ge=0, description="weight of the similarity-matrix term (1/B²)Σ(S_s − S_t)²")
-    cosine_weight: float = Field(
-        1.0, ge=0, description="weight of the pointwise 1 − cos(s, t) term; 0 = relational only (the student's space "
-        "may then be any rotation of the teacher's)",
-    )
-
-
-@register_method(
-    "embedding_relational", params=EmbeddingRelationalParams, compares="vectors",
-    description="Match the batch's cosine-similarity matrix: w_rel·(1/B²)Σ_ij(ŝ_i·ŝ_j − t̂_i·t̂_j)² + "
-    "w_cos·(1/B)Σ(1 − cos(s_i, t_i)). Keeps the neighbourhood structure retrieval depends on.",
-    reference="Tung & Mori 2019, Similarity-Preserving Knowledge Distillation, arXiv:1907.09682 (on normalised "
-    "embeddings); Park et al. 2019, Relational Knowledge Distillation, arXiv:1904.05068",
-)
+@register_method("embedding_relational")
 class EmbeddingRelationalLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
         s, t = _pair(inp, "embedding_relational")

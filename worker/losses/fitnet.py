@@ -35,10 +35,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
-from .base import DistillLoss, LossInputs, MethodParams, PrepareData, register_method
+from kdserve.service.spec.methods import FitNetParams
+
+from .base import DistillLoss, LossInputs, PrepareData, register_method
 from .common import labelled_ce, check_logits, require_extra, require_teacher, upcast
 
 
@@ -65,30 +66,8 @@ def make_regressor(student_shape: Sequence[int], teacher_shape: Sequence[int]) -
     raise ValueError(f"fitnet: features must be [B, D], [B, L, D] or [B, C, H, W], got {s}")
 
 
-class FitNetParams(MethodParams):
-    hint_weight: float = Field(100.0, ge=0, description="weight β of the hint MSE (mean over all elements)")
-    ce_weight: float = Field(1.0, ge=0, description="weight of the label cross-entropy")
-    kd_weight: float = Field(
-        0.0, ge=0, description="weight of an optional Hinton KD term τ²·KL(p^T_τ ‖ p^S_τ); 0 = none"
-    )
-    temperature: float = Field(4.0, gt=0, description="temperature τ of the optional KD term")
-    student_layer: int = Field(
-        -1, ge=-1, le=63,
-        description="index of the student body module whose output is the hint (-1: the penultimate features)",
-    )
-
-
-@register_method(
-    "fitnet",
-    params=FitNetParams,
-    description="FitNets hints: w_ce·CE(s, y) + β·MSE_mean(r(F_S), F_T) (+ w_kd·τ²·KL KD when kd_weight > 0), with a "
-    "learned regressor r (Linear for [B, D] / [B, L, D] features, mdistiller's ConvReg for [B, C, H, W]) owned by the "
-    "loss. Needs extras 'student_features' and 'teacher_features' (one hint layer each). Unlabelled samples "
-    "contribute the hint (and KD) terms only.",
-    reference="Romero et al. 2015, FitNets: Hints for Thin Deep Nets, arXiv:1412.6550; METHODS.md §14",
-)
+@register_method("fitnet")
 class FitNetLoss(DistillLoss):
-    requires = frozenset({"student_features", "teacher_features"})
 
     def __init__(self, params: FitNetParams):
         super().__init__(params)

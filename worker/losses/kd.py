@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from .base import DistillLoss, LossInputs, MethodParams, kl_batchmean, labelled_ce, register_method, upcast
-
-
-class KDParams(MethodParams):
-    temperature: float = Field(4.0, gt=0, description="softening temperature τ of both distributions")
-    alpha: float = Field(0.9, ge=0, le=1, description="weight of the τ²-scaled KL term; CE gets 1 − alpha")
+from .base import DistillLoss, LossInputs, kl_batchmean, labelled_ce, register_method, upcast
 
 
-@register_method(
-    "kd",
-    params=KDParams,
-    description="Hinton KD: (1−α)·CE(s, y) + α·τ²·KL(softmax(t/τ) ‖ softmax(s/τ)), batchmean. "
-    "Unlabelled samples contribute the KL term only.",
-    reference="Hinton, Vinyals, Dean 2015, Distilling the Knowledge in a Neural Network, arXiv:1503.02531",
-)
+@register_method("kd")
 class KDLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
         tau, alpha = self.params.temperature, self.params.alpha
@@ -30,18 +18,7 @@ class KDLoss(DistillLoss):
         return (1.0 - alpha) * labelled_ce(inp.student_logits, inp.labels) + alpha * soft
 
 
-class CEParams(MethodParams):
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy")
-
-
-@register_method(
-    "ce",
-    params=CEParams,
-    description="Plain supervised training on the labels, no teacher: the baseline every method is compared with.",
-    reference="—",
-    needs_teacher=False,
-    needs_labels=True,
-)
+@register_method("ce")
 class CELoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
         return labelled_ce(inp.student_logits, inp.labels, self.params.label_smoothing)

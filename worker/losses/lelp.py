@@ -47,9 +47,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from .base import DistillLoss, LossInputs, MethodParams, PrepareData, register_method
+from kdserve.service.spec.methods import LELPParams
+
+from .base import DistillLoss, LossInputs, PrepareData, register_method
 from .common import labelled_ce, check_logits, require_extra, upcast
 
 _FITTED = ("sub_means", "sub_directions", "sub_scales")
@@ -77,41 +78,8 @@ def estimate_output_weight(features: torch.Tensor, logits: torch.Tensor) -> torc
     return sol[:-1].t()
 
 
-class LELPParams(MethodParams):
-    num_subclasses: int = Field(
-        4, ge=2, le=64, description="pseudo-subclasses S per class (not pinned by the paper: grid-searched)"
-    )
-    subclass_temperature: float = Field(
-        1.0,
-        gt=0,
-        description="temperature β of the softmax over a class's standardised projections (grid-searched in the paper)",
-    )
-    temperature: float = Field(
-        1.0, gt=0, description="temperature τ of the class part and of the student softmax (τ² scaling)"
-    )
-    alpha: float = Field(
-        1.0,
-        ge=0,
-        le=1,
-        description="weight of the subclass KL; CE on the aggregated class logits gets 1 − alpha "
-        "(1 = pure distillation)",
-    )
-    seed: int = Field(0, ge=0, description="seed of the random rotations")
-
-
-@register_method(
-    "lelp",
-    params=LELPParams,
-    description="LELP: each class is split into S pseudo-subclasses by the teacher's final-layer embedding projected "
-    "on the null space of its output weights (per-class PCA, top S directions, seeded random rotation): P^T(c,k) = "
-    "softmax(t/τ)_c·softmax_k(projection/β). The student has an S·C-way head (class logits = logsumexp over "
-    "subclasses) and learns (1−α)·CE + α·τ²·KL over the S·C subclasses. Needs extras 'teacher_features' [B, d] and "
-    "a fit() pass over the training set first. Meant for few-class problems.",
-    reference="Loo, Iliopoulos, Hu, Vee 2024, Linear Projections of Teacher Embeddings for Few-Class Distillation, "
-    "arXiv:2409.20449; METHODS.md §10",
-)
+@register_method("lelp")
 class LELPLoss(DistillLoss):
-    requires = frozenset({"teacher_features"})
 
     def __init__(self, params: LELPParams):
         super().__init__(params)

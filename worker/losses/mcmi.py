@@ -22,26 +22,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+
+from kdserve.service.spec.methods import MCMIParams  # noqa: F401  (the refinement's params)
 
 from .common import upcast
 
 # floor for centroid probabilities before the log (a centroid entry is a mean of softmax values,
 # so it is only 0 when every one of them underflowed)
 _TINY = 1e-30
-
-
-class MCMIParams(BaseModel):
-    """Teacher fine-tuning recipe of the reference code (`FineTuneTeacher.py`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lam: float = Field(0.15, ge=0, description="weight λ of the CMI term, subtracted from CE (scripts use 0.1–0.25)")
-    epochs: int = Field(20, ge=1, description="fine-tuning epochs")
-    lr: float = Field(0.05, gt=0, description="SGD learning rate (0.005 for MobileNetV2/ShuffleNet teachers)")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay")
-    batch_size: int = Field(64, ge=1, description="fine-tuning batch size")
 
 
 def class_centroids(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -25,20 +25,17 @@ USKD (§4b), no teacher; u = logits of the weak auxiliary head (extras["aux_logi
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from .base import DistillLoss, LossInputs, MethodParams, register_method
+from .base import DistillLoss, LossInputs, register_method
 from .common import (
-    labelled_ce,
     check_logits,
+    checked_teacher,
+    labelled_ce,
     non_target,
     require_classes,
     require_extra,
-    require_teacher,
     resolve_targets,
     upcast,
 )
@@ -63,27 +60,10 @@ def nkd_parts(
     return target_term, non_target_term
 
 
-class NKDParams(MethodParams):
-    temperature: float = Field(
-        3.0, gt=0, description="temperature τ of the non-target term (3 on CIFAR-100; 1 in the ImageNet configs)"
-    )
-    gamma: float = Field(3.5, ge=0, description="weight γ of the non-target term (3.5 on CIFAR-100; 1.5 on ImageNet)")
-
-
-@register_method(
-    "nkd",
-    params=NKDParams,
-    description="Normalized KD: CE(s, y) − mean_i p^T_y·log p^S_y (τ = 1, teacher weight detached) − γτ²·mean_i "
-    "Σ_{c≠y} q̂^T_c log q̂^S_c, q̂ = softmax over the non-target logits / τ (CE form, so it does not reach 0). "
-    "Unlabelled samples: no CE, and the teacher's argmax is their target class. Defaults are the CIFAR-100 config.",
-    reference="Yang et al. 2023, From KD to Self-KD: Normalized Loss and Customized Soft Labels, arXiv:2303.13005; "
-    "METHODS.md §4a",
-)
+@register_method("nkd")
 class NKDLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
-        check_logits(inp.student_logits)
-        teacher = require_teacher(inp.teacher_logits, inp.student_logits, "nkd")
-        require_classes(inp.student_logits.shape[1], 2, "nkd", "the non-target term needs a non-target class")
+        teacher = checked_teacher(inp, "nkd", two_classes="the non-target term needs a non-target class")
         target = resolve_targets(inp.labels, teacher)
         tgt, non = nkd_parts(inp.student_logits, teacher, target, self.params.temperature, self.params.gamma)
         return labelled_ce(inp.student_logits, inp.labels) + tgt + non
@@ -151,31 +131,8 @@ def uskd_parts(
     return uskd_terms(student_logits, aux_logits, labels, weight, soft_labels, mu)
 
 
-class USKDParams(MethodParams):
-    alpha: float = Field(0.1, ge=0, description="weight α of the soft target term L_t (0.1 CIFAR-100; 1 ImageNet)")
-    beta: float = Field(0.1, ge=0, description="weight β of the Zipf non-target term L_non (0.1)")
-    mu: float = Field(0.1, ge=0, description="weight μ of the weak head's smoothed CE (0.1 CIFAR-100; 0.005 ImageNet)")
-    rank_score: Literal["code", "prob"] = Field(
-        "code",
-        description="class-ranking score: 'code' uses the student's log-probabilities as the official code does; "
-        "'prob' uses its probabilities as the paper describes",
-    )
-
-
-@register_method(
-    "uskd",
-    params=USKDParams,
-    description="Universal self-KD (no teacher): CE(s, y) + α·L_t + β·L_non + L_weak, with soft target weight "
-    "σ_y² + 1 − mean σ_y², Zipf non-target soft labels ranked by the weak auxiliary head and the final logits, and "
-    "μ·smoothed CE on the weak head (extras 'aux_logits' [B, C], a linear head on pooled stage-3 features). "
-    "Unlabelled samples (label −1) contribute nothing: there is no teacher to stand in for their label.",
-    reference="Yang et al. 2023, From KD to Self-KD: Normalized Loss and Customized Soft Labels, arXiv:2303.13005; "
-    "METHODS.md §4b",
-    needs_teacher=False,
-    needs_labels=True,
-)
+@register_method("uskd")
 class USKDLoss(DistillLoss):
-    requires = frozenset({"aux_logits"})
 
     def forward(self, inp: LossInputs) -> torch.Tensor:
         p = self.params

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from .base import DistillLoss, LossInputs, MethodParams, register_method
-from .common import check_logits, require_teacher, resolve_targets, target_mask, upcast
+from .base import DistillLoss, LossInputs, register_method
+from .common import checked_teacher, resolve_targets, target_mask, upcast
 
 
 def teacher_optimal_permutation(teacher_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -43,26 +42,9 @@ def pld_loss(
     return (q * (tail - s_perm)).sum(dim=1).mean()
 
 
-class PLDParams(MethodParams):
-    temperature: float = Field(
-        4.0,
-        gt=0,
-        description="teacher temperature τ_T of the step weights q = softmax(t/τ_T) (4 on CIFAR-100, 1 on ImageNet)",
-    )
-
-
-@register_method(
-    "pld",
-    params=PLDParams,
-    description="Plackett–Luce distillation: the student's PL negative log-likelihood of the teacher-optimal ranking "
-    "(true label first, then classes by descending teacher logit), each step weighted by softmax(t/τ_T). Replaces "
-    "CE + KD (no separate CE). Unlabelled samples rank the teacher's argmax first.",
-    reference="Bassam, Zhu, Bian 2025, PLD: A Choice-Theoretic List-Wise Knowledge Distillation, arXiv:2506.12542; "
-    "METHODS.md §6",
-)
+@register_method("pld")
 class PLDLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
-        check_logits(inp.student_logits)
-        teacher = require_teacher(inp.teacher_logits, inp.student_logits, "pld")
+        teacher = checked_teacher(inp, "pld")
         target = resolve_targets(inp.labels, teacher)
         return pld_loss(inp.student_logits, teacher, target, self.params.temperature)

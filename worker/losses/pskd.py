@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from .base import DistillLoss, LossInputs, MethodParams, register_method
+from .base import DistillLoss, LossInputs, register_method
 from .common import check_logits, require_extra, upcast
 
 
@@ -40,25 +39,8 @@ def pskd_loss(logits: torch.Tensor, labels: torch.Tensor, prev_probs: torch.Tens
     return -(target * F.log_softmax(z, dim=1)).sum(dim=1).mean()
 
 
-class PSKDParams(MethodParams):
-    alpha_T: float = Field(
-        0.8, ge=0, le=1, description="final weight α_T of the previous-epoch predictions; α_t = α_T·(epoch+1)/epochs"
-    )
-
-
-@register_method(
-    "pskd",
-    params=PSKDParams,
-    description="Progressive self-KD (no teacher): CE against ỹ = (1−α_t)·onehot(y) + α_t·P_prev, "
-    "α_t = α_T·(epoch+1)/epochs, P_prev = the model's own detached softmax for the sample from the previous epoch "
-    "(extras 'prev_probs' [B, C]; one-hot labels at epoch 0). Unlabelled samples contribute nothing.",
-    reference="Kim et al. 2021, Self-Knowledge Distillation with Progressive Refinement of Targets, arXiv:2006.12000; "
-    "METHODS.md §8",
-    needs_teacher=False,
-    needs_labels=True,
-)
+@register_method("pskd")
 class PSKDLoss(DistillLoss):
-    requires = frozenset({"prev_probs"})
 
     def forward(self, inp: LossInputs) -> torch.Tensor:
         z = inp.student_logits

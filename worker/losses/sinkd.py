@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from .base import DistillLoss, LossInputs, MethodParams, register_method
-from .common import labelled_ce, check_logits, require_teacher, upcast
+from .base import DistillLoss, LossInputs, register_method
+from .common import checked_teacher, labelled_ce, upcast
 
 
 def sinkhorn_plan(cost: torch.Tensor, epsilon: float = 0.1, n_iter: int = 20) -> torch.Tensor:
@@ -73,37 +72,11 @@ def sinkhorn_cost(
     return value
 
 
-class SinKDParams(MethodParams):
-    alpha: float = Field(0.8, ge=0, le=1, description="weight of the CE-form KD term; the label CE gets 1 − alpha")
-    temperature: float = Field(2.0, gt=0, description="temperature τ of the CE-form KD term (no τ² factor)")
-    beta: float = Field(1.0, ge=0, description="weight β of the Sinkhorn term")
-    sinkhorn_weight: float = Field(
-        0.001,
-        ge=0,
-        description="scale w inside the Sinkhorn term, L_Sink = w·⟨Π, M⟩ (0.001 BERT/GLUE, 0.0008 T0/GPT-Neo)",
-    )
-    sinkhorn_temperature: float = Field(
-        2.0, gt=0, description="temperature τ_s of the distributions in the cost (2 in the code)"
-    )
-    epsilon: float = Field(0.1, gt=0, description="entropic regularisation ε of the Gibbs kernel exp(−M/ε)")
-    n_iter: int = Field(20, ge=1, le=1000, description="number of (row, column) Sinkhorn normalisations")
-
-
-@register_method(
-    "sinkd",
-    params=SinKDParams,
-    description="SinKD: (1−α)·CE(s, y) + α·mean_i(−Σ_c p^T_τ log p^S_τ) + β·w·⟨Π, M⟩, where Π is the batch-wise "
-    "Sinkhorn plan (unit marginals, log-domain iterations) over the B×B L1 cost between softmax(s/τ_s) and "
-    "softmax(t/τ_s) rows. The KD term is the CE form without τ², as in the reference GLUE trainer. Depends on batch "
-    "composition; unlabelled samples contribute the KD and Sinkhorn terms only.",
-    reference="Cui et al. 2024, Sinkhorn Distance Minimization for Knowledge Distillation, arXiv:2402.17110; "
-    "METHODS.md §3",
-)
+@register_method("sinkd")
 class SinKDLoss(DistillLoss):
     def forward(self, inp: LossInputs) -> torch.Tensor:
         p = self.params
-        check_logits(inp.student_logits)
-        teacher = require_teacher(inp.teacher_logits, inp.student_logits, "sinkd")
+        teacher = checked_teacher(inp, "sinkd")
         s, t = upcast(inp.student_logits), upcast(teacher)
         # CE-form soft loss: mean_i −Σ_c p^T_c log p^S_c at temperature τ
         log_ps = F.log_softmax(s / p.temperature, dim=1)

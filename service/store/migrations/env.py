@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from kdserve.service.store.db import Base
+from kdserve.service.store.tables import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None or context.is_offline_mode():

@@ -1,4 +1,4 @@
-"""The program inside the teacher jail: `python -I -B -m kdserve.models.teacher_host` (see service/sandbox/jail.py).
+"""The program inside the teacher jail: `python -I -B -m kdserve.worker.teacher_host` (see service/sandbox/jail.py).
 
 It limits itself (rlimits, seccomp) before it reads anything, then answers requests on its
 stdin, one at a time, on its stdout (framed messages, service/sandbox/jail.py):

@@ -1,0 +1,129 @@
+"""The database's tables (SQLAlchemy ORM). The schema is made and upgraded by the migrations
+(service/store/migrate.py), which compare against these; queries live in service/store/db.py."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    revoked_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class Upload:
+    """The columns every uploaded file's row has (teachers and datasets)."""
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    format: Mapped[str] = mapped_column(String(20))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+
+
+class Teacher(Upload, Base):
+    __tablename__ = "teachers"
+    input_shape: Mapped[list[Any]] = mapped_column(JSON)
+    input_dtype: Mapped[str] = mapped_column(String(20))
+    num_classes: Mapped[int] = mapped_column(Integer)
+    num_parameters: Mapped[int] = mapped_column(Integer)
+    outputs: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    blob_key: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    # Text teachers (format hf): task, tokenizer and architecture facts the pre-flight checks need.
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Dataset(Upload, Base):
+    __tablename__ = "datasets"
+    num_rows: Mapped[int] = mapped_column(Integer)
+    feature_shape: Mapped[list[Any]] = mapped_column(JSON)
+    labeled: Mapped[bool] = mapped_column(Boolean)
+    num_classes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    class_counts: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    blob_key: Mapped[str] = mapped_column(String(255))  # canonical npz: x float32, y int64 (-1 = unlabelled)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    # Text datasets (format jsonl): kind, whether rows are text pairs, text lengths.
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    # the index serves claim_next's "when was each tenant last served"
+    __table_args__ = (UniqueConstraint("tenant", "idempotency_key"), Index("ix_jobs_tenant_claimed_at", "tenant", "claimed_at"))
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    status: Mapped[str] = mapped_column(String(20), index=True, default="queued")
+    stage: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    teacher_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    dataset_id: Mapped[str] = mapped_column(String(40), index=True)
+    validation_dataset_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the validated JobCreate body
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    started_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    estimated_finish: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    heartbeat_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)  # the delivery that holds the job
+    dispatched_at: Mapped[int | None] = mapped_column(Integer, nullable=True)  # last time its id was sent to the broker
+    claimed_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # last time a worker took it (fairness)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    level: Mapped[str] = mapped_column(String(10), default="info")
+    type: Mapped[str] = mapped_column(String(10), default="message")
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Model(Base):
+    __tablename__ = "models"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    job_id: Mapped[str] = mapped_column(String(40), unique=True)  # one model per job: publishing is idempotent
+    card: Mapped[dict[str, Any]] = mapped_column(JSON)  # everything of the model card but the ids above
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+TERMINAL = ("succeeded", "failed", "cancelled")

@@ -1,0 +1,48 @@
+"""The evaluating stage: the trained student's metrics on the validation set."""
+
+from __future__ import annotations
+
+import torch
+
+from kdserve.worker import trainer
+from kdserve.worker.data import Split
+
+
+def final_metrics(student_logits: torch.Tensor, val: Split, result: trainer.TrainResult, embedding: bool) -> dict:
+    labelled = val.y >= 0
+    pred = student_logits.argmax(1)
+    metrics = {"teacher_accuracy": None, "student_accuracy": None, "agreement": None,
+               "train_loss": result.history[-1].train_loss if result.history else None,
+               "val_loss": result.history[-1].val_loss if result.history else None}
+    if embedding:
+        metrics["mean_cosine"] = float(torch.nn.functional.cosine_similarity(
+            student_logits, val.teacher_logits.float(), dim=1).mean())
+        metrics["neighbour_overlap_at_10"] = neighbour_overlap(student_logits, val.teacher_logits.float(), 10)
+        return metrics
+    if bool(labelled.any()):
+        metrics["student_accuracy"] = float((pred[labelled] == val.y[labelled]).float().mean())
+    if val.teacher_logits is not None:
+        t_pred = val.teacher_logits.argmax(1)
+        metrics["agreement"] = float((pred == t_pred).float().mean())
+        if bool(labelled.any()):
+            metrics["teacher_accuracy"] = float((t_pred[labelled] == val.y[labelled]).float().mean())
+    return metrics
+
+
+def neighbour_overlap(student: torch.Tensor, teacher: torch.Tensor, k: int) -> float | None:
+    """Mean share of each row's k nearest neighbours (cosine, itself excluded) that the student's
+    space and the teacher's have in common: how well the student serves retrieval in its place."""
+    n = min(len(student), 2000)  # an n×n similarity matrix: a sample is plenty for an average
+    if n <= k:
+        return None
+    student, teacher = student[:n], teacher[:n]
+
+    def knn(x: torch.Tensor) -> torch.Tensor:
+        xn = torch.nn.functional.normalize(x.float(), dim=1)
+        sim = xn @ xn.T
+        sim.fill_diagonal_(-float("inf"))
+        return sim.topk(k, dim=1).indices
+
+    a, b = knn(student), knn(teacher)
+    hits = (a.unsqueeze(2) == b.unsqueeze(1)).any(2).float().sum(1)
+    return float((hits / k).mean())

@@ -1,0 +1,81 @@
+"""A run's progress: the job row's stage, progress, estimated finish and heartbeat, a stage event
+as each stage starts, a metrics event per epoch, and how long each stage took."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from kdserve.service.schemas import JobCreate
+from kdserve.service.store.blobs import BlobStore
+from kdserve.service.store.db import Database, Job, now
+from kdserve.worker import trainer
+from kdserve.worker.pipeline.common import STAGES
+from kdserve.worker.pipeline.lease import Lease
+
+
+class Progress:
+    def __init__(self, db: Database, job: Job, lease: Lease, t_start: float, epochs: int):
+        self.db, self.job, self.lease, self.t_start, self.epochs = db, job, lease, t_start, epochs
+        self.timings: dict[str, float] = {}
+
+    def event(self, message: str, **kwargs) -> None:
+        self.db.add_event(self.job.id, message, **kwargs)
+
+    @staticmethod
+    def at(stage: str, fraction: float = 0.0) -> float:
+        names = list(STAGES)
+        before = sum(STAGES[n] for n in names[: names.index(stage)])
+        return min(1.0, before + STAGES[stage] * fraction)
+
+    def update(self, stage: str, fraction: float, **fields) -> None:
+        progress = self.at(stage, fraction)
+        elapsed = time.time() - self.t_start
+        eta = int(self.t_start + elapsed / progress) if progress > 0.05 else None
+        self.db.update_job(self.job.id, stage=stage, progress=round(progress, 4), estimated_finish=eta,
+                           heartbeat_at=now(), **fields)
+
+    @contextmanager
+    def stage(self, name: str):
+        if self.lease.stop_reason:
+            raise trainer.Stopped(self.lease.stop_reason)
+        self.update(name, 0.0)
+        self.event(name.replace("_", " "), type="stage", data={"stage": name})
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - t0, 4)
+
+    def on_epoch(self, m: trainer.EpochMetrics) -> None:
+        epochs = self.epochs
+        metrics = dict(self.job.metrics or {})
+        metrics.update(train_loss=m.train_loss, val_loss=m.val_loss)
+        self.job.metrics = metrics
+        self.update("training", m.epoch / epochs, epoch=m.epoch, metrics=metrics)
+        parts = [f"train_loss {m.train_loss:.4f}"]
+        if m.val_cosine is not None:
+            parts.append(f"val_cosine {m.val_cosine:.4f}")
+        if m.val_accuracy is not None:
+            parts.append(f"val_accuracy {m.val_accuracy:.4f}")
+        if m.val_agreement is not None:
+            parts.append(f"val_agreement {m.val_agreement:.4f}")
+        self.event(f"epoch {m.epoch}/{epochs}: " + ", ".join(parts), type="metrics", data=m.__dict__)
+
+    def on_refine_epoch(self, event: dict, epochs: int) -> None:
+        epoch, loss, cmi = int(event["epoch"]), float(event["loss"]), float(event["cmi"])
+        self.update("refining_teacher", epoch / epochs)
+        self.event(f"teacher refinement epoch {epoch}/{epochs}: loss {loss:.4f}, CMI {cmi:.4f}", type="metrics",
+                   data={"refine_epoch": epoch, "loss": loss, "cmi": cmi})
+
+
+@dataclass
+class RunContext:
+    """What every stage of one run works with (stage results are passed, not kept here)."""
+
+    db: Database
+    blobs: BlobStore
+    job: Job
+    spec: JobCreate
+    lease: Lease
+    progress: Progress
+    teachers: list = field(default_factory=list)  # jailed teacher processes to end with the run
