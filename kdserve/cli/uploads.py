@@ -50,4 +50,5 @@ def _list_show_delete(group: typer.Typer, kind: str, id_name: str, table, card, 
 _list_show_delete(teachers_app, "teachers", "teacher_id", teacher_table, teacher_card, (
     "Teachers, newest first.", "One teacher, with its outputs.", "Delete a teacher (refused while a job uses it)."))
 _list_show_delete(datasets_app, "datasets", "dataset_id", dataset_table, dataset_card, (
-    "Datasets, newest first.", "One dataset, with its class counts.", "Delete a dataset (refused while a job uses it)."))
+    "Datasets, newest first.", "One dataset, with its class counts.",
+    "Delete a dataset (refused while a job uses it)."))

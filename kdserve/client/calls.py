@@ -17,7 +17,8 @@ from typing import Any, Callable
 import httpx
 from pydantic import BaseModel
 
-from kdserve.client.errors import APIConnectionError, ChecksumMismatch, InvalidRequest, KdserveError, NotFound, WaitTimeout
+from kdserve.client.errors import (APIConnectionError, ChecksumMismatch, InvalidRequest, KdserveError, NotFound,
+                                   WaitTimeout)
 from kdserve.client.results import ArchitectureInfo, DownloadResult, InferResponse, MethodInfo, Page
 from kdserve.client.sse import ServerSentEvent
 from kdserve.service.filenames import safe_basename
@@ -52,6 +53,7 @@ def resolve_api_key(api_key: str | None = None) -> str | None:
         return key_file.read_text().strip() or None
     except OSError:
         return None
+
 
 # ---- requests, described once for both clients --------------------------------------------------
 
