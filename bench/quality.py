@@ -176,7 +176,7 @@ def main() -> None:
            "Reproduce: `python -m bench.quality`.", "",
            "Student accuracy and agreement with the teacher (fraction of test samples where the argmax "
            "matches), in %, mean ± std over seeds " + ", ".join(map(str, seeds)) + ", on the held-out 25% test split. "
-           "Each method runs with its registered default params (METHODS.md), AdamW lr 0.005 with cosine decay, "
+           "Each method runs with its registered default params (docs/methods.md), AdamW lr 0.005 with cosine decay, "
            "batch 64; 10% of the training rows are the job's validation split. `ce` is the student trained on the "
            "labels alone; in the 10%-labels regime it sees only the labelled tenth, the distillation methods also "
            "see the teacher's outputs on the other 90%. Self-distillation methods (uskd, pskd) have no teacher. "

@@ -14,6 +14,7 @@ to prove each rule fails when broken).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,19 @@ def check(plants: list[str] = (), capture: bool = False) -> subprocess.Completed
         root = installed_layout(Path(tmp), list(plants))
         return subprocess.run([sys.executable, "-I", "-c", RUN, str(root), str(REPO / "pyproject.toml")],
                               cwd=tmp, capture_output=capture, text=True, timeout=300)
+
+
+MODULES = ("import sys, json; sys.path.insert(0, sys.argv[1]); import grimp; "
+           "print(json.dumps(sorted(grimp.build_graph('kdserve', cache_dir=None).modules)))")
+
+
+def analysed_modules() -> set[str]:
+    """The kdserve modules import-linter's graph holds (every one the contracts are checked on)."""
+    with tempfile.TemporaryDirectory(prefix="kdserve-imports-") as tmp:
+        root = installed_layout(Path(tmp), [])
+        out = subprocess.run([sys.executable, "-I", "-c", MODULES, str(root)], cwd=tmp, capture_output=True,
+                             text=True, timeout=300, check=True)
+    return {m for m in json.loads(out.stdout) if m == "kdserve" or m.startswith("kdserve.")}
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""Request and response models: the contract of API.md in pydantic."""
+"""Request and response models: the HTTP contract (docs/api.md) in pydantic."""
 
 from __future__ import annotations
 

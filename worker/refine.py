@@ -1,4 +1,4 @@
-"""Teacher refinement before distillation: MCMI (METHODS.md §9).
+"""Teacher refinement before distillation: MCMI (docs/methods.md#mcmi).
 
 The teacher is fine-tuned on CE − λ·CMI, with the class centroids Q computed once over the
 training split (model in eval mode) and kept fixed, SGD with momentum and a cosine schedule, as

@@ -1,4 +1,4 @@
-"""The jobs contract of API.md: Idempotency-Key, cursor pagination, cancel (queued and running),
+"""The jobs contract of docs/api.md#jobs: Idempotency-Key, cursor pagination, cancel (queued and running),
 events, and the discovery endpoints."""
 
 from __future__ import annotations

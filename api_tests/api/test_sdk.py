@@ -1,4 +1,4 @@
-"""The Python SDK (kdserve/client.py) against the real service: typed results, errors with the
+"""The Python SDK (kdserve/client/) against the real service: typed results, errors with the
 API's code, a job followed over Server-Sent Events (also across a cut connection), and model
 downloads that resume an interrupted transfer and check the sha256."""
 

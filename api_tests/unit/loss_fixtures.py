@@ -1,4 +1,4 @@
-"""Shared inputs for the loss tests: the METHODS.md §19 worked example and a builder of valid
+"""Shared inputs for the loss tests: the worked example of docs/methods.md#worked-example and a builder of valid
 inputs for every registered method (the extras each one requires included)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 
 from kdserve.worker.losses import LossInputs, build_loss
 
-# ---- METHODS.md §19 (B = 3, C = 4) ------------------------------------------------------------
+# ---- docs/methods.md#worked-example (B = 3, C = 4) --------------------------------------------
 
 S19 = [[1.0, 2.0, 0.5, -1.0], [0.0, 0.3, 2.0, 1.0], [1.5, -0.5, 0.2, 0.8]]
 T19 = [[2.0, 1.0, 0.0, -2.0], [0.5, -0.5, 3.0, 0.0], [2.5, 0.0, -1.0, 1.0]]
@@ -18,7 +18,7 @@ U19 = [[0.5, 1.0, 0.0, -0.5], [0.2, 0.1, 1.5, 0.4], [1.0, 0.3, -0.2, 0.6]]  # US
 Q19 = [[0.7, 0.1, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1], [0.1, 0.1, 0.7, 0.1], [0.1, 0.1, 0.1, 0.7]]  # MCMI centroids
 
 CE19 = 1.120558  # CE(s, y), mean
-TOL = 1e-5  # §19 values are printed to 6 decimals
+TOL = 1e-5  # the worked example's values are printed to 6 decimals
 
 
 def s19(dtype=torch.float64) -> torch.Tensor:

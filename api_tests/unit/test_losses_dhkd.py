@@ -1,4 +1,4 @@
-"""dhkd (METHODS.md §7): §19 BinaryKL values, head separation, parts for gradient alignment."""
+"""dhkd (docs/methods.md#dhkd): worked-example BinaryKL values, head separation, parts for gradient alignment."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""dist (METHODS.md §15): §19 values, torchdistill DISTLoss cross-check, invariances."""
+"""dist (docs/methods.md#dist): worked-example values, torchdistill DISTLoss cross-check, invariances."""
 
 from __future__ import annotations
 

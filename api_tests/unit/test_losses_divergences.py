@@ -1,4 +1,4 @@
-"""rkl and jsd (METHODS.md §2): §19 values, JS limits, gradient formula, mixing with CE."""
+"""rkl and jsd (docs/methods.md#rkl, #jsd): worked-example values, JS limits, gradient formula, mixing with CE."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_js_symmetric_and_bounded_by_log2():
 
 
 def test_rkl_gradient_formula():
-    # METHODS §2: ∂RKL_i/∂s_j = p_j[(log p_j − log q_j) − RKL_i]/τ for one sample
+    # docs/methods.md#rkl: ∂RKL_i/∂s_j = p_j[(log p_j − log q_j) − RKL_i]/τ for one sample
     tau = 2.0
     s = torch.randn(1, 5, dtype=torch.float64, requires_grad=True)
     t = torch.randn(1, 5, dtype=torch.float64)

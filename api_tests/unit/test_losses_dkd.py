@@ -1,4 +1,4 @@
-"""dkd (METHODS.md §5): §19 values, the decomposition identity, warm-up, fallback."""
+"""dkd (docs/methods.md#dkd): worked-example values, the decomposition identity, warm-up, fallback."""
 
 from __future__ import annotations
 

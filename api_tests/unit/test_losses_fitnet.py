@@ -1,4 +1,4 @@
-"""fitnet (METHODS.md §14): regressor choice, hint loss, combination with CE and KD, lifecycle."""
+"""fitnet (docs/methods.md#fitnet): regressor choice, hint loss, combination with CE and KD, lifecycle."""
 
 from __future__ import annotations
 

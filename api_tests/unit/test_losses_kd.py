@@ -1,4 +1,4 @@
-"""kd and ce (METHODS.md §1): §19 values, analytic gradients, torchdistill KDLoss cross-check."""
+"""kd and ce (docs/methods.md#kd): worked-example values, analytic gradients, torchdistill KDLoss cross-check."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_kd_mixing():
 
 
 def test_kd_ce_form_differs_by_teacher_entropy():
-    # §19: CE form × τ² at τ = 4 is 21.582949; the KL form (0.353222) lacks τ²·mean H(p^T)
+    # worked example: CE form × τ² at τ = 4 is 21.582949; the KL form (0.353222) lacks τ²·mean H(p^T)
     pt = F.softmax(t19() / 4.0, dim=1)
     entropy = -(pt * pt.log()).sum(dim=1).mean().item()
     assert abs(0.353222 + 16.0 * entropy - 21.582949) < TOL
@@ -75,7 +75,7 @@ def test_matches_torchdistill_kdloss_on_random_inputs():
 
 
 def test_torchdistill_quirk_bare_kl_without_tau_squared():
-    # METHODS §1 pitfall: alpha = 0 (or no targets) returns the bare KL — no τ², no CE
+    # docs/methods.md#kd pitfall: alpha = 0 (or no targets) returns the bare KL — no τ², no CE
     gen = torch.Generator().manual_seed(1)
     s, t = torch.randn(8, 5, generator=gen), torch.randn(8, 5, generator=gen)
     y = torch.randint(0, 5, (8,), generator=gen)

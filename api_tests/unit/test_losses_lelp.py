@@ -1,4 +1,4 @@
-"""lelp (METHODS.md §10): fitting, subclass targets, aggregation, lifecycle, validation."""
+"""lelp (docs/methods.md#lelp): fitting, subclass targets, aggregation, lifecycle, validation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MCMI teacher refinement (METHODS.md §9): §19 values, centroids, sign, gradients, robustness."""
+"""MCMI teacher refinement (docs/methods.md#mcmi): worked-example values, centroids, sign, gradients, robustness."""
 
 from __future__ import annotations
 

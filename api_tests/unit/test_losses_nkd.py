@@ -1,4 +1,4 @@
-"""nkd and uskd (METHODS.md §4): §19 values, code-exact USKD ranking, fallbacks, gradients."""
+"""nkd and uskd (docs/methods.md#nkd, #uskd): worked-example values, code-exact USKD ranking, fallbacks, gradients."""
 
 from __future__ import annotations
 

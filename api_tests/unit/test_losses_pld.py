@@ -1,4 +1,4 @@
-"""pld (METHODS.md §6): §19 values, a naive second computation, special cases."""
+"""pld (docs/methods.md#pld): worked-example values, a naive second computation, special cases."""
 
 from __future__ import annotations
 

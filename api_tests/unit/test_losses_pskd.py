@@ -1,4 +1,4 @@
-"""pskd (METHODS.md §8): §19 α_t and loss, epoch-0 one-hot targets, unlabelled samples."""
+"""pskd (docs/methods.md#pskd): the worked example's α_t and loss, epoch-0 one-hot targets, unlabelled samples."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The method catalog: flags, defaults from METHODS.md, parameter constraints."""
+"""The method catalog: flags, defaults from docs/methods.md, parameter constraints."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""sinkd (METHODS.md §3): §19 cost, cost matrix and plan, marginals, POT cross-check, mixing."""
+"""sinkd (docs/methods.md#sinkd): worked-example cost, cost matrix and plan, marginals, POT cross-check, mixing."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_marginals():
 
 
 def test_total_loss_composition():
-    # (1−α)·CE + α·mean_i(−Σ p^T_τ log p^S_τ) + β·w·⟨Π, M⟩; §19: CE-form × τ² at τ = 4 is 21.582949
+    # (1−α)·CE + α·mean_i(−Σ p^T_τ log p^S_τ) + β·w·⟨Π, M⟩; worked example: CE-form × τ² at τ = 4 is 21.582949
     params = {"alpha": 0.6, "temperature": 4.0, "beta": 0.5, "sinkhorn_weight": 0.001}
     value = build_loss("sinkd", params)(inputs19()).item()
     expected = 0.4 * CE19 + 0.6 * 21.582949 / 16.0 + 0.5 * 0.001 * 1.143414

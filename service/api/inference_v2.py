@@ -1,6 +1,6 @@
 """Open Inference Protocol v2 (KServe / Triton REST) for published students, run by onnxruntime in
 this process (service/serving/runtime.py: session cache + dynamic batching; service/serving/v2.py: what
-a request means, tensors in and out). PEERS.md §8 has the shapes.
+a request means, tensors in and out). docs/api.md#open-inference-protocol-v2.
 
     GET  /v2/health/live                      200 while the process serves (no key: a probe)
     GET  /v2/health/ready                     200 when the database answers, else 503 (no key: a probe)

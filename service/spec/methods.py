@@ -84,7 +84,7 @@ define_method(
     "auxiliary head z² (extras 'aux_logits' [B, C], a second head on the same pooled feature, never used for "
     "prediction). Gradient alignment is left to the trainer (parts()). Labels are needed: the main head learns from CE "
     "alone; unlabelled samples only reach the auxiliary head.",
-    reference="Yang et al. 2024, Dual-Head Knowledge Distillation, arXiv:2411.08937; METHODS.md §7",
+    reference="Yang et al. 2024, Dual-Head Knowledge Distillation, arXiv:2411.08937; docs/methods.md#dhkd",
     needs_labels=True,
     requires=("aux_logits",),
 )
@@ -106,7 +106,7 @@ define_method(
     description="DIST: w_ce·CE(s, y) + τ²·(β·(1 − mean_i Pearson(p^S_i, p^T_i)) + γ·(1 − mean_c Pearson over the batch "
     "of class c)), p = softmax(·/τ). Matches relations only, for a much stronger teacher. Needs batches of ≥ 3 for the "
     "intra-class term to be informative. Unlabelled samples contribute the relation terms only.",
-    reference="Huang et al. 2022, Knowledge Distillation from A Stronger Teacher, arXiv:2205.10536; METHODS.md §15",
+    reference="Huang et al. 2022, Knowledge Distillation from A Stronger Teacher, arXiv:2205.10536; docs/methods.md#dist",
 )
 
 
@@ -122,7 +122,7 @@ define_method(
     params=DivergenceParams,
     description="Reverse-KL KD (mode-seeking): (1−α)·CE(s, y) + α·τ²·KL(softmax(s/τ) ‖ softmax(t/τ)), batchmean. "
     "Unlabelled samples contribute the divergence term only.",
-    reference="METHODS.md §2; Hinton et al. 2015 arXiv:1503.02531 (τ² convention); KD_generalization RevKD",
+    reference="docs/methods.md#rkl; Hinton et al. 2015 arXiv:1503.02531 (τ² convention); KD_generalization RevKD",
 )
 
 
@@ -131,7 +131,7 @@ define_method(
     params=DivergenceParams,
     description="Jensen–Shannon KD (symmetric, bounded by log 2): (1−α)·CE(s, y) + α·τ²·JS(p^T_τ, p^S_τ) with "
     "m = ½(p^T + p^S) mixed in probability space, batchmean. Unlabelled samples contribute the JS term only.",
-    reference="METHODS.md §2; SinKD arXiv:2402.17110 (JS as a KD baseline)",
+    reference="docs/methods.md#jsd; SinKD arXiv:2402.17110 (JS as a KD baseline)",
 )
 
 
@@ -153,7 +153,7 @@ define_method(
     description="Decoupled KD: w_ce·CE(s, y) + min((epoch+1)/warmup, 1)·τ²·mean_i(α·TCKD_i + β·NCKD_i), TCKD = binary "
     "target-vs-rest KL, NCKD = KL between the softmaxes over the non-target classes. Unlabelled samples: no CE, and "
     "the teacher's argmax is their target class.",
-    reference="Zhao et al. 2022, Decoupled Knowledge Distillation, arXiv:2203.08679; METHODS.md §5",
+    reference="Zhao et al. 2022, Decoupled Knowledge Distillation, arXiv:2203.08679; docs/methods.md#dkd",
 )
 
 
@@ -225,7 +225,7 @@ define_method(
     "learned regressor r (Linear for [B, D] / [B, L, D] features, mdistiller's ConvReg for [B, C, H, W]) owned by the "
     "loss. Needs extras 'student_features' and 'teacher_features' (one hint layer each). Unlabelled samples "
     "contribute the hint (and KD) terms only.",
-    reference="Romero et al. 2015, FitNets: Hints for Thin Deep Nets, arXiv:1412.6550; METHODS.md §14",
+    reference="Romero et al. 2015, FitNets: Hints for Thin Deep Nets, arXiv:1412.6550; docs/methods.md#fitnet",
     requires=("student_features", "teacher_features",),
 )
 
@@ -289,7 +289,7 @@ define_method(
     "subclasses) and learns (1−α)·CE + α·τ²·KL over the S·C subclasses. Needs extras 'teacher_features' [B, d] and "
     "a fit() pass over the training set first. Meant for few-class problems.",
     reference="Loo, Iliopoulos, Hu, Vee 2024, Linear Projections of Teacher Embeddings for Few-Class Distillation, "
-    "arXiv:2409.20449; METHODS.md §10",
+    "arXiv:2409.20449; docs/methods.md#lelp",
     requires=("teacher_features",),
 )
 
@@ -308,7 +308,7 @@ define_method(
     "Σ_{c≠y} q̂^T_c log q̂^S_c, q̂ = softmax over the non-target logits / τ (CE form, so it does not reach 0). "
     "Unlabelled samples: no CE, and the teacher's argmax is their target class. Defaults are the CIFAR-100 config.",
     reference="Yang et al. 2023, From KD to Self-KD: Normalized Loss and Customized Soft Labels, arXiv:2303.13005; "
-    "METHODS.md §4a",
+    "docs/methods.md#nkd",
 )
 
 
@@ -331,7 +331,7 @@ define_method(
     "μ·smoothed CE on the weak head (extras 'aux_logits' [B, C], a linear head on pooled stage-3 features). "
     "Unlabelled samples (label −1) contribute nothing: there is no teacher to stand in for their label.",
     reference="Yang et al. 2023, From KD to Self-KD: Normalized Loss and Customized Soft Labels, arXiv:2303.13005; "
-    "METHODS.md §4b",
+    "docs/methods.md#uskd",
     needs_teacher=False,
     needs_labels=True,
     requires=("aux_logits",),
@@ -353,7 +353,7 @@ define_method(
     "(true label first, then classes by descending teacher logit), each step weighted by softmax(t/τ_T). Replaces "
     "CE + KD (no separate CE). Unlabelled samples rank the teacher's argmax first.",
     reference="Bassam, Zhu, Bian 2025, PLD: A Choice-Theoretic List-Wise Knowledge Distillation, arXiv:2506.12542; "
-    "METHODS.md §6",
+    "docs/methods.md#pld",
 )
 
 
@@ -370,7 +370,7 @@ define_method(
     "α_t = α_T·(epoch+1)/epochs, P_prev = the model's own detached softmax for the sample from the previous epoch "
     "(extras 'prev_probs' [B, C]; one-hot labels at epoch 0). Unlabelled samples contribute nothing.",
     reference="Kim et al. 2021, Self-Knowledge Distillation with Progressive Refinement of Targets, arXiv:2006.12000; "
-    "METHODS.md §8",
+    "docs/methods.md#pskd",
     needs_teacher=False,
     needs_labels=True,
     requires=("prev_probs",),
@@ -401,7 +401,7 @@ define_method(
     "softmax(t/τ_s) rows. The KD term is the CE form without τ², as in the reference GLUE trainer. Depends on batch "
     "composition; unlabelled samples contribute the KD and Sinkhorn terms only.",
     reference="Cui et al. 2024, Sinkhorn Distance Minimization for Knowledge Distillation, arXiv:2402.17110; "
-    "METHODS.md §3",
+    "docs/methods.md#sinkd",
 )
 
 
@@ -434,6 +434,6 @@ class RefinementSpec:
 
 
 REFINEMENTS: dict[str, RefinementSpec] = {
-    "mcmi": RefinementSpec("mcmi", MCMIParams, "MCMI: fine-tune the teacher on CE − λ·CMI before distilling (METHODS.md §9)",
+    "mcmi": RefinementSpec("mcmi", MCMIParams, "MCMI: fine-tune the teacher on CE − λ·CMI first (docs/methods.md#mcmi)",
                            "Ye et al. 2024, arXiv:2401.08732"),
 }

@@ -1,9 +1,9 @@
-"""Helpers shared by the distillation-loss modules (METHODS.md §0 conventions).
+"""Helpers shared by the distillation-loss modules (docs/methods.md#conventions).
 
 Not a method: `worker/losses/__init__.py` imports this module like the others, and it registers
 nothing.
 
-- `upcast` and `labelled_ce` (re-exported from base) compute in at least float32 (§0) without
+- `upcast` and `labelled_ce` (re-exported from base) compute in at least float32 (docs/methods.md#conventions) without
   down-casting float64, so `torch.autograd.gradcheck` in float64 sees float64 arithmetic.
 - `resolve_targets` is the one fallback rule for label-dependent KD terms: the label where a
   sample has one, the teacher's argmax where it has none (label −1, or `labels is None`).

@@ -1,4 +1,4 @@
-"""Dual-Head KD (METHODS.md §7).
+"""Dual-Head KD (docs/methods.md#dhkd).
 
 Yang, Zong, Huang, Feng, An, "Dual-Head Knowledge Distillation: Enhancing Logits Utilization with
 an Auxiliary Head", arXiv:2411.08937 (code penghui-yang/DHKD, `helper/loops.py`,

@@ -1,4 +1,4 @@
-"""DIST — Knowledge Distillation from A Stronger Teacher (METHODS.md §15).
+"""DIST — Knowledge Distillation from A Stronger Teacher (docs/methods.md#dist).
 
 Huang et al., NeurIPS 2022, arXiv:2205.10536 (code hunto/image_classification_sota,
 `lib/models/losses/dist_kd.py`; torchdistill `DISTLoss`).

@@ -1,6 +1,6 @@
-"""Reverse KL and Jensen–Shannon as KD losses (METHODS.md §2).
+"""Reverse KL and Jensen–Shannon as KD losses (docs/methods.md#rkl, docs/methods.md#jsd).
 
-Both replace the forward KL of Hinton KD (§1) and are mixed with cross-entropy the same way:
+Both replace the forward KL of Hinton KD (docs/methods.md#kd) and are mixed with cross-entropy the same way:
 
     L = (1 − α)·CE(s, y) + α·τ²·D(p^S_τ, p^T_τ)            (batchmean over the B samples)
 
@@ -12,7 +12,7 @@ the same number as log(clamp(m)), but with no floor to pick and no log(0) even w
 probabilities underflow (extreme logits, fp16 inputs).
 
 References: Hinton et al. 2015 (arXiv:1503.02531) for the τ² convention; RKL as in
-KD_generalization ("RevKD", τ = 1); SinKD (arXiv:2402.17110) §2 discussion of FKL/RKL/JS.
+KD_generalization ("RevKD", τ = 1); SinKD (arXiv:2402.17110), its discussion of FKL/RKL/JS.
 """
 
 from __future__ import annotations

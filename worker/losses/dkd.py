@@ -1,4 +1,4 @@
-"""DKD — Decoupled Knowledge Distillation (METHODS.md §5).
+"""DKD — Decoupled Knowledge Distillation (docs/methods.md#dkd).
 
 Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022, arXiv:2203.08679 (code
 megvii-research/mdistiller, `mdistiller/distillers/DKD.py`).
@@ -13,7 +13,7 @@ All at temperature τ, p = softmax(z/τ):
     L      = w_ce · CE(s, y) + L_DKD
 
 log(1 − p_y) is computed as logsumexp(non-target z/τ) − logsumexp(z/τ), which never hits log 0
-(the fp16 pitfall of §5); the non-target softmax drops the target column instead of the code's
+(the fp16 pitfall in docs/methods.md#dkd); the non-target softmax drops the target column instead of the code's
 −1000 mask. Unlabelled samples use the teacher's argmax as their target class and get no CE.
 """
 

@@ -1,4 +1,4 @@
-"""FitNets hint loss (METHODS.md §14), single-stage benchmark form.
+"""FitNets hint loss (docs/methods.md#fitnet), single-stage benchmark form.
 
 Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015, arXiv:1412.6550; the single-stage
 form and the ConvReg regressor of RepDistiller (`distiller_zoo/FitNet.py`, `models/util.py`) and

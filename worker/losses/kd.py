@@ -1,4 +1,4 @@
-"""Hinton KD and the plain supervised baseline (METHODS.md §1)."""
+"""Hinton KD and the plain supervised baseline (docs/methods.md#kd, docs/methods.md#ce)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""LELP — pseudo-subclass distillation from linear projections of teacher embeddings (METHODS.md §10, §20).
+"""LELP — pseudo-subclass distillation from linear projections of teacher embeddings (docs/methods.md#lelp).
 
 Loo, Iliopoulos, Hu, Vee, "Linear Projections of Teacher Embeddings for Few-Class Distillation",
 arXiv:2409.20449 (2024); modelled on Subclass Distillation (Müller, Kornblith, Hinton 2020,
 arXiv:2002.03936). No official code exists.
 
-What METHODS.md pins down, implemented as stated:
+What the paper pins down, implemented as stated (docs/methods.md#lelp):
 - offline, once over the training set, with the teacher's final-layer embeddings
   (extras["teacher_features"], [B, d]): project the embeddings onto the null space of the
   teacher's output weights, run a per-class PCA there, keep the top directions, apply a random
@@ -15,7 +15,7 @@ What METHODS.md pins down, implemented as stated:
   probabilities; class predictions aggregate each class's subclasses; the paper's experiments use
   pure distillation (no label CE), the default here.
 
-Choices METHODS.md leaves open (§20), made here:
+Choices the paper leaves open, made here:
 1. Subclass probabilities. The teacher's class probability is split, not replaced:
        P^T(c, k | x) = softmax(t/τ)_c · softmax_k(v_c,k(x)/β),
        v_c,k(x) = ⟨d_c,k, e(x) − m_c⟩ / σ_c

@@ -1,4 +1,4 @@
-"""MCMI teacher refinement (METHODS.md §9) — plain functions, not a student method.
+"""MCMI teacher refinement (docs/methods.md#mcmi) — plain functions, not a student method.
 
 Ye, Mohajer Hamidi, Tan, Yang, "Bayes Conditional Distribution Estimation for Knowledge
 Distillation Based on Conditional Mutual Information", ICLR 2024, arXiv:2401.08732 (code

@@ -1,16 +1,16 @@
-"""NKD and USKD (METHODS.md §4a, §4b).
+"""NKD and USKD (docs/methods.md#nkd, docs/methods.md#uskd).
 
 Yang et al., "From Knowledge Distillation to Self-Knowledge Distillation: A Unified Approach with
 Normalized Loss and Customized Soft Labels", ICCV 2023, arXiv:2303.13005 (code yzd-v/cls_KD,
 `mmcls/models/dis_losses/nkd.py` and `uskd.py`, post-fix non-target mask semantics).
 
-NKD (§4a), p_1 = softmax at τ = 1, q̂ = softmax over the C−1 non-target logits / τ:
+NKD (docs/methods.md#nkd), p_1 = softmax at τ = 1, q̂ = softmax over the C−1 non-target logits / τ:
 
     L_NKD = −(1/B) Σ_i sg(p^T_1,i,y) · log p^S_1,i,y                        target term
             − γ τ² (1/B) Σ_i Σ_{c≠y} q̂^T_i,c · log q̂^S_i,c                  non-target term (CE form)
     L = CE(s, y) + L_NKD
 
-USKD (§4b), no teacher; u = logits of the weak auxiliary head (extras["aux_logits"]):
+USKD (docs/methods.md#uskd), no teacher; u = logits of the weak auxiliary head (extras["aux_logits"]):
 
     σ = softmax(s); w_i = sg(σ_i,y² + 1 − mean_batch σ_·,y²)
     L_t    = −(1/B) Σ_i w_i · log σ_i,y

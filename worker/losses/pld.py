@@ -1,4 +1,4 @@
-"""PLD — Plackett–Luce list-wise distillation (METHODS.md §6).
+"""PLD — Plackett–Luce list-wise distillation (docs/methods.md#pld).
 
 Bassam, Zhu, Bian, "PLD: A Choice-Theoretic List-Wise Knowledge Distillation", 2025,
 arXiv:2506.12542 (loss of the paper's Eq. and Appendix C; no official repository).

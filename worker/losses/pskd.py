@@ -1,4 +1,4 @@
-"""PS-KD — Progressive Self-Knowledge Distillation (METHODS.md §8).
+"""PS-KD — Progressive Self-Knowledge Distillation (docs/methods.md#pskd).
 
 Kim, Ji, Yoon, Hwang, "Self-Knowledge Distillation with Progressive Refinement of Targets",
 ICCV 2021, arXiv:2006.12000 (code lgcnsai/PS-KD-Pytorch, `loss/pskd_loss.py`, `main.py`).

@@ -1,4 +1,4 @@
-"""SinKD: batch-wise Sinkhorn distance for KD (METHODS.md §3).
+"""SinKD: batch-wise Sinkhorn distance for KD (docs/methods.md#sinkd).
 
 Cui et al., "Sinkhorn Distance Minimization for Knowledge Distillation", LREC-COLING 2024,
 arXiv:2402.17110 (official code 2018cx/SinKD, `loss.py` class `Sinkhorn`).
@@ -18,12 +18,12 @@ The iterations run in the log domain: log Π⁰ = −M/ε, then log Π −= logs
 columns. That is the same sequence of normalisations as the code's multiplicative form, exactly,
 but a kernel entry never underflows to 0 (the code's form breaks for ε ≲ 0.02 or in fp16).
 
-Combination — the GLUE trainer's intended objective (`glue_train.py`, §3):
+Combination — the GLUE trainer's intended objective (`glue_train.py`; docs/methods.md#sinkd):
 
     L = (1 − α)·CE(s, y) + α·L_KD(τ) + β·L_Sink,
     L_KD = mean_i(−Σ_c p^T_τ,c log p^S_τ,c)      the CE form, without τ²
 
-The CE form is kept (not the KL form) because §3 pins it for this trainer: its gradient equals the
+The CE form is kept (not the KL form) because the reference trainer computes it: its gradient equals the
 KL form's, and its value is larger by the teacher entropy mean_i H(p^T_τ,i), a constant for the
 student. Defaults are that trainer's argparse defaults: α = 0.8, τ = 2, β = 1; w = 0.001 (BERT/GLUE).
 """

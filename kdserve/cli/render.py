@@ -1,0 +1,181 @@
+"""How the CLI prints: the two consoles, JSON, tables and the small formatters they use."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from kdserve.service.schemas import EventOut, JobOut, ModelOut
+
+err = Console(stderr=True)
+out = Console(highlight=False)
+
+
+def print_json(value: Any) -> None:
+    """Pydantic models, lists of them and plain data, as one JSON document on stdout."""
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    print(json.dumps(value, indent=2, default=str))
+
+
+def print_one(value: Any, render: Callable[[Any], None], as_json: bool) -> None:
+    """One resource: its JSON, or `render(value)`."""
+    if as_json:
+        return print_json(value)
+    render(value)
+
+
+def print_page(page, table: Callable[[list], Table], as_json: bool) -> None:
+    """One page of a list: JSON as the API sent it, or a table and how to ask for the next page."""
+    if as_json:
+        return print_json(page)
+    out.print(table(page.data))
+    if page.has_more:
+        out.print(f"more: --after {page.data[-1].id}")
+
+
+def when(ts: int | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else ""
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.1f}%"
+
+
+def num(x: float | None, fmt: str = ".4f") -> str:
+    return "" if x is None else format(x, fmt)
+
+
+def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        if value not in (None, "", [], {}):
+            table.add_row(key, value if isinstance(value, Text) else str(value))
+    return table
+
+
+# -- teachers and datasets
+
+
+def teacher_table(rows) -> Table:
+    table = Table("id", "name", "format", "input", "classes", "parameters", "size", "created")
+    for t in rows:
+        table.add_row(t.id, t.name, t.format, str(t.input_shape), str(t.num_classes), f"{t.num_parameters:,}",
+                      size(t.size_bytes), when(t.created_at))
+    return table
+
+
+def teacher_card(t) -> Table:
+    outputs = ", ".join(f"{o.get('name')} {o.get('shape')}" + (" (logits)" if o.get("is_logits") else "")
+                        for o in t.outputs)
+    return kv_table(f"teacher {t.id}", [
+        ("name", t.name), ("format", t.format), ("input", f"{t.input_shape} {t.input_dtype}"),
+        ("classes", t.num_classes), ("parameters", f"{t.num_parameters:,}"), ("outputs", outputs),
+        ("size", size(t.size_bytes)), ("sha256", t.sha256), ("created", when(t.created_at))])
+
+
+def dataset_table(rows) -> Table:
+    table = Table("id", "name", "format", "rows", "features", "labelled", "classes", "size", "created")
+    for d in rows:
+        table.add_row(d.id, d.name, d.format, f"{d.num_rows:,}", str(d.feature_shape), "yes" if d.labeled else "no",
+                      str(d.num_classes or ""), size(d.size_bytes), when(d.created_at))
+    return table
+
+
+def dataset_card(d) -> Table:
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted((d.class_counts or {}).items(), key=lambda kv: int(kv[0])))
+    return kv_table(f"dataset {d.id}", [
+        ("name", d.name), ("format", d.format), ("rows", f"{d.num_rows:,}"), ("features", d.feature_shape),
+        ("labelled", "yes" if d.labeled else "no"), ("classes", d.num_classes), ("class counts", counts),
+        ("size", size(d.size_bytes)), ("sha256", d.sha256), ("created", when(d.created_at))])
+
+
+# -- jobs
+
+_STATUS_STYLE = {"queued": "cyan", "running": "yellow", "succeeded": "green", "failed": "red", "cancelled": "magenta"}
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=_STATUS_STYLE.get(status, ""))
+
+
+def jobs_table(rows) -> Table:
+    table = Table("id", "status", "stage", "progress", "epoch", "method", "student", "accuracy", "created")
+    for j in rows:
+        table.add_row(j.id, status_text(j.status), j.stage or "", pct(j.progress), f"{j.epoch}/{j.epochs}",
+                      j.method.get("name", ""), j.student.get("architecture", ""), pct(j.metrics.student_accuracy),
+                      when(j.created_at))
+    return table
+
+
+def job_table(j: JobOut) -> Table:
+    m = j.metrics
+    error = f"{j.error.code}: {j.error.message}" if j.error else None
+    return kv_table(f"job {j.id}", [
+        ("status", status_text(j.status)), ("stage", j.stage), ("progress", pct(j.progress)),
+        ("epoch", f"{j.epoch}/{j.epochs}"), ("teacher", j.teacher_id), ("dataset", j.dataset_id),
+        ("student", json.dumps(j.student)), ("method", json.dumps(j.method)), ("training", json.dumps(j.training)),
+        ("student accuracy", pct(m.student_accuracy)), ("teacher accuracy", pct(m.teacher_accuracy)),
+        ("agreement", pct(m.agreement)), ("train loss", num(m.train_loss)), ("val loss", num(m.val_loss)),
+        ("model", j.model_id), ("error", error), ("attempts", j.attempts), ("created", when(j.created_at)),
+        ("started", when(j.started_at)), ("finished", when(j.finished_at)),
+        ("estimated finish", when(j.estimated_finish)), ("metadata", json.dumps(j.metadata) if j.metadata else None)])
+
+
+def event_line(e: EventOut) -> Text:
+    style = {"error": "red", "warning": "yellow"}.get(e.level, "")
+    return Text.assemble((when(e.created_at), "dim"), " ", (f"{e.type:<8}", "cyan"), " ", (e.message, style))
+
+
+# -- models
+
+
+def models_table(rows) -> Table:
+    table = Table("id", "name", "method", "student", "parameters", "compression", "accuracy", "agreement", "created")
+    for m in rows:
+        table.add_row(m.id, m.name, m.method.get("name", ""), m.student.get("architecture", ""),
+                      f"{m.num_parameters:,}", f"{m.compression_ratio:.1f}×" if m.compression_ratio else "",
+                      pct(m.metrics.get("student_accuracy")), pct(m.metrics.get("agreement")), when(m.created_at))
+    return table
+
+
+def print_model_card(card: ModelOut, console: Console = out) -> None:
+    """The model card as two tables: the model, then one row per artifact (precision)."""
+    metrics = card.metrics
+    console.print(kv_table(f"model {card.id}", [
+        ("name", card.name), ("job", card.job_id), ("teacher", card.teacher_id), ("dataset", card.dataset_id),
+        ("method", json.dumps(card.method)), ("student", json.dumps(card.student)),
+        ("parameters", f"{card.num_parameters:,}"),
+        ("teacher parameters", f"{card.teacher_num_parameters:,}" if card.teacher_num_parameters else None),
+        ("compression", f"{card.compression_ratio:.1f}×" if card.compression_ratio else None),
+        ("student accuracy", pct(metrics.get("student_accuracy"))),
+        ("teacher accuracy", pct(metrics.get("teacher_accuracy"))), ("agreement", pct(metrics.get("agreement"))),
+        ("input", f"{card.input.name} {card.input.shape} {card.input.datatype}"),
+        ("output", f"{card.output.name} {card.output.shape} {card.output.datatype}"),
+        ("created", when(card.created_at))]))
+    table = Table("format", "precision", "size", "accuracy", "Δ accuracy", "max |Δ| vs PyTorch", "argmax agreement",
+                  "latency b=1", "latency b=64", "sha256", title="artifacts", title_justify="left")
+    for a in card.artifacts:
+        table.add_row(a.format, a.precision, size(a.size_bytes), pct(a.accuracy),
+                      "" if a.accuracy_delta is None else f"{100 * a.accuracy_delta:+.2f} pt",
+                      num(a.max_abs_diff, ".2e"), pct(a.argmax_agreement),
+                      "" if a.latency_ms_batch1 is None else f"{a.latency_ms_batch1:.3f} ms",
+                      "" if a.latency_ms_batch64 is None else f"{a.latency_ms_batch64:.3f} ms", a.sha256[:12] + "…")
+    console.print(table)

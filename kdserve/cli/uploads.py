@@ -1,0 +1,55 @@
+"""`kdserve teachers …` and `kdserve datasets …`: the two resources that are uploaded files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from kdserve.service.vocab import DATASET_FORMATS, TEACHER_FORMATS, choices, describe
+from kdserve.cli.render import dataset_card, dataset_table, out, teacher_card, teacher_table
+from kdserve.cli.resources import (JSON_OPTION, api_command, delete_command, list_command, parse_json_option,
+                                   show_command, upload)
+
+teachers_app = typer.Typer(help=f"Upload and manage teachers ({choices(TEACHER_FORMATS)}).", no_args_is_help=True)
+datasets_app = typer.Typer(help=f"Upload and manage datasets ({choices(DATASET_FORMATS)}).", no_args_is_help=True)
+
+
+@teachers_app.command("upload")
+@api_command
+def teachers_upload(ctx: typer.Context, path: Path = typer.Argument(..., help=describe(TEACHER_FORMATS)),
+                    name: Optional[str] = typer.Option(None, help="a name (default: the file name)"),
+                    format: Optional[str] = typer.Option(None, help=f"{choices(TEACHER_FORMATS)} (default: detected)"),
+                    input_shape: Optional[str] = typer.Option(None, help="per-sample input shape as JSON, e.g. "
+                                                              "'[64]', when the file cannot tell"),
+                    as_json: bool = JSON_OPTION):
+    """Upload a teacher; the service loads and test-runs it before accepting it."""
+    shape = parse_json_option(input_shape, "--input-shape")
+    upload(ctx, "teachers", path, teacher_table, as_json, name=name, format=format, input_shape=shape)
+
+
+@datasets_app.command("upload")
+@api_command
+def datasets_upload(ctx: typer.Context, path: Path = typer.Argument(..., help=describe(DATASET_FORMATS)),
+                    label_column: Optional[str] = typer.Option(None, help="CSV label column (default: label; a "
+                                                               "missing column means unlabelled)"),
+                    name: Optional[str] = typer.Option(None, help="a name (default: the file name)"),
+                    format: Optional[str] = typer.Option(None, help=f"{choices(DATASET_FORMATS)} (default: detected)"),
+                    as_json: bool = JSON_OPTION):
+    """Upload a dataset; it is parsed and checked at the door."""
+    upload(ctx, "datasets", path, dataset_table, as_json, label_column=label_column, name=name, format=format)
+
+
+def _list_show_delete(group: typer.Typer, kind: str, id_name: str, table, card, docs: tuple[str, str, str]) -> None:
+    """The commands that are the same for teachers and datasets (after `upload` in --help)."""
+    list_command(group, kind, table, docs[0])
+    show_command(group, kind, id_name, lambda value: out.print(card(value)), docs[1])
+    delete_command(group, kind, id_name, docs[2])
+
+
+_list_show_delete(teachers_app, "teachers", "teacher_id", teacher_table, teacher_card, (
+    "Teachers, newest first.", "One teacher, with its outputs.", "Delete a teacher (refused while a job uses it)."))
+_list_show_delete(datasets_app, "datasets", "dataset_id", dataset_table, dataset_card, (
+    "Datasets, newest first.", "One dataset, with its class counts.",
+    "Delete a dataset (refused while a job uses it)."))
