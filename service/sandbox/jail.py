@@ -273,14 +273,17 @@ class Channel:
         self.writer.write(encode(header, arrays))
         self.writer.flush()
 
+    def _wait_readable(self, deadline: float | None) -> None:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.reader.fileno()], [], [], left)[0]:
+                raise TimeoutError
+
     def _read_exact(self, n: int, deadline: float | None) -> bytes:
         fd = self.reader.fileno()
         chunks, got = [], 0
         while got < n:
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([fd], [], [], left)[0]:
-                    raise TimeoutError
+            self._wait_readable(deadline)
             chunk = os.read(fd, min(n - got, 1 << 20))
             if not chunk:
                 raise EOFError
@@ -288,7 +291,13 @@ class Channel:
             got += len(chunk)
         return b"".join(chunks)
 
-    def receive(self, deadline: float | None, max_array_bytes: int) -> tuple[dict[str, Any], list[np.ndarray]]:
+    def receive(self, deadline: float | None, max_array_bytes: int, *,
+                message_deadline: float | None = None) -> tuple[dict[str, Any], list[np.ndarray]]:
+        """The next message. `deadline` bounds the wait for it to begin (TimeoutError before a byte
+        of it is read); once it has begun it is read whole, within `message_deadline` if one is
+        given — a wait cut short halfway through a message would leave the next read in its middle."""
+        self._wait_readable(deadline)
+        deadline = message_deadline
         (size,) = struct.unpack("<I", self._read_exact(4, deadline))
         if size > MAX_HEADER_BYTES:
             raise ValueError(f"a {size}-byte message header")
@@ -370,7 +379,8 @@ class JailedProcess:
                 if deadline is not None and slice_end is not None:
                     slice_end = min(slice_end, deadline)
                 try:
-                    head, got = self.channel.receive(slice_end, self.budget.max_reply_bytes)
+                    head, got = self.channel.receive(slice_end, self.budget.max_reply_bytes,
+                                                     message_deadline=deadline)
                 except TimeoutError:
                     if deadline is not None and time.monotonic() >= deadline:
                         raise
