@@ -50,7 +50,7 @@ from torch import nn
 from bench.common import machine, table
 from testkit.service import Service, upload_dataset, upload_teacher, wait_job
 
-GRID_LR = (0.001, 0.003, 0.01)
+GRID_LR = (0.001, 0.003, 0.01, 0.03)
 METHODS = ("ce", "kd", "dist")
 HAND_METHODS = ("ce", "kd")
 HAND_LR = 3e-3

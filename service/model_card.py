@@ -101,6 +101,9 @@ class CardFields(BaseModel):
     refined_teacher_id: str | None = Field(None, description="the MCMI-refined teacher this student learned from")
     compression_ratio: float | None
     metrics: dict[str, float | None]
+    training: dict[str, Any] | None = Field(None, description="what training did: learning_rate and "
+                                            "learning_rate_source (how \"auto\" chose it, lr_search: its rungs), "
+                                            "epochs_planned, epochs_run, best_epoch, published_epoch, stopped_early")
     input: TensorSpec
     output: TensorSpec
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,11 +45,24 @@ class MethodSpec(Strict):
 
 
 class TrainingSpec(Strict):
-    epochs: int = Field(20, ge=1, le=10_000)
+    epochs: Annotated[int, Field(ge=1, le=10_000)] | Literal["auto"] = Field(
+        "auto", description="passes over the training split; \"auto\": about 3000 optimizer steps (10 to 200 epochs), "
+        "resolved when the job is created")
     batch_size: int = Field(64, ge=1, le=65_536)
-    learning_rate: float = Field(1e-3, gt=0, le=10)
+    learning_rate: Annotated[float, Field(gt=0, le=10)] | Literal["auto"] = Field(
+        "auto", description="peak learning rate (linear warm-up over the first 5 % of the steps, then cosine decay to "
+        "zero); \"auto\": chosen per job by successive halving over four rates on the validation split (the choice "
+        "and the scores are in the job's events and on the model card)")
     optimizer: Optimizer = "adamw"
-    weight_decay: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.01, ge=0, le=1, description="on weight matrices and kernels only (never on biases "
+                                "or normalisation scales)")
+    grad_clip_norm: float | None = Field(1.0, gt=0, description="clip the gradients' global norm to this; null: no "
+                                         "clipping")
+    early_stopping_patience: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        "auto", description="stop when the validation score has not improved for this many epochs; \"auto\": a fifth "
+        "of the epochs (at least 10); null: never stop early")
+    publish: Literal["best", "last"] = Field("best", description="publish the weights of the epoch with the best "
+                                             "validation score, or of the last epoch")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     max_duration_s: int | None = Field(None, ge=1, description="wall-clock limit of the job")
@@ -150,6 +163,9 @@ class JobMetrics(BaseModel):
                                       "on the validation set")
     neighbour_overlap_at_10: float | None = Field(None, description="embedding students: share of each validation "
                                                   "text's 10 nearest neighbours the student and teacher agree on")
+    learning_rate: float | None = Field(None, description="the peak learning rate the student trained at (chosen by "
+                                        "the job when training.learning_rate is \"auto\")")
+    best_epoch: int | None = Field(None, description="the epoch with the best validation score")
 
 
 class JobOut(BaseModel):

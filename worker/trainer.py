@@ -15,6 +15,7 @@ A tabular batch is the same index slice it always was.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 from kdserve.models.zoo import Student
 from kdserve.service.schemas import TrainingSpec
+from kdserve.service.spec.jobs import auto_epochs
 from kdserve.worker.data import Split
 from kdserve.worker.losses import DistillLoss, LossInputs, PrepareData
 
@@ -51,6 +53,7 @@ class EpochMetrics:
     seconds: float
     lr: float
     val_cosine: float | None = None  # embedding students: mean cosine to the teacher's vectors
+    val_score: float | None = None   # what epochs and learning rates are chosen by: selection_score()
 
 
 @dataclass
@@ -59,6 +62,14 @@ class TrainResult:
     samples_per_second: float = 0.0      # wall clock, training steps only (validation excluded)
     cpu_samples_per_second: float = 0.0  # the same per second of this process's CPU time (all its
                                          # threads): what the loop costs, however busy the machine is
+    learning_rate: float = 0.0           # the peak learning rate the run trained at
+    learning_rate_source: str = ""       # "given", or how "auto" chose it
+    lr_search: list[dict] | None = None  # the search's rungs: scores per rate, the rates kept
+    epochs_planned: int = 0
+    epochs_run: int = 0
+    best_epoch: int | None = None
+    published_epoch: int | None = None   # whose weights the student holds after train()
+    stopped_early: bool = False
 
 
 class Predictor(torch.nn.Module):
@@ -180,14 +191,6 @@ def epoch_batches(n: int, lengths: torch.Tensor | None, batch_size: int, generat
     return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
 
 
-def make_optimizer(params, spec: TrainingSpec) -> torch.optim.Optimizer:
-    if spec.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=spec.learning_rate, momentum=0.9, weight_decay=spec.weight_decay, nesterov=True)
-    if spec.optimizer == "adam":
-        return torch.optim.Adam(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
-    return torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
-
-
 def _prepared_batcher(student: Student, loss_fn: DistillLoss, train_d: Split, device: torch.device) -> Batcher:
     """The batcher of this run, and the loss prepared with the student's hint shape and the teacher's
     outputs (a loss that cannot work with them is a SetupError)."""
@@ -204,13 +207,247 @@ def _prepared_batcher(student: Student, loss_fn: DistillLoss, train_d: Split, de
     return batcher
 
 
-def _step(loss_fn: DistillLoss, optimizer: torch.optim.Optimizer, inputs) -> torch.Tensor:
-    """One optimizer step on one batch; the loss, detached (left on the device)."""
-    loss = loss_fn(inputs)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+# ---- the recipe: what a job that leaves training alone gets -------------------------------------
+#
+# Peak learning rates tried by `learning_rate: "auto"`, per student family (Adam/AdamW; SGD's are
+# ten times larger). Measured on small students (bench/results/auto.md): from-scratch MLPs and CNNs
+# want 3e-3 to 3e-2, far above the 1e-3 that suits fine-tuning; transformers trained from scratch
+# want less, and students cut from the teacher's own weights (layer_dropped) less again.
+LR_GRIDS = {
+    "default": (1e-3, 3e-3, 1e-2, 3e-2),
+    "transformer": (1e-4, 3e-4, 1e-3, 3e-3),
+    "from_teacher": (3e-5, 1e-4, 3e-4, 1e-3),
+}
+GRID_OF_ARCH = {"patch_transformer": "transformer", "transformer": "transformer", "layer_dropped": "from_teacher"}
+AUTO_LR_MIN_EPOCHS = 4  # fewer epochs than this: no search, the grid's second value
+WARMUP_SHARE = 0.05     # of all optimizer steps: a linear warm-up, then cosine decay to zero
+
+
+def lr_grid(architecture: str, optimizer: str) -> tuple[float, ...]:
+    grid = LR_GRIDS[GRID_OF_ARCH.get(architecture, "default")]
+    return tuple(lr * 10 for lr in grid) if optimizer == "sgd" else grid
+
+
+def lr_at(peak: float, step: int, total: int) -> float:
+    """The learning rate of optimizer step `step` (0-based) of `total`: linear warm-up over the
+    first WARMUP_SHARE of the steps, then cosine decay to zero."""
+    warmup = int(total * WARMUP_SHARE)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def param_groups(modules: list[torch.nn.Module], weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices and kernels only: biases and normalisation scales (1-D)
+    are left alone, as decaying them only pulls the model towards a worse fit."""
+    decay, keep, seen = [], [], set()
+    for module in modules:
+        for p in module.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                (decay if p.ndim >= 2 else keep).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(groups: list[dict], spec: TrainingSpec, lr: float) -> torch.optim.Optimizer:
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    return (torch.optim.Adam if spec.optimizer == "adam" else torch.optim.AdamW)(groups, lr=lr)
+
+
+def selection_score(m: dict, n_labelled: int, n_val: int) -> float | None:
+    """How good an epoch is, on the validation split, for choosing between epochs and learning
+    rates: accuracy and agreement with the teacher weighted by how many rows each is measured on
+    (with 10 % labels, a validation split has a tenth as many labelled rows, and their accuracy is
+    that much noisier); an embedding student's mean cosine. None when there is neither."""
+    if m.get("val_cosine") is not None:
+        return m["val_cosine"]
+    acc, agree = m.get("val_accuracy"), m.get("val_agreement")
+    if acc is not None and agree is not None:
+        return (n_labelled * acc + n_val * agree) / (n_labelled + n_val)
+    return acc if acc is not None else agree
+
+
+def rank_key(m: EpochMetrics) -> tuple[float, float]:
+    """Higher is better: the selection score, ties to the lower validation loss."""
+    loss = -m.val_loss if m.val_loss is not None and math.isfinite(m.val_loss) else -math.inf
+    return (m.val_score if m.val_score is not None else -math.inf, loss)
+
+
+@dataclass
+class Loop:
+    """What every epoch of a run shares: the data on the device, the plan, the callbacks."""
+
+    train: Split
+    val: Split
+    spec: TrainingSpec
+    epochs: int
+    total_steps: int
+    device: torch.device
+    should_stop: Callable[[], str | None]
+    embedding: bool
+    has_labels: bool
+    lengths: torch.Tensor | None  # text: tokens per training row (sortish batches)
+
+
+class Arm:
+    """One training trajectory at one peak learning rate: the student, its loss, the batcher, the
+    optimizer, the shuffling, the history and its best epoch so far."""
+
+    def __init__(self, student: Student, loss_fn: DistillLoss, batcher: Batcher, lr: float, spec: TrainingSpec):
+        self.student, self.loss_fn, self.batcher, self.lr = student, loss_fn, batcher, lr
+        modules = [student, loss_fn, *([batcher.aux_head] if batcher.aux_head is not None else [])]
+        self.optimizer = make_optimizer(param_groups(modules, spec.weight_decay), spec, lr)
+        self.clip = spec.grad_clip_norm
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.generator = torch.Generator().manual_seed(spec.seed)
+        self.step = self.epoch = 0
+        self.history: list[EpochMetrics] = []
+        self.best: tuple[int, tuple[float, float], dict] | None = None  # epoch, rank key, weights
+        self.samples = self.cpu_samples = 0
+        self.seconds = self.cpu_seconds = 0.0
+
+    def weights(self) -> dict:
+        """What publishing needs (detached copies): the student's and the loss's state."""
+        copy_of = lambda sd: {k: v.detach().clone() for k, v in sd.items()}  # noqa: E731
+        return {"student": copy_of(self.student.state_dict()), "loss": copy_of(self.loss_fn.state_dict())}
+
+    def _step(self, inputs: LossInputs, lr: float) -> torch.Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = self.loss_fn(inputs)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        return loss.detach()
+
+    def run_epoch(self, loop: Loop) -> EpochMetrics:
+        self.student.train()
+        self.loss_fn.train()
+        t0, c0 = time.perf_counter(), time.process_time()
+        losses, sizes = [], []  # kept on the device: no sync per batch
+        for idx in epoch_batches(len(loop.train), loop.lengths, loop.spec.batch_size, self.generator):
+            reason = loop.should_stop()
+            if reason:
+                raise Stopped(reason)
+            idx = idx.to(loop.device)
+            if len(idx) < 2 and sizes:  # a trailing batch of one breaks BatchNorm; the next shuffle places it elsewhere
+                continue
+            inputs = self.batcher.inputs(loop.train, idx, loop.has_labels, self.epoch, loop.epochs, training=True)
+            losses.append(self._step(inputs, lr_at(self.lr, self.step, loop.total_steps)))
+            self.step += 1
+            sizes.append(len(idx))
+        count = sum(sizes)
+        epoch_loss = float((torch.stack(losses) * torch.tensor(sizes, device=loop.device)).sum()) / count
+        seconds = time.perf_counter() - t0
+        self.cpu_seconds += time.process_time() - c0
+        self.samples, self.cpu_samples, self.seconds = self.samples + count, self.cpu_samples + count, self.seconds + seconds
+        metrics = evaluate_epoch(self.student, self.loss_fn, self.batcher, loop.val, self.epoch, loop.spec,
+                                 loop.embedding)
+        self.epoch += 1
+        labelled = int(loop.val.labelled.sum())
+        record = EpochMetrics(epoch=self.epoch, train_loss=epoch_loss, seconds=seconds, lr=self.optimizer.param_groups[0]["lr"],
+                              val_score=selection_score(metrics, labelled, len(loop.val)), **metrics)
+        self.history.append(record)
+        if self.best is None or rank_key(record) > self.best[1]:
+            self.best = (record.epoch, rank_key(record), self.weights())
+        return record
+
+    def recent_key(self, last: int = 3) -> tuple[float, float]:
+        """The mean rank key of the last few epochs (one epoch's score on a small validation split is noisy)."""
+        keys = [rank_key(m) for m in self.history[-last:]]
+        return tuple(sum(k[i] for k in keys) / len(keys) for i in range(2))  # type: ignore[return-value]
+
+    def state_dict(self) -> dict:
+        return {"lr": self.lr, "step": self.step, "epoch": self.epoch, "student": self.student.state_dict(),
+                "loss": self.loss_fn.state_dict(), "batcher": self.batcher.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "history": [m.__dict__ for m in self.history],
+                "best": None if self.best is None else {"epoch": self.best[0], "key": list(self.best[1]),
+                                                        "weights": self.best[2]},
+                "trained_samples": self.samples, "train_seconds": self.seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        for part, name in ((self.student, "student"), (self.loss_fn, "loss"), (self.batcher, "batcher"),
+                           (self.optimizer, "optimizer")):
+            part.load_state_dict(state[name])
+        self.generator.set_state(state["generator"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.history = [EpochMetrics(**m) for m in state["history"]]
+        best = state.get("best")
+        self.best = None if best is None else (best["epoch"], tuple(best["key"]), best["weights"])
+        self.samples, self.seconds = state["trained_samples"], state["train_seconds"]
+
+
+def rung_epochs(epochs: int) -> list[int]:
+    """Successive halving's checkpoints for four candidates: after an eighth of the run the best
+    two go on, after a quarter the best one (which then simply continues: its schedule was the
+    full run's from the start, so nothing is retrained). Cost: 1.5 runs instead of 4."""
+    first = max(1, round(epochs / 8))
+    return [first, max(first + 1, round(epochs / 4))]
+
+
+def search_lr(arms: list[Arm], loop: Loop, on_note: Callable[[str, dict], None]) -> tuple[Arm, list[dict]]:
+    """Successive halving over the arms' learning rates; the survivor and the record of each rung."""
+    record = []
+    for end in rung_epochs(loop.epochs):
+        for arm in arms:
+            while arm.epoch < end:
+                arm.run_epoch(loop)
+        ranked = sorted(arms, key=Arm.recent_key, reverse=True)
+        arms = ranked[: max(1, len(arms) // 2)]
+        rung = {"epoch": end, "scores": {f"{a.lr:g}": round(a.recent_key()[0], 4) for a in ranked},
+                "kept": [a.lr for a in arms]}
+        record.append(rung)
+        on_note(f"learning rate search after epoch {end}: " + ", ".join(f"lr {k} → {v}" for k, v in rung["scores"].items())
+                + f"; kept {', '.join(f'{lr:g}' for lr in rung['kept'])}", {"lr_search": rung})
+    return arms[0], record
+
+
+def _arms(student: Student, loss_fn: DistillLoss, batcher: Batcher, loop: Loop, lrs: tuple[float, ...]) -> list[Arm]:
+    """One arm per learning rate, all from the same initial weights: the first trains `student`
+    and `loss_fn` themselves, the others copies."""
+    arms = [Arm(student, loss_fn, batcher, lrs[0], loop.spec)]
+    for lr in lrs[1:]:
+        s, fn = copy.deepcopy(student), copy.deepcopy(loss_fn)
+        b = Batcher(s, fn, loop.train, loop.device)
+        b.load_state_dict(batcher.state_dict())
+        arms.append(Arm(s, fn, b, lr, loop.spec))
+    return arms
+
+
+def _first_arm(student: Student, loss_fn: DistillLoss, batcher: Batcher, loop: Loop, resume: dict | None,
+               lr_candidates: tuple[float, ...], on_note: Callable[[str, dict], None], result: TrainResult) -> Arm:
+    """The arm that trains to the end: resumed from a checkpoint, the given learning rate's, or the
+    survivor of the learning-rate search (its epochs so far become the run's first)."""
+    spec = loop.spec
+    if resume is not None:
+        arm = Arm(student, loss_fn, batcher, resume["arm"]["lr"], spec)
+        arm.load_state_dict(resume["arm"])
+        result.learning_rate_source, result.lr_search = resume["lr_source"], resume["lr_search"]
+        return arm
+    if spec.learning_rate != "auto":
+        result.learning_rate_source = "given"
+        return Arm(student, loss_fn, batcher, float(spec.learning_rate), spec)
+    if loop.epochs < AUTO_LR_MIN_EPOCHS:
+        lr = lr_candidates[1]
+        result.learning_rate_source = f"auto: {loop.epochs} epoch(s) are too few to compare rates; {lr:g} is the usual best"
+        on_note(f"learning rate {lr:g} (too few epochs for a search)", {"learning_rate": lr})
+        return Arm(student, loss_fn, batcher, lr, spec)
+    arm, result.lr_search = search_lr(_arms(student, loss_fn, batcher, loop, lr_candidates), loop, on_note)
+    result.learning_rate_source = (f"auto: successive halving over {', '.join(f'{lr:g}' for lr in lr_candidates)} on "
+                                   f"the validation split, decided after epoch {result.lr_search[-1]['epoch']}")
+    on_note(f"learning rate {arm.lr:g} chosen ({result.learning_rate_source})", {"learning_rate": arm.lr})
+    return arm
+
+
+def patience_of(spec: TrainingSpec, epochs: int) -> int | None:
+    if spec.early_stopping_patience == "auto":
+        return max(10, epochs // 5)
+    return spec.early_stopping_patience
 
 
 def train(
@@ -225,72 +462,53 @@ def train(
     checkpoint: Callable[[dict], None] | None = None,
     resume: dict | None = None,
     embedding: bool = False,
+    lr_candidates: tuple[float, ...] = LR_GRIDS["default"],
+    on_note: Callable[[str, dict], None] = lambda message, data: None,
 ) -> TrainResult:
-    """Train `student` in place. With `checkpoint`, the full training state (weights, optimizer,
-    schedule position, shuffling RNG, the loss's and batcher's own parts) is handed to it after
-    every epoch; `resume` is such a state, and training continues after its epoch exactly as if it
-    had never stopped. `embedding`: the student outputs vectors, not class logits (validation
-    reports their mean cosine to the teacher's instead of accuracy)."""
+    """Train `student` in place and leave in it the weights to publish (the best epoch's, unless
+    spec.publish is "last"). With `checkpoint`, the full training state is handed to it after
+    every epoch once the learning rate is settled; `resume` is such a state, and training goes on
+    after its epoch exactly as if it had never stopped. `embedding`: the student outputs vectors,
+    not class logits (validation reports their mean cosine to the teacher's instead of accuracy).
+    `on_note(message, data)`: the learning-rate search's findings, for the job's events."""
     torch.manual_seed(spec.seed)
     student.to(device)
     train_d, val_d = train_split.to(device), val_split.to(device)
-    has_labels = bool(train_split.labelled.any())
     batcher = _prepared_batcher(student, loss_fn, train_d, device)
-
-    params = list(student.parameters()) + list(loss_fn.parameters()) + batcher.parameters()
-    optimizer = make_optimizer(params, spec)
-    # Cosine decay to zero over the whole run: one schedule that works for every method here.
-    total_steps, step = spec.epochs * math.ceil(len(train_d) / spec.batch_size), 0
-    generator = torch.Generator().manual_seed(spec.seed)
-    lengths = None if train_split.mask is None else train_split.mask.sum(1).cpu()  # text: tokens per row
-
-    result = TrainResult()
-    trained_samples, train_seconds, first_epoch = 0, 0.0, 0
-    cpu_samples, cpu_seconds = 0, 0.0  # this run only (not carried over a resume)
-    if resume is not None:
-        for part, state in ((student, "student"), (loss_fn, "loss"), (batcher, "batcher"), (optimizer, "optimizer")):
-            part.load_state_dict(resume[state])
-        generator.set_state(resume["generator"])
-        step, first_epoch = resume["step"], resume["epoch"]
-        result.history = [EpochMetrics(**m) for m in resume["history"]]
-        trained_samples, train_seconds = resume["trained_samples"], resume["train_seconds"]
-    for epoch in range(first_epoch, spec.epochs):
-        student.train()
-        loss_fn.train()
-        t0, c0 = time.perf_counter(), time.process_time()
-        losses, sizes = [], []  # kept on the device: no sync per batch
-        for idx in epoch_batches(len(train_d), lengths, spec.batch_size, generator):
-            reason = should_stop()
-            if reason:
-                raise Stopped(reason)
-            idx = idx.to(device)
-            if len(idx) < 2 and sizes:  # a trailing batch of one breaks BatchNorm; the next shuffle places it elsewhere
-                continue
-            losses.append(_step(loss_fn, optimizer, batcher.inputs(train_d, idx, has_labels, epoch, spec.epochs,
-                                                                    training=True)))
-            step += 1
-            for group in optimizer.param_groups:
-                group["lr"] = 0.5 * spec.learning_rate * (1 + math.cos(math.pi * step / total_steps))
-            sizes.append(len(idx))
-        count = sum(sizes)
-        epoch_loss = float((torch.stack(losses) * torch.tensor(sizes, device=device)).sum()) / count
-        seconds = time.perf_counter() - t0
-        cpu_seconds += time.process_time() - c0
-        trained_samples += count
-        cpu_samples += count
-        train_seconds += seconds
-        metrics = evaluate_epoch(student, loss_fn, batcher, val_d, epoch, spec, embedding)
-        record = EpochMetrics(epoch=epoch + 1, train_loss=epoch_loss, seconds=seconds,
-                              lr=optimizer.param_groups[0]["lr"], **metrics)
-        result.history.append(record)
-        on_epoch(record)
+    epochs = spec.epochs if isinstance(spec.epochs, int) else auto_epochs(len(train_d), spec.batch_size)
+    loop = Loop(train_d, val_d, spec, epochs, epochs * math.ceil(len(train_d) / spec.batch_size), device,
+                should_stop, embedding, bool(train_split.labelled.any()),
+                None if train_split.mask is None else train_split.mask.sum(1).cpu())
+    result = TrainResult(epochs_planned=epochs)
+    arm = _first_arm(student, loss_fn, batcher, loop, resume, lr_candidates, on_note, result)
+    for m in arm.history[(resume or {}).get("arm", {}).get("epoch", 0):]:
+        on_epoch(m)  # the survivor's search epochs, now that they are the run's
+    patience = patience_of(spec, epochs)
+    while arm.epoch < epochs:
+        if patience is not None and arm.best is not None and arm.epoch - arm.best[0] >= patience:
+            result.stopped_early = True
+            on_note(f"early stop after epoch {arm.epoch}: no better validation score for {patience} epochs since "
+                    f"epoch {arm.best[0]}", {"stopped_early": arm.epoch, "best_epoch": arm.best[0]})
+            break
+        on_epoch(arm.run_epoch(loop))
         if checkpoint is not None:
-            checkpoint({"epoch": epoch + 1, "step": step, "student": student.state_dict(), "loss": loss_fn.state_dict(),
-                        "batcher": batcher.state_dict(), "optimizer": optimizer.state_dict(),
-                        "generator": generator.get_state(), "history": [m.__dict__ for m in result.history],
-                        "trained_samples": trained_samples, "train_seconds": train_seconds})
-    result.samples_per_second = trained_samples / train_seconds if train_seconds else 0.0
-    result.cpu_samples_per_second = cpu_samples / cpu_seconds if cpu_seconds else 0.0
+            checkpoint({"epoch": arm.epoch, "arm": arm.state_dict(), "lr_source": result.learning_rate_source,
+                        "lr_search": result.lr_search})
+    return _finish(arm, student, loss_fn, spec, result)
+
+
+def _finish(arm: Arm, student: Student, loss_fn: DistillLoss, spec: TrainingSpec, result: TrainResult) -> TrainResult:
+    """Leave the weights to publish in `student` and `loss_fn`, and say what the run did."""
+    result.history, result.learning_rate, result.epochs_run = arm.history, arm.lr, arm.epoch
+    result.best_epoch = arm.best[0] if arm.best is not None else None
+    if spec.publish == "best" and arm.best is not None:
+        weights, result.published_epoch = arm.best[2], arm.best[0]
+    else:
+        weights, result.published_epoch = arm.weights(), arm.epoch
+    student.load_state_dict(weights["student"])
+    loss_fn.load_state_dict(weights["loss"])
+    result.samples_per_second = arm.samples / arm.seconds if arm.seconds else 0.0
+    result.cpu_samples_per_second = arm.cpu_samples / arm.cpu_seconds if arm.cpu_seconds else 0.0
     return result
 
 

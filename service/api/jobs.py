@@ -26,8 +26,8 @@ from kdserve.service.settings import Settings
 from kdserve.service.spec import architectures as spec_archs
 from kdserve.service.spec import methods as spec_methods
 from kdserve.service.spec.errors import SpecError
-from kdserve.service.spec.jobs import (DataFacts, TeacherFacts, check_pairing, check_student, student_input,
-                                       validate_params)
+from kdserve.service.spec.jobs import (AUTO_STEPS, DataFacts, TeacherFacts, auto_epochs, check_pairing,
+                                       check_student, student_input, validate_params)
 from kdserve.service.vocab import TEXT_DATASET_FORMATS
 from kdserve.service.store.db import TERMINAL, Dataset, Job, JobEvent, Teacher, new_id, now
 
@@ -260,13 +260,25 @@ def _add_job(ctx: Context, s, body: JobCreate, who: Principal, spec: dict, idemp
     if active >= ctx.settings.tenant_max_active_jobs:
         raise ApiError(429, "rate_limited", f"tenant {who.tenant!r} has {active} queued or running jobs, its limit "
                        "(KDSERVE_TENANT_MAX_ACTIVE_JOBS); wait for one to end or cancel one")
+    queued = {"status": "queued"}
+    if spec["training"]["epochs"] == "auto":
+        queued["epochs_auto"] = spec["training"]["epochs"] = resolve_epochs(s, body)
     job = Job(id=new_id("job"), tenant=who.tenant, status="queued", teacher_id=body.teacher_id,
               dataset_id=body.dataset_id, validation_dataset_id=body.validation_dataset_id, spec=spec,
               metrics={}, idempotency_key=idempotency_key, request_hash=digest, dispatched_at=now())
     s.add(job)
-    s.add(JobEvent(job_id=job.id, message="queued", type="stage", data={"status": "queued"}))
+    s.add(JobEvent(job_id=job.id, message="queued" + (f"; epochs \"auto\": {queued['epochs_auto']} (about "
+                   f"{AUTO_STEPS} optimizer steps)" if "epochs_auto" in queued else ""), type="stage", data=queued))
     s.flush()  # the unique Idempotency-Key is checked here, inside the caller's try
     return job
+
+
+def resolve_epochs(s, body: JobCreate) -> int:
+    """`epochs: "auto"` for this job's training rows (the dataset less its validation split)."""
+    rows = s.scalar(select(Dataset.num_rows).where(Dataset.id == body.dataset_id))
+    if not body.validation_dataset_id:
+        rows -= min(max(1, round(rows * body.validation_split)), rows - 1)
+    return auto_epochs(rows, body.training.batch_size)
 
 
 @router.get("", response_model=ListOut)

@@ -54,6 +54,18 @@ def validate_params(model: type[BaseModel], params: dict[str, Any], prefix: str)
     return {**defaults(model), **params}
 
 
+# `epochs: "auto"`: a budget of optimizer steps, whatever the dataset's size (small datasets get
+# more passes, large ones fewer), within EPOCHS_RANGE.
+AUTO_STEPS = 3000
+AUTO_EPOCHS_RANGE = (10, 200)
+
+
+def auto_epochs(train_rows: int, batch_size: int) -> int:
+    """The epochs of `epochs: "auto"` for this many training rows."""
+    steps_per_epoch = max(1, math.ceil(train_rows / batch_size))
+    return min(AUTO_EPOCHS_RANGE[1], max(AUTO_EPOCHS_RANGE[0], math.ceil(AUTO_STEPS / steps_per_epoch)))
+
+
 @dataclass(frozen=True)
 class DataFacts:
     """A dataset as the rules see it."""

@@ -11,9 +11,12 @@ from kdserve.worker.data import Split
 def final_metrics(student_logits: torch.Tensor, val: Split, result: trainer.TrainResult, embedding: bool) -> dict:
     labelled = val.y >= 0
     pred = student_logits.argmax(1)
+    # the losses of the epoch whose weights are published (the best, unless training.publish is "last")
+    published = next((m for m in result.history if m.epoch == result.published_epoch), None)
     metrics = {"teacher_accuracy": None, "student_accuracy": None, "agreement": None,
-               "train_loss": result.history[-1].train_loss if result.history else None,
-               "val_loss": result.history[-1].val_loss if result.history else None}
+               "train_loss": published.train_loss if published else None,
+               "val_loss": published.val_loss if published else None,
+               "learning_rate": result.learning_rate or None, "best_epoch": result.best_epoch}
     if embedding:
         metrics["mean_cosine"] = float(torch.nn.functional.cosine_similarity(
             student_logits, val.teacher_logits.float(), dim=1).mean())

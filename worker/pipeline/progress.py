@@ -61,6 +61,13 @@ class Progress:
             parts.append(f"val_agreement {m.val_agreement:.4f}")
         self.event(f"epoch {m.epoch}/{epochs}: " + ", ".join(parts), type="metrics", data=m.__dict__)
 
+    def note(self, message: str, data: dict) -> None:
+        """A finding of the training loop (the learning-rate search, an early stop) for the events."""
+        rung = data.get("lr_search")
+        if rung is not None:  # the search's epochs come before the run's own: progress by its rungs
+            self.update("training", min(1.0, rung["epoch"] / self.epochs))
+        self.event(message, data=data)
+
     def on_refine_epoch(self, event: dict, epochs: int) -> None:
         epoch, loss, cmi = int(event["epoch"]), float(event["loss"]), float(event["cmi"])
         self.update("refining_teacher", epoch / epochs)
@@ -79,3 +86,4 @@ class RunContext:
     lease: Lease
     progress: Progress
     teachers: list = field(default_factory=list)  # jailed teacher processes to end with the run
+    training: dict | None = None  # what training did (learning rate and why, best epoch): the card's `training`

@@ -22,12 +22,14 @@ from kdserve.service.sandbox.jail import JailError
 from kdserve.service.sandbox.sniff import ModelFileError
 from kdserve.service.schemas import JobCreate
 from kdserve.service.settings import get_settings
+from kdserve.service.spec.jobs import auto_epochs
 from kdserve.service.store.blobs import BlobStore
 from kdserve.service.store.db import Database, Job, now
 from kdserve.worker import trainer
 from kdserve.worker.losses import METHODS
 from kdserve.worker.pipeline import inputs
 from kdserve.worker.pipeline.common import LEASE_LOST, Cancelled, JobFailed, context, fail, finish, log, pick_device
+from kdserve.worker.pipeline.checkpoints import keep_epoch_weights, training_summary
 from kdserve.worker.pipeline.evaluate import final_metrics
 from kdserve.worker.pipeline.inputs import Prepared
 from kdserve.worker.pipeline.lease import Lease
@@ -83,18 +85,27 @@ class JobRun:
         self.succeeded(model_id, trained.result)
 
     def train(self, prep: Prepared, device: torch.device) -> Trained:
-        resume = self._load_checkpoint(device)
+        ctx, spec = self.ctx, self.ctx.spec
+        epochs = spec.training.epochs
+        if not isinstance(epochs, int):  # a spec that did not come through POST /v1/jobs (which resolves it)
+            epochs = auto_epochs(len(prep.train), spec.training.batch_size)
+        ctx.progress.epochs = epochs
+        resume = self._load_checkpoint(device, epochs)
         if resume is not None:
-            self.ctx.progress.event(f"resumed from the checkpoint after epoch {resume['epoch']}",
-                                    data={"resume_epoch": resume["epoch"]})
+            ctx.progress.event(f"resumed from the checkpoint after epoch {resume['epoch']}",
+                               data={"resume_epoch": resume["epoch"]})
         try:
-            result = trainer.train(prep.student, prep.loss_fn, prep.train, prep.val, self.ctx.spec.training, device,
-                                   on_epoch=self.ctx.progress.on_epoch, should_stop=self.ctx.lease.should_stop,
-                                   checkpoint=self._save_checkpoint, resume=resume, embedding=prep.embedding)
+            result = trainer.train(prep.student, prep.loss_fn, prep.train, prep.val, spec.training, device,
+                                   on_epoch=ctx.progress.on_epoch, should_stop=ctx.lease.should_stop,
+                                   checkpoint=self._save_checkpoint, resume=resume, embedding=prep.embedding,
+                                   lr_candidates=trainer.lr_grid(spec.student.architecture, spec.training.optimizer),
+                                   on_note=ctx.progress.note)
         except trainer.SetupError as exc:
             raise JobFailed("invalid_request", str(exc))
+        ctx.training = training_summary(result)
         # What is evaluated and exported: the student's main head only (auxiliary heads stay behind),
-        # mapped to class logits by the method (LELP's subclass head).
+        # mapped to class logits by the method (LELP's subclass head), with the weights train() left
+        # in it (the best epoch's unless training.publish is "last").
         return Trained(trainer.predictor(prep.student.cpu().eval(), prep.loss_fn.cpu()), result)
 
     def succeeded(self, model_id: str, result: trainer.TrainResult) -> None:
@@ -109,14 +120,15 @@ class JobRun:
         buf = io.BytesIO()
         torch.save(state, buf)
         self.ctx.blobs.put_bytes(self.checkpoint_key, buf.getvalue())
+        keep_epoch_weights(self.ctx.blobs, self.ctx.job.id, state["arm"])
 
-    def _load_checkpoint(self, device: torch.device) -> dict | None:
+    def _load_checkpoint(self, device: torch.device, epochs: int) -> dict | None:
         blobs = self.ctx.blobs
         if not blobs.exists(self.checkpoint_key):
             return None
         # our own file, still loaded without a general unpickler: tensors and plain containers only
         state = torch.load(io.BytesIO(blobs.get_bytes(self.checkpoint_key)), map_location=device, weights_only=True)
-        return state if 0 < state.get("epoch", 0) <= self.ctx.spec.training.epochs else None
+        return state if "arm" in state and 0 < state.get("epoch", 0) <= epochs else None
 
 
 def run_job(job_id: str, delivery: str) -> None:
