@@ -28,9 +28,10 @@ KD_JOB = {
 
 
 def job_body(ids: dict, epochs: int) -> dict:
-    """A small `kd` job on `ids` (teacher_id, dataset_id) that runs `epochs` epochs."""
+    """A small `kd` job on `ids` (teacher_id, dataset_id) that runs `epochs` epochs (no early stop)."""
     return {**ids, "student": {"architecture": "mlp", "params": {"hidden_sizes": [32]}},
-            "method": {"name": "kd"}, "training": {"epochs": epochs, "learning_rate": 0.005}}
+            "method": {"name": "kd"}, "training": {"epochs": epochs, "learning_rate": 0.005,
+                                                   "early_stopping_patience": None}}
 
 
 def events(c, job_id: str) -> list[dict]:

@@ -12,7 +12,8 @@ method / seed:
 
 - default: the job holds only teacher_id, dataset_id, student, method, and `training` = {epochs, seed}
   (the run length and the seed are the experiment's, as in the issue's own table); every other field
-  is the service's default (today: AdamW lr 1e-3, batch 64, 10 % validation split, last epoch published).
+  is the service's default (AdamW, learning_rate "auto", batch 64, 10 % validation split, early
+  stopping, the best validation epoch published; the table shows the rate each default job chose).
   `--default-epochs service` leaves epochs out too (for when the service picks them).
 - grid: the same job with training.learning_rate ∈ GRID_LR. The best lr is chosen on the held-out
   score itself, averaged over seeds: an oracle choice, an upper bound on what a manual search finds.
@@ -240,6 +241,7 @@ def main() -> None:
     failures: list[str] = []
     info: dict[str, dict] = {}
     job_seconds: list[float] = []
+    chosen_lr: dict[tuple, list[float]] = {}  # (dataset, regime, method): the rate each default job trained at
     def write_report(partial: str = "") -> float:
         wall = (time.time() - t_start) / 60
         rows, grid_rows, lost = [], [], []
@@ -253,7 +255,9 @@ def main() -> None:
                     scored = {lr: v for lr, v in per_lr.items() if v}
                     best = max(scored, key=lambda lr: statistics.mean(scored[lr])) if scored else None
                     hand = vals("hand", HAND_LR)
-                    rows.append([d, r, m, mean_std(dflt),
+                    picked = sorted(chosen_lr.get((d, r, m), []))
+                    picked = ", ".join(f"{lr:g}×{picked.count(lr)}" for lr in dict.fromkeys(picked)) or "–"
+                    rows.append([d, r, m, mean_std(dflt), picked,
                                  f"{mean_std(scored[best])} (lr {best:g})" if best else "–", mean_std(hand)])
                     grid_rows.append([d, r, m] + [mean_std(per_lr[lr]) for lr in GRID_LR])
                     if m == "ce" and dflt:
@@ -300,7 +304,8 @@ def main() -> None:
                        f"{SETUPS[d].teacher.upper()} {i['teacher_params']:,} params, held-out accuracy "
                        f"{i['teacher_acc']:.3f} (TorchScript upload); student MLP {list(SETUPS[d].student_hidden)}, "
                        f"{i['student_params']:,} params ({i['teacher_params'] / i['student_params']:.0f}× smaller).")
-        out += ["", table(["dataset", "regime", "method", "kdserve default", "kdserve best grid (lr, oracle)",
+        out += ["", table(["dataset", "regime", "method", "kdserve default", "default's lr (per seed)",
+                           "kdserve best grid (lr, oracle)",
                            "hand loop + torchdistill KDLoss"], rows), "",
                 "Every grid cell:", "",
                 table(["dataset", "regime", "method"] + [f"lr {lr:g}" for lr in GRID_LR], grid_rows), ""]
@@ -398,6 +403,8 @@ def main() -> None:
                 d = key[0]
                 acc = onnx_accuracy(path, data[d][2], data[d][3], info[d]["classes"])
                 results[key] = acc
+                if key[3] == "default" and job["metrics"].get("learning_rate") is not None:
+                    chosen_lr.setdefault(key[:3], []).append(job["metrics"]["learning_rate"])
                 if reuse and key[3] == "grid" and key[4] == dlr:
                     results[(key[0], key[1], key[2], "default", None, key[5])] = acc
                 log(f"{done} {key[0]} / {key[1]} / {key[2]} / {key[3]} lr={key[4]} seed={key[5]}: {acc:.3f}")

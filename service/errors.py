@@ -6,6 +6,7 @@ says, and a request body that does not validate there is a 400, not a 422."""
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,9 +44,27 @@ def v2_error_response(status: int, message: str, headers=None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _loc_to_param(loc) -> str | None:
+_UNION_TAGS = {"int", "float", "str", "bool", "none", "list", "dict"}
+
+
+def loc_to_param(loc) -> str | None:
+    """A pydantic error location as the API's dotted `param`: without where the value came from
+    (body, query, ...) and without the union member pydantic tried ("constrained-int",
+    "literal['auto']"): `epochs: int | "auto"` reports `training.epochs`."""
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
+    parts = [p for p in parts if re.fullmatch(r"\w+", p) and p not in _UNION_TAGS]
     return ".".join(parts) or None
+
+
+def first_error(errors: list[dict]) -> tuple[str | None, str]:
+    """The param and message of a validation failure's first error; the errors of every member of
+    a union on that param are joined ("greater than or equal to 1, or input should be 'auto'")."""
+    if not errors:
+        return None, "invalid request"
+    param = loc_to_param(errors[0].get("loc", ()))
+    msgs = [e.get("msg", "invalid") for e in errors if loc_to_param(e.get("loc", ())) == param]
+    msgs = list(dict.fromkeys(msgs))
+    return param, ", or ".join([msgs[0], *(m[:1].lower() + m[1:] for m in msgs[1:])])
 
 
 def install(app: FastAPI) -> None:
@@ -57,10 +76,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        param = _loc_to_param(first.get("loc", ()))
-        msg = first.get("msg", "invalid request")
-        if first.get("type") == "json_invalid":  # loc is ("body", <character offset>): not a field
+        errors = exc.errors()
+        param, msg = first_error(errors)
+        if errors and errors[0].get("type") == "json_invalid":  # loc is ("body", <character offset>): not a field
             msg, param = "the request body is not valid JSON", None
         if is_v2(request):
             return v2_error_response(400, f"{param}: {msg}" if param else msg)

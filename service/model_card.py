@@ -104,6 +104,9 @@ class CardFields(BaseModel):
     training: dict[str, Any] | None = Field(None, description="what training did: learning_rate and "
                                             "learning_rate_source (how \"auto\" chose it, lr_search: its rungs), "
                                             "epochs_planned, epochs_run, best_epoch, published_epoch, stopped_early")
+    baseline: dict[str, Any] | None = Field(None, description="jobs with baseline: true: the same student trained "
+                                            "with ce alone on the same split (accuracy, agreement) and the distilled "
+                                            "student's lead over it (accuracy_delta, agreement_delta)")
     input: TensorSpec
     output: TensorSpec
 

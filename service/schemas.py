@@ -92,6 +92,11 @@ class TextSpec(Strict):
                             "teacher's tokenizer; longer texts are truncated (at most the teacher's position count)")
 
 
+class FromCheckpoint(Strict):
+    job_id: str = Field(description="the job that trained the weights (same student and method)")
+    epoch: int = Field(ge=1, description="an epoch whose weights that job kept (GET /v1/jobs/{id}/checkpoints)")
+
+
 class JobCreate(Strict):
     teacher_id: str | None = None
     teacher_features: str | None = Field(
@@ -111,6 +116,10 @@ class JobCreate(Strict):
     export: ExportSpec = Field(default_factory=ExportSpec)
     text: TextSpec = Field(default_factory=TextSpec, description="tokenisation of text datasets (ignored otherwise)")
     metadata: dict[str, str] = Field(default_factory=dict, max_length=32)
+    baseline: bool = Field(False, description="also train the same student with ce alone on the same split and put "
+                           "both on the card: what distillation bought (needs labels)")
+    from_checkpoint: FromCheckpoint | None = Field(None, description="publish these kept weights instead of "
+                                                   "training (POST /v1/jobs/{id}/checkpoints/{epoch}/publish)")
 
 
 # ---- responses ----------------------------------------------------------------------------
@@ -166,6 +175,8 @@ class JobMetrics(BaseModel):
     learning_rate: float | None = Field(None, description="the peak learning rate the student trained at (chosen by "
                                         "the job when training.learning_rate is \"auto\")")
     best_epoch: int | None = Field(None, description="the epoch with the best validation score")
+    baseline_accuracy: float | None = Field(None, description="baseline: true: the ce-only student's accuracy")
+    baseline_agreement: float | None = Field(None, description="baseline: true: the ce-only student's agreement")
 
 
 class JobOut(BaseModel):
@@ -192,6 +203,24 @@ class JobOut(BaseModel):
     finished_at: int | None
     estimated_finish: int | None
     metadata: dict[str, str]
+
+
+class CheckpointOut(BaseModel):
+    object: Literal["job.checkpoint"] = "job.checkpoint"
+    epoch: int
+    train_loss: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+    val_agreement: float | None
+    val_cosine: float | None
+    val_score: float | None = Field(description="what the job chose its epoch and learning rate by: validation "
+                                    "accuracy and agreement weighted by the rows each is measured on (embedding "
+                                    "students: mean cosine)")
+    lr: float | None
+    best: bool = Field(description="the epoch with the best validation score")
+    published: bool = Field(description="the epoch whose weights the job's model holds")
+    weights: bool = Field(description="its weights are kept (the best three epochs and the last): it can be "
+                          "published with POST …/checkpoints/{epoch}/publish")
 
 
 class EventOut(BaseModel):

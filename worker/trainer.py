@@ -390,13 +390,37 @@ def rung_epochs(epochs: int) -> list[int]:
     return [first, max(first + 1, round(epochs / 4))]
 
 
-def search_lr(arms: list[Arm], loop: Loop, on_note: Callable[[str, dict], None]) -> tuple[Arm, list[dict]]:
-    """Successive halving over the arms' learning rates; the survivor and the record of each rung."""
+def search_work(epochs: int) -> float:
+    """The search's training run in epochs of one arm: four arms to the first rung, two to the
+    second, one to the end (1.5 runs for 100 epochs)."""
+    first, second = rung_epochs(epochs)
+    return 4 * first + 2 * (second - first) + (epochs - second)
+
+
+def work_done(epoch: int, epochs: int, searched: bool) -> float:
+    """The fraction of the run's training work done once every live arm has trained `epoch` epochs."""
+    if not searched:
+        return epoch / epochs
+    first, second = rung_epochs(epochs)
+    done = 4 * min(epoch, first) + 2 * max(0, min(epoch, second) - first) + max(0, epoch - second)
+    return min(1.0, done / search_work(epochs))
+
+
+def search_lr(arms: list[Arm], loop: Loop, on_note: Callable[[str, dict], None],
+              on_progress: Callable[[int, float], None]) -> tuple[Arm, list[dict]]:
+    """Successive halving over the arms' learning rates; the survivor and the record of each rung.
+    The arms train in lockstep, an epoch each in turn, so that progress (and a cancel) is seen
+    every epoch, as in a run without a search."""
     record = []
+    epoch = 0
     for end in rung_epochs(loop.epochs):
-        for arm in arms:
-            while arm.epoch < end:
-                arm.run_epoch(loop)
+        while epoch < end:
+            scores = {f"{arm.lr:g}": arm.run_epoch(loop).val_score for arm in arms}
+            epoch += 1
+            on_progress(epoch, work_done(epoch, loop.epochs, True))
+            on_note(f"learning rate search, epoch {epoch}/{end}: " + ", ".join(
+                f"lr {lr} → {'-' if v is None else f'{v:.4f}'}" for lr, v in scores.items()),
+                {"lr_search_epoch": epoch, "val_scores": scores})
         ranked = sorted(arms, key=Arm.recent_key, reverse=True)
         arms = ranked[: max(1, len(arms) // 2)]
         rung = {"epoch": end, "scores": {f"{a.lr:g}": round(a.recent_key()[0], 4) for a in ranked},
@@ -420,7 +444,8 @@ def _arms(student: Student, loss_fn: DistillLoss, batcher: Batcher, loop: Loop, 
 
 
 def _first_arm(student: Student, loss_fn: DistillLoss, batcher: Batcher, loop: Loop, resume: dict | None,
-               lr_candidates: tuple[float, ...], on_note: Callable[[str, dict], None], result: TrainResult) -> Arm:
+               lr_candidates: tuple[float, ...], on_note: Callable[[str, dict], None],
+               on_progress: Callable[[int, float], None], result: TrainResult) -> Arm:
     """The arm that trains to the end: resumed from a checkpoint, the given learning rate's, or the
     survivor of the learning-rate search (its epochs so far become the run's first)."""
     spec = loop.spec
@@ -437,11 +462,21 @@ def _first_arm(student: Student, loss_fn: DistillLoss, batcher: Batcher, loop: L
         result.learning_rate_source = f"auto: {loop.epochs} epoch(s) are too few to compare rates; {lr:g} is the usual best"
         on_note(f"learning rate {lr:g} (too few epochs for a search)", {"learning_rate": lr})
         return Arm(student, loss_fn, batcher, lr, spec)
-    arm, result.lr_search = search_lr(_arms(student, loss_fn, batcher, loop, lr_candidates), loop, on_note)
+    arm, result.lr_search = search_lr(_arms(student, loss_fn, batcher, loop, lr_candidates), loop, on_note,
+                                       on_progress)
     result.learning_rate_source = (f"auto: successive halving over {', '.join(f'{lr:g}' for lr in lr_candidates)} on "
                                    f"the validation split, decided after epoch {result.lr_search[-1]['epoch']}")
     on_note(f"learning rate {arm.lr:g} chosen ({result.learning_rate_source})", {"learning_rate": arm.lr})
     return arm
+
+
+def load_weights(student: Student, loss_fn: DistillLoss, train_split: Split, device: torch.device,
+                 weights: dict) -> None:
+    """Weights an earlier run kept, into a fresh student and loss prepared as training prepares them."""
+    student.to(device)
+    _prepared_batcher(student, loss_fn, train_split.to(device), device)
+    student.load_state_dict(weights["student"])
+    loss_fn.load_state_dict(weights["loss"])
 
 
 def patience_of(spec: TrainingSpec, epochs: int) -> int | None:
@@ -464,13 +499,16 @@ def train(
     embedding: bool = False,
     lr_candidates: tuple[float, ...] = LR_GRIDS["default"],
     on_note: Callable[[str, dict], None] = lambda message, data: None,
+    on_progress: Callable[[int, float], None] = lambda epoch, fraction: None,
 ) -> TrainResult:
     """Train `student` in place and leave in it the weights to publish (the best epoch's, unless
     spec.publish is "last"). With `checkpoint`, the full training state is handed to it after
     every epoch once the learning rate is settled; `resume` is such a state, and training goes on
     after its epoch exactly as if it had never stopped. `embedding`: the student outputs vectors,
     not class logits (validation reports their mean cosine to the teacher's instead of accuracy).
-    `on_note(message, data)`: the learning-rate search's findings, for the job's events."""
+    `on_note(message, data)`: the learning-rate search's findings, for the job's events.
+    `on_progress(epoch, fraction)`: after every epoch, of the search's arms or of the run, the
+    epochs trained and the fraction of the training work done (a search makes it 1.5 runs)."""
     torch.manual_seed(spec.seed)
     student.to(device)
     train_d, val_d = train_split.to(device), val_split.to(device)
@@ -480,7 +518,8 @@ def train(
                 should_stop, embedding, bool(train_split.labelled.any()),
                 None if train_split.mask is None else train_split.mask.sum(1).cpu())
     result = TrainResult(epochs_planned=epochs)
-    arm = _first_arm(student, loss_fn, batcher, loop, resume, lr_candidates, on_note, result)
+    arm = _first_arm(student, loss_fn, batcher, loop, resume, lr_candidates, on_note, on_progress, result)
+    searched = bool(result.lr_search)
     for m in arm.history[(resume or {}).get("arm", {}).get("epoch", 0):]:
         on_epoch(m)  # the survivor's search epochs, now that they are the run's
     patience = patience_of(spec, epochs)
@@ -491,6 +530,7 @@ def train(
                     f"epoch {arm.best[0]}", {"stopped_early": arm.epoch, "best_epoch": arm.best[0]})
             break
         on_epoch(arm.run_epoch(loop))
+        on_progress(arm.epoch, work_done(arm.epoch, epochs, searched))
         if checkpoint is not None:
             checkpoint({"epoch": arm.epoch, "arm": arm.state_dict(), "lr_source": result.learning_rate_source,
                         "lr_search": result.lr_search})

@@ -42,7 +42,7 @@ def test_pagination_newest_first(client, files):
 
 
 def test_cancel_running_and_queued(client, ids):
-    long_body = {**KD_JOB, **ids, "training": {"epochs": 5000}}
+    long_body = {**KD_JOB, **ids, "training": {**KD_JOB["training"], "epochs": 5000}}
     running = client.post("/v1/jobs", json=long_body).json()
     queued = client.post("/v1/jobs", json=long_body).json()
     deadline = time.time() + 60

@@ -104,7 +104,7 @@ def wait_running(c, job_id: str, timeout: float = 60) -> dict:
 def test_busy_worker_and_queued_job_are_counted(service, files):
     with service.client() as c:
         ids = {"teacher_id": upload_teacher(c, files["onnx"])["id"], "dataset_id": upload_dataset(c, files["npz"])["id"]}
-        long = {**KD_JOB, **ids, "training": {"epochs": 5000}}
+        long = {**KD_JOB, **ids, "training": {**KD_JOB["training"], "epochs": 5000}}
         running = c.post("/v1/jobs", json=long).json()
         waiting = c.post("/v1/jobs", json=long).json()
         try:

@@ -77,7 +77,7 @@ def test_revoked_keys_event_stream_ends(service, tenant_data):
     key = new_key(service, tenant_data["tenant"])
     ids = {k: tenant_data[k] for k in ("teacher_id", "dataset_id")}
     with service.client(api_key=key["key"]) as c:
-        job = c.post("/v1/jobs", json={**KD_JOB, **ids, "training": {"epochs": 5000}}).json()
+        job = c.post("/v1/jobs", json={**KD_JOB, **ids, "training": {**KD_JOB["training"], "epochs": 5000}}).json()
     ended = threading.Event()
     lines: list[str] = []
 

@@ -52,12 +52,15 @@ def test_teacher_outputs_are_listed(setup):
 
 
 METHOD_CASES = {
-    "kd": {}, "ce": {}, "rkl": {}, "jsd": {}, "sinkd": {}, "nkd": {}, "dkd": {}, "dist": {}, "pld": {}, "dhkd": {},
+    "kd": {}, "ce": {}, "rkl": {}, "jsd": {}, "sinkd": {}, "dkd": {}, "dist": {}, "pld": {}, "dhkd": {},
     "uskd": {"teacher": None}, "pskd": {"teacher": None},
     "fitnet": {"teacher": "two_ts", "teacher_features": "1"},
     "lelp": {"teacher": "two_onnx", "teacher_features": "hidden"},
     # vector methods regress the digits teacher's logits (text embeddings: api_tests/e2e/test_text.py)
     # (raw logits of magnitude ~50 are slow to regress: these get more epochs)
+    # NKD's target term is a plain log-likelihood and its non-target term is normalised: with 10 %
+    # labels it needs a few more epochs than KD to leave chance on the ~16 labelled validation rows
+    "nkd": {"epochs": 6},
     "embedding_mse": {"epochs": 12}, "embedding_cosine": {"epochs": 12}, "embedding_relational": {"epochs": 12},
 }
 

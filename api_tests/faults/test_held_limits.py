@@ -79,7 +79,7 @@ def stream_events(svc: Service, key: str, job_id: str) -> tuple[httpx.Client, ht
 def test_event_streams_per_tenant(limited, files):
     with limited.client() as c:
         ids = {"teacher_id": upload_teacher(c, files["onnx"])["id"], "dataset_id": upload_dataset(c, files["npz"])["id"]}
-        job = c.post("/v1/jobs", json={**KD_JOB, **ids, "training": {"epochs": 5000}}).json()
+        job = c.post("/v1/jobs", json={**KD_JOB, **ids, "training": {**KD_JOB["training"], "epochs": 5000}}).json()
     opened = [stream_events(limited, limited.api_key, job["id"]) for _ in range(2)]
     try:
         assert [r.status_code for _, r in opened] == [200, 200]

@@ -24,6 +24,22 @@ def data(n=200, d=12, c=4, seed=0):
     return Split(x, y, t, x[:, :6].clone())
 
 
+def checkpoint_after(n: int, student, loss_fn, train_split: Split, val_split: Split, spec: TrainingSpec) -> dict:
+    """Train until the n-th checkpoint is written, stop there (as a cancel would), and return that
+    checkpoint as a resumed run reads it (through torch.save/load)."""
+    saved = []
+
+    def keep(state):
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        saved.append(buf.getvalue())
+
+    with pytest.raises(trainer.Stopped):
+        trainer.train(student, loss_fn, train_split, val_split, spec, torch.device("cpu"), checkpoint=keep,
+                      should_stop=lambda: "cancelled" if len(saved) >= n else None)
+    return torch.load(io.BytesIO(saved[-1]), weights_only=True)
+
+
 @pytest.mark.parametrize("method", ["kd", "dhkd", "pskd", "fitnet"])
 def test_resume_is_exact(method):
     spec = TrainingSpec(epochs=4, batch_size=32, learning_rate=0.01, seed=3)
@@ -37,21 +53,8 @@ def test_resume_is_exact(method):
     s_full, l_full = fresh()
     full = trainer.train(s_full, l_full, train_split, val_split, spec, torch.device("cpu"))
 
-    saved = []
-
-    def keep(state):
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        saved.append(buf.getvalue())
-
-    def stop_after_two():
-        return "cancelled" if len(saved) >= 2 else None
-
     s_a, l_a = fresh()
-    with pytest.raises(trainer.Stopped):
-        trainer.train(s_a, l_a, train_split, val_split, spec, torch.device("cpu"), checkpoint=keep,
-                      should_stop=stop_after_two)
-    state = torch.load(io.BytesIO(saved[-1]), weights_only=True)
+    state = checkpoint_after(2, s_a, l_a, train_split, val_split, spec)
     assert state["epoch"] == 2
     s_b, l_b = fresh()
     resumed = trainer.train(s_b, l_b, train_split, val_split, spec, torch.device("cpu"), resume=state)

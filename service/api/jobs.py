@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from kdserve.service import budgets
 from kdserve.service.api.deps import Context, body_openapi, get_ctx, get_owned, json_body, key_check, paginate, principal
+from kdserve.service.api.job_rows import check_active_jobs, enqueue_or_undo, to_out
 from kdserve.service.auth import Principal
 from kdserve.service.errors import ApiError, not_found
 from kdserve.service.limits import HeldStreamingResponse
@@ -29,24 +30,13 @@ from kdserve.service.spec.errors import SpecError
 from kdserve.service.spec.jobs import (AUTO_STEPS, DataFacts, TeacherFacts, auto_epochs, check_pairing,
                                        check_student, student_input, validate_params)
 from kdserve.service.vocab import TEXT_DATASET_FORMATS
+from kdserve.service.store.blobs import epoch_weights_key
 from kdserve.service.store.db import TERMINAL, Dataset, Job, JobEvent, Teacher, new_id, now
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("kdserve.api")
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-
-
-def to_out(job: Job) -> JobOut:
-    spec = job.spec
-    return JobOut(
-        id=job.id, status=job.status, stage=job.stage, progress=job.progress, epoch=job.epoch,
-        epochs=spec["training"]["epochs"], teacher_id=job.teacher_id, dataset_id=job.dataset_id,
-        validation_dataset_id=job.validation_dataset_id, student=spec["student"], method=spec["method"],
-        training=spec["training"], export=spec["export"], metrics=job.metrics or {}, model_id=job.model_id,
-        error=job.error, attempts=job.attempts, created_at=job.created_at, started_at=job.started_at,
-        finished_at=job.finished_at, estimated_finish=job.estimated_finish, metadata=spec.get("metadata", {}),
-    )
 
 
 def refused(exc: SpecError) -> ApiError:
@@ -101,6 +91,9 @@ def preflight(ctx: Context, body: JobCreate, who: Principal, s) -> None:
     if "teacher_features" in method.requires and not body.teacher_features:
         raise ApiError(422, "invalid_request", f"method {method.name!r} needs teacher features: set teacher_features "
                        "to the name of one of the teacher's outputs", "teacher_features")
+    if body.baseline and not dataset.labeled:
+        raise ApiError(422, "invalid_request", f"baseline: true trains with labels (ce) and dataset {dataset.id} has "
+                       "none", "baseline")
     if body.teacher_refinement:
         if not dataset.labeled:
             raise ApiError(422, "invalid_request", "teacher refinement needs a labelled dataset", "dataset_id")
@@ -118,11 +111,29 @@ def preflight(ctx: Context, body: JobCreate, who: Principal, s) -> None:
             raise ApiError(422, "invalid_request", f"dataset rows have shape {dataset.feature_shape} but the teacher "
                            f"expects input of shape {teacher.input_shape}", "dataset_id")
         embedding_teacher = (teacher.details or {}).get("task") == "embedding"
+        if body.baseline and embedding_teacher:
+            raise ApiError(422, "invalid_request", "baseline: true compares class accuracy, and an embedding "
+                           "teacher's student has no classes", "baseline")
         for ds in filter(None, (dataset, val)):
             if not embedding_teacher and ds.num_classes is not None and ds.num_classes > teacher.num_classes:
                 raise ApiError(422, "label_out_of_range", f"dataset {ds.id} has label {ds.num_classes - 1} but the "
                                f"teacher has only {teacher.num_classes} classes", "dataset_id")
     check_budget(ctx.settings, body, dataset, val, teacher)
+    if body.from_checkpoint is not None:
+        check_from_checkpoint(ctx, s, body, who)
+
+
+def check_from_checkpoint(ctx: Context, s, body: JobCreate, who: Principal) -> None:
+    """Kept weights fit only the student and method that trained them."""
+    ref = body.from_checkpoint
+    source = get_owned(s, Job, ref.job_id, who, "job", "from_checkpoint.job_id")
+    for part in ("student", "method"):
+        if source.spec[part] != getattr(body, part).model_dump(mode="json"):
+            raise ApiError(422, "invalid_request", f"from_checkpoint: job {source.id} trained another {part} "
+                           f"({source.spec[part]})", part)
+    if not ctx.blobs.exists(epoch_weights_key(source.id, ref.epoch)):
+        raise ApiError(404, "not_found", f"job {source.id} kept no weights for epoch {ref.epoch} (GET "
+                       f"/v1/jobs/{source.id}/checkpoints lists those it kept)", "from_checkpoint.epoch")
 
 
 METADATA_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -219,14 +230,7 @@ def create_job(body: JobCreate = Depends(json_body(JobCreate, SPEC_MAX_BYTES, "a
         if prior is None:
             raise
         return prior
-    try:
-        enqueue_job(ctx.celery, job.id, ctx.settings.queue)
-    except Exception as exc:
-        log.warning("broker unavailable, job %s not accepted: %s", job.id, exc)
-        with ctx.db.session() as s:
-            s.query(JobEvent).filter_by(job_id=job.id).delete()
-            s.query(Job).filter_by(id=job.id).delete()
-        raise ApiError(503, "broker_unavailable", "the job queue is unreachable; nothing was created, retry shortly")
+    enqueue_or_undo(ctx, job.id)
     return to_out(job)
 
 
@@ -255,11 +259,7 @@ def _add_job(ctx: Context, s, body: JobCreate, who: Principal, spec: dict, idemp
         missing = set(ids) - ctx.db.lock_rows(s, table, ids, exclusive=False)
         if missing:  # deleted between pre-flight's read and the lock (PostgreSQL)
             raise not_found(kind, sorted(missing)[0], "teacher_id" if kind == "teacher" else "dataset_id")
-    active = s.scalar(select(func.count()).select_from(Job).where(
-        Job.tenant == who.tenant, Job.status.in_(("queued", "running"))))
-    if active >= ctx.settings.tenant_max_active_jobs:
-        raise ApiError(429, "rate_limited", f"tenant {who.tenant!r} has {active} queued or running jobs, its limit "
-                       "(KDSERVE_TENANT_MAX_ACTIVE_JOBS); wait for one to end or cancel one")
+    check_active_jobs(ctx, s, who)
     queued = {"status": "queued"}
     if spec["training"]["epochs"] == "auto":
         queued["epochs_auto"] = spec["training"]["epochs"] = resolve_epochs(s, body)

@@ -39,6 +39,11 @@ class BlobStore(Protocol):
     def fetch_url(self, key: str, expires_s: int) -> str | None: ...
 
 
+def epoch_weights_key(job_id: str, epoch: int) -> str:
+    """Where a job keeps an epoch's weights (the worker writes them, the API lists and publishes them)."""
+    return f"jobs/{job_id}/epochs/{epoch}.pt"
+
+
 def newest_mtime(path: Path) -> float:
     """The latest modification time of `path` or of anything under it (a folder in use keeps
     getting new files even when the folder itself was made long ago)."""

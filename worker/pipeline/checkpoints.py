@@ -7,15 +7,16 @@ from __future__ import annotations
 import io
 
 import torch
+from sqlalchemy import select
 
-from kdserve.service.store.blobs import BlobStore
+from kdserve.service.store.blobs import BlobStore, epoch_weights_key
+from kdserve.service.store.db import JobEvent
 from kdserve.worker import trainer
+from kdserve.worker.pipeline.common import JobFailed
+from kdserve.worker.pipeline.inputs import Prepared
+from kdserve.worker.pipeline.progress import RunContext
 
 KEEP_BEST = 3  # epochs whose weights are kept, by validation score; the last epoch's are kept too
-
-
-def epoch_weights_key(job_id: str, epoch: int) -> str:
-    return f"jobs/{job_id}/epochs/{epoch}.pt"
 
 
 def keep_epoch_weights(blobs: BlobStore, job_id: str, arm: dict) -> None:
@@ -43,3 +44,26 @@ def training_summary(result: trainer.TrainResult) -> dict:
             "lr_search": result.lr_search, "epochs_planned": result.epochs_planned, "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch, "published_epoch": result.published_epoch,
             "stopped_early": result.stopped_early}
+
+
+def from_checkpoint(ctx: RunContext, prep: Prepared, device: torch.device) -> trainer.TrainResult:
+    """A job with `from_checkpoint`: the kept weights of another job's epoch instead of training."""
+    ref = ctx.spec.from_checkpoint
+    key = epoch_weights_key(ref.job_id, ref.epoch)
+    if not ctx.blobs.exists(key):
+        raise JobFailed("not_found", f"job {ref.job_id} no longer keeps weights for epoch {ref.epoch}")
+    weights = torch.load(io.BytesIO(ctx.blobs.get_bytes(key)), map_location=device, weights_only=True)
+    try:
+        trainer.load_weights(prep.student, prep.loss_fn, prep.train, device, weights)
+    except RuntimeError as exc:  # another student's weights (a spec that does not match its source job)
+        raise JobFailed("invalid_request", f"the weights of job {ref.job_id} epoch {ref.epoch} do not fit this "
+                        f"student: {exc}") from None
+    with ctx.db.session() as s:
+        events = s.scalars(select(JobEvent.data).where(JobEvent.job_id == ref.job_id, JobEvent.type == "metrics"))
+        data = next((d for d in events if isinstance(d, dict) and d.get("epoch") == ref.epoch), None)
+    history = [trainer.EpochMetrics(**data)] if data else []
+    ctx.progress.event(f"published epoch {ref.epoch} of job {ref.job_id} (no training)", data={"from_checkpoint":
+                                                                                              ref.model_dump()})
+    return trainer.TrainResult(history=history, learning_rate=history[0].lr if history else 0.0,
+                               learning_rate_source=f"from job {ref.job_id}", epochs_run=0,
+                               published_epoch=ref.epoch)

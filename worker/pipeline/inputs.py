@@ -77,15 +77,21 @@ def validate(ctx: RunContext, device: torch.device) -> Prepared:
     if spec.teacher_features and spec.teacher_features not in teacher.output_names:
         raise JobFailed("invalid_request", f"the teacher has no output {spec.teacher_features!r}")
     loss_fn = build_loss(spec.method.name, spec.method.params)
-    torch.manual_seed(spec.training.seed)  # the student's initial weights are part of the seeded run
-    width = loss_fn.output_width(num_classes)
+    student = new_student(ctx, teacher, train, input_shape, max_length, loss_fn.output_width(num_classes))
+    return Prepared(teacher_row, teacher, train, val, num_classes, input_shape, max_length, loss_fn, student)
+
+
+def new_student(ctx: RunContext, teacher: JailedTeacher | None, train: Split, input_shape: list[int],
+                max_length: int | None, width: int) -> torch.nn.Module:
+    """The job's untrained student with `width` outputs; its initial weights are part of the seeded run."""
+    spec = ctx.spec
+    torch.manual_seed(spec.training.seed)
     try:
-        source = text_source(ctx, teacher, train, width) if text else None
-        student = create_student(spec.student.architecture, spec.student.params, input_shape, width, source=source,
-                                 max_length=max_length)
+        source = text_source(ctx, teacher, train, width) if teacher is not None and teacher.format == "hf" else None
+        return create_student(spec.student.architecture, spec.student.params, input_shape, width, source=source,
+                              max_length=max_length)
     except ArchitectureError as exc:
         raise JobFailed("invalid_request", str(exc))
-    return Prepared(teacher_row, teacher, train, val, num_classes, input_shape, max_length, loss_fn, student)
 
 
 # ---- the teacher --------------------------------------------------------------------------------

@@ -46,12 +46,17 @@ class Progress:
         yield
         self.timings[name] = round(time.perf_counter() - t0, 4)
 
+    def on_progress(self, epoch: int, fraction: float) -> None:
+        """Epochs trained and the fraction of training done (the learning-rate search's arms count)."""
+        self.update("training", fraction, epoch=epoch)
+
     def on_epoch(self, m: trainer.EpochMetrics) -> None:
+        """An epoch of the trajectory that is published: its losses on the job row, a metrics event."""
         epochs = self.epochs
         metrics = dict(self.job.metrics or {})
         metrics.update(train_loss=m.train_loss, val_loss=m.val_loss)
         self.job.metrics = metrics
-        self.update("training", m.epoch / epochs, epoch=m.epoch, metrics=metrics)
+        self.db.update_job(self.job.id, metrics=metrics, heartbeat_at=now())
         parts = [f"train_loss {m.train_loss:.4f}"]
         if m.val_cosine is not None:
             parts.append(f"val_cosine {m.val_cosine:.4f}")
@@ -63,9 +68,6 @@ class Progress:
 
     def note(self, message: str, data: dict) -> None:
         """A finding of the training loop (the learning-rate search, an early stop) for the events."""
-        rung = data.get("lr_search")
-        if rung is not None:  # the search's epochs come before the run's own: progress by its rungs
-            self.update("training", min(1.0, rung["epoch"] / self.epochs))
         self.event(message, data=data)
 
     def on_refine_epoch(self, event: dict, epochs: int) -> None:
@@ -87,3 +89,4 @@ class RunContext:
     progress: Progress
     teachers: list = field(default_factory=list)  # jailed teacher processes to end with the run
     training: dict | None = None  # what training did (learning rate and why, best epoch): the card's `training`
+    baseline: dict | None = None  # `baseline: true`: the ce student's accuracy and agreement, the card's `baseline`

@@ -184,6 +184,7 @@ def build_card(ctx: RunContext, prep: Prepared, model: torch.nn.Module, metrics:
         refined_teacher_id=prep.refined_teacher_id,
         compression_ratio=round(t_params / n_params, 3) if t_params else None,
         metrics={k: metrics[k] for k in CARD_METRICS if k in metrics}, training=ctx.training,
+        baseline=ctx.baseline,
         input=spec.inputs[0], output=spec.output_spec(), artifacts=artifacts, **extra)
 
 

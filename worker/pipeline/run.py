@@ -29,7 +29,8 @@ from kdserve.worker import trainer
 from kdserve.worker.losses import METHODS
 from kdserve.worker.pipeline import inputs
 from kdserve.worker.pipeline.common import LEASE_LOST, Cancelled, JobFailed, context, fail, finish, log, pick_device
-from kdserve.worker.pipeline.checkpoints import keep_epoch_weights, training_summary
+from kdserve.worker.pipeline.baseline import train_baseline
+from kdserve.worker.pipeline.checkpoints import from_checkpoint, keep_epoch_weights, training_summary
 from kdserve.worker.pipeline.evaluate import final_metrics
 from kdserve.worker.pipeline.inputs import Prepared
 from kdserve.worker.pipeline.lease import Lease
@@ -80,12 +81,19 @@ class JobRun:
         with stage("evaluating"):
             student_logits = trainer.predict(trained.model, prep.val)
             metrics = final_metrics(student_logits, prep.val, trained.result, prep.embedding)
+            if ctx.spec.baseline:
+                ctx.baseline = train_baseline(ctx, prep, device, metrics)
+                metrics.update(baseline_accuracy=ctx.baseline["accuracy"], baseline_agreement=ctx.baseline["agreement"])
             ctx.db.update_job(ctx.job.id, metrics=metrics)
         model_id = export_and_publish(ctx, prep, trained.model, student_logits, metrics)
         self.succeeded(model_id, trained.result)
 
     def train(self, prep: Prepared, device: torch.device) -> Trained:
         ctx, spec = self.ctx, self.ctx.spec
+        if spec.from_checkpoint is not None:
+            result = from_checkpoint(ctx, prep, device)
+            ctx.training = {**training_summary(result), "from_checkpoint": spec.from_checkpoint.model_dump()}
+            return Trained(trainer.predictor(prep.student.cpu().eval(), prep.loss_fn.cpu()), result)
         epochs = spec.training.epochs
         if not isinstance(epochs, int):  # a spec that did not come through POST /v1/jobs (which resolves it)
             epochs = auto_epochs(len(prep.train), spec.training.batch_size)
@@ -99,7 +107,7 @@ class JobRun:
                                    on_epoch=ctx.progress.on_epoch, should_stop=ctx.lease.should_stop,
                                    checkpoint=self._save_checkpoint, resume=resume, embedding=prep.embedding,
                                    lr_candidates=trainer.lr_grid(spec.student.architecture, spec.training.optimizer),
-                                   on_note=ctx.progress.note)
+                                   on_note=ctx.progress.note, on_progress=ctx.progress.on_progress)
         except trainer.SetupError as exc:
             raise JobFailed("invalid_request", str(exc))
         ctx.training = training_summary(result)
