@@ -225,6 +225,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2 seeds, 20 epochs, digits with 10%% labels only")
     ap.add_argument("--default-epochs", choices=("set", "service"), default="set",
                     help="set: the default job gets --epochs (as the issue measured); service: leave it out")
+    ap.add_argument("--no-ids-only", action="store_true", help="skip the job of only teacher_id and dataset_id")
     ap.add_argument("--out", default="bench/results/auto.md")
     ap.add_argument("--note", default="", help="a paragraph put at the top of the report")
     args = ap.parse_args()
@@ -241,6 +242,7 @@ def main() -> None:
     failures: list[str] = []
     info: dict[str, dict] = {}
     job_seconds: list[float] = []
+    picked: dict[tuple, dict] = {}  # the ids-only jobs: what the service picked
     chosen_lr: dict[tuple, list[float]] = {}  # (dataset, regime, method): the rate each default job trained at
     def write_report(partial: str = "") -> float:
         wall = (time.time() - t_start) / 60
@@ -309,6 +311,24 @@ def main() -> None:
                            "hand loop + torchdistill KDLoss"], rows), "",
                 "Every grid cell:", "",
                 table(["dataset", "regime", "method"] + [f"lr {lr:g}" for lr in GRID_LR], grid_rows), ""]
+        if picked:
+            ids_rows = []
+            for d, regimes in regimes_for.items():
+                for r in regimes:
+                    jobs = [(s, picked[k]) for s in seeds if (k := (d, r, "picked", "ids", None, s)) in picked]
+                    if not jobs:
+                        continue
+                    accs = [results[(d, r, "picked", "ids", None, s)] for s, _ in jobs]
+                    first = jobs[0][1]
+                    ids_rows.append([d, r, mean_std(accs), f"{first['student']['architecture']} "
+                                     f"{first['student']['params'].get('hidden_sizes')}", f"{first['params']:,}",
+                                     first["method"], ", ".join(f"{j['lr']:g}" for _, j in jobs),
+                                     f"{first['epochs']}", ", ".join(str(j["best_epoch"]) for _, j in jobs)])
+            out += ["**Only the two ids**: a job of `{teacher_id, dataset_id, training: {seed}}`, everything else "
+                    "picked by the service (student within a tenth of the teacher's parameters, method, epochs, "
+                    "learning rate):", "",
+                    table(["dataset", "regime", "held-out accuracy", "student picked", "parameters", "method",
+                           "lr per seed", "epochs (auto)", "best epoch per seed"], ids_rows), ""]
         if job_seconds:
             out.append(f"Jobs: {len(job_seconds)} succeeded, median {statistics.median(job_seconds):.1f} s from start to "
                        f"finish on one worker (longest {max(job_seconds):.1f} s).")
@@ -367,6 +387,9 @@ def main() -> None:
                         with open(npz, "wb") as f:
                             np.savez(f, x=xtr, y=label_mask(ytr, r, s))
                         did = upload_dataset(c, npz)["id"]
+                        if not args.no_ids_only:  # the first hour: nothing but the two ids (and the seed)
+                            pending.append(((d, r, "picked", "ids", None, s),
+                                            {"teacher_id": tid, "dataset_id": did, "training": {"seed": s}}))
                         for m in args.methods:
                             base = {"teacher_id": tid, "dataset_id": did, "method": {"name": m},
                                     "student": {"architecture": "mlp",
@@ -403,6 +426,11 @@ def main() -> None:
                 d = key[0]
                 acc = onnx_accuracy(path, data[d][2], data[d][3], info[d]["classes"])
                 results[key] = acc
+                if key[3] == "ids":
+                    picked[key] = {"student": job["student"], "method": job["method"]["name"],
+                                   "lr": job["metrics"].get("learning_rate"), "epochs": job["epochs"],
+                                   "best_epoch": job["metrics"].get("best_epoch"),
+                                   "params": c.get(f"/v1/models/{job['model_id']}").json()["num_parameters"]}
                 if key[3] == "default" and job["metrics"].get("learning_rate") is not None:
                     chosen_lr.setdefault(key[:3], []).append(job["metrics"]["learning_rate"])
                 if reuse and key[3] == "grid" and key[4] == dlr:

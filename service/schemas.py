@@ -34,14 +34,27 @@ class ErrorResponse(BaseModel):
 # ---- job request --------------------------------------------------------------------------
 
 
+class StudentAuto(Strict):
+    max_params: int | None = Field(None, ge=1, le=10**11, description="the most parameters the student may have")
+    ratio: float | None = Field(None, ge=1, le=1e6, description="teacher parameters per student parameter (default "
+                                "10); ignored when max_params is given")
+
+
 class StudentSpec(Strict):
-    architecture: str = Field(description="a name from GET /v1/architectures")
+    architecture: str | None = Field(None, description="a name from GET /v1/architectures; left out, the service "
+                                     "picks the student (see `auto`)")
     params: dict[str, Any] = Field(default_factory=dict)
+    auto: StudentAuto | None = Field(None, description="pick the largest student of the family that fits the input "
+                                     "within this budget (the default when `architecture` is left out: a tenth of the "
+                                     "teacher's parameters)")
+    reason: str | None = Field(None, description="set by the service when it picked the student: what and why")
 
 
 class MethodSpec(Strict):
-    name: str = Field(description="a name from GET /v1/methods")
+    name: str | None = Field(None, description="a name from GET /v1/methods; left out, the service picks it for the "
+                             "teacher (kd for a classifier, embedding_cosine for an embedding model, ce without one)")
     params: dict[str, Any] = Field(default_factory=dict)
+    reason: str | None = Field(None, description="set by the service when it picked the method: why")
 
 
 class TrainingSpec(Strict):
@@ -110,8 +123,8 @@ class JobCreate(Strict):
     dataset_id: str
     validation_dataset_id: str | None = None
     validation_split: float = Field(0.1, gt=0, lt=0.9)
-    student: StudentSpec
-    method: MethodSpec
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    method: MethodSpec = Field(default_factory=MethodSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
     text: TextSpec = Field(default_factory=TextSpec, description="tokenisation of text datasets (ignored otherwise)")

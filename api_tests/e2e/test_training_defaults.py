@@ -1,6 +1,7 @@
 """What a job that leaves training alone gets (issue 15, part 1), end to end through a real service:
 the learning rate chosen per job where the old fixed 1e-3 fails, the best epoch published, the
-epochs as resources (listing, publishing a kept one), and the ce baseline on the card."""
+epochs as resources (listing, publishing a kept one), the ce baseline on the card, and the student
+and method picked for a job that names neither."""
 
 from __future__ import annotations
 
@@ -142,3 +143,51 @@ def test_auto_epochs_are_resolved_when_the_job_is_created(client, ids, digits):
     queued = events(client, job["id"])[0]
     assert queued["data"]["epochs_auto"] == job["epochs"] and "about 3000 optimizer steps" in queued["message"]
     client.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+def test_a_job_with_only_a_teacher_and_a_dataset_picks_and_trains_a_good_student(client, ids, digits, tmp_path):
+    r = client.post("/v1/jobs", json=ids)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    teacher = client.get(f"/v1/teachers/{ids['teacher_id']}").json()
+    budget = teacher["num_parameters"] // 10
+    assert job["student"]["architecture"] == "mlp" and job["student"]["auto"]["max_params"] == budget
+    assert "the teacher's" in job["student"]["reason"] and "/ 10" in job["student"]["reason"]
+    assert job["method"]["name"] == "kd" and job["method"]["reason"].startswith("kd:")
+    assert job["method"]["params"]["temperature"] == 4.0  # completed with the method's defaults
+    queued = events(client, job["id"])[0]
+    assert queued["data"]["picked"] == {"student": job["student"]["reason"], "method": job["method"]["reason"]}
+    job = wait_job(client, job["id"], timeout=600)
+    assert job["status"] == "succeeded", job["error"]
+    card = client.get(f"/v1/models/{job['model_id']}").json()
+    assert card["student"]["reason"] == job["student"]["reason"] and card["method"]["reason"] == job["method"]["reason"]
+    assert budget // 2 < card["num_parameters"] <= budget  # the largest MLP that fits, counted by torch
+    assert held_out_accuracy(client, job["model_id"], digits, tmp_path, "only-ids") >= 0.95
+
+
+def test_student_auto_takes_a_budget_and_refuses_one_nothing_fits(client, ids):
+    r = client.post("/v1/jobs", json={**ids, "student": {"auto": {"max_params": 3000}}, "method": KD,
+                                      "training": {"epochs": 2}})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["student"]["params"]["hidden_sizes"] == [32]  # 64·32 + 32 + 32·10 + 10 = 2410; 48 wide is 3130
+    assert client.get(f"/v1/models/{job['model_id']}").json()["num_parameters"] == 2410
+
+    assert_error(client.post("/v1/jobs", json={**ids, "student": {"auto": {"max_params": 50}}}), 422,
+                 "invalid_request", "student.auto")
+    assert_error(client.post("/v1/jobs", json={**ids, "student": {"architecture": "mlp", "auto": {"ratio": 5}}}),
+                 422, "invalid_request", "student.auto")
+    assert_error(client.post("/v1/jobs", json={**ids, "student": {"params": {"hidden_sizes": [8]}}}), 422,
+                 "invalid_request", "student.params")
+    assert_error(client.post("/v1/jobs", json={**ids, "method": {"params": {"temperature": 2}}}), 422,
+                 "invalid_request", "method.params")
+
+
+def test_without_a_teacher_the_picked_method_is_ce(client, ids):
+    r = client.post("/v1/jobs", json={"dataset_id": ids["dataset_id"], "training": {"epochs": 2}})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["method"]["name"] == "ce" and "no teacher" in job["method"]["reason"]
+    assert job["student"]["auto"]["max_params"] == 100_000
+    assert wait_job(client, job["id"])["status"] == "succeeded"

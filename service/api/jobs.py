@@ -11,18 +11,17 @@ import time
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from kdserve.service import budgets
+from kdserve.service import auto, budgets
 from kdserve.service.api.deps import Context, body_openapi, get_ctx, get_owned, json_body, key_check, paginate, principal
 from kdserve.service.api.job_rows import check_active_jobs, enqueue_or_undo, to_out
 from kdserve.service.auth import Principal
 from kdserve.service.errors import ApiError, not_found
 from kdserve.service.limits import HeldStreamingResponse
-from kdserve.service.queue import enqueue_job
-from kdserve.service.schemas import EventOut, JobCreate, JobOut, ListOut
+from kdserve.service.schemas import EventOut, JobCreate, JobOut, ListOut, StudentAuto, StudentSpec
 from kdserve.service.settings import Settings
 from kdserve.service.spec import architectures as spec_archs
 from kdserve.service.spec import methods as spec_methods
@@ -49,18 +48,22 @@ def normalize(body: JobCreate) -> None:
     validated (kdserve.service.spec, the classes the worker validates them with again) and
     completed with defaults. The request's digest (Idempotency-Key) is taken after it and before
     anything is looked up, so a replay is recognised even when the job's teacher or dataset has
-    been deleted since."""
-    method = spec_methods.METHODS.get(body.method.name)
-    if method is None:
-        raise ApiError(422, "invalid_request", f"unknown method {body.method.name!r}; choose one of "
-                       f"{list(spec_methods.METHODS)}", "method.name")
-    arch = spec_archs.ARCHITECTURES.get(body.student.architecture)
-    if arch is None:
-        raise ApiError(422, "invalid_request", f"unknown architecture {body.student.architecture!r}; choose one of "
-                       f"{list(spec_archs.ARCHITECTURES)}", "student.architecture")
+    been deleted since. A student or method left out is picked later (resolve_auto), from the
+    teacher and the data."""
+    body.student.reason = body.method.reason = None  # the service's to set
+    if body.student.architecture is None and body.student.params:
+        raise ApiError(422, "invalid_request", "student.params needs student.architecture (or leave both out and the "
+                       "service picks the student)", "student.params")
+    if body.student.architecture is not None and body.student.auto is not None:
+        raise ApiError(422, "invalid_request", "give student.architecture or student.auto, not both", "student.auto")
+    if body.method.name is None and body.method.params:
+        raise ApiError(422, "invalid_request", "method.params needs method.name (or leave both out and the service "
+                       "picks the method)", "method.params")
     try:
-        body.method.params = validate_params(method.params, body.method.params, "method.params")
-        body.student.params = validate_params(arch.params, body.student.params, "student.params")
+        if body.method.name is not None:
+            body.method.params = validate_params(method_of(body).params, body.method.params, "method.params")
+        if body.student.architecture is not None:
+            body.student.params = validate_params(arch_of(body).params, body.student.params, "student.params")
         if body.teacher_refinement:
             refinement = spec_methods.REFINEMENTS[body.teacher_refinement.method]
             body.teacher_refinement.params = validate_params(refinement.params, body.teacher_refinement.params,
@@ -70,11 +73,59 @@ def normalize(body: JobCreate) -> None:
     check_metadata(body.metadata)
 
 
+def method_of(body: JobCreate) -> spec_methods.MethodSpec:
+    method = spec_methods.METHODS.get(body.method.name)
+    if method is None:
+        raise ApiError(422, "invalid_request", f"unknown method {body.method.name!r}; choose one of "
+                       f"{list(spec_methods.METHODS)}", "method.name")
+    return method
+
+
+def arch_of(body: JobCreate) -> spec_archs.ArchSpec:
+    arch = spec_archs.ARCHITECTURES.get(body.student.architecture)
+    if arch is None:
+        raise ApiError(422, "invalid_request", f"unknown architecture {body.student.architecture!r}; choose one of "
+                       f"{list(spec_archs.ARCHITECTURES)}", "student.architecture")
+    return arch
+
+
+def resolve_auto(s, body: JobCreate, who: Principal, spec: dict) -> list[str]:
+    """Pick the student and the method a job left out (kdserve.service.auto), into `body` and the
+    stored `spec`; what was picked and why, for the queued event."""
+    if body.student.architecture is not None and body.method.name is not None:
+        return []
+    dataset = get_owned(s, Dataset, body.dataset_id, who, "dataset", "dataset_id")
+    teacher = get_owned(s, Teacher, body.teacher_id, who, "teacher", "teacher_id") if body.teacher_id else None
+    details = (teacher.details or {}) if teacher is not None else {}
+    embedding_teacher = details.get("task") == "embedding"
+    said = []
+    if body.method.name is None:
+        body.method.name, body.method.reason = auto.pick_method(teacher is not None, embedding_teacher)
+        body.method.params = validate_params(method_of(body).params, {}, "method.params")
+        said.append(f"method {body.method.reason}")
+    if body.student.architecture is None:
+        wish = body.student.auto or StudentAuto()
+        budget, why = auto.budget_of(wish.max_params, wish.ratio, teacher.num_parameters if teacher else None)
+        text = spec_archs.TextTeacher.from_details(details) if dataset.format in TEXT_DATASET_FORMATS and \
+            teacher is not None and teacher.format == "hf" else None
+        width = int(details.get("hidden_size") or 0) if embedding_teacher else \
+            (teacher.num_classes if teacher is not None else (dataset.num_classes or 2))
+        try:
+            picked = auto.pick_student(list(dataset.feature_shape or []), width, budget, why, text)
+        except auto.AutoError as exc:
+            raise ApiError(422, "invalid_request", exc.message, exc.param)
+        body.student = StudentSpec(architecture=picked.architecture, params=picked.params,
+                                   auto=StudentAuto(max_params=picked.max_params, ratio=wish.ratio),
+                                   reason=picked.reason)
+        said.append(f"student {picked.reason}")
+    spec["student"], spec["method"] = body.student.model_dump(mode="json"), body.method.model_dump(mode="json")
+    return said
+
+
 def preflight(ctx: Context, body: JobCreate, who: Principal, s) -> None:
     """Everything a job needs, checked against its teacher and data before it is queued (after
     normalize())."""
-    method = spec_methods.METHODS[body.method.name]
-    arch = spec_archs.ARCHITECTURES[body.student.architecture]
+    method, arch = method_of(body), arch_of(body)
     dataset = get_owned(s, Dataset, body.dataset_id, who, "dataset", "dataset_id")
     val = get_owned(s, Dataset, body.validation_dataset_id, who, "dataset", "validation_dataset_id") \
         if body.validation_dataset_id else None
@@ -127,8 +178,9 @@ def check_from_checkpoint(ctx: Context, s, body: JobCreate, who: Principal) -> N
     """Kept weights fit only the student and method that trained them."""
     ref = body.from_checkpoint
     source = get_owned(s, Job, ref.job_id, who, "job", "from_checkpoint.job_id")
-    for part in ("student", "method"):
-        if source.spec[part] != getattr(body, part).model_dump(mode="json"):
+    for part, keys in (("student", ("architecture", "params")), ("method", ("name", "params"))):
+        given = getattr(body, part).model_dump(mode="json")
+        if any(source.spec[part].get(k) != given[k] for k in keys):
             raise ApiError(422, "invalid_request", f"from_checkpoint: job {source.id} trained another {part} "
                            f"({source.spec[part]})", part)
     if not ctx.blobs.exists(epoch_weights_key(source.id, ref.epoch)):
@@ -252,6 +304,7 @@ def _add_job(ctx: Context, s, body: JobCreate, who: Principal, spec: dict, idemp
              digest: str) -> Job:
     """Pre-flight and insert, in `s` (a locked_session): a DELETE of the job's teacher or dataset
     runs wholly before (the job is refused with 404) or wholly after (the DELETE answers 409)."""
+    picked = resolve_auto(s, body, who, spec)
     preflight(ctx, body, who, s)
     for table, ids, kind in ((Dataset, [body.dataset_id, body.validation_dataset_id], "dataset"),
                              (Teacher, [body.teacher_id], "teacher")):
@@ -267,8 +320,11 @@ def _add_job(ctx: Context, s, body: JobCreate, who: Principal, spec: dict, idemp
               dataset_id=body.dataset_id, validation_dataset_id=body.validation_dataset_id, spec=spec,
               metrics={}, idempotency_key=idempotency_key, request_hash=digest, dispatched_at=now())
     s.add(job)
-    s.add(JobEvent(job_id=job.id, message="queued" + (f"; epochs \"auto\": {queued['epochs_auto']} (about "
-                   f"{AUTO_STEPS} optimizer steps)" if "epochs_auto" in queued else ""), type="stage", data=queued))
+    said = [*picked, *([f"epochs \"auto\": {queued['epochs_auto']} (about {AUTO_STEPS} optimizer steps)"]
+                       if "epochs_auto" in queued else [])]
+    if picked:
+        queued["picked"] = {"student": body.student.reason, "method": body.method.reason}
+    s.add(JobEvent(job_id=job.id, message="; ".join(["queued", *said]), type="stage", data=queued))
     s.flush()  # the unique Idempotency-Key is checked here, inside the caller's try
     return job
 
