@@ -73,20 +73,20 @@ def normalize(body: JobCreate) -> None:
     check_metadata(body.metadata)
 
 
+def _known(catalog: dict, name: str | None, what: str, param: str):
+    """The catalog entry of a method or architecture name, or the 422 that lists the known ones."""
+    entry = catalog.get(name)
+    if entry is None:
+        raise ApiError(422, "invalid_request", f"unknown {what} {name!r}; choose one of {list(catalog)}", param)
+    return entry
+
+
 def method_of(body: JobCreate) -> spec_methods.MethodSpec:
-    method = spec_methods.METHODS.get(body.method.name)
-    if method is None:
-        raise ApiError(422, "invalid_request", f"unknown method {body.method.name!r}; choose one of "
-                       f"{list(spec_methods.METHODS)}", "method.name")
-    return method
+    return _known(spec_methods.METHODS, body.method.name, "method", "method.name")
 
 
 def arch_of(body: JobCreate) -> spec_archs.ArchSpec:
-    arch = spec_archs.ARCHITECTURES.get(body.student.architecture)
-    if arch is None:
-        raise ApiError(422, "invalid_request", f"unknown architecture {body.student.architecture!r}; choose one of "
-                       f"{list(spec_archs.ARCHITECTURES)}", "student.architecture")
-    return arch
+    return _known(spec_archs.ARCHITECTURES, body.student.architecture, "architecture", "student.architecture")
 
 
 def resolve_auto(s, body: JobCreate, who: Principal, spec: dict) -> list[str]:
