@@ -257,9 +257,9 @@ def main() -> None:
                     scored = {lr: v for lr, v in per_lr.items() if v}
                     best = max(scored, key=lambda lr: statistics.mean(scored[lr])) if scored else None
                     hand = vals("hand", HAND_LR)
-                    picked = sorted(chosen_lr.get((d, r, m), []))
-                    picked = ", ".join(f"{lr:g}×{picked.count(lr)}" for lr in dict.fromkeys(picked)) or "–"
-                    rows.append([d, r, m, mean_std(dflt), picked,
+                    rates = sorted(chosen_lr.get((d, r, m), []))
+                    rates_text = ", ".join(f"{lr:g}×{rates.count(lr)}" for lr in dict.fromkeys(rates)) or "–"
+                    rows.append([d, r, m, mean_std(dflt), rates_text,
                                  f"{mean_std(scored[best])} (lr {best:g})" if best else "–", mean_std(hand)])
                     grid_rows.append([d, r, m] + [mean_std(per_lr[lr]) for lr in GRID_LR])
                     if m == "ce" and dflt:
@@ -322,7 +322,7 @@ def main() -> None:
                     first = jobs[0][1]
                     ids_rows.append([d, r, mean_std(accs), f"{first['student']['architecture']} "
                                      f"{first['student']['params'].get('hidden_sizes')}", f"{first['params']:,}",
-                                     first["method"], ", ".join(f"{j['lr']:g}" for _, j in jobs),
+                                     first["method"], ", ".join("–" if j["lr"] is None else f"{j['lr']:g}" for _, j in jobs),
                                      f"{first['epochs']}", ", ".join(str(j["best_epoch"]) for _, j in jobs)])
             out += ["**Only the two ids**: a job of `{teacher_id, dataset_id, training: {seed}}`, everything else "
                     "picked by the service (student within a tenth of the teacher's parameters, method, epochs, "
