@@ -81,6 +81,15 @@ def _known(catalog: dict, name: str | None, what: str, param: str):
     return entry
 
 
+def stored_spec(body: JobCreate) -> dict:
+    """The spec as the job stores and shows it: `student.auto`/`reason` and `method.reason` only
+    where the service picked them (a student and method named by the request look as sent)."""
+    spec = body.model_dump(mode="json")
+    for part in ("student", "method"):
+        spec[part] = {k: v for k, v in spec[part].items() if v is not None or k not in ("auto", "reason")}
+    return spec
+
+
 def method_of(body: JobCreate) -> spec_methods.MethodSpec:
     return _known(spec_methods.METHODS, body.method.name, "method", "method.name")
 
@@ -118,7 +127,8 @@ def resolve_auto(s, body: JobCreate, who: Principal, spec: dict) -> list[str]:
                                    auto=StudentAuto(max_params=picked.max_params, ratio=wish.ratio),
                                    reason=picked.reason)
         said.append(f"student {picked.reason}")
-    spec["student"], spec["method"] = body.student.model_dump(mode="json"), body.method.model_dump(mode="json")
+    resolved = stored_spec(body)
+    spec["student"], spec["method"] = resolved["student"], resolved["method"]
     return said
 
 
@@ -266,7 +276,7 @@ def create_job(body: JobCreate = Depends(json_body(JobCreate, SPEC_MAX_BYTES, "a
                idempotency_key: str | None = Header(None, max_length=255),
                ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
     normalize(body)
-    spec = body.model_dump(mode="json")
+    spec = stored_spec(body)
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     try:
         with ctx.db.locked_session() as s:
