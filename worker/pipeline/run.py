@@ -103,7 +103,8 @@ class JobRun:
             ctx.progress.event(f"resumed from the checkpoint after epoch {resume['epoch']}",
                                data={"resume_epoch": resume["epoch"]})
         try:
-            result = trainer.train(prep.student, prep.loss_fn, prep.train, prep.val, spec.training, device,
+            training = spec.training.model_copy(update={"epochs": epochs})  # resolved once, here
+            result = trainer.train(prep.student, prep.loss_fn, prep.train, prep.val, training, device,
                                    on_epoch=ctx.progress.on_epoch, should_stop=ctx.lease.should_stop,
                                    checkpoint=self._save_checkpoint, resume=resume, embedding=prep.embedding,
                                    lr_candidates=trainer.lr_grid(spec.student.architecture, spec.training.optimizer),
