@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from kdserve.service import errors, openapi, sweep
 from kdserve.service.bodies import BodyParser
 from kdserve.service.api import datasets, inference_v2, jobs, models, ops, teachers
-from kdserve.service.api import checkpoints, dashboard
+from kdserve.service.api import checkpoints, dashboard, searches
 from kdserve.service.api import metrics as metrics_api
 from kdserve.service.api.deps import Context, load_catalog
 from kdserve.service.probe_limits import ProbeLimiter
@@ -87,8 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = KdserveApp(title="kdserve", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Knowledge distillation as a service: upload a teacher and data, get a small ONNX student.")
     errors.install(app)
-    for router in (ops.router, teachers.router, datasets.router, jobs.router, checkpoints.router, models.router,
-                   inference_v2.router):
+    for router in (ops.router, teachers.router, datasets.router, jobs.router, checkpoints.router, searches.router,
+                   models.router, inference_v2.router):
         app.include_router(router)
     app.include_router(metrics_api.router)  # GET /metrics (Prometheus)
     app.include_router(dashboard.router)    # GET / (the dashboard) and its files under /web

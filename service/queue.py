@@ -12,6 +12,7 @@ from celery import Celery
 from kdserve.service.settings import Settings
 
 RUN_JOB = "kdserve.run_job"
+ADVANCE_SEARCH = "kdserve.advance_search"  # a search's next step: tell finished trials, ask for new ones
 PROBE_TEACHER = "kdserve.probe_teacher"  # KDSERVE_PROBE=worker: an upload probed on a worker (torch there)
 
 
@@ -37,6 +38,11 @@ def make_celery(settings: Settings) -> Celery:
 def enqueue_job(app: Celery, job_id: str, queue: str) -> None:
     """Send the job id; fail fast (instead of retrying for minutes) when the broker is down."""
     app.send_task(RUN_JOB, args=[job_id], queue=queue, retry=False)
+
+
+def enqueue_search(app: Celery, search_id: str, queue: str) -> None:
+    """Ask a worker to take a search's next step now (workers' reapers also do, every round)."""
+    app.send_task(ADVANCE_SEARCH, args=[search_id], queue=queue, retry=False)
 
 
 def probe_queue(settings: Settings) -> str:

@@ -287,3 +287,138 @@ class PredictOut(BaseModel):
     predictions: list[int]
     embeddings: list[list[float]] | None = Field(None, description="embedding text students: the sentence vectors "
                                                  "(logits and predictions are then empty)")
+
+
+# ---- searches -----------------------------------------------------------------------------
+
+Precision = Literal["fp32", "int8", "fp16"]
+
+
+class SearchTargets(Strict):
+    latency_ms: float | None = Field(None, gt=0, description="the most a batch of `batch_size` may take: median "
+                                     "onnxruntime latency in ms, measured as the model card measures it (on CUDA "
+                                     "where the worker's session really ran there, else CPU)")
+    batch_size: Literal[1, 64] = Field(1, description="the batch the latency target is for (the card measures 1 and 64)")
+    max_parameters: int | None = Field(None, ge=1, description="the most parameters the student may have")
+    max_size_bytes: int | None = Field(None, ge=1, description="the largest ONNX file")
+    min_accuracy: float | None = Field(None, ge=0, le=1, description="validation accuracy of the exported file")
+    min_agreement: float | None = Field(None, ge=0, le=1, description="agreement with the teacher on the validation set")
+
+
+class StudentChoice(Strict):
+    architecture: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchSpace(Strict):
+    methods: list[str] | None = Field(None, min_length=1, max_length=16, description="methods to try (GET "
+                                      "/v1/methods); default: kd, dist and dkd for a classifier teacher, "
+                                      "embedding_cosine for an embedding teacher")
+    students: list[StudentChoice] | None = Field(
+        None, min_length=1, max_length=16, description="students to try; default: the family a job would pick "
+        "from (MLP, CNN, transformer), at up to four sizes: the largest within max_params, a quarter, a sixteenth "
+        "and a sixty-fourth of it")
+    max_params: int | None = Field(None, ge=1, description="the default students' budget: targets.max_parameters, "
+                                   "else a tenth of the teacher's parameters")
+    learning_rate: tuple[Annotated[float, Field(gt=0, le=10)], Annotated[float, Field(gt=0, le=10)]] | None = Field(
+        None, description="[low, high], sampled log-uniformly; default: the range the job's \"auto\" rate chooses from")
+    temperature: tuple[Annotated[float, Field(gt=0, le=100)], Annotated[float, Field(gt=0, le=100)]] = Field(
+        (1.0, 8.0), description="[low, high] for methods that have a temperature")
+    precisions: list[Precision] = Field(["fp32", "int8", "fp16"], min_length=1, description="every trial exports "
+                                        "these; each file is a candidate of its own (int8 and fp16 kept only within "
+                                        "the export's max_accuracy_drop)")
+    epochs: Annotated[int, Field(ge=1, le=10_000)] | Literal["auto"] = Field(
+        "auto", description="each trial's epochs (pruned trials stop sooner)")
+    batch_size: int = Field(64, ge=1, le=65_536)
+
+
+class SearchBudget(Strict):
+    trials: int = Field(20, ge=1, le=500, description="trials to run (pruned and failed ones count)")
+    max_duration_s: int | None = Field(None, ge=1, description="no trial starts after this many seconds, and the "
+                                       "trials running then are stopped at it")
+    parallel: int = Field(2, ge=1, le=32, description="trials queued or running at once (one per free worker)")
+
+
+class SearchCreate(Strict):
+    teacher_id: str
+    dataset_id: str
+    validation_dataset_id: str | None = None
+    validation_split: float = Field(0.1, gt=0, lt=0.9)
+    targets: SearchTargets = Field(default_factory=SearchTargets)
+    space: SearchSpace = Field(default_factory=SearchSpace)
+    budget: SearchBudget = Field(default_factory=SearchBudget)
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="the optimizer's and every trial's seed")
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=32)
+
+
+class Candidate(BaseModel):
+    """One exported file of one trial: what the targets are checked on."""
+
+    trial: int
+    job_id: str
+    model_id: str
+    precision: str
+    accuracy: float | None
+    agreement: float | None
+    latency_ms: float | None
+    size_bytes: int
+    num_parameters: int
+    method: str
+    student: dict[str, Any]
+    meets_targets: bool
+    violations: dict[str, float] = Field(default_factory=dict, description="target → how far the file misses it "
+                                         "(a fraction of the target)")
+
+
+class SearchResult(BaseModel):
+    recommended: Candidate | None = Field(None, description="the cheapest file that meets every target (with no "
+                                          "accuracy or agreement target: the most accurate one that meets the "
+                                          "cost targets)")
+    meets_targets: bool = Field(False, description="false: no file met every target yet; `closest` is the nearest")
+    closest: Candidate | None = Field(None, description="when no file meets every target: the one that misses "
+                                      "them by least (sum of relative misses)")
+    pareto: list[Candidate] = Field(default_factory=list, description="the files no other file beats on accuracy, "
+                                    "latency and size at once, by latency")
+    leaderboard: list[Candidate] = Field(default_factory=list, description="the 20 most accurate files")
+
+
+class TrialCounts(BaseModel):
+    started: int = 0
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    pruned: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class SearchOut(BaseModel):
+    id: str
+    object: Literal["search"] = "search"
+    status: str
+    teacher_id: str
+    dataset_id: str
+    validation_dataset_id: str | None
+    targets: dict[str, Any]
+    space: dict[str, Any]
+    budget: dict[str, Any]
+    trials: TrialCounts
+    result: SearchResult
+    error: ErrorBody | None
+    created_at: int
+    started_at: int | None
+    finished_at: int | None
+    metadata: dict[str, str]
+
+
+class TrialOut(BaseModel):
+    object: Literal["search.trial"] = "search.trial"
+    number: int
+    job_id: str
+    status: str = Field(description="queued, running, succeeded, pruned, failed or cancelled")
+    params: dict[str, Any] = Field(description="what the optimizer chose: method, student, learning_rate, temperature")
+    value: float | None = Field(description="the best validation score the trial reached (what the optimizer maximises)")
+    epochs_run: int | None
+    model_id: str | None
+    candidates: list[Candidate] = Field(default_factory=list)
+    error: ErrorBody | None = None

@@ -25,7 +25,8 @@ from sqlalchemy import or_, select, update
 from kdserve.service.queue import enqueue_job, redis_client, waiting_job_ids
 from kdserve.service.settings import Settings
 from kdserve.service.store.blobs import BlobStore
-from kdserve.service.store.db import Database, Job, JobEvent, now, waiting
+from kdserve.service.store.db import Database, Job, JobEvent, Search, now, waiting
+from kdserve.worker import search
 
 log = logging.getLogger("kdserve.reaper")
 
@@ -53,11 +54,24 @@ def end_orphaned_cancels(db: Database, blobs: BlobStore | None, stale: int) -> l
     return ended
 
 
+def step_searches(db: Database, celery_app, settings: Settings) -> None:
+    """Every queued or running search takes a step: one whose creation message or whose last
+    step was lost (its worker killed) goes on within a round."""
+    with db.session() as s:
+        ids = list(s.scalars(select(Search.id).where(Search.status.in_(("queued", "running")))))
+    for search_id in ids:
+        try:
+            search.advance(db, settings, search_id, lambda job_id: enqueue_job(celery_app, job_id, settings.queue))
+        except Exception as exc:
+            log.warning("search %s: step failed: %s: %s", search_id, type(exc).__name__, exc)
+
+
 def reap_once(db: Database, celery_app, settings: Settings, blobs: BlobStore | None = None) -> list[str]:
     """One round; returns the ids it re-sent."""
     t = now()
     stale = t - int(settings.stale_after_s)
     end_orphaned_cancels(db, blobs, stale)
+    step_searches(db, celery_app, settings)
     with db.session() as s:
         # the oldest first: their wake-up has been missing longest
         candidates = list(s.scalars(select(Job.id).where(

@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 
 from kdserve.service.sandbox.probe import refused, run_probe
-from kdserve.service.queue import PROBE_TEACHER, RUN_JOB
+from kdserve.service.queue import ADVANCE_SEARCH, PROBE_TEACHER, RUN_JOB, enqueue_job
 from kdserve.service.settings import get_settings
+from kdserve.worker import search
 from kdserve.worker.celery_app import app
 from kdserve.worker.pipeline import context
 from kdserve.worker.pipeline import run_job as run_pipeline
@@ -24,7 +25,16 @@ log = logging.getLogger("kdserve.worker")
 def run_job(self, job_id: str) -> None:
     delivery = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
     log.info("job %s: picked up by %s", job_id, delivery)
-    run_pipeline(job_id, delivery)
+    queue = get_settings().queue
+    run_pipeline(job_id, delivery, send=lambda next_id: enqueue_job(app, next_id, queue))
+
+
+@app.task(name=ADVANCE_SEARCH)
+def advance_search(search_id: str) -> None:
+    """A search's next step (kdserve.worker.search): tell ended trials, queue new ones."""
+    db, _blobs = context()
+    settings = get_settings()
+    search.advance(db, settings, search_id, lambda job_id: enqueue_job(app, job_id, settings.queue))
 
 
 @app.task(name=PROBE_TEACHER, ignore_result=False, acks_late=False)

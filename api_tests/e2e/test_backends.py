@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import psycopg
 
-from api_tests.harness import KD_JOB, MACHINE_REDIS, Service, run_onnx, upload_dataset, upload_teacher, wait_job
+from api_tests.harness import (KD_JOB, MACHINE_REDIS, Service, run_onnx, upload_dataset, upload_teacher, wait_job,
+                               wait_until)
 from kdserve.service.store import migrate
 from testkit import digits as dg
 
@@ -23,10 +24,19 @@ def test_postgres_and_embedded_redis(tmp_path, postgres_url, files, digits):
             assert job["status"] == "succeeded", job["error"]
             r = c.get(f"/v1/models/{job['model_id']}/download")
             (tmp_path / "s.onnx").write_bytes(r.content)
+            # a search keeps Optuna's storage in the same database, in a schema of its own
+            search = c.post("/v1/searches", json={
+                "teacher_id": teacher["id"], "dataset_id": data["id"], "budget": {"trials": 2},
+                "space": {"methods": ["kd"], "students": [{"architecture": "mlp", "params": {"hidden_sizes": [16]}}],
+                          "epochs": 2, "precisions": ["fp32"]}}).json()
+            search = wait_until(lambda: (s := c.get(f"/v1/searches/{search['id']}").json())["status"] in
+                                ("succeeded", "failed") and s, 180, "the search")
+            assert search["status"] == "succeeded" and search["trials"]["succeeded"] == 2, search
     assert dg.accuracy(run_onnx(tmp_path / "s.onnx", digits.x_test), digits.y_test) >= 0.90
     with psycopg.connect(postgres_url.replace("+psycopg", "")) as conn:
         assert conn.execute("SELECT status FROM jobs WHERE id = %s", (job["id"],)).fetchone() == ("succeeded",)
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(migrate.head(),)]  # migrated
+        assert conn.execute("SELECT count(*) FROM optuna.trials").fetchone() == (2,)
 
 
 def test_s3_blob_store_and_postgres(tmp_path, postgres_url, s3_server, files, digits):

@@ -23,7 +23,7 @@ NO_TORCH = textwrap.dedent("""
     import json, sys
     for m in ("torch", "torchvision", "transformers", "safetensors", "onnx", "sklearn"):
         sys.modules[m] = None  # `import m` raises
-    from kdserve.service.api.jobs import check_spec, normalize
+    from kdserve.service.api.job_checks import check_spec, normalize
     from kdserve.service.errors import ApiError
     from kdserve.service.schemas import JobCreate
     from kdserve.service.spec import architectures, methods

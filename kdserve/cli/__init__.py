@@ -19,6 +19,7 @@ from typing import Optional
 import typer
 
 from kdserve.cli.jobs import jobs_app
+from kdserve.cli.searches import searches_app
 from kdserve.cli.models import models_app, predict
 from kdserve.cli.operator import WORKER_QUEUES, db_app, demo, keys_app, up, worker
 from kdserve.cli.uploads import datasets_app, teachers_app
@@ -32,6 +33,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(teachers_app, name="teachers")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(searches_app, name="search")
+app.add_typer(searches_app, name="searches", hidden=True)  # the plural, as the other groups are named
 app.add_typer(models_app, name="models")
 app.command()(up)
 app.command()(worker)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -13,8 +12,8 @@ from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Ta
 from rich.text import Text
 
 from kdserve.cli.render import event_line, job_table, jobs_table, num, out, pct, print_json, print_page
-from kdserve.cli.resources import (AFTER_OPTION, JSON_OPTION, LIMIT_OPTION, api_command, client, parse_pairs,
-                                   show_command)
+from kdserve.cli.resources import (AFTER_OPTION, JSON_OPTION, LIMIT_OPTION, api_command, client, json_file,
+                                   parse_pairs, print_events, show_command)
 from kdserve.client import Client, job_body
 from kdserve.service.schemas import EventOut, JobOut
 from kdserve.service.vocab import QUANTIZE, choices
@@ -99,19 +98,6 @@ def job_outcome(job: JobOut, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
-def _job_file(file: Optional[Path]) -> dict[str, Any]:
-    """The request body in --file job.json (an empty one without it)."""
-    if file is None:
-        return {}
-    try:
-        body = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise typer.BadParameter(f"{file}: {exc}", param_hint="--file")
-    if not isinstance(body, dict):
-        raise typer.BadParameter(f"{file} must hold a JSON object", param_hint="--file")
-    return body
-
-
 def _merge_sections(body: dict[str, Any], student, student_param, method, param) -> None:
     """--student/--method name the architecture/method; their k=v params merge into the file's."""
     for key, name_field, name, pairs, option in (("student", "architecture", student, student_param, "--student-param"),
@@ -153,7 +139,7 @@ def jobs_create(
 ):
     """Start a distillation job from flags and/or --file job.json. With --wait, exit status 0
     means the job succeeded."""
-    body = _job_file(file)
+    body = json_file(file)
     _merge_sections(body, student, student_param, method, param)
     training = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate),
                                   ("seed", seed), ("device", device)) if v is not None}
@@ -226,14 +212,4 @@ def jobs_logs(ctx: typer.Context, job_id: str,
             out.print(event_line(e))
 
     with client(ctx) as kd:
-        if follow:
-            kd.jobs.wait(job_id, on_event=show)
-            return
-        after = 0
-        while True:
-            page = kd.jobs.events(job_id, after=after, limit=1000)
-            for e in page.data:
-                show(e)
-            if not page.has_more:
-                return
-            after = page.data[-1].id
+        print_events(kd.jobs, job_id, follow, show)

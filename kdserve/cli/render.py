@@ -179,3 +179,58 @@ def print_model_card(card: ModelOut, console: Console = out) -> None:
                       "" if a.latency_ms_batch1 is None else f"{a.latency_ms_batch1:.3f} ms",
                       "" if a.latency_ms_batch64 is None else f"{a.latency_ms_batch64:.3f} ms", a.sha256[:12] + "…")
     console.print(table)
+
+
+# -- searches
+
+
+def _file(c) -> str:
+    """A search candidate in one cell: trial, precision, accuracy, latency, size."""
+    if c is None:
+        return ""
+    return (f"trial {c.trial} {c.precision}: accuracy {pct(c.accuracy)}, {num(c.latency_ms)} ms, "
+            f"{size(c.size_bytes)}, {c.num_parameters:,} params (model {c.model_id})")
+
+
+def searches_table(rows) -> Table:
+    table = Table("id", "status", "trials", "succeeded", "pruned", "best accuracy", "recommended", "created")
+    for s in rows:
+        best = s.result.leaderboard[0].accuracy if s.result.leaderboard else None
+        rec = s.result.recommended
+        table.add_row(s.id, status_text(s.status), f"{s.trials.started}/{s.budget.get('trials')}",
+                      str(s.trials.succeeded), str(s.trials.pruned), pct(best),
+                      f"trial {rec.trial} {rec.precision}" if rec else "", when(s.created_at))
+    return table
+
+
+def search_card(s) -> Table:
+    r = s.result
+    targets = ", ".join(f"{k}={v}" for k, v in s.targets.items() if v is not None and k != "batch_size") or "none"
+    missing = ", ".join(f"{k} by {v:.1%}" for k, v in r.closest.violations.items()) if r.closest else None
+    return kv_table(f"search {s.id}", [
+        ("status", status_text(s.status)), ("teacher", s.teacher_id), ("dataset", s.dataset_id),
+        ("targets", targets), ("methods", ", ".join(s.space.get("methods") or [])),
+        ("students", "; ".join(f"{x['architecture']} {json.dumps(x.get('params', {}))}"
+                               for x in s.space.get("students") or [])),
+        ("trials", f"{s.trials.started} of {s.budget.get('trials')} started: {s.trials.succeeded} succeeded, "
+                   f"{s.trials.pruned} pruned, {s.trials.failed} failed, {s.trials.running} running"),
+        ("recommended", _file(r.recommended)), ("closest (misses a target)", _file(r.closest)),
+        ("misses", missing), ("Pareto front", "\n".join(_file(c) for c in r.pareto)),
+        ("error", f"{s.error.code}: {s.error.message}" if s.error else None),
+        ("created", when(s.created_at)), ("finished", when(s.finished_at))])
+
+
+def trials_table(rows, title: str | None = None) -> Table:
+    table = Table("trial", "status", "method", "student", "lr", "T", "epochs", "val score", "best file",
+                  "latency ms", "size", "job", title=title, title_justify="left")
+    for t in rows:
+        p = t.params
+        student = p.get("student", {})
+        shape = student.get("params", {}).get("hidden_sizes") or student.get("params", {}).get("channels") or ""
+        best = max(t.candidates, key=lambda c: (c.accuracy or 0, -(c.latency_ms or 0)), default=None)
+        table.add_row(str(t.number), status_text(t.status), p.get("method", ""),
+                      f"{student.get('architecture', '')} {shape}", num(p.get("learning_rate"), ".1e"),
+                      num(p.get("temperature"), ".1f"), str(t.epochs_run or ""), num(t.value),
+                      f"{best.precision} {pct(best.accuracy)}" if best else "", num(best.latency_ms) if best else "",
+                      size(best.size_bytes) if best else "", t.job_id)
+    return table

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
@@ -63,6 +64,35 @@ def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, Any]:
         except json.JSONDecodeError:
             parsed[key] = raw
     return parsed
+
+
+def json_file(file: Optional[Path]) -> dict[str, Any]:
+    """The request body in --file (job.json, search.json); an empty one without it."""
+    if file is None:
+        return {}
+    try:
+        body = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise typer.BadParameter(f"{file}: {exc}", param_hint="--file")
+    if not isinstance(body, dict):
+        raise typer.BadParameter(f"{file} must hold a JSON object", param_hint="--file")
+    return body
+
+
+def print_events(resource, id: str, follow: bool, show: Callable[[Any], None]) -> None:
+    """`<jobs|search> logs`: the events of a job or search (`resource`: kd.jobs or kd.searches),
+    every page; with `follow`, live until it ends."""
+    if follow:
+        resource.wait(id, on_event=show)
+        return
+    after = 0
+    while True:
+        page = resource.events(id, after=after, limit=1000)
+        for e in page.data:
+            show(e)
+        if not page.has_more:
+            return
+        after = page.data[-1].id
 
 
 def parse_json_option(raw: str | None, option: str) -> Any:

@@ -11,6 +11,11 @@
     job = kd.jobs.wait(job.id, on_event=print)      # follows Server-Sent Events, polls as a fallback
     kd.models.download(job.model_id, "student.onnx")  # resumable, sha256-checked, atomic
 
+    search = kd.searches.create(teacher_id=teacher.id, dataset_id=data.id,
+                                targets={"latency_ms": 0.05, "min_accuracy": 0.97}, budget={"trials": 40})
+    search = kd.searches.wait(search.id)            # the same event following as jobs.wait
+    best = search.result.recommended                # the cheapest file that meets every target
+
 How it is put together, for a newcomer:
 - calls.py: every API call is first described as a `_Call` (method, path, body, how to parse the
   answer) by a `_*Calls` class shared by both clients; `Client._run` (sync.py) and
@@ -30,22 +35,24 @@ The SDK never imports torch (nor numpy, unless `infer` is given numpy arrays' sh
 from __future__ import annotations
 
 from kdserve.client.aio import (AsyncArchitectures, AsyncClient, AsyncDatasets, AsyncJobs, AsyncMethods, AsyncModels,
-                                AsyncTeachers)
+                                AsyncSearches, AsyncTeachers)
 from kdserve.client.calls import (DEFAULT_URL, RETRY_STATUSES, TERMINAL_STATUSES, job_body, resolve_api_key,
-                                  resolve_base_url)
+                                  resolve_base_url, search_body)
 from kdserve.client.errors import (APIConnectionError, ChecksumMismatch, Conflict, InvalidRequest, KdserveError,
                                    NotFound, PayloadTooLarge, PermissionDenied, RateLimited, ServerError,
                                    ServiceUnavailable, Unauthorized, WaitTimeout, error_from_response)
 from kdserve.client.results import ArchitectureInfo, DownloadResult, InferOutput, InferResponse, MethodInfo, Page
 from kdserve.client.sse import ServerSentEvent, SSEDecoder
-from kdserve.client.sync import Architectures, Client, Datasets, Jobs, Methods, Models, Teachers
+from kdserve.client.sync import Architectures, Client, Datasets, Jobs, Methods, Models, Searches, Teachers
 # the server's models that the SDK takes and returns
 from kdserve.service.schemas import (DatasetOut, EventOut, ExportSpec, JobCreate, JobOut, MethodSpec, ModelOut,
-                                     PredictOut, StudentSpec, TeacherOut, TrainingSpec)
+                                     PredictOut, SearchBudget, SearchCreate, SearchOut, SearchSpace, SearchTargets,
+                                     StudentSpec, TeacherOut, TrainingSpec, TrialOut)
 
 __all__ = [
     "Client", "AsyncClient", "KdserveError", "APIConnectionError", "InvalidRequest", "Unauthorized",
     "PermissionDenied", "NotFound", "Conflict", "PayloadTooLarge", "RateLimited", "ServiceUnavailable",
     "ServerError", "ChecksumMismatch", "WaitTimeout", "Page", "MethodInfo", "ArchitectureInfo", "DownloadResult",
     "InferResponse", "InferOutput", "TERMINAL_STATUSES", "resolve_base_url", "resolve_api_key",
+    "SearchCreate", "SearchOut", "SearchTargets", "SearchSpace", "SearchBudget", "TrialOut",
 ]

@@ -11,13 +11,14 @@ import httpx
 from pydantic import BaseModel
 
 from kdserve.client.calls import (RETRY_STATUSES, TERMINAL_STATUSES, _ArchitectureCalls, _Base, _Call, _DatasetCalls,
-                                  _Download, _Follow, _JobCalls, _MethodCalls, _ModelCalls, _ResourceCalls, _seg,
-                                  _TeacherCalls, _v2_missing)
+                                  _Download, _Follow, _JobCalls, _MethodCalls, _ModelCalls, _ResourceCalls,
+                                  _SearchCalls, _seg, _TeacherCalls, _v2_missing)
 from kdserve.client.errors import NotFound, ServiceUnavailable, error_from_response
 from kdserve.client.results import ArchitectureInfo, DownloadResult, InferResponse, MethodInfo, Page
 from kdserve.client.sse import SSEDecoder
 from kdserve.service.schemas import (DatasetOut, EventOut, ExportSpec, JobCreate, JobOut, MethodSpec, ModelOut,
-                                     PredictOut, StudentSpec, TeacherOut, TrainingSpec)
+                                     PredictOut, SearchBudget, SearchCreate, SearchOut, SearchSpace, SearchTargets,
+                                     StudentSpec, TeacherOut, TrainingSpec, TrialOut)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -33,6 +34,7 @@ class AsyncClient(_Base):
         self.teachers = AsyncTeachers(self)
         self.datasets = AsyncDatasets(self)
         self.jobs = AsyncJobs(self)
+        self.searches = AsyncSearches(self)
         self.models = AsyncModels(self)
         self.methods = AsyncMethods(self)
         self.architectures = AsyncArchitectures(self)
@@ -123,42 +125,16 @@ class AsyncDatasets(_AsyncResources[DatasetOut], _DatasetCalls):
         return await self._c._run(self._create(path, name, format, label_column))
 
 
-class AsyncJobs(_JobCalls):
-    def __init__(self, client: AsyncClient):
-        self._c = client
+class _AsyncWaiter:
+    """`wait`: follow a job or a search (`_collection`) by its events until it ends."""
 
-    async def create(self, body: JobCreate | dict | None = None, *, dataset_id: str | None = None,
-                     student: str | dict | StudentSpec | None = None, method: str | dict | MethodSpec | None = None,
-                     teacher_id: str | None = None, training: dict | TrainingSpec | None = None,
-                     export: dict | ExportSpec | None = None, validation_dataset_id: str | None = None,
-                     validation_split: float | None = None, teacher_features: str | None = None,
-                     teacher_refinement: dict | None = None, metadata: dict[str, str] | None = None,
-                     idempotency_key: str | None = None) -> JobOut:
-        fields = dict(dataset_id=dataset_id, student=student, method=method, teacher_id=teacher_id,
-                      training=training, export=export, validation_dataset_id=validation_dataset_id,
-                      validation_split=validation_split, teacher_features=teacher_features,
-                      teacher_refinement=teacher_refinement, metadata=metadata)
-        return await self._c._run(self._create(body, idempotency_key, fields))
-
-    async def get(self, id: str) -> JobOut:
-        return await self._c._run(self._get(id))
-
-    async def list(self, *, status: str | None = None, limit: int = 20, after: str | None = None) -> Page[JobOut]:
-        return await self._c._run(self._list(status, limit, after))
-
-    def iter(self, *, status: str | None = None, page_size: int = 100) -> AsyncIterator[JobOut]:
-        return _aiterate(lambda after: self.list(status=status, limit=page_size, after=after))
-
-    async def cancel(self, id: str) -> JobOut:
-        return await self._c._run(self._cancel(id))
-
-    async def events(self, id: str, *, after: int = 0, limit: int = 100) -> Page[EventOut]:
-        return await self._c._run(self._events(id, after, limit))
+    _collection = "jobs"
 
     async def wait(self, id: str, *, on_event: Callable[[EventOut], Any] | None = None, timeout: float | None = None,
-                   poll_interval: float = 1.0, use_sse: bool = True, stream_read_timeout: float = 60.0) -> JobOut:
+                   poll_interval: float = 1.0, use_sse: bool = True, stream_read_timeout: float = 60.0) -> Any:
         """See `Jobs.wait`; `on_event` may also be a coroutine function."""
-        follow = _Follow(_seg(id), on_event, timeout, poll_interval, stream_read_timeout, use_sse)
+        follow = _Follow(_seg(id), on_event, timeout, poll_interval, stream_read_timeout, use_sse,
+                         collection=self._collection)
         pending: list[Any] = []
         if on_event is not None and asyncio.iscoroutinefunction(on_event):
             follow.on_event = pending.append  # collected here, awaited in order below
@@ -171,7 +147,7 @@ class AsyncJobs(_JobCalls):
             follow.check_deadline()
             headers, read_timeout = follow.stream_request()
             try:
-                async with self._c._http.stream("GET", f"/v1/jobs/{follow.job_id}/events", headers=headers,
+                async with self._c._http.stream("GET", follow.events_path, headers=headers,
                                                 timeout=read_timeout) as response:
                     if response.is_error:
                         await response.aread()
@@ -210,6 +186,71 @@ class AsyncJobs(_JobCalls):
                 await flush()
             if not page.has_more:
                 return
+
+
+class AsyncJobs(_JobCalls, _AsyncWaiter):
+    def __init__(self, client: AsyncClient):
+        self._c = client
+
+    async def create(self, body: JobCreate | dict | None = None, *, dataset_id: str | None = None,
+                     student: str | dict | StudentSpec | None = None, method: str | dict | MethodSpec | None = None,
+                     teacher_id: str | None = None, training: dict | TrainingSpec | None = None,
+                     export: dict | ExportSpec | None = None, validation_dataset_id: str | None = None,
+                     validation_split: float | None = None, teacher_features: str | None = None,
+                     teacher_refinement: dict | None = None, metadata: dict[str, str] | None = None,
+                     idempotency_key: str | None = None) -> JobOut:
+        fields = dict(dataset_id=dataset_id, student=student, method=method, teacher_id=teacher_id,
+                      training=training, export=export, validation_dataset_id=validation_dataset_id,
+                      validation_split=validation_split, teacher_features=teacher_features,
+                      teacher_refinement=teacher_refinement, metadata=metadata)
+        return await self._c._run(self._create(body, idempotency_key, fields))
+
+    async def get(self, id: str) -> JobOut:
+        return await self._c._run(self._get(id))
+
+    async def list(self, *, status: str | None = None, limit: int = 20, after: str | None = None) -> Page[JobOut]:
+        return await self._c._run(self._list(status, limit, after))
+
+    def iter(self, *, status: str | None = None, page_size: int = 100) -> AsyncIterator[JobOut]:
+        return _aiterate(lambda after: self.list(status=status, limit=page_size, after=after))
+
+    async def cancel(self, id: str) -> JobOut:
+        return await self._c._run(self._cancel(id))
+
+    async def events(self, id: str, *, after: int = 0, limit: int = 100) -> Page[EventOut]:
+        return await self._c._run(self._events(id, after, limit))
+
+
+class AsyncSearches(_SearchCalls, _AsyncWaiter):
+    _collection = "searches"
+
+    def __init__(self, client: AsyncClient):
+        self._c = client
+
+    async def create(self, body: SearchCreate | dict | None = None, *, teacher_id: str | None = None,
+                     dataset_id: str | None = None, targets: dict | SearchTargets | None = None,
+                     space: dict | SearchSpace | None = None, budget: dict | SearchBudget | None = None,
+                     validation_dataset_id: str | None = None, validation_split: float | None = None,
+                     seed: int | None = None, metadata: dict[str, str] | None = None) -> SearchOut:
+        fields = dict(teacher_id=teacher_id, dataset_id=dataset_id, targets=targets, space=space, budget=budget,
+                      validation_dataset_id=validation_dataset_id, validation_split=validation_split, seed=seed,
+                      metadata=metadata)
+        return await self._c._run(self._create(body, fields))
+
+    async def get(self, id: str) -> SearchOut:
+        return await self._c._run(self._get(id))
+
+    async def list(self, *, limit: int = 20, after: str | None = None) -> Page[SearchOut]:
+        return await self._c._run(self._list(limit, after))
+
+    async def trials(self, id: str) -> Page[TrialOut]:
+        return await self._c._run(self._trials(id))
+
+    async def cancel(self, id: str) -> SearchOut:
+        return await self._c._run(self._cancel(id))
+
+    async def events(self, id: str, *, after: int = 0, limit: int = 100) -> Page[EventOut]:
+        return await self._c._run(self._events(id, after, limit))
 
 
 class AsyncModels(_AsyncResources[ModelOut], _ModelCalls):

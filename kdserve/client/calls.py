@@ -22,7 +22,8 @@ from kdserve.client.errors import (APIConnectionError, ChecksumMismatch, Invalid
 from kdserve.client.results import ArchitectureInfo, DownloadResult, InferResponse, MethodInfo, Page
 from kdserve.client.sse import ServerSentEvent
 from kdserve.service.filenames import safe_basename
-from kdserve.service.schemas import DatasetOut, EventOut, JobCreate, JobOut, ModelOut, PredictOut, TeacherOut
+from kdserve.service.schemas import (DatasetOut, EventOut, JobCreate, JobOut, ModelOut, PredictOut, SearchCreate,
+                                     SearchOut, TeacherOut, TrialOut)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -179,6 +180,35 @@ class _JobCalls:
                      parse=_page(EventOut), retry=True)
 
 
+class _SearchCalls:
+    def _create(self, body, fields) -> _Call:
+        # not retried: a repeat after a lost answer would start a second search
+        return _Call("POST", "/v1/searches", json=search_body(body, **fields), parse=_one(SearchOut))
+
+    def _get(self, id: str) -> _Call:
+        return _Call("GET", f"/v1/searches/{_seg(id)}", parse=_one(SearchOut), retry=True)
+
+    def _list(self, limit, after) -> _Call:
+        return _Call("GET", "/v1/searches", params=_list_params(limit, after), parse=_page(SearchOut), retry=True)
+
+    def _trials(self, id: str) -> _Call:
+        return _Call("GET", f"/v1/searches/{_seg(id)}/trials", parse=_page(TrialOut), retry=True)
+
+    def _cancel(self, id: str) -> _Call:
+        return _Call("POST", f"/v1/searches/{_seg(id)}/cancel", parse=_one(SearchOut))
+
+    def _events(self, id: str, after: int, limit: int) -> _Call:
+        return _Call("GET", f"/v1/searches/{_seg(id)}/events", params={"after": after, "limit": limit},
+                     parse=_page(EventOut), retry=True)
+
+
+def search_body(body: SearchCreate | dict | None = None, **fields: Any) -> dict:
+    """The JSON of POST /v1/searches: `body` with the keyword fields on top (None: left out)."""
+    out = dict(_as_dict(body) or {})
+    out.update({k: _as_dict(v) for k, v in fields.items() if v is not None})
+    return out
+
+
 def _rows(inputs: Any) -> list:
     """A batch as JSON lists: numpy arrays (anything with .tolist()) or nested lists."""
     return inputs.tolist() if hasattr(inputs, "tolist") else list(inputs)
@@ -261,12 +291,13 @@ class _Follow:
     """The decisions of `jobs.wait`, shared by both clients: where the event stream resumes, when
     to give up on Server-Sent Events and poll instead, when the deadline has passed."""
 
-    job_id: str
+    job_id: str  # the id of the job (or search) followed
     on_event: Callable[[EventOut], Any] | None
     timeout: float | None
     poll_interval: float
     stream_read_timeout: float
     use_sse: bool
+    collection: str = "jobs"  # or "searches": /v1/<collection>/<id>/events
     max_reconnects: int = 5
     last_id: int = 0
     failures: int = 0
@@ -278,7 +309,12 @@ class _Follow:
     def check_deadline(self) -> None:
         left = self.remaining()
         if left is not None and left <= 0:
-            raise WaitTimeout(f"job {self.job_id} did not end within {self.timeout} s", code="timeout")
+            kind = {"jobs": "job", "searches": "search"}[self.collection]
+            raise WaitTimeout(f"{kind} {self.job_id} did not end within {self.timeout} s", code="timeout")
+
+    @property
+    def events_path(self) -> str:
+        return f"/v1/{self.collection}/{self.job_id}/events"
 
     def stream_request(self) -> tuple[dict[str, str], httpx.Timeout]:
         headers = {"Accept": "text/event-stream"}

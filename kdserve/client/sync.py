@@ -11,13 +11,14 @@ import httpx
 from pydantic import BaseModel
 
 from kdserve.client.calls import (RETRY_STATUSES, TERMINAL_STATUSES, _ArchitectureCalls, _Base, _Call, _DatasetCalls,
-                                  _Download, _Follow, _JobCalls, _MethodCalls, _ModelCalls, _ResourceCalls, _seg,
-                                  _TeacherCalls, _v2_missing)
+                                  _Download, _Follow, _JobCalls, _MethodCalls, _ModelCalls, _ResourceCalls,
+                                  _SearchCalls, _seg, _TeacherCalls, _v2_missing)
 from kdserve.client.errors import NotFound, ServiceUnavailable, error_from_response
 from kdserve.client.results import ArchitectureInfo, DownloadResult, InferResponse, MethodInfo, Page
 from kdserve.client.sse import SSEDecoder
 from kdserve.service.schemas import (DatasetOut, EventOut, ExportSpec, JobCreate, JobOut, MethodSpec, ModelOut,
-                                     PredictOut, StudentSpec, TeacherOut, TrainingSpec)
+                                     PredictOut, SearchBudget, SearchCreate, SearchOut, SearchSpace, SearchTargets,
+                                     StudentSpec, TeacherOut, TrainingSpec, TrialOut)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -34,6 +35,7 @@ class Client(_Base):
         self.teachers = Teachers(self)
         self.datasets = Datasets(self)
         self.jobs = Jobs(self)
+        self.searches = Searches(self)
         self.models = Models(self)
         self.methods = Methods(self)
         self.architectures = Architectures(self)
@@ -127,53 +129,24 @@ class Datasets(_Resources[DatasetOut], _DatasetCalls):
         return self._c._run(self._create(path, name, format, label_column))
 
 
-class Jobs(_JobCalls):
-    def __init__(self, client: Client):
-        self._c = client
+class _Waiter:
+    """`wait`: follow a job or a search (`_collection`) by its events until it ends."""
 
-    def create(self, body: JobCreate | dict | None = None, *, dataset_id: str | None = None,
-               student: str | dict | StudentSpec | None = None, method: str | dict | MethodSpec | None = None,
-               teacher_id: str | None = None, training: dict | TrainingSpec | None = None,
-               export: dict | ExportSpec | None = None, validation_dataset_id: str | None = None,
-               validation_split: float | None = None, teacher_features: str | None = None,
-               teacher_refinement: dict | None = None, metadata: dict[str, str] | None = None,
-               idempotency_key: str | None = None) -> JobOut:
-        """Queue a distillation job (every field of POST /v1/jobs). Sending the same
-        `idempotency_key` and body again returns the same job."""
-        fields = dict(dataset_id=dataset_id, student=student, method=method, teacher_id=teacher_id,
-                      training=training, export=export, validation_dataset_id=validation_dataset_id,
-                      validation_split=validation_split, teacher_features=teacher_features,
-                      teacher_refinement=teacher_refinement, metadata=metadata)
-        return self._c._run(self._create(body, idempotency_key, fields))
-
-    def get(self, id: str) -> JobOut:
-        return self._c._run(self._get(id))
-
-    def list(self, *, status: str | None = None, limit: int = 20, after: str | None = None) -> Page[JobOut]:
-        return self._c._run(self._list(status, limit, after))
-
-    def iter(self, *, status: str | None = None, page_size: int = 100) -> Iterator[JobOut]:
-        return _iterate(lambda after: self.list(status=status, limit=page_size, after=after))
-
-    def cancel(self, id: str) -> JobOut:
-        return self._c._run(self._cancel(id))
-
-    def events(self, id: str, *, after: int = 0, limit: int = 100) -> Page[EventOut]:
-        """Events after event id `after`, oldest first."""
-        return self._c._run(self._events(id, after, limit))
+    _collection = "jobs"
 
     def wait(self, id: str, *, on_event: Callable[[EventOut], Any] | None = None, timeout: float | None = None,
-             poll_interval: float = 1.0, use_sse: bool = True, stream_read_timeout: float = 60.0) -> JobOut:
-        """Follow the job until it ends and return it (whatever its final status). Every event is
-        passed to `on_event` once, in order. Events come as Server-Sent Events; a broken stream is
+             poll_interval: float = 1.0, use_sse: bool = True, stream_read_timeout: float = 60.0) -> Any:
+        """Follow the job (or search) until it ends and return it (whatever its final status).
+        Every event is passed to `on_event` once, in order. Events come as Server-Sent Events; a broken stream is
         resumed with Last-Event-ID, and after repeated failures (or a proxy that does not stream)
         the events and status are polled every `poll_interval` s."""
-        follow = _Follow(_seg(id), on_event, timeout, poll_interval, stream_read_timeout, use_sse)
+        follow = _Follow(_seg(id), on_event, timeout, poll_interval, stream_read_timeout, use_sse,
+                         collection=self._collection)
         while follow.use_sse:
             follow.check_deadline()
             headers, read_timeout = follow.stream_request()
             try:
-                with self._c._http.stream("GET", f"/v1/jobs/{follow.job_id}/events", headers=headers,
+                with self._c._http.stream("GET", follow.events_path, headers=headers,
                                           timeout=read_timeout) as response:
                     if response.is_error:
                         response.read()
@@ -212,6 +185,78 @@ class Jobs(_JobCalls):
                 follow.deliver(event)
             if not page.has_more:
                 return
+
+
+class Jobs(_JobCalls, _Waiter):
+    def __init__(self, client: Client):
+        self._c = client
+
+    def create(self, body: JobCreate | dict | None = None, *, dataset_id: str | None = None,
+               student: str | dict | StudentSpec | None = None, method: str | dict | MethodSpec | None = None,
+               teacher_id: str | None = None, training: dict | TrainingSpec | None = None,
+               export: dict | ExportSpec | None = None, validation_dataset_id: str | None = None,
+               validation_split: float | None = None, teacher_features: str | None = None,
+               teacher_refinement: dict | None = None, metadata: dict[str, str] | None = None,
+               idempotency_key: str | None = None) -> JobOut:
+        """Queue a distillation job (every field of POST /v1/jobs). Sending the same
+        `idempotency_key` and body again returns the same job."""
+        fields = dict(dataset_id=dataset_id, student=student, method=method, teacher_id=teacher_id,
+                      training=training, export=export, validation_dataset_id=validation_dataset_id,
+                      validation_split=validation_split, teacher_features=teacher_features,
+                      teacher_refinement=teacher_refinement, metadata=metadata)
+        return self._c._run(self._create(body, idempotency_key, fields))
+
+    def get(self, id: str) -> JobOut:
+        return self._c._run(self._get(id))
+
+    def list(self, *, status: str | None = None, limit: int = 20, after: str | None = None) -> Page[JobOut]:
+        return self._c._run(self._list(status, limit, after))
+
+    def iter(self, *, status: str | None = None, page_size: int = 100) -> Iterator[JobOut]:
+        return _iterate(lambda after: self.list(status=status, limit=page_size, after=after))
+
+    def cancel(self, id: str) -> JobOut:
+        return self._c._run(self._cancel(id))
+
+    def events(self, id: str, *, after: int = 0, limit: int = 100) -> Page[EventOut]:
+        """Events after event id `after`, oldest first."""
+        return self._c._run(self._events(id, after, limit))
+
+
+class Searches(_SearchCalls, _Waiter):
+    """Searches: the best student for a target (POST /v1/searches); trials are jobs."""
+
+    _collection = "searches"
+
+    def __init__(self, client: Client):
+        self._c = client
+
+    def create(self, body: SearchCreate | dict | None = None, *, teacher_id: str | None = None,
+               dataset_id: str | None = None, targets: dict | SearchTargets | None = None,
+               space: dict | SearchSpace | None = None, budget: dict | SearchBudget | None = None,
+               validation_dataset_id: str | None = None, validation_split: float | None = None,
+               seed: int | None = None, metadata: dict[str, str] | None = None) -> SearchOut:
+        """Start a search (every field of POST /v1/searches; left out: the service's defaults)."""
+        fields = dict(teacher_id=teacher_id, dataset_id=dataset_id, targets=targets, space=space, budget=budget,
+                      validation_dataset_id=validation_dataset_id, validation_split=validation_split, seed=seed,
+                      metadata=metadata)
+        return self._c._run(self._create(body, fields))
+
+    def get(self, id: str) -> SearchOut:
+        return self._c._run(self._get(id))
+
+    def list(self, *, limit: int = 20, after: str | None = None) -> Page[SearchOut]:
+        return self._c._run(self._list(limit, after))
+
+    def trials(self, id: str) -> Page[TrialOut]:
+        """Every trial so far: the optimizer's choice, its status, its files."""
+        return self._c._run(self._trials(id))
+
+    def cancel(self, id: str) -> SearchOut:
+        return self._c._run(self._cancel(id))
+
+    def events(self, id: str, *, after: int = 0, limit: int = 100) -> Page[EventOut]:
+        return self._c._run(self._events(id, after, limit))
 
 
 class Models(_Resources[ModelOut], _ModelCalls):

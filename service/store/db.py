@@ -13,11 +13,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from kdserve.service.store import migrate
-from kdserve.service.store.tables import (TERMINAL, ApiKey, Base, Dataset, Job, JobEvent, Model, Teacher, new_id,
-                                          now)
+from kdserve.service.store.tables import (TERMINAL, ApiKey, Base, Dataset, Job, JobEvent, Model, Search, SearchEvent,
+                                          Teacher, new_id, now)
 
-__all__ = ["TERMINAL", "ApiKey", "Base", "Database", "Dataset", "Job", "JobEvent", "Model", "Teacher", "new_id", "now",
-           "waiting"]
+__all__ = ["TERMINAL", "ApiKey", "Base", "Database", "Dataset", "Job", "JobEvent", "Model", "Search", "SearchEvent",
+           "Teacher", "new_id", "now", "waiting"]
 
 
 class Database:

@@ -102,17 +102,25 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)  # the delivery that holds the job
     dispatched_at: Mapped[int | None] = mapped_column(Integer, nullable=True)  # last time its id was sent to the broker
     claimed_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # last time a worker took it (fairness)
+    # A search's trial: the search, and the trial (number, params the optimizer chose, its outcome).
+    search_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    trial: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
-class JobEvent(Base):
-    __tablename__ = "job_events"
+class Event:
+    """The columns every event row has (a job's, a search's): ids only grow, so they are cursors."""
+
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     level: Mapped[str] = mapped_column(String(10), default="info")
     type: Mapped[str] = mapped_column(String(10), default="message")
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class JobEvent(Event, Base):
+    __tablename__ = "job_events"
+    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
 
 
 class Model(Base):
@@ -124,6 +132,36 @@ class Model(Base):
     job_id: Mapped[str] = mapped_column(String(40), unique=True)  # one model per job: publishing is idempotent
     card: Mapped[dict[str, Any]] = mapped_column(JSON)  # everything of the model card but the ids above
     created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Search(Base):
+    """A search (POST /v1/searches): its trials are jobs (Job.search_id); the optimizer's own state
+    lives in Optuna's storage (kdserve.worker.search)."""
+
+    __tablename__ = "searches"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    status: Mapped[str] = mapped_column(String(20), index=True, default="queued")
+    teacher_id: Mapped[str] = mapped_column(String(40), index=True)
+    dataset_id: Mapped[str] = mapped_column(String(40), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the validated SearchCreate, its space resolved
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # leaderboard, Pareto front, recommendation
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    trials_started: Mapped[int] = mapped_column(Integer, default=0)
+    # Who advances the search now (ask/tell): a lease, so that one worker at a time does, and a
+    # flag that another one wanted to (the holder goes round once more before it lets go).
+    advancing_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    advance_again: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    started_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class SearchEvent(Event, Base):
+    __tablename__ = "search_events"
+    search_id: Mapped[str] = mapped_column(String(40), ForeignKey("searches.id", ondelete="CASCADE"), index=True)
 
 
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -15,17 +15,19 @@ import io
 import time
 import traceback
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from kdserve.service.sandbox.jail import JailError
 from kdserve.service.sandbox.sniff import ModelFileError
 from kdserve.service.schemas import JobCreate
+from kdserve.service.search_space import PRUNED
 from kdserve.service.settings import get_settings
 from kdserve.service.spec.jobs import auto_epochs
 from kdserve.service.store.blobs import BlobStore
 from kdserve.service.store.db import Database, Job, now
-from kdserve.worker import trainer
+from kdserve.worker import search, trainer
 from kdserve.worker.losses import METHODS
 from kdserve.worker.pipeline import inputs
 from kdserve.worker.pipeline.common import LEASE_LOST, Cancelled, JobFailed, context, fail, finish, log, pick_device
@@ -102,10 +104,13 @@ class JobRun:
         if resume is not None:
             ctx.progress.event(f"resumed from the checkpoint after epoch {resume['epoch']}",
                                data={"resume_epoch": resume["epoch"]})
+        on_epoch = ctx.progress.on_epoch
+        if ctx.job.search_id is not None:  # a search's trial: each epoch reported to its pruner
+            on_epoch = search.pruning(get_settings(), ctx.db, ctx.job, on_epoch)
         try:
             training = spec.training.model_copy(update={"epochs": epochs})  # resolved once, here
             result = trainer.train(prep.student, prep.loss_fn, prep.train, prep.val, training, device,
-                                   on_epoch=ctx.progress.on_epoch, should_stop=ctx.lease.should_stop,
+                                   on_epoch=on_epoch, should_stop=ctx.lease.should_stop,
                                    checkpoint=self._save_checkpoint, resume=resume, embedding=prep.embedding,
                                    lr_candidates=trainer.lr_grid(spec.student.architecture, spec.training.optimizer),
                                    on_note=ctx.progress.note, on_progress=ctx.progress.on_progress)
@@ -140,11 +145,12 @@ class JobRun:
         return state if "arm" in state and 0 < state.get("epoch", 0) <= epochs else None
 
 
-def run_job(job_id: str, delivery: str) -> None:
+def run_job(job_id: str, delivery: str, send: Callable[[str], None] | None = None) -> None:
     """Run one delivery. Its message wakes this worker; the job it runs is the fair choice among
     all waiting jobs (Database.claim_next), often but not always `job_id`. `delivery` names this
     worker process and message; the job row's lease (worker + heartbeat) makes sure only one
-    delivery runs a job at a time."""
+    delivery runs a job at a time. `send` queues a job id: a search's trial, once it has ended,
+    takes its search's next step (kdserve.worker.search), which may queue the next trial."""
     db, blobs = context()
     settings = get_settings()
     job = db.claim_next(delivery, now() - int(settings.stale_after_s))
@@ -166,6 +172,11 @@ def run_job(job_id: str, delivery: str) -> None:
         _ended(db, blobs, job_id, delivery, exc)
     finally:
         run.close_teachers()
+    if job.search_id is not None and send is not None:  # its search's next step: tell, start the next trial
+        try:
+            search.advance(db, settings, job.search_id, send)
+        except Exception as exc:  # the reapers step it again within a round
+            log.warning("search %s: step after its trial failed: %s: %s", job.search_id, type(exc).__name__, exc)
 
 
 def _ended(db: Database, blobs: BlobStore, job_id: str, delivery: str, exc: Exception) -> None:
@@ -182,6 +193,9 @@ def _ended(db: Database, blobs: BlobStore, job_id: str, delivery: str, exc: Exce
         reason = getattr(exc, "reason", "cancelled")
         if reason == "cancelled":
             finish(db, blobs, job_id, "cancelled", "cancelled; partial progress kept in the events, nothing published")
+        elif reason == PRUNED:
+            message = "pruned: its search's pruner stopped it (its validation score could not catch up); nothing published"
+            finish(db, blobs, job_id, "cancelled", message, error={"code": PRUNED, "message": message, "param": None})
         elif reason == LEASE_LOST:
             log.warning("job %s: another delivery took it over; this one stops without touching it", job_id)
         else:
