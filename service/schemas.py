@@ -188,6 +188,9 @@ class JobMetrics(BaseModel):
     learning_rate: float | None = Field(None, description="the peak learning rate the student trained at (chosen by "
                                         "the job when training.learning_rate is \"auto\")")
     best_epoch: int | None = Field(None, description="the epoch with the best validation score")
+    val_score: float | None = Field(None, description="the published epoch's validation score: accuracy and "
+                                    "agreement weighted by the rows each is measured on (what epochs, learning rates "
+                                    "and a search's trials are chosen by)")
     baseline_accuracy: float | None = Field(None, description="baseline: true: the ce-only student's accuracy")
     baseline_agreement: float | None = Field(None, description="baseline: true: the ce-only student's agreement")
 
@@ -358,6 +361,8 @@ class Candidate(BaseModel):
     job_id: str
     model_id: str
     precision: str
+    score: float | None = Field(description="what files are ranked by: the trial's validation score (accuracy and "
+                                "agreement weighted by their rows), less this file's accuracy drop from fp32")
     accuracy: float | None
     agreement: float | None
     latency_ms: float | None
@@ -379,7 +384,7 @@ class SearchResult(BaseModel):
                                       "them by least (sum of relative misses)")
     pareto: list[Candidate] = Field(default_factory=list, description="the files no other file beats on accuracy, "
                                     "latency and size at once, by latency")
-    leaderboard: list[Candidate] = Field(default_factory=list, description="the 20 most accurate files")
+    leaderboard: list[Candidate] = Field(default_factory=list, description="the 20 files with the best score")
 
 
 class TrialCounts(BaseModel):

@@ -2,9 +2,11 @@
 finished trial is a candidate; the candidates are checked against the targets, and give the
 leaderboard, the Pareto front (accuracy × latency × size) and the recommended file.
 
-The recommendation: with an accuracy or agreement floor among the targets, the cheapest file
-(lowest latency, then smallest) that meets every target; without one, the most accurate file
-that meets the cost targets. When no file meets every target, `closest` is the one whose relative
+Files are ranked by their score: the trial's validation score (accuracy and agreement weighted by
+the rows each is measured on: with few labels, accuracy alone is measured on a handful of rows),
+less the file's accuracy drop from fp32. The recommendation: with an accuracy or agreement floor
+among the targets, the cheapest file (lowest latency, then smallest) that meets every target;
+without one, the best-scored file that meets the cost targets. When no file meets every target, `closest` is the one whose relative
 misses add up to least, with its misses listed.
 """
 
@@ -40,14 +42,16 @@ def violations(c: dict[str, Any], t: SearchTargets) -> dict[str, float]:
 
 
 def candidates_of(trial: int, job_id: str, model_id: str, card: dict | ModelCard, targets: SearchTargets,
-                  precisions: list[str]) -> list[Candidate]:
-    """The files of one trial's published model that the search asked for."""
+                  precisions: list[str], val_score: float | None) -> list[Candidate]:
+    """The files of one trial's published model that the search asked for. `val_score`: the trial
+    job's (metrics.val_score); each file's score is it less the file's accuracy drop from fp32."""
     card = ModelCard.of(card)
     out = []
     for a in card.onnx_artifacts():
         if a.precision not in precisions:
             continue
-        c = {"trial": trial, "job_id": job_id, "model_id": model_id, "precision": a.precision,
+        score = None if val_score is None else round(val_score + min(0.0, a.accuracy_delta or 0.0), 6)
+        c = {"trial": trial, "job_id": job_id, "model_id": model_id, "precision": a.precision, "score": score,
              "accuracy": a.accuracy, "agreement": card.metrics.get("agreement"),
              "latency_ms": latency_of(a, targets.batch_size), "size_bytes": a.size_bytes,
              "num_parameters": card.num_parameters, "method": card.method.get("name"),
@@ -58,7 +62,10 @@ def candidates_of(trial: int, job_id: str, model_id: str, card: dict | ModelCard
 
 
 def _score(c: Candidate) -> float:
-    return c.accuracy if c.accuracy is not None else (c.agreement if c.agreement is not None else -1.0)
+    for value in (c.score, c.accuracy, c.agreement):
+        if value is not None:
+            return value
+    return -1.0
 
 
 def _cost(c: Candidate) -> tuple[float, int]:

@@ -105,10 +105,11 @@ class AfterStartup(BasePruner):
         return done >= self.startup and self.wrapped.prune(study, trial)
 
 
-def open_study(settings: Settings, search_id: str, spec: SearchCreate, epochs: int) -> optuna.Study:
-    """The search's study; the sampler and pruner are made again each time (their state is the
-    stored trials)."""
-    sampler = TPESampler(seed=spec.seed, n_startup_trials=max(3, min(10, spec.budget.trials // 4)),
+def open_study(settings: Settings, search_id: str, spec: SearchCreate, epochs: int, asked: int = 0) -> optuna.Study:
+    """The search's study; the sampler and pruner are made again each step (their state is the
+    stored trials). The sampler's seed moves on with the trials `asked` so far: the same seed each
+    step would draw the same random trial again."""
+    sampler = TPESampler(seed=spec.seed * 100_003 + asked, n_startup_trials=max(3, min(10, spec.budget.trials // 4)),
                          constraints_func=_cost_miss)
     startup = max(2, min(5, spec.budget.trials // 8))
     pruner = AfterStartup(startup, SuccessiveHalvingPruner(min_resource=max(1, epochs // 4), reduction_factor=3))
@@ -178,7 +179,7 @@ def _step(db: Database, settings: Settings, search_id: str) -> list[str]:
         if search is None or search.status in TERMINAL:
             return []
         spec = SearchCreate.model_validate(search.spec)
-        study = open_study(settings, search.id, spec, int(spec.space.epochs))
+        study = open_study(settings, search.id, spec, int(spec.space.epochs), search.trials_started)
         jobs = list(s.scalars(select(Job).where(Job.search_id == search.id).order_by(Job.seq)))
         cards = {m.id: m.card for m in s.scalars(select(Model).where(
             Model.id.in_([j.model_id for j in jobs if j.model_id])))}
@@ -211,7 +212,7 @@ def _step(db: Database, settings: Settings, search_id: str) -> list[str]:
 
 def _candidates(job: Job, cards: dict, spec: SearchCreate):
     return candidates_of(job.trial["number"], job.id, job.model_id, cards[job.model_id], spec.targets,
-                         spec.space.precisions)
+                         spec.space.precisions, (job.metrics or {}).get("val_score"))
 
 
 def _launch(s, study: optuna.Study, search: Search, spec: SearchCreate, left: int | None) -> Job:
@@ -247,9 +248,9 @@ def _describe(params: dict) -> str:
 
 
 def score_of(metrics: dict) -> float | None:
-    """What the optimizer maximises: the published epoch's validation accuracy (agreement without
-    labels, mean cosine for embedding students)."""
-    for key in ("student_accuracy", "agreement", "mean_cosine"):
+    """What the optimizer maximises: the published epoch's validation score (what the trial chose
+    its epoch by: accuracy and agreement weighted by their rows, mean cosine for embeddings)."""
+    for key in ("val_score", "student_accuracy", "agreement", "mean_cosine"):
         if metrics.get(key) is not None:
             return float(metrics[key])
     return None

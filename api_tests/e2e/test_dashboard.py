@@ -131,6 +131,44 @@ def test_dashboard_start_watch_download(service, files, page, tmp_path):
     assert not page.problems, page.problems
 
 
+def test_dashboard_search_page_draws_the_files_as_trials_finish(service, files, page):
+    """A search's page: the scatter of its files (score against latency) fills in while the trials
+    run, ends with the Pareto front and the recommendation marked; the searches table lists it."""
+    with service.client() as c:
+        ids = {"teacher_id": upload_teacher(c, files["torchscript"], name="dashboard-search-teacher")["id"],
+               "dataset_id": upload_dataset(c, files["npz"], name="dashboard-search-digits")["id"]}
+        search = c.post("/v1/searches", json={
+            **ids, "targets": {"latency_ms": 50.0, "min_accuracy": 0.5},
+            "space": {"methods": ["kd"], "students": [{"architecture": "mlp", "params": {"hidden_sizes": [16]}}],
+                      "epochs": 25, "precisions": ["fp32", "int8"]},
+            "budget": {"trials": 3, "parallel": 1}}).json()
+    page.goto(service.base_url + f"/#/searches/{search['id']}")
+    page.fill("#api-key", service.api_key)
+    page.click("#save-key")
+    expect(page.locator("#search-status")).to_be_visible()
+    # while it runs: the first trial's files appear before the last trial has ended
+    expect(page.locator("#pareto-chart circle[data-trial]").first).to_be_visible(timeout=120_000)
+    seen_while_running = page.locator("#search-status").inner_text()
+    expect(page.locator("#search-status")).to_have_text("succeeded", timeout=180_000)
+    with service.client() as c:
+        final = c.get(f"/v1/searches/{search['id']}").json()
+        trials = c.get(f"/v1/searches/{search['id']}/trials").json()["data"]
+    files_ = [x for t in trials for x in t["candidates"]]
+    expect(page.locator("#pareto-chart circle[data-trial]")).to_have_count(len(files_))
+    expect(page.locator("#pareto-chart circle[data-front]")).to_have_count(len(final["result"]["pareto"]))
+    expect(page.locator("#recommended-dot")).to_have_count(1)
+    expect(page.locator('#pareto-chart line[data-target="latency_ms"]')).to_have_count(1)
+    expect(page.locator("#trials-table tbody tr")).to_have_count(3)
+    rec = final["result"]["recommended"]
+    expect(page.locator("#recommended")).to_contain_text(f"trial {rec['trial']} {rec['precision']}")
+    expect(page.locator("#recommended-link")).to_have_attribute("href", f"#/models/{rec['model_id']}")
+    page.screenshot(path=str(DOCS / "dashboard-search.png"), full_page=True)
+    page.click('nav a[data-nav="searches"]')
+    expect(page.locator(f'#searches-table tr[data-search="{search["id"]}"] .badge')).to_have_text("succeeded")
+    print(f"status when the first file was drawn: {seen_while_running}")
+    assert seen_while_running in ("running", "succeeded") and not page.problems, page.problems
+
+
 def _card(service, model_id: str) -> dict:
     with service.client() as c:
         return c.get(f"/v1/models/{model_id}").json()

@@ -11,7 +11,7 @@ from kdserve.service.search_results import pareto_front, summarize, violations
 
 def cand(trial: int, accuracy: float, latency: float, size: int, params: int = 1000, precision: str = "fp32",
          targets: SearchTargets | None = None) -> Candidate:
-    c = {"trial": trial, "job_id": f"job_{trial}", "model_id": f"mdl_{trial}", "precision": precision,
+    c = {"trial": trial, "job_id": f"job_{trial}", "model_id": f"mdl_{trial}", "precision": precision, "score": None,
          "accuracy": accuracy, "agreement": accuracy, "latency_ms": latency, "size_bytes": size,
          "num_parameters": params, "method": "kd", "student": {"architecture": "mlp", "params": {}}}
     missed = violations(c, targets or SearchTargets())

@@ -24,7 +24,7 @@ from kdserve.service.schemas import ListOut
 from kdserve.service.settings import Settings
 from kdserve.service.spec.catalog import catalog
 from kdserve.service.store.blobs import BlobStore
-from kdserve.service.store.db import Database, Dataset, Job, Model, Teacher
+from kdserve.service.store.db import Database, Dataset, Job, Model, Search, Teacher
 
 
 @dataclass
@@ -179,13 +179,17 @@ def add_read_routes(router: APIRouter, table, kind: str, to_out: Callable, out_m
 
 
 def delete_unused(ctx: Context, who: auth.Principal, table, id_: str, kind: str, used_by) -> None:
-    """Delete the caller's row (404 as get_owned) unless a queued or running job uses it (409;
-    `used_by`: the Job condition). Under the lock no job can be created for it between the check
+    """Delete the caller's row (404 as get_owned) unless a queued or running job or search uses it
+    (409; `used_by`: the Job condition). Under the lock no job can be created for it between the check
     and the delete."""
     with ctx.db.locked_session() as s:
         row = get_owned(s, table, id_, who, kind)
         if not ctx.db.lock_rows(s, table, [id_], exclusive=True):  # deleted meanwhile
             raise not_found(kind, id_)
+        search = s.query(Search.id).filter(Search.status.in_(("queued", "running")),
+                                           (Search.teacher_id == id_) | (Search.dataset_id == id_)).first()
+        if search:  # its next trials will need it
+            raise ApiError(409, "conflict", f"search {search[0]} is using this {kind}; cancel it or wait for it to end")
         busy = s.query(Job.id).filter(used_by, Job.status.in_(("queued", "running"))).first()
         if busy:
             raise ApiError(409, "conflict", f"job {busy[0]} is using this {kind}; cancel it or wait for it to end")

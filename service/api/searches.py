@@ -147,7 +147,8 @@ def list_trials(search_id: str, ctx: Context = Depends(get_ctx), who: Principal 
         for job in jobs:
             trial = job.trial or {}
             cands = candidates_of(trial["number"], job.id, job.model_id, cards[job.model_id], spec.targets,
-                                  spec.space.precisions) if job.model_id in cards else []
+                                  spec.space.precisions, (job.metrics or {}).get("val_score")) \
+                if job.model_id in cards else []
             out.append(TrialOut(number=trial["number"], job_id=job.id, status=trial_status(job.status, job.error),
                                 params=trial.get("params", {}), value=trial.get("value"),
                                 epochs_run=job.epoch if job.status != "queued" else None, model_id=job.model_id,

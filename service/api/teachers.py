@@ -202,5 +202,5 @@ add_read_routes(router, Teacher, "teacher", to_out, TeacherOut)
 def delete_teacher(teacher_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
     delete_unused(ctx, who, Teacher, teacher_id, "teacher", Job.teacher_id == teacher_id)
     ctx.blobs.delete_prefix(f"teachers/{teacher_id}")
-    ctx.blobs.delete_prefix(f"cache/teacher_outputs/{teacher_id}")  # text teachers' cached outputs
+    ctx.blobs.delete_prefix(f"cache/teacher_outputs/{teacher_id}")  # its outputs kept for text jobs and searches
     return Response(status_code=204)

@@ -6,6 +6,10 @@
 //                     Server-Sent Events), events, cancel, link to the model card
 //   #/models          models table
 //   #/models/<id>     model card: accuracy / size / latency of each artifact as charts, downloads
+//   #/searches        searches table, refreshed every 2 s
+//   #/searches/<id>   one search: its files as a scatter of score against latency (the Pareto front
+//                     and the recommendation marked, the targets drawn), the trials, cancel; re-read
+//                     every 2 s until it ends, so dots appear as trials finish
 // Every view is a function (element, ...args) that fills the element and returns a cleanup
 // function (stop timers, abort streams) that runs when the user leaves the page.
 "use strict";
@@ -13,7 +17,7 @@
 const KEY_STORAGE = "kdserve.apiKey";
 const TERMINAL = ["succeeded", "failed", "cancelled"];
 const COLORS = { train_loss: "#2563eb", val_loss: "#f97316", val_accuracy: "#16a34a", val_agreement: "#9333ea",
-                 teacher: "#6b7280" };
+                 teacher: "#6b7280", fp32: "#2563eb", int8: "#f97316", fp16: "#16a34a" };
 
 // ---- small helpers -------------------------------------------------------------------------
 
@@ -263,6 +267,60 @@ function barChart({ id, title, bars, format }) {
                            "data-label": b.label }));
     svg.append(s("text", { x: L + w + 6, y: y0 + 17, class: "tick" }, b.value === null || b.value === undefined ? "–" : format(b.value)));
   });
+  return svg;
+}
+
+// Every file of a search as a dot: x = latency (ms, log scale), y = score; the Pareto front joined
+// by a line, the recommendation ringed, the latency target and the accuracy floor dashed.
+// points: [{trial, precision, latency_ms, score, front, recommended, meets}]
+function scatterChart({ id, title, points, xTarget, yTarget }) {
+  const W = 560, H = 320, L = 52, R = 14, T = 50, B = 40;
+  const pts = points.filter((p) => p.latency_ms > 0 && p.score !== null && p.score !== undefined);
+  const xs = pts.map((p) => Math.log10(p.latency_ms)).concat(xTarget ? [Math.log10(xTarget)] : []);
+  const ys = pts.map((p) => p.score).concat(yTarget ? [yTarget] : []);
+  let x0 = xs.length ? Math.min(...xs) : -2, x1 = xs.length ? Math.max(...xs) : 0;
+  if (x1 - x0 < 0.2) { x0 -= 0.1; x1 += 0.1; }
+  let y0 = ys.length ? Math.min(...ys) : 0, y1 = ys.length ? Math.max(...ys) : 1;
+  if (y1 - y0 < 0.01) { y0 -= 0.01; y1 += 0.01; }
+  const padX = (x1 - x0) * 0.06, padY = (y1 - y0) * 0.08;
+  x0 -= padX; x1 += padX; y0 -= padY; y1 = Math.min(1.0001, y1 + padY);
+  const x = (v) => L + ((Math.log10(v) - x0) / (x1 - x0)) * (W - L - R);
+  const y = (v) => T + (1 - (v - y0) / (y1 - y0)) * (H - T - B);
+  const svg = s("svg", { id, class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
+  svg.append(s("text", { x: L, y: 18, class: "chart-title" }, title));
+  for (const t of niceTicks(y0, y1)) {
+    svg.append(s("line", { x1: L, x2: W - R, y1: y(t), y2: y(t), class: "grid" }));
+    svg.append(s("text", { x: L - 6, y: y(t) + 4, class: "tick", "text-anchor": "end" }, (100 * t).toFixed(1) + "%"));
+  }
+  for (let e = Math.ceil(x0 * 2) / 2; e <= x1; e += 0.5) {
+    const v = Math.pow(10, e);
+    svg.append(s("text", { x: x(v), y: H - B + 16, class: "tick", "text-anchor": "middle" }, v < 0.1 ? v.toPrecision(1) : v.toPrecision(2)));
+  }
+  svg.append(s("text", { x: (L + W - R) / 2, y: H - 4, class: "axis-label", "text-anchor": "middle" }, "latency, ms (log scale)"));
+  svg.append(s("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis" }));
+  if (xTarget) svg.append(s("line", { x1: x(xTarget), x2: x(xTarget), y1: T, y2: H - B, class: "ref", stroke: "#dc2626", "data-target": "latency_ms" }));
+  if (yTarget) svg.append(s("line", { x1: L, x2: W - R, y1: y(yTarget), y2: y(yTarget), class: "ref", stroke: "#dc2626", "data-target": "min_accuracy" }));
+  const front = pts.filter((p) => p.front).sort((a, b) => a.latency_ms - b.latency_ms);
+  if (front.length > 1) {
+    svg.append(s("path", { d: front.map((p, i) => `${i ? "L" : "M"}${x(p.latency_ms).toFixed(1)},${y(p.score).toFixed(1)}`).join(" "),
+                           class: "series dashed", stroke: "#6b7280", id: "pareto-line" }));
+  }
+  for (const p of pts) {
+    const dot = s("circle", { cx: x(p.latency_ms), cy: y(p.score), r: p.front ? 5 : 3.5, fill: COLORS[p.precision] || "#6b7280",
+                              "fill-opacity": p.meets ? 0.95 : 0.35, "data-trial": p.trial, "data-precision": p.precision,
+                              "data-front": p.front ? "1" : null });
+    dot.append(s("title", {}, `trial ${p.trial} ${p.precision}: ${(100 * p.score).toFixed(2)}%, ${p.latency_ms.toFixed(4)} ms`));
+    svg.append(dot);
+    if (p.recommended) svg.append(s("circle", { cx: x(p.latency_ms), cy: y(p.score), r: 9, fill: "none", stroke: "#111827",
+                                                 "stroke-width": 2, id: "recommended-dot" }));
+  }
+  let lx = L;
+  for (const [key, label] of [["fp32", "fp32"], ["int8", "int8"], ["fp16", "fp16"]]) {
+    svg.append(s("circle", { cx: lx + 5, cy: 33, r: 4, fill: COLORS[key] }));
+    svg.append(s("text", { x: lx + 13, y: 37, class: "legend" }, label));
+    lx += 58;
+  }
+  svg.append(s("text", { x: lx, y: 37, class: "legend" }, "faded: misses a target · ringed: recommended"));
   return svg;
 }
 
@@ -598,6 +656,100 @@ views.model = (el, id) => {
   }).catch(showError(el));
 };
 
+views.searches = (el) => {
+  const tbody = h("tbody");
+  el.append(h("h1", {}, "Searches"),
+    h("p", { class: "muted" }, "Start one with ", h("code", {}, "kdserve search create"), " or POST /v1/searches."),
+    h("table", { id: "searches-table" },
+      h("thead", {}, h("tr", {}, ["search", "status", "trials", "succeeded", "pruned", "recommended", "created"]
+        .map((c) => h("th", {}, c)))),
+      tbody));
+  async function refresh() {
+    const page = await api("/v1/searches?limit=50");
+    tbody.replaceChildren(...page.data.map((x) => {
+      const r = x.result.recommended;
+      return h("tr", { "data-search": x.id },
+        h("td", {}, h("a", { href: `#/searches/${x.id}` }, x.id)), h("td", {}, statusBadge(x.status)),
+        h("td", {}, `${x.trials.started}/${x.budget.trials}`), h("td", {}, x.trials.succeeded), h("td", {}, x.trials.pruned),
+        h("td", {}, r ? `trial ${r.trial} ${r.precision}: ${pct(r.accuracy)}, ${num(r.latency_ms)} ms` : "–"),
+        h("td", {}, when(x.created_at)));
+    }));
+    if (!page.data.length) tbody.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No searches yet.")));
+  }
+  refresh().catch(showError(el));
+  const timer = setInterval(() => refresh().catch(() => {}), 2000);
+  return () => clearInterval(timer);
+};
+
+const fileText = (c) => (c ? `trial ${c.trial} ${c.precision}: score ${pct(c.score)}, accuracy ${pct(c.accuracy)}, ` +
+  `${num(c.latency_ms)} ms, ${size(c.size_bytes)}, ${c.num_parameters.toLocaleString()} parameters` : "–");
+
+views.search = (el, id) => {
+  const head = h("div", { class: "job-head" });
+  const facts = h("div", { class: "facts" });
+  const chart = h("div", { class: "charts", id: "search-chart" });
+  const tbody = h("tbody");
+  el.append(head, facts, h("h2", {}, "Files: score against latency"), chart, h("h2", {}, "Trials"),
+    h("table", { id: "trials-table" }, h("thead", {}, h("tr", {}, ["trial", "status", "method", "student", "lr",
+      "temperature", "epochs", "val score", "files", "job"].map((c) => h("th", {}, c)))), tbody));
+  let search = null;
+  const draw = (trials) => {
+    const r = search.result;
+    const onFront = new Set(r.pareto.map((c) => `${c.trial}/${c.precision}`));
+    const rec = r.recommended ? `${r.recommended.trial}/${r.recommended.precision}` : null;
+    const points = trials.flatMap((t) => t.candidates.map((c) => ({ ...c, front: onFront.has(`${c.trial}/${c.precision}`),
+                                                                    recommended: rec === `${c.trial}/${c.precision}`,
+                                                                    meets: c.meets_targets })));
+    const canCancel = !TERMINAL.includes(search.status);
+    fill(head, h("h1", {}, "Search ", h("code", {}, search.id)),
+      h("div", { class: "status-line" }, statusBadge(search.status, "search-status"),
+        h("span", { id: "trial-counts" }, `${search.trials.started}/${search.budget.trials} trials started · ` +
+          `${search.trials.succeeded} succeeded · ${search.trials.pruned} pruned · ${search.trials.running} running`),
+        canCancel ? h("button", { id: "cancel-search", class: "secondary", type: "button", onclick: async (ev) => {
+          ev.target.disabled = true;
+          await api(`/v1/searches/${encodeURIComponent(id)}/cancel`, { method: "POST" }).catch((e) => alert(e.message));
+          refresh().catch(() => {});
+        } }, "Cancel") : null,
+        r.recommended ? h("a", { href: `#/models/${r.recommended.model_id}`, class: "button", id: "recommended-link" },
+                          "Recommended model →") : null),
+      search.error ? h("p", { class: "error" }, `${search.error.code}: ${search.error.message}`) : null);
+    const t = search.targets;
+    const targets = Object.entries(t).filter(([k, v]) => v !== null && k !== "batch_size").map(([k, v]) => `${k} ${v}`).join(" · ");
+    facts.replaceChildren(h("dl", {},
+      ...[["teacher", search.teacher_id], ["dataset", search.dataset_id], ["targets", targets || "none"],
+          ["methods", search.space.methods.join(", ")],
+          ["students", search.space.students.map((x) => `${x.architecture} ${JSON.stringify(x.params.hidden_sizes || x.params.channels || x.params)}`).join(" · ")],
+          ["recommended", h("span", { id: "recommended" }, fileText(r.recommended))],
+          ["closest", r.closest ? `${fileText(r.closest)} (misses ${Object.entries(r.closest.violations).map(([k, v]) => `${k} by ${(100 * v).toFixed(1)}%`).join(", ")})` : "–"],
+          ["created", when(search.created_at)]]
+        .map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
+    fill(chart, points.length
+      ? scatterChart({ id: "pareto-chart", title: `Files of ${trials.length} trials: the Pareto front joined, targets in red`, points,
+                       xTarget: t.batch_size === 1 ? t.latency_ms : null, yTarget: t.min_accuracy })
+      : h("p", { class: "muted", id: "no-files" }, "The files appear as trials finish."));
+    tbody.replaceChildren(...trials.map((tr) => {
+      const st = tr.params.student || {};
+      return h("tr", { "data-trial": tr.number }, h("td", {}, tr.number), h("td", {}, statusBadge(tr.status)),
+        h("td", {}, tr.params.method), h("td", {}, `${st.architecture} ${JSON.stringify((st.params || {}).hidden_sizes || (st.params || {}).channels || "")}`),
+        h("td", {}, tr.params.learning_rate ? tr.params.learning_rate.toExponential(1) : "–"),
+        h("td", {}, tr.params.temperature ? tr.params.temperature.toFixed(1) : "–"), h("td", {}, tr.epochs_run ?? "–"),
+        h("td", {}, num(tr.value)), h("td", {}, tr.candidates.map((c) => c.precision).join(" ")),
+        h("td", {}, h("a", { href: `#/jobs/${tr.job_id}` }, tr.job_id)));
+    }));
+  };
+  const refresh = async () => {
+    search = await api(`/v1/searches/${encodeURIComponent(id)}`);
+    const trials = (await api(`/v1/searches/${encodeURIComponent(id)}/trials`)).data;
+    draw(trials);
+  };
+  refresh().catch(showError(el));
+  const timer = setInterval(() => {
+    if (search && TERMINAL.includes(search.status)) return;
+    refresh().catch(() => {});
+  }, 2000);
+  return () => clearInterval(timer);
+};
+
 function showError(el) {
   return (e) => el.append(h("p", { class: "error" }, `${e.code || "error"}: ${e.message}`));
 }
@@ -614,9 +766,10 @@ function route() {
   let page = "jobs", args = [];
   if (parts[0] === "jobs" && parts[1]) { page = "job"; args = [parts[1]]; }
   else if (parts[0] === "models" && parts[1]) { page = "model"; args = [parts[1]]; }
-  else if (["jobs", "new", "models"].includes(parts[0])) page = parts[0];
-  document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active",
-    a.dataset.nav === (page === "job" ? "jobs" : page === "model" ? "models" : page)));
+  else if (parts[0] === "searches" && parts[1]) { page = "search"; args = [parts[1]]; }
+  else if (["jobs", "new", "models", "searches"].includes(parts[0])) page = parts[0];
+  const section = { job: "jobs", model: "models", search: "searches" }[page] || page;
+  document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === section));
   leave = views[page](view, ...args) || null;
 }
 

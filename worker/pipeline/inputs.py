@@ -154,7 +154,10 @@ def refine_teacher(ctx: RunContext, prep: Prepared, device: torch.device) -> Pre
 def cache_teacher(ctx: RunContext, prep: Prepared) -> None:
     """The teacher's outputs (and features) on every training and validation sample, on the splits."""
     t0 = time.perf_counter()
-    cached = load_text_cache(ctx, prep.max_length) if prep.text else None
+    # kept in the blob store for text teachers (expensive to run) and for a search's trials (many
+    # jobs on the same teacher, data and split): later jobs skip the teacher's forward pass
+    keep = prep.text or ctx.job.search_id is not None
+    cached = load_cached_outputs(ctx, prep.max_length) if keep else None
     for i, split in enumerate((prep.train, prep.val)):
         if cached is not None:
             split.teacher_logits, split.teacher_features = cached[i]
@@ -165,8 +168,8 @@ def cache_teacher(ctx: RunContext, prep: Prepared) -> None:
             split.teacher_logits, split.teacher_features = teacher_outputs(prep.teacher, split.x,
                                                                            ctx.spec.teacher_features)
     seconds = time.perf_counter() - t0
-    if prep.text and cached is None:
-        save_text_cache(ctx, prep.max_length, prep.train, prep.val)
+    if keep and cached is None:
+        save_cached_outputs(ctx, prep.max_length, prep.train, prep.val)
     ctx.progress.event(f"teacher outputs {'reused' if cached else 'cached'} for "
                        f"{len(prep.train) + len(prep.val)} samples in {seconds:.2f} s",
                        data={"teacher_forward_seconds": round(seconds, 4), "reused": cached is not None})
@@ -214,10 +217,10 @@ def _prepare(ctx: RunContext, dataset_id: str, teacher: JailedTeacher | None):
     return Tokens(enc.input_ids, enc.attention_mask, enc.token_type_ids, data.y), max_length
 
 
-def text_cache_key(ctx: RunContext, max_length: int) -> str:
-    """Text teachers are expensive to run, and jobs comparing students on the same data ask the
-    same question: their outputs are kept in the blob store, keyed by everything that decides
-    them (teacher, data, split, tokenisation, feature), so later jobs skip the teacher."""
+def teacher_cache_key(ctx: RunContext, max_length: int | None) -> str:
+    """Jobs comparing students on the same data ask the teacher the same question: its outputs are
+    kept in the blob store, keyed by everything that decides them (teacher, data, split,
+    tokenisation, feature), so later jobs skip the teacher."""
     spec = ctx.spec
     ident = {"teacher": spec.teacher_id, "dataset": spec.dataset_id, "validation": spec.validation_dataset_id,
              "split": spec.validation_split, "seed": spec.training.seed, "max_length": max_length,
@@ -226,15 +229,15 @@ def text_cache_key(ctx: RunContext, max_length: int) -> str:
     return f"cache/teacher_outputs/{spec.teacher_id}/{digest}.pt"
 
 
-def load_text_cache(ctx: RunContext, max_length: int):
-    key = text_cache_key(ctx, max_length)
+def load_cached_outputs(ctx: RunContext, max_length: int | None):
+    key = teacher_cache_key(ctx, max_length)
     if not ctx.blobs.exists(key):
         return None
     state = torch.load(io.BytesIO(ctx.blobs.get_bytes(key)), map_location="cpu", weights_only=True)
     return [(state[f"{n}_logits"], state.get(f"{n}_features")) for n in ("train", "val")]
 
 
-def save_text_cache(ctx: RunContext, max_length: int, train: Split, val: Split) -> None:
+def save_cached_outputs(ctx: RunContext, max_length: int | None, train: Split, val: Split) -> None:
     state = {}
     for n, split in (("train", train), ("val", val)):
         state[f"{n}_logits"] = split.teacher_logits
@@ -242,7 +245,7 @@ def save_text_cache(ctx: RunContext, max_length: int, train: Split, val: Split) 
             state[f"{n}_features"] = split.teacher_features
     buf = io.BytesIO()
     torch.save(state, buf)
-    ctx.blobs.put_bytes(text_cache_key(ctx, max_length), buf.getvalue())
+    ctx.blobs.put_bytes(teacher_cache_key(ctx, max_length), buf.getvalue())
 
 
 def text_source(ctx: RunContext, teacher: JailedTeacher, train: Split, width: int) -> TextSource:
