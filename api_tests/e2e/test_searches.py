@@ -180,6 +180,15 @@ def test_a_search_that_cannot_run_is_refused_before_it_starts(svc, ids):
                      "space.max_params")
         assert_error(c.post("/v1/searches", json={**ids, "teacher_id": "teacher_nope"}), 404, "not_found", "teacher_id")
         assert_error(c.get("/v1/searches/search_nope"), 404, "not_found")
+        mine = c.post("/v1/searches", json={**ids, "budget": {"trials": 1}, "space": {
+            "methods": ["kd"], "students": SMALL[:1], "epochs": 1, "precisions": ["fp32"]}}).json()
+    # another tenant sees none of it: not the search, its trials, its events, nor a cancel
+    with svc.client(api_key=svc.create_key("search-other")) as other:
+        for r in (other.get(f"/v1/searches/{mine['id']}"), other.get(f"/v1/searches/{mine['id']}/trials"),
+                  other.get(f"/v1/searches/{mine['id']}/events"), other.post(f"/v1/searches/{mine['id']}/cancel")):
+            assert_error(r, 404, "not_found")
+        assert other.get("/v1/searches").json()["data"] == []
+        assert_error(other.post("/v1/searches", json=ids), 404, "not_found", "teacher_id")
 
 
 TINY = {"methods": ["kd"], "students": SMALL[:1], "epochs": 2, "precisions": ["fp32", "int8"]}
