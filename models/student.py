@@ -27,3 +27,32 @@ class Student(nn.Module):
             if i == layer:
                 hint = h
         return (h if hint is None else hint), h, self.head(h)
+
+
+class InputScaling(nn.Flatten):
+    """The first layer of a student on feature vectors: flatten, then (x − shift) · scale per
+    feature. Identity until `set()` (shift 0, scale 1); the worker sets it from the training split
+    when the features are on very different scales (training.standardize_inputs), and the exported
+    ONNX graph carries it, so the student takes the raw features its teacher took."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(width))
+        self.register_buffer("scale", torch.ones(width))
+        self.active = False  # unset: a plain flatten (no work per batch, no ops in the exported graph)
+
+    def set(self, shift: torch.Tensor, scale: torch.Tensor) -> None:
+        self.shift.copy_(shift)
+        self.scale.copy_(scale)
+        self.active = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = super().forward(x)
+        return (h - self.shift) * self.scale if self.active else h
+
+
+def input_scaling(student: nn.Module) -> InputScaling | None:
+    """The student's InputScaling layer, when it has one (students on feature vectors)."""
+    body = getattr(student, "body", None)
+    first = body[0] if isinstance(body, nn.Sequential) and len(body) else None
+    return first if isinstance(first, InputScaling) else None

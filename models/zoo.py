@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from kdserve.models import text
-from kdserve.models.student import Student
+from kdserve.models.student import InputScaling, Student
 from kdserve.service.spec.binding import Bound
 from kdserve.service.spec.architectures import ARCHITECTURES as ARCH_SPECS
 from kdserve.service.spec.architectures import (ArchitectureError, CNNParams, LayerDroppedParams, MLPParams,
@@ -87,8 +87,8 @@ _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Ta
 
 @register_architecture("mlp")
 def mlp(p: MLPParams, input_shape: list[int], num_classes: int) -> Student:
-    layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)
+    layers: list[nn.Module] = [InputScaling(width)]  # flattens; scales features when the worker sets it
     for h in p.hidden_sizes:
         layers.append(nn.Linear(width, h))
         if p.batch_norm:

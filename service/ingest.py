@@ -66,17 +66,21 @@ def detect_format(filename: str | None, head: bytes) -> str:
                            "format")
 
 
-def parse(path: Path, fmt: str, label_column: str = "label", text_column: str = "text",
+def parse(path: Path, fmt: str, label_column: str | None = None, text_column: str = "text",
           text_pair_column: str = "text_pair", *, limits: Limits | None = None) -> "Parsed | TextParsed":
     """The upload at `path` as canonical arrays, or a DatasetError saying what is wrong with it.
-    Memory: about the canonical arrays plus a chunk for npz, twice them for CSV (never the file's
-    declared sizes: an npz header over limits.max_bytes is refused before its data is read)."""
+    `label_column` None: the user named none (CSV: a column named like a label is taken, and the
+    answer says so; JSONL: `label`). Memory: about the canonical arrays plus a chunk for npz, twice
+    them for CSV (never the file's declared sizes: an npz header over limits.max_bytes is refused
+    before its data is read)."""
     limits = limits or Limits.defaults()
     if fmt == "jsonl":
-        return _parse_jsonl(path, text_column, text_pair_column, label_column, limits)
+        return _parse_jsonl(path, text_column, text_pair_column, label_column or "label", limits)
     if fmt == "npz":
-        x, y_raw = read_npz(path, limits.max_bytes)
-        parsed = Parsed(x, _labels(y_raw, limits.max_classes) if y_raw is not None else np.full(len(x), -1, np.int64))
+        x, y_raw, names = read_npz(path, limits.max_bytes)
+        parsed = Parsed(x, _labels(y_raw, limits.max_classes) if y_raw is not None else np.full(len(x), -1, np.int64),
+                        notes={"arrays": names} if names != ({"x": "x", "y": "y"} if y_raw is not None else {"x": "x"})
+                        else None)
     elif fmt == "csv":
         parsed = _parse_csv(path, label_column, limits)
     else:
@@ -113,7 +117,7 @@ def _labels(raw: np.ndarray, max_classes: int) -> np.ndarray:
     return raw.astype(np.int64)
 
 
-def _parse_csv(path: Path, label_column: str, limits: Limits) -> Parsed:
+def _parse_csv(path: Path, label_column: str | None, limits: Limits) -> Parsed:
     """Streamed: rows are read a line at a time and converted to float32 a block at a time, so the
     peak is about twice the final x (the blocks, then their concatenation), whatever the text."""
     try:
@@ -127,12 +131,50 @@ def _parse_csv(path: Path, label_column: str, limits: Limits) -> Parsed:
         raise DatasetError("unsupported_format", "the CSV is not UTF-8 text")
 
 
-def _read_csv_rows(reader, label_column: str, limits: Limits) -> Parsed:
+LABEL_NAMES = ("label", "target", "class", "y")  # a column named like this is the label when none is named
+
+
+def _label_index(header: list[str], label_column: str | None, notes: dict) -> int | None:
+    """The label column: the one named (a 422 listing the columns when there is none of that name),
+    else the first named like a label (case aside), else none (every row unlabelled)."""
+    if label_column is not None:
+        if label_column not in header:
+            near = [h for h in header if h.lower() == label_column.lower()]
+            hint = f" (did you mean {near[0]!r}? names are case-sensitive)" if near else ""
+            raise DatasetError("invalid_request", f"the CSV has no column {label_column!r}{hint}; its columns are "
+                               f"{header[:50]}", "label_column")
+        return header.index(label_column)
+    found = next((i for i, h in enumerate(header) if h.lower() in LABEL_NAMES), None)
+    if found is not None:
+        notes["label_column"] = header[found]
+        notes["messages"].append(f"no label_column given: column {header[found]!r} is the label")
+    else:
+        notes["messages"].append(f"no label_column given and no column named {' / '.join(LABEL_NAMES)}: every row is "
+                                 "unlabelled (name the label column with label_column)")
+    return found
+
+
+def _drop_index_column(x: np.ndarray, header: list[str], feature_idx: list[int], notes: dict) -> np.ndarray:
+    """pandas' to_csv writes the row index as a first column with an empty name: when that column
+    holds distinct non-negative integers it is an index, not a feature, and is dropped (and said)."""
+    if header[0] != "" or not feature_idx or feature_idx[0] != 0 or x.shape[1] < 2:
+        return x
+    col = x[:, 0]
+    if (col >= 0).all() and (col == np.round(col)).all() and len(np.unique(col)) == len(col):
+        notes["dropped_columns"] = ["(unnamed first column: the row index pandas writes)"]
+        notes["messages"].append("the unnamed first column holds distinct row numbers (pandas' index): dropped, not a "
+                                 "feature (write the CSV with index=False to avoid it)")
+        return np.ascontiguousarray(x[:, 1:])
+    return x
+
+
+def _read_csv_rows(reader, label_column: str | None, limits: Limits) -> Parsed:
     header = next(reader, None)
     if not header:
         raise DatasetError("invalid_request", "the CSV is empty; it needs a header row")
     header = [h.strip() for h in header]
-    label_idx = header.index(label_column) if label_column in header else None
+    notes: dict = {"messages": []}
+    label_idx = _label_index(header, label_column, notes)
     feature_idx = [i for i in range(len(header)) if i != label_idx]
     if not feature_idx:
         raise DatasetError("invalid_request", "the CSV has no feature columns")
@@ -156,8 +198,9 @@ def _read_csv_rows(reader, label_column: str, limits: Limits) -> Parsed:
             blocks.append(np.array(block, dtype=np.float32))
             block.clear()
     blocks.append(np.array(block, dtype=np.float32).reshape(len(block), len(feature_idx)))
-    x = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-    return Parsed(x, np.frombuffer(labels, dtype=np.int64) if len(labels) else np.zeros(0, np.int64))
+    x = _drop_index_column(np.concatenate(blocks) if len(blocks) > 1 else blocks[0], header, feature_idx, notes)
+    return Parsed(x, np.frombuffer(labels, dtype=np.int64) if len(labels) else np.zeros(0, np.int64),
+                  notes=notes if notes["messages"] else None)
 
 
 def _csv_features(row: list[str], feature_idx: list[int], header: list[str], line_no: int) -> list[float]:

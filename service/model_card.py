@@ -104,6 +104,11 @@ class CardFields(BaseModel):
     training: dict[str, Any] | None = Field(None, description="what training did: learning_rate and "
                                             "learning_rate_source (how \"auto\" chose it, lr_search: its rungs), "
                                             "epochs_planned, epochs_run, best_epoch, published_epoch, stopped_early")
+    warnings: list[dict[str, Any]] | None = Field(None, description="what you should know about the run ({code, "
+                                                  "message}): as the job's warnings")
+    input_scaling: dict[str, Any] | None = Field(None, description="MLP students: whether the student standardises "
+                                                 "its inputs (training.standardize_inputs), why, and the scale spread "
+                                                 "that decided it")
     baseline: dict[str, Any] | None = Field(None, description="jobs with baseline: true: the same student trained "
                                             "with ce alone on the same split (accuracy, agreement) and the distilled "
                                             "student's lead over it (accuracy_delta, agreement_delta)")

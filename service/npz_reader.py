@@ -44,22 +44,31 @@ class Header:
         return math.prod(self.shape)
 
 
-def read_npz(path: Path, max_bytes: int) -> tuple[np.ndarray, np.ndarray | None]:
+# The names the features and labels may have: np.savez(f, x=…, y=…), np.savez(f, X=…, y=…) (the
+# scikit-learn habit), or np.savez(f, features, labels) (positional: arr_0, arr_1).
+X_NAMES, Y_NAMES = ("x", "X", "arr_0"), ("y", "Y", "arr_1")
+
+
+def read_npz(path: Path, max_bytes: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, str]]:
     """x as float32 [N, ...] and y in its stored dtype (or None), both checked against their
-    headers first; a canonical size (x float32 + y int64) over max_bytes is a 413."""
+    headers first, and the array names they were read from ({"x": "X", "y": "y"}); a canonical
+    size (x float32 + y int64) over max_bytes is a 413."""
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
         raise DatasetError("unsupported_format", _not_a_zip_message(path))
     try:
         with archive:
-            x_head = _open_member(archive, "x", required=True)
+            x_name = next((n for n in X_NAMES if _member(archive, n)), "x")
+            x_head = _open_member(archive, x_name, required=True)
             _check_x(x_head, max_bytes)
-            y_head = _open_member(archive, "y", required=False)
+            y_name = next((n for n in Y_NAMES if _member(archive, n) and (n == "arr_1") == (x_name == "arr_0")), "y")
+            y_head = _open_member(archive, y_name, required=False)
             if y_head is not None:
                 _check_y(y_head, x_head.shape[0])
             x = _read(x_head, np.float32)
-            return x, (_read(y_head, y_head.dtype) if y_head is not None else None)
+            names = {"x": x_name, **({"y": y_name} if y_head is not None else {})}
+            return x, (_read(y_head, y_head.dtype) if y_head is not None else None), names
     except DatasetError:
         raise
     except CORRUPT as exc:
@@ -75,13 +84,20 @@ def _not_a_zip_message(path: Path) -> str:
     return "not an npz file (a zip of .npy arrays, as np.savez writes)"
 
 
+def _member(archive: zipfile.ZipFile, name: str) -> str | None:
+    """The member holding array `name` (`name.npy`, or `name` as np.load also accepts)."""
+    return next((m for m in (f"{name}.npy", name) if m in archive.NameToInfo), None)
+
+
 def _open_member(archive: zipfile.ZipFile, name: str, required: bool) -> Header | None:
-    """The header of array `name` (member `name.npy`, or `name` as np.load also accepts)."""
-    member = next((m for m in (f"{name}.npy", name) if m in archive.NameToInfo), None)
+    """The header of array `name`."""
+    member = _member(archive, name)
     if member is None:
         if required:
             found = sorted(n.removesuffix(".npy") for n in archive.namelist())[:20]
-            raise DatasetError("invalid_request", f"the npz has no array named {name!r} (it has {found})")
+            raise DatasetError("invalid_request", f"the npz has no features array (named x or X, or the first of two "
+                               f"arrays saved without names); it has {found}: save it with np.savez(path, x=features, "
+                               "y=labels)")
         return None
     info = archive.getinfo(member)
     stream = archive.open(info)

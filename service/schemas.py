@@ -76,6 +76,10 @@ class TrainingSpec(Strict):
         "of the epochs (at least 10); null: never stop early")
     publish: Literal["best", "last"] = Field("best", description="publish the weights of the epoch with the best "
                                              "validation score, or of the last epoch")
+    standardize_inputs: bool | Literal["auto"] = Field(
+        "auto", description="MLP students: standardise each feature with the training split's mean and standard "
+        "deviation, inside the student (the exported ONNX takes the raw features); \"auto\": when the features are on "
+        "very different scales (the largest standard deviation, or mean, over 10× the median standard deviation)")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     max_duration_s: int | None = Field(None, ge=1, description="wall-clock limit of the job")
@@ -172,7 +176,8 @@ class DatasetOut(BaseModel):
     class_counts: dict[str, int] | None
     created_at: int
     details: dict[str, Any] | None = Field(None, description="text datasets (jsonl): kind, text_pairs, mean_chars, "
-                                           "max_chars")
+                                           "max_chars; CSV and npz: what parsing decided for you (label_column "
+                                           "found, dropped_columns, the npz arrays read, and messages saying so)")
 
 
 class JobMetrics(BaseModel):
@@ -193,6 +198,11 @@ class JobMetrics(BaseModel):
                                     "and a search's trials are chosen by)")
     baseline_accuracy: float | None = Field(None, description="baseline: true: the ce-only student's accuracy")
     baseline_agreement: float | None = Field(None, description="baseline: true: the ce-only student's agreement")
+
+
+class JobWarning(BaseModel):
+    code: str = Field(description="variant_withheld, far_below_teacher, small_validation, feature_scales")
+    message: str
 
 
 class JobOut(BaseModel):
@@ -219,6 +229,9 @@ class JobOut(BaseModel):
     finished_at: int | None
     estimated_finish: int | None
     metadata: dict[str, str]
+    warnings: list[JobWarning] = Field(default_factory=list, description="what you should know about the run: a "
+                                     "variant not published and why, the student far below its teacher, a tiny "
+                                     "validation split, features on very different scales left unscaled")
 
 
 class CheckpointOut(BaseModel):

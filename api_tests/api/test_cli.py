@@ -126,6 +126,7 @@ def test_cancel_and_api_errors(service, uploaded):
     assert missing.returncode == 1 and "not_found" in missing.stderr and "tch_nope" in missing.stderr
     denied = kdserve(service, "jobs", "list", key="kd_" + "z" * 43)
     assert denied.returncode == 1 and "unauthorized" in denied.stderr
+    assert "the API key was taken from the --api-key option" in denied.stderr  # where to look
     usage = kdserve(service, "jobs", "create", "--param", "no-equals-sign")
     assert usage.returncode == 2 and "KEY=VALUE" in usage.stderr
     down = subprocess.run([sys.executable, "-m", "kdserve.cli", "--url", "http://127.0.0.1:9", "--api-key", "kd_x",
@@ -163,6 +164,48 @@ def test_models_download_resume_and_predict(service, finished_job, tmp_path, dig
     assert inline["predictions"] == out["predictions"][:2]
     table = kdserve(service, "predict", model_id, "--input", str(samples))
     assert table.returncode == 0 and "prediction" in table.stdout
+
+
+def test_models_delete(service, finished_job):
+    model_id = finished_job["model_id"]
+    assert as_json(kdserve(service, "models", "delete", model_id, "--json")) == {"id": model_id, "deleted": True}
+    gone = kdserve(service, "models", "show", model_id)
+    assert gone.returncode == 1 and "not_found" in gone.stderr
+
+
+def test_ids_are_never_cut_and_quiet_prints_only_ids(service, uploaded):
+    teacher, dataset = uploaded
+    narrow = kdserve(service, "datasets", "list", "--limit", "100", env={"COLUMNS": "80"})
+    assert narrow.returncode == 0 and dataset["id"] in narrow.stdout, narrow.stdout
+    narrow = kdserve(service, "teachers", "list", "--limit", "100", env={"COLUMNS": "60"})
+    assert narrow.returncode == 0 and teacher["id"] in narrow.stdout, narrow.stdout
+    quiet = kdserve(service, "teachers", "list", "--limit", "100", "-q")
+    assert quiet.returncode == 0 and teacher["id"] in quiet.stdout.split()
+    assert all(line.startswith("tch_") for line in quiet.stdout.split())
+
+
+def test_methods_and_architectures_with_their_params(service):
+    methods = kdserve(service, "methods")
+    assert methods.returncode == 0 and "dkd" in methods.stdout and "temperature" in methods.stdout
+    assert "needs a teacher" in methods.stdout
+    names = [m["name"] for m in as_json(kdserve(service, "methods", "--json"))["data"]]
+    assert {"kd", "dist", "dkd", "ce"} <= set(names)
+    archs = kdserve(service, "architectures")
+    assert archs.returncode == 0 and "hidden_sizes" in archs.stdout and "layer_dropped" in archs.stdout
+
+
+def test_a_pandas_csv_is_read_as_pandas_wrote_it(service, tmp_path):
+    """DataFrame.to_csv with its index and the label column `target` last, uploaded without
+    --label-column: the index is dropped and `target` is the label, and the answer says both; a
+    label column named with the wrong case is refused with the columns."""
+    path = tmp_path / "frame.csv"
+    rows = "\n".join(f"{i},{i * 0.5},{i % 3},{i % 2}" for i in range(12))
+    path.write_text(",f0,f1,target\n" + rows + "\n")
+    ds = as_json(kdserve(service, "datasets", "upload", str(path), "--json"))
+    assert ds["feature_shape"] == [2] and ds["labeled"] and ds["num_classes"] == 2
+    assert ds["details"]["label_column"] == "target" and ds["details"]["dropped_columns"]
+    typo = kdserve(service, "datasets", "upload", str(path), "--label-column", "Target")
+    assert typo.returncode == 1 and "422" in typo.stderr and "'f0', 'f1', 'target'" in typo.stderr
 
 
 def test_key_from_the_data_dir(service, tmp_path):

@@ -191,3 +191,42 @@ def test_without_a_teacher_the_picked_method_is_ce(client, ids):
     assert job["method"]["name"] == "ce" and "no teacher" in job["method"]["reason"]
     assert job["student"]["auto"]["max_params"] == 100_000
     assert wait_job(client, job["id"])["status"] == "succeeded"
+
+
+def test_raw_tabular_features_are_standardised_inside_the_student(service, tmp_path):
+    """Wine as load_wine gives it (proline ~1000 beside features ~0.1–10): the student standardises
+    its inputs itself by default (the training split's statistics, inside the exported graph: the
+    downloaded ONNX takes the raw features), and says so on the card."""
+    import numpy as np
+    from sklearn.datasets import load_wine
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_wine(return_X_y=True)
+    xtr, xte, ytr, yte = train_test_split(x.astype(np.float32), y, test_size=0.25, stratify=y, random_state=0)
+    np.savez(tmp_path / "wine.npz", x=xtr, y=ytr)
+    with service.client() as c:
+        ds = upload_dataset(c, tmp_path / "wine.npz")
+
+        def held_out(standardize) -> tuple[float, dict, dict]:
+            body = {"dataset_id": ds["id"], "student": {"architecture": "mlp", "params": {"hidden_sizes": [16]}},
+                    "method": {"name": "ce"}, "training": {"epochs": 60, "standardize_inputs": standardize}}
+            job = wait_job(c, c.post("/v1/jobs", json=body).json()["id"])
+            assert job["status"] == "succeeded", job["error"]
+            card = c.get(f"/v1/models/{job['model_id']}").json()
+            path = tmp_path / f"{standardize}.onnx"
+            path.write_bytes(c.get(f"/v1/models/{job['model_id']}/download").content)
+            return float((run_onnx(path, xte).argmax(1) == yte).mean()), card, job
+
+        auto, auto_card, auto_job = held_out("auto")
+        off, off_card, off_job = held_out(False)
+    print(f"wine, raw features: standardised {auto:.3f}, not {off:.3f}")
+    scaling = auto_card["input_scaling"]
+    assert scaling["standardized"] and scaling["reason"].startswith("auto: features on very different scales")
+    assert scaling["max_abs_mean_over_median_std"] > 10
+    assert off_card["input_scaling"]["standardized"] is False and off_card["input_scaling"]["reason"] == "not asked"
+    assert auto >= 0.9 and auto >= off
+    # what the user should know, on the job and the card: 13 validation rows; unscaled features
+    codes = lambda job: [w["code"] for w in job["warnings"]]  # noqa: E731
+    assert codes(auto_job) == ["small_validation"] and "13 rows" in auto_job["warnings"][0]["message"]
+    assert codes(off_job) == ["feature_scales", "small_validation"]
+    assert [w["code"] for w in off_card["warnings"]] == codes(off_job)

@@ -73,10 +73,39 @@ def test_csv_label_column_anywhere_and_unlabelled_rows(tmp_path):
     s = d.summary()
     assert s["labeled"] and s["num_classes"] == 3 and s["class_counts"] == {"0": 1, "2": 1}
     with pytest.raises(ingest.DatasetError, match="column 'cls': '' is not a number"):
-        ingest.parse(p, "csv", "missing")  # without a label column, cls is a feature and must be numeric
+        ingest.parse(p, "csv")  # no label column named and none named like one: cls is a feature
     p.write_text("a,b\n1,2\n3,4\n")
-    unlabelled = ingest.parse(p, "csv", "label")
+    unlabelled = ingest.parse(p, "csv")
     assert unlabelled.x.shape == (2, 2) and not unlabelled.labeled and unlabelled.summary()["num_classes"] is None
+    assert "every row is unlabelled" in unlabelled.summary()["details"]["messages"][0]
+
+
+def test_csv_a_named_label_column_that_is_not_there_is_refused_with_the_columns(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("a,b,Target\n1,2,0\n3,4,1\n")
+    with pytest.raises(ingest.DatasetError) as e:
+        ingest.parse(p, "csv", "target")
+    assert e.value.param == "label_column" and e.value.status == 422
+    assert "did you mean 'Target'" in e.value.message and "['a', 'b', 'Target']" in e.value.message
+
+
+def test_csv_without_a_named_label_column_takes_one_named_like_a_label_and_says_so(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("f1,f2,target\n1,2,0\n3,4,1\n")  # pandas' to_csv of a frame with `target` last
+    d = ingest.parse(p, "csv")
+    assert d.x.tolist() == [[1, 2], [3, 4]] and d.y.tolist() == [0, 1]
+    details = d.summary()["details"]
+    assert details["label_column"] == "target" and "column 'target' is the label" in details["messages"][0]
+
+
+def test_csv_the_pandas_index_column_is_dropped_and_reported(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text(",f1,f2,label\n0,1.5,2,0\n1,3,4,1\n2,5,6,1\n")  # DataFrame.to_csv with its index
+    d = ingest.parse(p, "csv")
+    assert d.x.tolist() == [[1.5, 2], [3, 4], [5, 6]] and d.y.tolist() == [0, 1, 1]
+    assert d.summary()["details"]["dropped_columns"] and "index=False" in d.summary()["details"]["messages"][1]
+    p.write_text(",f1\n0.5,1\n0.5,2\n")  # an unnamed column that is not an index stays a feature
+    assert ingest.parse(p, "csv").x.shape == (2, 2)
 
 
 def test_npz_shapes_and_labels(tmp_path):
@@ -89,8 +118,25 @@ def test_npz_shapes_and_labels(tmp_path):
         ingest.parse(p, "npz")
     assert e.value.code == "label_out_of_range"
     np.savez(p, z=np.zeros((5, 2)))
-    with pytest.raises(ingest.DatasetError, match="no array named 'x'"):
+    with pytest.raises(ingest.DatasetError, match="no features array"):
         ingest.parse(p, "npz")
+
+
+@pytest.mark.parametrize("how", ["X", "positional"])
+def test_npz_as_users_save_it(tmp_path, how):
+    """np.savez(f, X=…, y=…) (scikit-learn's names) and np.savez(f, X, y) (arr_0, arr_1) read the
+    same as x/y, and the answer names the arrays it read."""
+    p = tmp_path / "d.npz"
+    x, y = np.arange(10, dtype=np.float64).reshape(5, 2), np.array([0, 1, 1, 0, 2])
+    if how == "X":
+        np.savez(p, X=x, y=y)
+    else:
+        np.savez(p, x, y)
+    d = ingest.parse(p, "npz")
+    assert d.x.tolist() == x.tolist() and d.y.tolist() == y.tolist()
+    assert d.summary()["details"]["arrays"] == ({"x": "X", "y": "y"} if how == "X" else {"x": "arr_0", "y": "arr_1"})
+    np.savez(p, x=x, y=y)
+    assert "details" not in ingest.parse(p, "npz").summary()  # the usual names: nothing to say
 
 
 def test_cnn_needs_an_image_shape():

@@ -18,6 +18,7 @@ from typing import Optional
 
 import typer
 
+from kdserve.cli.catalog import architectures, methods
 from kdserve.cli.jobs import jobs_app
 from kdserve.cli.searches import searches_app
 from kdserve.cli.models import models_app, predict
@@ -36,6 +37,8 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(searches_app, name="search")
 app.add_typer(searches_app, name="searches", hidden=True)  # the plural, as the other groups are named
 app.add_typer(models_app, name="models")
+app.command()(methods)
+app.command()(architectures)
 app.command()(up)
 app.command()(worker)
 app.command()(predict)

@@ -12,8 +12,8 @@ from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Ta
 from rich.text import Text
 
 from kdserve.cli.render import event_line, job_table, jobs_table, num, out, pct, print_json, print_page
-from kdserve.cli.resources import (AFTER_OPTION, JSON_OPTION, LIMIT_OPTION, api_command, client, json_file,
-                                   parse_pairs, print_events, show_command)
+from kdserve.cli.resources import (AFTER_OPTION, JSON_OPTION, LIMIT_OPTION, QUIET_OPTION, api_command, client,
+                                   json_file, parse_pairs, print_events, show_command)
 from kdserve.client import Client, job_body
 from kdserve.service.schemas import EventOut, JobOut
 from kdserve.service.vocab import QUANTIZE, choices
@@ -176,11 +176,12 @@ def jobs_wait(ctx: typer.Context, job_id: str, as_json: bool = JSON_OPTION):
 @api_command
 def jobs_list(ctx: typer.Context, status: Optional[str] = typer.Option(None, help="queued | running | succeeded | "
                                                                         "failed | cancelled"),
-              limit: int = LIMIT_OPTION, after: Optional[str] = AFTER_OPTION, as_json: bool = JSON_OPTION):
+              limit: int = LIMIT_OPTION, after: Optional[str] = AFTER_OPTION, as_json: bool = JSON_OPTION,
+              quiet: bool = QUIET_OPTION):
     """Jobs, newest first."""
     with client(ctx) as kd:
         page = kd.jobs.list(status=status, limit=limit, after=after)
-    print_page(page, jobs_table, as_json)
+    print_page(page, jobs_table, as_json, quiet)
 
 
 show_command(jobs_app, "jobs", "job_id", lambda job: out.print(job_table(job)),

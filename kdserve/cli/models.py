@@ -11,7 +11,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from kdserve.cli.render import models_table, out, print_json, print_model_card, size
-from kdserve.cli.resources import JSON_OPTION, api_command, client, list_command, parse_json_option, show_command
+from kdserve.cli.resources import (JSON_OPTION, api_command, client, delete_command, list_command, parse_json_option,
+                                   show_command)
 from kdserve.client import Client, DownloadResult
 from kdserve.service.vocab import DEFAULT_PRECISION, PRECISIONS, choices
 
@@ -20,6 +21,7 @@ models_app = typer.Typer(help="Distilled students: model cards and downloads.", 
 list_command(models_app, "models", models_table, "Distilled students, newest first.")
 show_command(models_app, "models", "model_id", print_model_card,
              "The model card: accuracy, agreement with the teacher, size and latency of each artifact.")
+delete_command(models_app, "models", "model_id", "Delete a model and its files (it is no longer served).")
 
 
 def download(kd: Client, model_id: str, output: Optional[Path], precision: str, format: str,

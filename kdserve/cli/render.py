@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any, Callable
 
@@ -30,13 +31,28 @@ def print_one(value: Any, render: Callable[[Any], None], as_json: bool) -> None:
     render(value)
 
 
-def print_page(page, table: Callable[[list], Table], as_json: bool) -> None:
-    """One page of a list: JSON as the API sent it, or a table and how to ask for the next page."""
+def print_page(page, table: Callable[[list], Table], as_json: bool, quiet: bool = False) -> None:
+    """One page of a list: JSON as the API sent it, only the ids (`quiet`, one per line, for
+    scripts), or a table and how to ask for the next page."""
     if as_json:
         return print_json(page)
-    out.print(table(page.data))
+    if quiet:
+        for row in page.data:
+            print(row.id)
+        return
+    out.print(whole_ids(table(page.data)))
     if page.has_more:
         out.print(f"more: --after {page.data[-1].id}")
+
+
+def whole_ids(table: Table) -> Table:
+    """Columns of ids ("id", "job", …: cells like `job_<24 hex>`) are never cut or wrapped, however
+    narrow the terminal: the other columns give way. An id is what the user copies next."""
+    for column in table.columns:
+        cells = [str(c) for c in column._cells]
+        if cells and all(re.fullmatch(r"[a-z]+_[0-9a-f]{24}", c) for c in cells):
+            column.no_wrap, column.overflow, column.min_width = True, "fold", max(len(c) for c in cells)
+    return table
 
 
 def when(ts: int | None) -> str:
@@ -136,7 +152,9 @@ def job_table(j: JobOut) -> Table:
         ("agreement", pct(m.agreement)), ("train loss", num(m.train_loss)), ("val loss", num(m.val_loss)),
         ("model", j.model_id), ("error", error), ("attempts", j.attempts), ("created", when(j.created_at)),
         ("started", when(j.started_at)), ("finished", when(j.finished_at)),
-        ("estimated finish", when(j.estimated_finish)), ("metadata", json.dumps(j.metadata) if j.metadata else None)])
+        ("estimated finish", when(j.estimated_finish)), ("metadata", json.dumps(j.metadata) if j.metadata else None),
+        ("warnings", Text("\n".join(f"{w.code}: {w.message}" for w in j.warnings), style="yellow")
+         if j.warnings else None)])
 
 
 def event_line(e: EventOut) -> Text:

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
 
 from kdserve.cli.render import err, out, print_json, print_one, print_page
-from kdserve.client import Client, KdserveError
+from kdserve.client import Client, KdserveError, resolve_api_key
 
 JSON_OPTION = typer.Option(False, "--json", help="print machine-readable JSON only")
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="print only the ids, one per line")
 LIMIT_OPTION = typer.Option(20, help="1..100")
 AFTER_OPTION = typer.Option(None, help="the last id of the previous page")
 
@@ -29,13 +31,28 @@ def client(ctx: typer.Context) -> Client:
     return Client(opts.get("url"), opts.get("api_key"))
 
 
-def fail(exc: KdserveError, as_json: bool) -> None:
+def key_source(ctx: typer.Context | None) -> str:
+    """Where the API key the CLI sent came from, in the order it looks (for a 401)."""
+    if ctx is not None and (ctx.obj or {}).get("api_key"):
+        return "the --api-key option"
+    if os.environ.get("KDSERVE_API_KEY"):
+        return "KDSERVE_API_KEY"
+    key_file = Path(os.environ.get("KDSERVE_DATA_DIR") or ".kdserve") / "api_key"
+    if resolve_api_key() is not None:
+        return f"{key_file.resolve()}"
+    return (f"nowhere: no --api-key, no KDSERVE_API_KEY and no {key_file.resolve()} (`kdserve up` writes it; "
+            "`kdserve keys create --tenant NAME` makes one)")
+
+
+def fail(exc: KdserveError, as_json: bool, ctx: typer.Context | None = None) -> None:
     if as_json:
         print(json.dumps(exc.to_dict()))
     else:
         where = f" (param: {exc.param})" if exc.param else ""
         status = f"{exc.status} " if exc.status else ""
         err.print(f"[red]error[/] {status}[bold]{exc.code}[/]: {exc.message}{where}", highlight=False)
+        if exc.status == 401:
+            err.print(f"the API key was taken from {key_source(ctx)}", highlight=False)
     raise typer.Exit(1)
 
 
@@ -47,7 +64,7 @@ def api_command(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except KdserveError as exc:
-            fail(exc, kwargs.get("as_json", False))
+            fail(exc, kwargs.get("as_json", False), kwargs.get("ctx") or (args[0] if args else None))
 
     return wrapper
 
@@ -117,10 +134,10 @@ def list_command(group: typer.Typer, kind: str, table: Callable, doc: str) -> No
     @group.command("list", help=doc)
     @api_command
     def list_page(ctx: typer.Context, limit: int = LIMIT_OPTION, after: Optional[str] = AFTER_OPTION,
-                  as_json: bool = JSON_OPTION):
+                  as_json: bool = JSON_OPTION, quiet: bool = QUIET_OPTION):
         with client(ctx) as kd:
             page = getattr(kd, kind).list(limit=limit, after=after)
-        print_page(page, table, as_json)
+        print_page(page, table, as_json, quiet)
 
 
 def show_command(group: typer.Typer, kind: str, id_name: str, render: Callable[[Any], None], doc: str) -> None:

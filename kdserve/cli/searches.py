@@ -10,9 +10,10 @@ from typing import Optional
 import typer
 from rich.live import Live
 
-from kdserve.cli.render import event_line, out, print_json, print_page, search_card, searches_table, trials_table
-from kdserve.cli.resources import (AFTER_OPTION, JSON_OPTION, LIMIT_OPTION, api_command, client, json_file,
-                                   parse_pairs, print_events, show_command)
+from kdserve.cli.render import (event_line, out, print_json, print_page, search_card, searches_table, trials_table,
+                                whole_ids)
+from kdserve.cli.resources import (AFTER_OPTION, JSON_OPTION, LIMIT_OPTION, QUIET_OPTION, api_command, client,
+                                   json_file, parse_pairs, print_events, show_command)
 from kdserve.client import Client, search_body
 from kdserve.service.schemas import EventOut, SearchOut
 
@@ -31,7 +32,7 @@ def follow_search(kd: Client, search: SearchOut, as_json: bool) -> SearchOut:
         s = kd.searches.get(search.id)
         title = (f"search {s.id}: {s.status}, {s.trials.started}/{s.budget.get('trials')} trials started, "
                  f"{s.trials.succeeded} succeeded, {s.trials.pruned} pruned")
-        return trials_table(kd.searches.trials(search.id).data, title=title)
+        return whole_ids(trials_table(kd.searches.trials(search.id).data, title=title))
 
     with Live(draw(), console=out, refresh_per_second=2) as live:
         def on_event(event: EventOut) -> None:
@@ -122,11 +123,11 @@ def search_wait(ctx: typer.Context, search_id: str, as_json: bool = JSON_OPTION)
 @searches_app.command("list")
 @api_command
 def search_list(ctx: typer.Context, limit: int = LIMIT_OPTION, after: Optional[str] = AFTER_OPTION,
-                as_json: bool = JSON_OPTION):
+                as_json: bool = JSON_OPTION, quiet: bool = QUIET_OPTION):
     """Searches, newest first."""
     with client(ctx) as kd:
         page = kd.searches.list(limit=limit, after=after)
-    print_page(page, searches_table, as_json)
+    print_page(page, searches_table, as_json, quiet)
 
 
 show_command(searches_app, "searches", "search_id", lambda s: out.print(search_card(s)),
@@ -141,7 +142,7 @@ def search_trials(ctx: typer.Context, search_id: str, as_json: bool = JSON_OPTIO
         page = kd.searches.trials(search_id)
     if as_json:
         return print_json(page)
-    out.print(trials_table(page.data))
+    out.print(whole_ids(trials_table(page.data)))
 
 
 @searches_app.command("cancel")

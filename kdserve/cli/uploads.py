@@ -32,8 +32,9 @@ def teachers_upload(ctx: typer.Context, path: Path = typer.Argument(..., help=de
 @datasets_app.command("upload")
 @api_command
 def datasets_upload(ctx: typer.Context, path: Path = typer.Argument(..., help=describe(DATASET_FORMATS)),
-                    label_column: Optional[str] = typer.Option(None, help="CSV label column (default: label; a "
-                                                               "missing column means unlabelled)"),
+                    label_column: Optional[str] = typer.Option(None, help="CSV label column (default: a column "
+                                                               "named label, target, class or y; a name that is not "
+                                                               "a column is refused with the columns)"),
                     name: Optional[str] = typer.Option(None, help="a name (default: the file name)"),
                     format: Optional[str] = typer.Option(None, help=f"{choices(DATASET_FORMATS)} (default: detected)"),
                     as_json: bool = JSON_OPTION):

@@ -31,7 +31,7 @@ async def _parse(ctx: Context, upload: uploads.Upload, canonical) -> tuple[str, 
     if fmt is not None and fmt not in ingest.FORMATS:
         raise ApiError(422, "unsupported_format", f"format must be one of {list(ingest.FORMATS)}", "format")
     await run_in_threadpool(uploads.check_archive, upload.path, ctx.settings)
-    columns = {"label_column": form.get("label_column") or "label", "text_column": form.get("text_column") or "text",
+    columns = {"label_column": form.get("label_column") or None, "text_column": form.get("text_column") or "text",
                "text_pair_column": form.get("text_pair_column") or "text_pair"}
     try:
         return await ingest_child.parse_upload(upload.path, canonical, ctx.settings, fmt=fmt, filename=upload.filename,
@@ -46,7 +46,9 @@ DATASET_FORM = {"requestBody": {"required": True, "content": {"multipart/form-da
                  "description": "npz (x, optional y), CSV with a header row, or JSONL text (one object per line)"},
         "name": {"type": "string", "maxLength": 255},
         "format": {"type": "string", "enum": list(ingest.FORMATS)},
-        "label_column": {"type": "string", "default": "label"},
+        "label_column": {"type": "string", "description": "CSV and JSONL: the label column. Left out: a CSV column "
+                         "named label, target, class or y (the answer's details say which), JSONL's `label`; a "
+                         "column named but missing is a 422 that lists the columns"},
         "text_column": {"type": "string", "default": "text", "description": "jsonl: the field holding the text"},
         "text_pair_column": {"type": "string", "default": "text_pair",
                              "description": "jsonl: the field holding the second text of a pair (when present)"}}}}}}}

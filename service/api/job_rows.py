@@ -26,6 +26,7 @@ def to_out(job: Job) -> JobOut:
         training=spec["training"], export=spec["export"], metrics=job.metrics or {}, model_id=job.model_id,
         error=job.error, attempts=job.attempts, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, estimated_finish=job.estimated_finish, metadata=spec.get("metadata", {}),
+        warnings=job.warnings or [],
     )
 
 

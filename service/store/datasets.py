@@ -33,6 +33,9 @@ class Parsed:
 
     x: np.ndarray  # float32 [N, *feature_shape]
     y: np.ndarray  # int64 [N], -1 where unlabelled
+    # what parsing decided for the user, said back at upload (DatasetOut.details): the label column
+    # found, the columns dropped, the npz arrays read
+    notes: dict | None = None
 
     @property
     def labeled(self) -> bool:
@@ -40,7 +43,7 @@ class Parsed:
 
     def summary(self) -> dict:
         return {"num_rows": int(self.x.shape[0]), "feature_shape": [int(d) for d in self.x.shape[1:]],
-                **_label_summary(self.y)}
+                **_label_summary(self.y), **({"details": self.notes} if self.notes else {})}
 
     def save(self, path: Path) -> None:
         with open(path, "wb") as f:

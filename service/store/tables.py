@@ -105,6 +105,9 @@ class Job(Base):
     # A search's trial: the search, and the trial (number, params the optimizer chose, its outcome).
     search_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
     trial: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # What the user should know about a job that ran (a variant withheld, a student far below its
+    # teacher, a tiny validation split, ...): [{code, message}], also on the model card.
+    warnings: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Event:

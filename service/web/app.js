@@ -549,7 +549,9 @@ views.job = (el, id) => {
           drawHead();
         } }, "Cancel") : null,
         job.model_id ? h("a", { href: `#/models/${job.model_id}`, class: "button", id: "model-link" }, "Model card →") : null),
-      job.error ? h("p", { class: "error", id: "job-error" }, `${job.error.code}: ${job.error.message}`) : null);
+      job.error ? h("p", { class: "error", id: "job-error" }, `${job.error.code}: ${job.error.message}`) : null,
+      (job.warnings || []).length ? h("ul", { class: "warnings", id: "job-warnings" },
+        job.warnings.map((w) => h("li", { "data-code": w.code }, w.message))) : null);
     const m = job.metrics;
     facts.replaceChildren(h("dl", {},
       ...[["teacher", job.teacher_id || "–"], ["dataset", job.dataset_id],

@@ -6,6 +6,7 @@ import torch
 
 from kdserve.worker import trainer
 from kdserve.worker.data import Split
+from kdserve.worker.pipeline.progress import RunContext
 
 
 def final_metrics(student_logits: torch.Tensor, val: Split, result: trainer.TrainResult, embedding: bool) -> dict:
@@ -50,3 +51,15 @@ def neighbour_overlap(student: torch.Tensor, teacher: torch.Tensor, k: int) -> f
     a, b = knn(student), knn(teacher)
     hits = (a.unsqueeze(2) == b.unsqueeze(1)).any(2).float().sum(1)
     return float((hits / k).mean())
+
+
+FAR_BELOW = 0.10  # a student this far under its teacher's accuracy is worth a warning
+
+
+def compare_to_teacher(ctx: RunContext, metrics: dict) -> None:
+    """A warning when the student is far below its teacher on the validation split."""
+    student, teacher = metrics.get("student_accuracy"), metrics.get("teacher_accuracy")
+    if student is not None and teacher is not None and teacher - student > FAR_BELOW:
+        ctx.warn("far_below_teacher", f"the student's validation accuracy {student:.3f} is {teacher - student:.3f} "
+                 f"below its teacher's {teacher:.3f}: try a larger student, more epochs, or a search "
+                 "(POST /v1/searches)", {"student_accuracy": student, "teacher_accuracy": teacher})

@@ -17,6 +17,7 @@ import torch
 from kdserve.models import export as onnx_export
 from kdserve.models.teachers import teacher_outputs, text_teacher_outputs
 from kdserve.models.text import TextSource
+from kdserve.models.student import input_scaling
 from kdserve.models.zoo import ARCHITECTURES, ArchitectureError, create_student
 from kdserve.service.store.datasets import TextParsed, load_canonical
 from kdserve.service.sandbox.jail import JailError
@@ -78,6 +79,7 @@ def validate(ctx: RunContext, device: torch.device) -> Prepared:
         raise JobFailed("invalid_request", f"the teacher has no output {spec.teacher_features!r}")
     loss_fn = build_loss(spec.method.name, spec.method.params)
     student = new_student(ctx, teacher, train, input_shape, max_length, loss_fn.output_width(num_classes))
+    early_warnings(ctx, val)
     return Prepared(teacher_row, teacher, train, val, num_classes, input_shape, max_length, loss_fn, student)
 
 
@@ -88,10 +90,60 @@ def new_student(ctx: RunContext, teacher: JailedTeacher | None, train: Split, in
     torch.manual_seed(spec.training.seed)
     try:
         source = text_source(ctx, teacher, train, width) if teacher is not None and teacher.format == "hf" else None
-        return create_student(spec.student.architecture, spec.student.params, input_shape, width, source=source,
-                              max_length=max_length)
+        student = create_student(spec.student.architecture, spec.student.params, input_shape, width, source=source,
+                                 max_length=max_length)
     except ArchitectureError as exc:
         raise JobFailed("invalid_request", str(exc))
+    scale_inputs(ctx, student, train)
+    return student
+
+
+SCALE_SPREAD = 10.0  # "auto" standardises when a feature's std or |mean| is over this × the median std
+
+
+def scale_inputs(ctx: RunContext, student: torch.nn.Module, train: Split) -> None:
+    """training.standardize_inputs for a student with an InputScaling layer (MLP): the training
+    split's per-feature mean and standard deviation, set inside the student (zero-variance
+    features keep scale 1), when asked or ("auto") when the features are on very different scales
+    — raw tabular data (wine's proline is ~1000 beside values ~0.1–10) trains badly otherwise."""
+    layer = input_scaling(student)
+    if layer is None:
+        return
+    x = train.x.reshape(len(train.x), -1).double()
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    varying = std > 1e-6 * float(std.max().clamp_min(1e-30))
+    median = float(std[varying].median()) if varying.any() else 1.0
+    spread = {"max_std_over_median_std": round(float(std.max()) / median, 2),
+              "max_abs_mean_over_median_std": round(float(mean.abs().max()) / median, 2)}
+    wanted = ctx.spec.training.standardize_inputs
+    apply = wanted is True or (wanted == "auto" and max(spread.values()) > SCALE_SPREAD)
+    if apply:
+        layer.set(mean.float(), torch.where(varying, 1.0 / std.clamp_min(1e-30), torch.ones_like(std)).float())
+    if ctx.input_scaling is None:  # said once (the baseline arm builds a second student the same way)
+        why = ("asked (training.standardize_inputs: true)" if wanted is True else "not asked" if wanted is False else
+               f"auto: features on very different scales (spread over {SCALE_SPREAD:g}×)" if apply else
+               f"auto: features on similar scales (spread within {SCALE_SPREAD:g}×)")
+        ctx.input_scaling = {"standardized": apply, "reason": why, **spread}
+        if apply:
+            ctx.progress.event(f"inputs standardised inside the student ({why}): the exported model takes the raw "
+                               "features", data={"input_scaling": ctx.input_scaling})
+        elif max(spread.values()) > SCALE_SPREAD:
+            ctx.warn("feature_scales", f"the features are on very different scales (a standard deviation or mean "
+                     f"{max(spread.values()):.0f}× the median standard deviation) and training.standardize_inputs is "
+                     "false: the student may train poorly; leave it \"auto\" or scale the data", spread)
+
+
+SMALL_VALIDATION = 50  # rows: below it, scores chosen on the validation split are noisy
+
+
+def early_warnings(ctx: RunContext, val: Split) -> None:
+    """What the data says before training: a validation split too small to choose epochs and
+    learning rates by."""
+    labelled = int((val.y >= 0).sum())
+    if len(val) < SMALL_VALIDATION:
+        ctx.warn("small_validation", f"the validation split has {len(val)} rows ({labelled} labelled): the epoch and "
+                 "learning rate chosen on it, and the scores on the card, are noisy; upload more rows or a "
+                 "validation_dataset_id", {"validation_rows": len(val), "labelled": labelled})
 
 
 # ---- the teacher --------------------------------------------------------------------------------

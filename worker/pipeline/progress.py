@@ -90,3 +90,12 @@ class RunContext:
     teachers: list = field(default_factory=list)  # jailed teacher processes to end with the run
     training: dict | None = None  # what training did (learning rate and why, best epoch): the card's `training`
     baseline: dict | None = None  # `baseline: true`: the ce student's accuracy and agreement, the card's `baseline`
+    input_scaling: dict | None = None  # MLP students: whether they standardise their inputs and why (the card's)
+    warnings: list = field(default_factory=list)  # [{code, message}]: the job's and the card's
+
+    def warn(self, code: str, message: str, data: dict | None = None) -> None:
+        """Something the user should know about this run: on the job row at once, on the card, and
+        as a warning event."""
+        self.warnings.append({"code": code, "message": message})
+        self.db.update_job(self.job.id, warnings=list(self.warnings))
+        self.progress.event(message, level="warning", data={"warning": code, **(data or {})})

@@ -121,11 +121,12 @@ def quantize(ctx: RunContext, inputs: ExportInputs, onnx_path: Path, fp32_accura
     files = []
     for v in onnx_export.build_variants(onnx_path, list(ctx.spec.export.quantize), fp32_accuracy=fp32_accuracy,
                                         **_variant_args(ctx, inputs, onnx_path.parent)):
-        ctx.progress.event(v.reason if v.published else f"not published: {v.reason}",
-                           level="info" if v.published else "warning",
-                           data={"precision": v.precision, "published": v.published,
-                                 "accuracy_delta": onnx_export.finite_or_none(v.accuracy_delta),
-                                 "latency_ms_batch1": v.latency_ms_batch1})
+        data = {"precision": v.precision, "published": v.published,
+                "accuracy_delta": onnx_export.finite_or_none(v.accuracy_delta), "latency_ms_batch1": v.latency_ms_batch1}
+        if v.published:
+            ctx.progress.event(v.reason, data=data)
+        else:
+            ctx.warn("variant_withheld", f"{v.precision} not published: {v.reason}", data)
         if v.published:
             files.append((v.precision, v.path, v.artifact()))
     return files
@@ -184,7 +185,7 @@ def build_card(ctx: RunContext, prep: Prepared, model: torch.nn.Module, metrics:
         refined_teacher_id=prep.refined_teacher_id,
         compression_ratio=round(t_params / n_params, 3) if t_params else None,
         metrics={k: metrics[k] for k in CARD_METRICS if k in metrics}, training=ctx.training,
-        baseline=ctx.baseline,
+        baseline=ctx.baseline, input_scaling=ctx.input_scaling, warnings=list(ctx.warnings) or None,
         input=spec.inputs[0], output=spec.output_spec(), artifacts=artifacts, **extra)
 
 
