@@ -50,6 +50,12 @@ class InputScaling(nn.Flatten):
         h = super().forward(x)
         return (h - self.shift) * self.scale if self.active else h
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # weights kept before students had this layer (a plain Flatten: no buffers) load as identity
+        for name, fill in (("shift", self.shift.new_zeros), ("scale", self.shift.new_ones)):
+            state_dict.setdefault(prefix + name, fill(self.shift.shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 def input_scaling(student: nn.Module) -> InputScaling | None:
     """The student's InputScaling layer, when it has one (students on feature vectors)."""

@@ -56,3 +56,26 @@ def test_the_method_follows_the_teacher():
     assert auto.pick_method(True, False)[0] == "kd"
     assert auto.pick_method(True, True)[0] == "embedding_cosine"
     assert auto.pick_method(False, False)[0] == "ce"
+
+
+def test_an_mlp_scales_its_inputs_inside_and_old_weights_still_load():
+    """InputScaling: identity until set (no ops), then (x − mean) / std per feature; weights kept
+    before the layer existed (a plain Flatten) load into the new student as identity."""
+    import torch
+    from torch import nn
+
+    from kdserve.models.student import input_scaling
+    from kdserve.models.zoo import create_student
+
+    torch.manual_seed(0)
+    new = create_student("mlp", {"hidden_sizes": [8]}, [3], 2)
+    old_state = {k: v for k, v in new.state_dict().items() if not k.startswith("body.0.")}  # as saved before
+    fresh = create_student("mlp", {"hidden_sizes": [8]}, [3], 2)
+    fresh.load_state_dict(old_state)
+    x = torch.tensor([[1000.0, 1.0, 0.1], [1200.0, 3.0, 0.3]])
+    assert torch.equal(fresh(x), new(x))  # identity: the same function
+    layer = input_scaling(fresh)
+    layer.set(torch.tensor([1100.0, 2.0, 0.2]), torch.tensor([0.01, 1.0, 10.0]))
+    body = nn.Sequential(*list(fresh.body)[1:])
+    expected = fresh.head(body(torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])))
+    assert torch.allclose(fresh(x), expected, atol=1e-5)
