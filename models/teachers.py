@@ -36,6 +36,7 @@ from kdserve.service.vocab import TASKS as TASK_NAMES
 from kdserve.service.vocab import TEACHER_FORMATS
 
 SUPPORTED = tuple(TEACHER_FORMATS)  # the upload form accepts exactly these
+PROB_FLOOR = 1e-12  # a probability of 0 (softmax underflow) becomes log 1e-12, a very unlikely class
 TASKS = tuple(TASK_NAMES)
 
 
@@ -54,8 +55,23 @@ class Teacher:
     output_names: list[str]
     logits_name: str
 
-    def run(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:  # pragma: no cover
+    # What the loader adapted so that a stock export runs as a logits teacher, said in the answer
+    # (the teacher's details): {"probabilities": …, "batch": …, "dtype": …} and their messages.
+    adaptations: dict[str, str]
+    gives_probabilities: bool = False  # outputs are softmax probabilities: run() answers their log
+
+    def run(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        out = self._run(x, names)
+        if self.gives_probabilities and self.logits_name in out:
+            # log p is a logit vector (softmax(log p) = p): every loss and the argmax see the same classes
+            out[self.logits_name] = out[self.logits_name].clamp_min(PROB_FLOOR).log()
+        return out
+
+    def _run(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise TypeError
+
+    def adapt(self, key: str, message: str) -> None:
+        self.adaptations = {**getattr(self, "adaptations", {}), key: message}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x, [self.logits_name])[self.logits_name]
@@ -83,7 +99,7 @@ class TorchScriptTeacher(Teacher):
         try:
             self.module = torch.jit.load(str(path), map_location=device).eval()
         except Exception as exc:
-            raise ModelFileError("unsupported_format", f"TorchScript archive does not load: {_first_line(exc)}")
+            raise ModelFileError("unsupported_format", f"TorchScript archive does not load: {_cause(exc)}")
         from kdserve.models.script_graph import check_module
 
         problem = check_module(self.module)  # the compiler's view, after the source scan of sniff()
@@ -93,6 +109,12 @@ class TorchScriptTeacher(Teacher):
         self.num_parameters = int(sum(p.numel() for p in self.module.parameters()))
         self.input_shape = list(input_shape) if input_shape else self._guess_input_shape()
         self.output_names, self.logits_name = [], ""
+        # A model saved in float64 (numpy-born data, `.double()`) expects float64 inputs: it gets them.
+        floats = {p.dtype for p in self.module.parameters() if p.dtype.is_floating_point}
+        self.weight_dtype = floats.pop() if len(floats) == 1 else torch.float32
+        if self.weight_dtype != torch.float32:
+            self.adapt("dtype", f"the model's weights are {str(self.weight_dtype).removeprefix('torch.')}: inputs are "
+                       "cast to it and outputs back to float32 (model.float() before saving avoids the casts)")
 
     def _guess_input_shape(self) -> list[int]:
         first = next(iter(self.module.parameters()), None)
@@ -106,9 +128,9 @@ class TorchScriptTeacher(Teacher):
         self.output_names = list(out)
         self.logits_name = "logits" if "logits" in out else self.output_names[0]
 
-    def run(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    def _run(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            out = named_outputs(self.module(x.to(self.device, non_blocking=True)))
+            out = named_outputs(self.module(x.to(self.device, self.weight_dtype, non_blocking=True)))
         if not self.output_names:
             self.discover_outputs(out)
         return {n: out[n].float() for n in names}
@@ -130,14 +152,14 @@ class OnnxTeacher(Teacher):
         try:
             onnx.checker.check_model(str(model_file) if folder else proto)
         except Exception as exc:
-            raise ModelFileError("unsupported_format", f"not a valid ONNX model: {_first_line(exc)}")
+            raise ModelFileError("unsupported_format", f"not a valid ONNX model: {_cause(exc)}")
         self.num_parameters = int(sum(int(np.prod(t.dims)) for t in proto.graph.initializer))
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
         try:
             source = str(model_file) if folder else proto.SerializeToString()
             self.session = ort.InferenceSession(source, providers=providers)
         except Exception as exc:
-            raise ModelFileError("unsupported_format", f"onnxruntime cannot run this model: {_first_line(exc)}")
+            raise ModelFileError("unsupported_format", f"onnxruntime cannot run this model: {_cause(exc)}")
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise ModelFileError("unsupported_format", f"an ONNX teacher needs exactly one input, this one has {len(inputs)}")
@@ -162,10 +184,53 @@ class OnnxTeacher(Teacher):
             raise ModelFileError("invalid_request", f"the model's input {inputs[0].shape} has free dimensions; pass input_shape", "input_shape")
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.logits_name = "logits" if "logits" in self.output_names else self.output_names[0]
+        self.row_by_row = False
+        if inputs[0].shape and inputs[0].shape[0] == 1:
+            self._free_batch(proto, model_file.parent if folder else None, providers)
 
-    def run(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    def _free_batch(self, proto, data_dir: Path | None, providers: list[str]) -> None:
+        """A graph exported with a fixed batch of 1 (torch.onnx.export traces the example input's
+        shape unless told `dynamic_axes`/`dynamic_shapes`): its batch axis is made symbolic when the
+        graph then runs a batch of 2 with batch-sized outputs, else the model is run row by row."""
+        import onnx
+        import onnxruntime as ort
+        from onnx.external_data_helper import load_external_data_for_model
+
+        edited = onnx.ModelProto()
+        edited.CopyFrom(proto)
+        if data_dir is not None:  # the checked data files of the upload, nothing else
+            load_external_data_for_model(edited, str(data_dir))
+        for value in [*edited.graph.input, *edited.graph.output]:
+            dims = value.type.tensor_type.shape.dim
+            if len(dims) and dims[0].dim_value == 1:
+                dims[0].Clear()
+                dims[0].dim_param = "batch"
+        del edited.graph.value_info[:]  # shapes inferred at batch 1 would contradict a batch of 2
+        try:
+            session = ort.InferenceSession(edited.SerializeToString(), providers=providers)
+            outs = session.run(None, {self.input_name: np.zeros([2, *self.input_shape], self.np_dtype)})
+            ok = all(np.ndim(o) >= 1 and np.shape(o)[0] == 2 for o in outs)
+        except Exception:
+            ok = False
+        if ok:
+            self.session = session
+            self.adapt("batch", "the graph was exported with a fixed batch of 1: its batch axis was made symbolic "
+                       f"(export with {self._dynamic_hint()} to skip this)")
+        else:
+            self.row_by_row = True
+            self.adapt("batch", "the graph was exported with a fixed batch of 1 and does not run larger batches: it is "
+                       f"run one row at a time, which is slower (export with {self._dynamic_hint()})")
+
+    def _dynamic_hint(self) -> str:
+        return f"dynamic_axes={{{self.input_name!r}: {{0: 'batch'}}}} or dynamo=True with dynamic_shapes"
+
+    def _run(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
         arr = x.detach().cpu().numpy().astype(self.np_dtype, copy=False)
-        outs = self.session.run(list(names), {self.input_name: arr})
+        if self.row_by_row:
+            rows = [self.session.run(list(names), {self.input_name: arr[i : i + 1]}) for i in range(len(arr))]
+            outs = [np.concatenate([r[k] for r in rows]) for k in range(len(names))]
+        else:
+            outs = self.session.run(list(names), {self.input_name: arr})
         return {n: torch.from_numpy(np.asarray(o)).float() for n, o in zip(names, outs)}
 
 
@@ -175,7 +240,7 @@ def _read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelFileError("unsupported_format", f"{path.name} is not valid JSON: {_first_line(exc)}")
+        raise ModelFileError("unsupported_format", f"{path.name} is not valid JSON: {_cause(exc)}")
     if not isinstance(value, dict):
         raise ModelFileError("unsupported_format", f"{path.name} must hold a JSON object")
     return value
@@ -279,7 +344,7 @@ class HfTeacher(Teacher):
                                                                      **extra)
         except Exception as exc:
             raise ModelFileError("unsupported_format", f"transformers cannot load this folder as a {self.task} model "
-                                 f"(model_type {self.model_type or '?'}; custom code is never run): {_first_line(exc)}")
+                                 f"(model_type {self.model_type or '?'}; custom code is never run): {_cause(exc)}")
         missing = sorted(info.get("missing_keys") or [])
         if missing:  # transformers would fill them with random weights: a teacher that knows nothing there
             raise ModelFileError(
@@ -303,7 +368,7 @@ class HfTeacher(Teacher):
                 raise ValueError(f"{type(tok).__name__} has no fast (tokenizers) backend")
             self.tokenizer_json = backend.to_str()
         except Exception as exc:
-            raise ModelFileError("unsupported_format", f"the tokenizer does not load: {_first_line(exc)}")
+            raise ModelFileError("unsupported_format", f"the tokenizer does not load: {_cause(exc)}")
         from kdserve.service.serving import textio
 
         self.tokenizer = textio.load_tokenizer(self.tokenizer_json)
@@ -380,7 +445,7 @@ def _probe_hf(teacher: HfTeacher) -> None:
     except ModelFileError:
         raise
     except Exception as exc:
-        raise ModelFileError("teacher_output_mismatch", f"the teacher fails on a tokenised sentence: {_first_line(exc)}")
+        raise ModelFileError("teacher_output_mismatch", f"the teacher fails on a tokenised sentence: {_cause(exc)}")
     out = outputs[teacher.logits_name]
     if out.dim() != 2 or out.shape[0] != 2 or not torch.isfinite(out).all():
         raise ModelFileError("teacher_output_mismatch", f"the teacher's {teacher.logits_name} is not a finite "
@@ -440,16 +505,25 @@ def load_teacher(path: Path, fmt: str | None = None, input_shape: Sequence[int] 
     try:
         if isinstance(teacher, TorchScriptTeacher):
             with torch.no_grad():
-                teacher.discover_outputs(named_outputs(teacher.module(batch.to(teacher.device))))
+                teacher.discover_outputs(named_outputs(teacher.module(batch.to(teacher.device, teacher.weight_dtype))))
         outputs = teacher.run(batch, teacher.output_names)
+        teacher.gives_probabilities = _probabilities(outputs[teacher.logits_name]) and _probabilities(
+            teacher.run(torch.randn([4, *teacher.input_shape], generator=torch.Generator().manual_seed(0)),
+                        [teacher.logits_name])[teacher.logits_name])
     except ModelFileError:
         raise
     except Exception as exc:
+        shape = ",".join(str(d) for d in teacher.input_shape)
         raise ModelFileError(
             "teacher_output_mismatch",
-            f"the teacher fails on input of shape {list(batch.shape)}: {_first_line(exc)}",
+            f"the teacher fails on a batch of shape {list(batch.shape)} (2 rows of input_shape {teacher.input_shape}): "
+            f"{_cause(exc)}. If the model takes another per-row shape, name it: input_shape [{shape}] in the form "
+            f"(CLI: --input-shape {shape})",
             "input_shape",
         )
+    if teacher.gives_probabilities:
+        teacher.adapt("probabilities", "the outputs are probabilities (each row is in [0, 1] and sums to 1, as after a "
+                      "softmax): the teacher's logits are taken as their log, which gives the same distribution")
     out = outputs[teacher.logits_name]
     teacher.output_shapes = {n: list(o.shape[1:]) for n, o in outputs.items()}
     if out.dim() != 2 or out.shape[0] != 2 or out.shape[1] < 1:
@@ -472,14 +546,26 @@ def teacher_outputs(teacher: Teacher, x: torch.Tensor, feature: str | None = Non
     return logits, (torch.cat([p[feature].cpu() for p in parts]) if feature else None)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+def _probabilities(out: torch.Tensor) -> bool:
+    """Rows of a softmax: at least two classes, every value in [0, 1], each row summing to 1."""
+    return out.dim() == 2 and out.shape[1] >= 2 and bool(torch.isfinite(out).all()) and bool(
+        (out >= 0).all() and (out <= 1).all() and torch.allclose(out.double().sum(1), torch.ones(len(out), dtype=torch.float64), atol=1e-4))
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong, in one line: the last "SomethingError: …" line of a multi-line message
+    (TorchScript's interpreter puts its traceback first and the cause last), else the first line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
+    text = causes[-1] if causes else (" ".join(lines[:3]) if lines else type(exc).__name__)
+    return text[:600]
 
 
 def describe(t: Teacher) -> dict[str, Any]:
     """The probe's answer for a loaded teacher (what the API stores with the teacher row)."""
+    adapted = getattr(t, "adaptations", {})
+    details = t.details() if isinstance(t, HfTeacher) else ({"adaptations": adapted} if adapted else None)
     return {"format": t.format, "input_shape": t.input_shape, "input_dtype": t.input_dtype,
             "num_classes": t.num_classes, "num_parameters": t.num_parameters,
             "outputs": [{"name": n, "shape": t.output_shapes[n], "logits": n == t.logits_name} for n in t.output_names],
-            "details": t.details() if isinstance(t, HfTeacher) else None}
+            "details": details}

@@ -77,8 +77,11 @@ def tensor_family(feature_shape: list[int]) -> tuple[str, list[tuple[str, dict]]
                                                       + [("mlp", {"hidden_sizes": [w, w]}) for w in MLP_WIDTHS if w >= 64])
 
 
-def pick_student(feature_shape: list[int], width: int, budget: int, why: str, text: TextTeacher | None) -> Picked:
-    """The student for this input and output width within `budget` parameters."""
+def pick_student(feature_shape: list[int], width: int, budget: int, why: str, text: TextTeacher | None,
+                 soft_budget: bool = False) -> Picked:
+    """The student for this input and output width within `budget` parameters. `soft_budget`: the
+    budget is only the default ratio to a teacher (nobody asked for it), so when nothing fits, the
+    family's smallest student is taken rather than a 422 for a job that set nothing."""
     if text is not None:
         if text.model_type in BERT_LAYOUT_TYPES and text.num_layers >= 2:
             params = validate_params(ARCHITECTURES["layer_dropped"].params, {"every": 2}, "student.params")
@@ -102,6 +105,11 @@ def pick_student(feature_shape: list[int], width: int, budget: int, why: str, te
         smallest = min(e.parameters for a, p in candidates
                        if (e := budgets.estimate(a, validate_params(ARCHITECTURES[a].params, p, "student.params"),
                                                  shapes)) is not None)
+        if soft_budget:
+            arch, params, n = _largest(candidates, shapes, smallest)
+            shape = params.get("hidden_sizes") or params.get("channels")
+            return Picked(arch, params, n, budget, f"{arch} {shape}, {n:,} parameters: the smallest of {family}, over "
+                          f"the default budget of {budget:,} ({why}) because the teacher is already that small")
         raise AutoError(f"the smallest student of {family} has {smallest:,} parameters, more than the budget of "
                         f"{budget:,} ({why}): raise student.auto.max_params or lower student.auto.ratio",
                         "student.auto")

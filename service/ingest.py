@@ -78,9 +78,13 @@ def parse(path: Path, fmt: str, label_column: str | None = None, text_column: st
         return _parse_jsonl(path, text_column, text_pair_column, label_column or "label", limits)
     if fmt == "npz":
         x, y_raw, names = read_npz(path, limits.max_bytes)
-        parsed = Parsed(x, _labels(y_raw, limits.max_classes) if y_raw is not None else np.full(len(x), -1, np.int64),
-                        notes={"arrays": names} if names != ({"x": "x", "y": "y"} if y_raw is not None else {"x": "x"})
-                        else None)
+        notes: dict = {"messages": []}
+        if names != ({"x": "x", "y": "y"} if y_raw is not None else {"x": "x"}):
+            notes["arrays"] = names
+        y = _labels(y_raw, limits.max_classes, notes) if y_raw is not None else np.full(len(x), -1, np.int64)
+        if not notes["messages"]:
+            del notes["messages"]
+        parsed = Parsed(x, y, notes=notes or None)
     elif fmt == "csv":
         parsed = _parse_csv(path, label_column, limits)
     else:
@@ -104,9 +108,13 @@ def _first_nonfinite_row(x: np.ndarray) -> int | None:
     return None
 
 
-def _labels(raw: np.ndarray, max_classes: int) -> np.ndarray:
+def _labels(raw: np.ndarray, max_classes: int, notes: dict) -> np.ndarray:
     """npz labels as int64: integral values in -1..max_classes-1, checked in their stored dtype
-    (a float64 1e300 or an int64 2**62 must not wrap or become a 2**62-bin histogram)."""
+    (a float64 1e300 or an int64 2**62 must not wrap or become a 2**62-bin histogram); or class
+    names (a str array, "" = unlabelled), numbered in sorted order."""
+    if raw.dtype.kind == "U":
+        seen, first = np.unique(raw, return_inverse=True)
+        return name_ids([str(n) for n in seen], first, max_classes, notes)
     if raw.dtype.kind == "f" and (not np.isfinite(raw).all() or not np.all(raw == np.round(raw))):
         raise DatasetError("invalid_request", "labels must be integer class indices (or -1 for unlabelled)")
     outside = (raw < -1) | (raw >= max_classes)
@@ -182,7 +190,7 @@ def _read_csv_rows(reader, label_column: str | None, limits: Limits) -> Parsed:
     block_rows = max(1, CSV_BLOCK_CELLS // len(feature_idx))
     blocks: list[np.ndarray] = []
     block: list[list[float]] = []
-    labels = array.array("q")
+    labels = _CsvLabels(limits.max_classes)
     for row in reader:
         if not row or all(not c.strip() for c in row):
             continue
@@ -190,8 +198,8 @@ def _read_csv_rows(reader, label_column: str | None, limits: Limits) -> Parsed:
         if len(row) != len(header):
             raise DatasetError("invalid_request", f"line {line_no} has {len(row)} cells, the header has {len(header)}")
         block.append(_csv_features(row, feature_idx, header, line_no))
-        labels.append(_csv_label(row[label_idx], line_no, limits.max_classes) if label_idx is not None else -1)
-        if len(labels) > max_rows:
+        labels.add(row[label_idx] if label_idx is not None else "", line_no)
+        if len(labels.ids) > max_rows:
             raise DatasetError("payload_too_large", f"the CSV passes the {limits.max_bytes}-byte dataset limit "
                                f"(KDSERVE_MAX_DATASET_BYTES) at line {line_no}", status=413)
         if len(block) == block_rows:
@@ -199,8 +207,7 @@ def _read_csv_rows(reader, label_column: str | None, limits: Limits) -> Parsed:
             block.clear()
     blocks.append(np.array(block, dtype=np.float32).reshape(len(block), len(feature_idx)))
     x = _drop_index_column(np.concatenate(blocks) if len(blocks) > 1 else blocks[0], header, feature_idx, notes)
-    return Parsed(x, np.frombuffer(labels, dtype=np.int64) if len(labels) else np.zeros(0, np.int64),
-                  notes=notes if notes["messages"] else None)
+    return Parsed(x, labels.finish(notes), notes=notes if notes["messages"] else None)
 
 
 def _csv_features(row: list[str], feature_idx: list[int], header: list[str], line_no: int) -> list[float]:
@@ -209,7 +216,57 @@ def _csv_features(row: list[str], feature_idx: list[int], header: list[str], lin
     except ValueError:
         col = next(i for i in feature_idx if not _is_float(row[i]))
         raise DatasetError("invalid_request", f"line {line_no}, column {header[col]!r}: {_clip(row[col])!r} is not "
-                           "a number")
+                           f"a number (features must be numbers; if {header[col]!r} is the label, name it: "
+                           f"label_column={header[col]})", "label_column")
+
+
+class _CsvLabels:
+    """A CSV's label cells, a row at a time: class indices ("3", "3.0"), or class names as soon as
+    one cell is not a number ("setosa"; numbers seen before become names too). An empty cell is an
+    unlabelled row. Names get provisional ids in the order met; finish() numbers them sorted."""
+
+    def __init__(self, max_classes: int):
+        self.max_classes = max_classes
+        self.ids = array.array("q")
+        self.names: dict[str, int] | None = None  # class name -> provisional id, once labels are names
+
+    def add(self, cell: str, line_no: int) -> None:
+        cell = cell.strip()
+        if cell and self.names is None and not _is_float(cell):
+            self.names = {}
+            for i, value in enumerate(self.ids):
+                if value >= 0:
+                    self.ids[i] = self.names.setdefault(str(value), len(self.names))
+        if not cell:
+            self.ids.append(-1)
+        elif self.names is None:
+            self.ids.append(_csv_label(cell, line_no, self.max_classes))
+        else:
+            self.ids.append(self.names.setdefault(cell, len(self.names)))
+            if len(self.names) > self.max_classes:
+                raise DatasetError("label_out_of_range", f"line {line_no}: class name {_clip(cell)!r} is the "
+                                   f"{len(self.names)}th distinct label, over KDSERVE_MAX_CLASSES ({self.max_classes})",
+                                   "label_column")
+
+    def finish(self, notes: dict) -> np.ndarray:
+        ids = np.frombuffer(self.ids, dtype=np.int64) if len(self.ids) else np.zeros(0, np.int64)
+        return ids if self.names is None else name_ids(list(self.names), ids, self.max_classes, notes)
+
+
+def name_ids(met: list[str], ids: np.ndarray, max_classes: int, notes: dict) -> np.ndarray:
+    """Labels given as class names: `ids` index `met` (the names in any order; "" = unlabelled).
+    The classes are numbered in sorted order, as scikit-learn's LabelEncoder numbers them (so a
+    teacher trained with it agrees); `notes` gets class_names and says so."""
+    classes = sorted(n for n in met if n != "")
+    if len(classes) > max_classes:
+        raise DatasetError("label_out_of_range", f"{len(classes)} distinct class names, over KDSERVE_MAX_CLASSES "
+                           f"({max_classes})", "label_column")
+    number = np.array([classes.index(n) if n != "" else -1 for n in met] + [-1], dtype=np.int64)
+    notes["class_names"] = classes
+    shown = ", ".join(f"{i} = {n!r}" for i, n in enumerate(classes[:10])) + (", …" if len(classes) > 10 else "")
+    notes["messages"].append(f"the labels are class names: numbered in sorted order ({shown}); a teacher's output i "
+                             "is taken to mean class i of that list, and the student answers these names")
+    return number[np.where(ids >= 0, ids, -1)]
 
 
 def _csv_label(cell: str, line_no: int, max_classes: int) -> int:

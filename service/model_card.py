@@ -112,6 +112,11 @@ class CardFields(BaseModel):
     baseline: dict[str, Any] | None = Field(None, description="jobs with baseline: true: the same student trained "
                                             "with ce alone on the same split (accuracy, agreement) and the distilled "
                                             "student's lead over it (accuracy_delta, agreement_delta)")
+    validation: dict[str, Any] | None = Field(None, description="the rows the card's scores are measured on: rows, "
+                                              "labelled, source (split of the dataset, or validation_dataset_id) and "
+                                              "a note when the teacher may have trained on them")
+    class_names: list[str] | None = Field(None, description="the dataset's class names (labels uploaded as strings, "
+                                          "numbered in sorted order): output i is class_names[i]")
     input: TensorSpec
     output: TensorSpec
 

@@ -118,9 +118,11 @@ def _check_dtype(header: Header) -> None:
     if header.dtype.hasobject:
         raise DatasetError("unsafe_file", f"array {header.name!r} holds Python objects, which need pickle to load; "
                            "save numeric arrays")
-    if header.dtype.kind not in NUMERIC_KINDS or header.dtype.fields is not None or header.dtype.subdtype:
-        raise DatasetError("invalid_request", f"{header.name} must be numeric (float, int or bool), got dtype "
-                           f"{header.dtype}")
+    labels_may_be_names = header.name in Y_NAMES and header.dtype.kind == "U"  # y = class names (str)
+    if (header.dtype.kind not in NUMERIC_KINDS and not labels_may_be_names) or header.dtype.fields is not None \
+            or header.dtype.subdtype:
+        raise DatasetError("invalid_request", f"{header.name} must be numeric (float, int or bool)"
+                           f"{' or, for labels, strings' if header.name in Y_NAMES else ''}, got dtype {header.dtype}")
 
 
 def _check_x(x: Header, max_bytes: int) -> None:

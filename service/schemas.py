@@ -158,7 +158,10 @@ class TeacherOut(BaseModel):
     created_at: int
     details: dict[str, Any] | None = Field(None, description="text teachers (format hf): task (classification or "
                                            "embedding), model_type, vocab_size, hidden_size, num_layers, max_positions, "
-                                           "output_dim, pooling, normalize")
+                                           "output_dim, pooling, normalize. Tensor teachers: `adaptations`, what "
+                                           "was changed so that a stock export runs (probabilities: softmax outputs "
+                                           "taken as log-probabilities; batch: a fixed batch of 1 made symbolic or run "
+                                           "row by row; dtype: float64 weights fed float64 inputs), each with its reason")
 
 
 class DatasetOut(BaseModel):
@@ -201,7 +204,8 @@ class JobMetrics(BaseModel):
 
 
 class JobWarning(BaseModel):
-    code: str = Field(description="variant_withheld, far_below_teacher, small_validation, feature_scales")
+    code: str = Field(description="variant_withheld, far_below_teacher, small_validation, feature_scales, "
+                      "teacher_probabilities, teacher_row_by_row")
     message: str
 
 
@@ -301,6 +305,8 @@ class PredictIn(Strict):
 class PredictOut(BaseModel):
     logits: list[list[float]]
     predictions: list[int]
+    labels: list[str] | None = Field(None, description="the predictions as class names, when the dataset's labels "
+                                     "were names (the card's class_names)")
     embeddings: list[list[float]] | None = Field(None, description="embedding text students: the sentence vectors "
                                                  "(logits and predictions are then empty)")
 

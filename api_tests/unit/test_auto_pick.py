@@ -79,3 +79,11 @@ def test_an_mlp_scales_its_inputs_inside_and_old_weights_still_load():
     body = nn.Sequential(*list(fresh.body)[1:])
     expected = fresh.head(body(torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])))
     assert torch.allclose(fresh(x), expected, atol=1e-5)
+
+
+def test_a_tiny_teacher_with_the_default_budget_gets_the_smallest_student():
+    """Nobody asked for teacher/10 when a job sets nothing: a 1 k-parameter teacher's job gets the
+    family's smallest student (and says why), not a 422."""
+    picked = auto.pick_student([13], 3, 111, "the teacher's 1,117 parameters / 10", None, soft_budget=True)
+    assert picked.architecture == "mlp" and picked.parameters > 111
+    assert "smallest" in picked.reason and "111" in picked.reason

@@ -154,3 +154,33 @@ def test_split_is_seeded_and_disjoint():
     assert len(va1) == 10 and len(tr1) == 40
     assert torch.equal(va1.x, va2.x)
     assert not set(tr1.x[:, 0].tolist()) & set(va1.x[:, 0].tolist())
+
+
+@pytest.mark.parametrize("fmt", ["csv", "npz"])
+def test_string_labels_are_class_names_numbered_in_sorted_order(tmp_path, fmt):
+    """Class names as labels (a CSV column of words, an npz y of str): numbered in sorted order,
+    as scikit-learn's LabelEncoder numbers them; an empty cell is unlabelled; the names are kept."""
+    names = ["virginica", "setosa", "", "versicolor", "setosa"]
+    if fmt == "csv":
+        p = tmp_path / "d.csv"
+        p.write_text("f1,species\n" + "".join(f"{i},{n}\n" for i, n in enumerate(names)))
+        d = ingest.parse(p, "csv", "species")
+    else:
+        p = tmp_path / "d.npz"
+        np.savez(p, X=np.arange(5.0).reshape(5, 1), y=np.array(names))
+        d = ingest.parse(p, "npz")
+    assert d.y.tolist() == [2, 0, -1, 1, 0]
+    details = d.summary()["details"]
+    assert details["class_names"] == ["setosa", "versicolor", "virginica"]
+    assert any("0 = 'setosa'" in m for m in details["messages"])
+
+
+def test_csv_labels_turn_into_names_at_the_first_word_and_a_text_feature_names_the_fix(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("f1,label\n1,1\n2,0\n3,cat\n")  # numbers met before a word are names too
+    d = ingest.parse(p, "csv")
+    assert d.summary()["details"]["class_names"] == ["0", "1", "cat"] and d.y.tolist() == [1, 0, 2]
+    p.write_text("f1,kind\n1,red\n")  # no label column named: a text column is a feature that is not a number
+    with pytest.raises(ingest.DatasetError) as e:
+        ingest.parse(p, "csv")
+    assert e.value.param == "label_column" and "label_column=kind" in e.value.message

@@ -102,7 +102,8 @@ def resolve_auto(s, body: JobCreate, who: Principal, spec: dict) -> list[str]:
         budget, why = auto.budget_of(wish.max_params, wish.ratio, teacher.num_parameters if teacher else None)
         shape, width, text = student_input_facts(teacher, dataset)
         try:
-            picked = auto.pick_student(shape, width, budget, why, text)
+            soft = wish.max_params is None and wish.ratio is None and teacher is not None
+            picked = auto.pick_student(shape, width, budget, why, text, soft_budget=soft)
         except auto.AutoError as exc:
             raise ApiError(422, "invalid_request", exc.message, exc.param)
         body.student = StudentSpec(architecture=picked.architecture, params=picked.params,

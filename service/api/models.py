@@ -152,9 +152,15 @@ async def predict(request: Request, model_id: str, body: PredictIn = Depends(jso
         metrics.observe_inference(model_id, protocol="v1", batch_size=0, seconds=0.0, outcome="error")
         raise ApiError(422, "invalid_request", f"{exc}; send a list of samples, each of shape {sample}", "inputs")
     logits = outputs[loaded.output_names[0]]
-    answer = PredictOut(logits=logits.tolist(), predictions=logits.argmax(axis=1).tolist())
+    answer = classified(logits, served.card.class_names)
     metrics.observe_inference(model_id, protocol="v1", batch_size=len(x), seconds=time.perf_counter() - t0)
     return answer
+
+
+def classified(logits, class_names: list[str] | None) -> PredictOut:
+    predictions = logits.argmax(axis=1).tolist()
+    names = [class_names[i] for i in predictions] if class_names and len(class_names) == logits.shape[1] else None
+    return PredictOut(logits=logits.tolist(), predictions=predictions, labels=names)
 
 
 async def _predict_text(request: Request, ctx: Context, served, loaded, body: PredictIn, t0: float):
@@ -175,7 +181,7 @@ async def _predict_text(request: Request, ctx: Context, served, loaded, body: Pr
     if served.card.text.task == "embedding":
         answer = PredictOut(logits=[], predictions=[], embeddings=out.tolist())
     else:
-        answer = PredictOut(logits=out.tolist(), predictions=out.argmax(axis=1).tolist())
+        answer = classified(out, served.card.class_names)
     metrics.observe_inference(served.model_id, protocol="v1", batch_size=len(texts), seconds=time.perf_counter() - t0)
     return answer
 

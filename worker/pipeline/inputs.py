@@ -79,7 +79,7 @@ def validate(ctx: RunContext, device: torch.device) -> Prepared:
         raise JobFailed("invalid_request", f"the teacher has no output {spec.teacher_features!r}")
     loss_fn = build_loss(spec.method.name, spec.method.params)
     student = new_student(ctx, teacher, train, input_shape, max_length, loss_fn.output_width(num_classes))
-    early_warnings(ctx, val)
+    early_warnings(ctx, val, teacher_row)
     return Prepared(teacher_row, teacher, train, val, num_classes, input_shape, max_length, loss_fn, student)
 
 
@@ -136,10 +136,25 @@ def scale_inputs(ctx: RunContext, student: torch.nn.Module, train: Split) -> Non
 SMALL_VALIDATION = 50  # rows: below it, scores chosen on the validation split are noisy
 
 
-def early_warnings(ctx: RunContext, val: Split) -> None:
-    """What the data says before training: a validation split too small to choose epochs and
-    learning rates by."""
+def early_warnings(ctx: RunContext, val: Split, teacher_row: TeacherRow | None) -> None:
+    """What the data and the teacher say before training: a validation split too small to choose
+    epochs and learning rates by; a teacher that gives probabilities (distilling from log p
+    works, but p's tail is lost where a softmax saturated) or runs one row at a time."""
+    adapted = ((teacher_row.details or {}).get("adaptations") or {}) if teacher_row is not None else {}
+    if "probabilities" in adapted:
+        ctx.warn("teacher_probabilities", "the teacher outputs probabilities, not logits: " + adapted["probabilities"]
+                 + "; classes a softmax rounded to 0 carry no signal (export the model without its final softmax)")
+    if "run one row at a time" in adapted.get("batch", ""):
+        ctx.warn("teacher_row_by_row", adapted["batch"])
     labelled = int((val.y >= 0).sum())
+    spec = ctx.spec
+    source = (f"validation_dataset_id {spec.validation_dataset_id}" if spec.validation_dataset_id else
+              f"a {spec.validation_split:.0%} split of dataset {spec.dataset_id} (seed {spec.training.seed})")
+    ctx.validation = {"rows": len(val), "labelled": labelled, "source": source}
+    if teacher_row is not None and not spec.validation_dataset_id:
+        ctx.validation["note"] = ("the teacher's scores are measured on rows of the uploaded dataset: if the teacher "
+                                  "was trained on that data, its accuracy here is optimistic; name a "
+                                  "validation_dataset_id of rows it never saw for a fair comparison")
     if len(val) < SMALL_VALIDATION:
         ctx.warn("small_validation", f"the validation split has {len(val)} rows ({labelled} labelled): the epoch and "
                  "learning rate chosen on it, and the scores on the card, are noisy; upload more rows or a "

@@ -91,6 +91,7 @@ class RunContext:
     training: dict | None = None  # what training did (learning rate and why, best epoch): the card's `training`
     baseline: dict | None = None  # `baseline: true`: the ce student's accuracy and agreement, the card's `baseline`
     input_scaling: dict | None = None  # MLP students: whether they standardise their inputs and why (the card's)
+    validation: dict | None = None  # the validation rows: how many, where from, whether the teacher saw them (card)
     warnings: list = field(default_factory=list)  # [{code, message}]: the job's and the card's
 
     def warn(self, code: str, message: str, data: dict | None = None) -> None:

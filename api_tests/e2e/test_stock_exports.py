@@ -1,0 +1,178 @@
+"""The files users actually produce, uploaded as they come and distilled end to end (issue 16):
+`torch.onnx.export` with torch's defaults (weights in a `.onnx.data` side file, a fixed batch of
+1), a graph that only runs one row at a time, `torch.jit.trace` of a model ending in softmax, a
+float64 model, and `pandas.DataFrame.to_csv` with its index and string class names.
+
+The teacher is a real wine classifier trained here on the raw features (it standardises them
+itself, as a user's model would); each upload is accepted with what was adapted said in the
+answer, and each default job gives a student close to its teacher on rows neither saw."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from api_tests.harness import assert_error, run_onnx, upload_dataset, upload_teacher, wait_job
+
+CLASSES = ["barolo", "grignolino", "barbera"]  # wine's three cultivars, as a user's CSV names them
+
+
+class WineNet(torch.nn.Module):
+    """A user's model: raw features in, its own standardisation, logits out."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.net = torch.nn.Sequential(torch.nn.Linear(13, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
+
+    def forward(self, x):
+        return self.net((x - self.mean) / self.std)
+
+
+class OneRow(torch.nn.Module):
+    """A forward written for one sample (`reshape(1, -1)`): exported, it runs only at batch 1."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x.reshape(1, -1))
+
+
+@pytest.fixture(scope="module")
+def wine(tmp_path_factory):
+    from sklearn.datasets import load_wine
+    from sklearn.model_selection import train_test_split
+
+    d = tmp_path_factory.mktemp("stock")
+    data = load_wine(as_frame=True)
+    frame = data.frame  # the label column `target` last
+    frame["target"] = [CLASSES[i] for i in data.target]
+    train, test = train_test_split(frame, test_size=0.25, stratify=frame["target"], random_state=0)
+    # sorted class names are the ids the service gives them (LabelEncoder's order): the teacher learns those
+    order = sorted(CLASSES)
+    x = torch.tensor(train.drop(columns="target").to_numpy(), dtype=torch.float32)
+    y = torch.tensor([order.index(c) for c in train["target"]])
+    torch.manual_seed(0)
+    model = WineNet(x.mean(0), x.std(0)).eval()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    x_test = test.drop(columns="target").to_numpy().astype(np.float32)
+    y_test = np.array([order.index(c) for c in test["target"]])
+    with torch.no_grad():
+        teacher_acc = float((model(torch.from_numpy(x_test)).argmax(1).numpy() == y_test).mean())
+    one = torch.zeros(1, 13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (one,), d / "wine.onnx")  # torch's defaults: wine.onnx + wine.onnx.data
+        torch.onnx.export(OneRow(model), (one,), d / "one_row.onnx", external_data=False)
+        torch.jit.trace(torch.nn.Sequential(model, torch.nn.Softmax(-1)), one).save(str(d / "softmax.pt"))
+        torch.jit.trace(_double(model), one.double()).save(str(d / "float64.pt"))  # e.g. trained on numpy's float64
+    train.to_csv(d / "wine.csv")  # pandas' defaults: the index as an unnamed first column
+    return {"dir": d, "x_test": x_test, "y_test": y_test, "teacher_acc": teacher_acc, "order": order}
+
+
+def _double(model: WineNet) -> WineNet:
+    copy = WineNet(model.mean.clone(), model.std.clone())
+    copy.load_state_dict(model.state_dict())
+    return copy.double().eval()
+
+
+@pytest.fixture(scope="module")
+def dataset(service, wine):
+    with service.client() as c:
+        return upload_dataset(c, wine["dir"] / "wine.csv")
+
+
+def test_a_pandas_csv_with_its_index_and_class_names_is_read_as_meant(dataset, wine):
+    details = dataset["details"]
+    assert details["label_column"] == "target"
+    assert details["class_names"] == wine["order"]
+    assert details["dropped_columns"] and dataset["feature_shape"] == [13] and dataset["num_classes"] == 3
+    assert any("class names" in m for m in details["messages"])
+
+
+def test_torch_onnx_export_defaults_need_their_data_file_and_say_how(client, wine):
+    with open(wine["dir"] / "wine.onnx", "rb") as f:
+        r = client.post("/v1/teachers", files={"file": ("wine.onnx", f)})
+    assert_error(r, 422, "unsafe_file")
+    assert "wine.onnx.data" in r.json()["error"]["message"] and "external_data=False" in r.json()["error"]["message"]
+
+
+def distil(client, teacher: dict, dataset: dict, wine: dict, tmp_path) -> tuple[dict, dict, float]:
+    r = client.post("/v1/jobs", json={"teacher_id": teacher["id"], "dataset_id": dataset["id"],
+                                      "training": {"epochs": 40}})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    card = client.get(f"/v1/models/{job['model_id']}").json()
+    path = tmp_path / f"{teacher['id']}.onnx"
+    path.write_bytes(client.get(f"/v1/models/{job['model_id']}/download").content)
+    acc = float((run_onnx(path, wine["x_test"]).argmax(1) == wine["y_test"]).mean())
+    print(f"{teacher['name']}: teacher {wine['teacher_acc']:.3f}, student {acc:.3f} on the held-out quarter")
+    return job, card, acc
+
+
+@pytest.mark.parametrize("upload, adapted", [
+    ("onnx+data", {"batch": "made symbolic"}),
+    ("one_row.onnx", {"batch": "one row at a time"}),
+    ("softmax.pt", {"probabilities": "taken as their log"}),
+    ("float64.pt", {"dtype": "float64"}),
+])
+def test_stock_teachers_are_accepted_and_distilled(client, wine, dataset, tmp_path, upload, adapted):
+    d = wine["dir"]
+    if upload == "onnx+data":
+        with open(d / "wine.onnx", "rb") as f, open(d / "wine.onnx.data", "rb") as g:
+            r = client.post("/v1/teachers", files={"file": ("wine.onnx", f), "data": ("wine.onnx.data", g)},
+                            data={"name": upload})
+        assert r.status_code == 201, r.text
+        teacher = r.json()
+    else:
+        teacher = upload_teacher(client, d / upload, name=upload)
+    assert teacher["input_shape"] == [13] and teacher["num_classes"] == 3
+    said = teacher["details"]["adaptations"]
+    assert set(said) == set(adapted) and all(v in said[k] for k, v in adapted.items()), said
+
+    job, card, acc = distil(client, teacher, dataset, wine, tmp_path)
+    assert acc >= wine["teacher_acc"] - 0.1, (acc, wine["teacher_acc"])
+    assert card["class_names"] == wine["order"]
+    assert card["validation"]["rows"] >= 10 and "split of dataset" in card["validation"]["source"]
+    assert "optimistic" in card["validation"]["note"]
+    codes = {w["code"] for w in job["warnings"]}
+    assert ("teacher_probabilities" in codes) == ("probabilities" in adapted)
+    assert ("teacher_row_by_row" in codes) == (upload == "one_row.onnx")
+    # a client gets the class names back
+    r = client.post(f"/v1/models/{job['model_id']}/predict", json={"inputs": wine["x_test"][:4].tolist()})
+    assert r.status_code == 200, r.text
+    assert r.json()["labels"] == [wine["order"][i] for i in r.json()["predictions"]]
+
+
+def test_a_model_that_fails_on_a_batch_is_refused_with_the_cause_and_the_fix(client, tmp_path):
+    """TorchScript's interpreter puts its traceback first: the answer quotes the cause (the last
+    error line) and names the input_shape to pass."""
+
+    class Images(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.head = torch.nn.Linear(4 * 6 * 6, 10)
+
+        def forward(self, x):
+            return self.head(self.conv(x).flatten(1))
+
+    path = tmp_path / "images.pt"
+    torch.jit.trace(Images().eval(), torch.zeros(1, 1, 8, 8)).save(str(path))
+    with open(path, "rb") as f:
+        r = client.post("/v1/teachers", files={"file": ("images.pt", f)}, data={"input_shape": "[64]"})
+    assert_error(r, 422, "teacher_output_mismatch", "input_shape")
+    message = r.json()["error"]["message"]
+    assert "Error: " in message and "The following operation failed" not in message
+    assert "--input-shape" in message
