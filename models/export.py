@@ -100,6 +100,33 @@ def export_student(model: torch.nn.Module, spec: InputSpec, path: Path, opset: i
     return model_opset(path)
 
 
+def rename_io(path: Path, renames: dict[str, str]) -> None:
+    """Rename the graph's inputs and outputs in place (old name → new), e.g. to a teacher's tensor
+    names so that a client written for the teacher works unchanged. An internal value that
+    already bears a new name is renamed out of the way first (internal names are arbitrary)."""
+    import onnx
+
+    renames = {old: new for old, new in renames.items() if old != new}
+    if not renames:
+        return
+    proto = onnx.load(str(path), load_external_data=False)
+    graph = proto.graph
+    ends = {v.name for v in [*graph.input, *graph.output]}
+    values = {v for node in graph.node for v in [*node.input, *node.output]} | {t.name for t in graph.initializer}
+    moved = {}
+    for new in renames.values():
+        if new in values and new not in ends:
+            moved[new] = next(f"{new}__{i}" for i in range(1, 1 << 20) if f"{new}__{i}" not in values)
+    names = {**moved, **renames}
+    for node in graph.node:
+        node.input[:] = [names.get(v, v) for v in node.input]
+        node.output[:] = [names.get(v, v) for v in node.output]
+    for v in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        v.name = names.get(v.name, v.name)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
 def model_opset(path: Path) -> int:
     import onnx
 

@@ -564,8 +564,10 @@ def _cause(exc: BaseException) -> str:
 def describe(t: Teacher) -> dict[str, Any]:
     """The probe's answer for a loaded teacher (what the API stores with the teacher row)."""
     adapted = getattr(t, "adaptations", {})
-    details = t.details() if isinstance(t, HfTeacher) else ({"adaptations": adapted} if adapted else None)
+    details = t.details() if isinstance(t, HfTeacher) else ({"adaptations": adapted} if adapted else {})
+    if isinstance(t, OnnxTeacher):
+        details["input_name"] = t.input_name  # the student takes the same name (a drop-in replacement)
     return {"format": t.format, "input_shape": t.input_shape, "input_dtype": t.input_dtype,
             "num_classes": t.num_classes, "num_parameters": t.num_parameters,
             "outputs": [{"name": n, "shape": t.output_shapes[n], "logits": n == t.logits_name} for n in t.output_names],
-            "details": details}
+            "details": details or None}

@@ -158,7 +158,8 @@ class TeacherOut(BaseModel):
     created_at: int
     details: dict[str, Any] | None = Field(None, description="text teachers (format hf): task (classification or "
                                            "embedding), model_type, vocab_size, hidden_size, num_layers, max_positions, "
-                                           "output_dim, pooling, normalize. Tensor teachers: `adaptations`, what "
+                                           "output_dim, pooling, normalize. ONNX teachers: input_name (the student "
+                                           "takes the teacher's input and logits names). Tensor teachers: `adaptations`, what "
                                            "was changed so that a stock export runs (probabilities: softmax outputs "
                                            "taken as log-probabilities; batch: a fixed batch of 1 made symbolic or run "
                                            "row by row; dtype: float64 weights fed float64 inputs), each with its reason")
@@ -300,6 +301,12 @@ class PredictIn(Strict):
         from kdserve.service.bodies import number_array  # bodies imports FastAPI; the schemas stay importable without
 
         self.inputs = number_array(self.inputs)
+
+
+class ModelPatch(Strict):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="the model's name: /v2/models/{name} serves it (the caller's newest model of that "
+                      "name), so a client written for the teacher's name can keep it")
 
 
 class PredictOut(BaseModel):

@@ -299,6 +299,25 @@ def test_a_deleted_model_is_no_longer_served(client, published, digits):
     assert r.status_code == 404 and json.loads(r.text)["error"].startswith("no model")
 
 
+def test_a_renamed_model_is_served_under_its_new_name(client, published, direct, digits):
+    """PATCH /v1/models/{id} {"name"}: /v2/models/{name} answers at once, the old name does not
+    (within this API process); names that are not URL-safe or look like ids are 422."""
+    mid, x = published["card"]["id"], digits.x_test[:2]
+    r = client.patch(f"/v1/models/{mid}", json={"name": "wine-classifier"})
+    assert r.status_code == 200 and r.json()["name"] == "wine-classifier", r.text
+    try:
+        r = client.post("/v2/models/wine-classifier/infer", json=infer_body(x))
+        assert r.status_code == 200 and r.json()["model_name"] == "wine-classifier", r.text
+        np.testing.assert_array_equal(logits_of(r.json()), direct(x))
+        assert client.post("/v2/models/digits-v2-student/infer", json=infer_body(x)).status_code == 404
+        for bad in ({"name": "a b"}, {"name": "mdl_123"}, {"name": ""}, {"title": "x"}):
+            r = client.patch(f"/v1/models/{mid}", json=bad)
+            assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
+        assert client.patch("/v1/models/mdl_nope", json={"name": "x"}).status_code == 404
+    finally:
+        assert client.patch(f"/v1/models/{mid}", json={"name": "digits-v2-student"}).status_code == 200
+
+
 def test_a_patch_transformer_student_is_published_and_served(service, client, published, digits, tmp_path):
     body = {**KD_JOB, **published["ids"], "training": {"epochs": 2}, "export": {"quantize": ["fp16"]},
             "student": {"architecture": "patch_transformer", "params": {"dim": 32, "depth": 1, "heads": 2}}}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -143,6 +144,12 @@ def test_stock_teachers_are_accepted_and_distilled(client, wine, dataset, tmp_pa
 
     job, card, acc = distil(client, teacher, dataset, wine, tmp_path)
     assert acc >= wine["teacher_acc"] - 0.1, (acc, wine["teacher_acc"])
+    if upload.endswith((".onnx", "+data")):  # a drop-in replacement: the teacher's tensor names
+        logits = next(o["name"] for o in teacher["outputs"] if o["logits"])
+        assert (card["input"]["name"], card["output"]["name"]) == (teacher["details"]["input_name"], logits)
+        session = ort.InferenceSession(str(tmp_path / f"{teacher['id']}.onnx"), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == [teacher["details"]["input_name"]]
+        assert [o.name for o in session.get_outputs()] == [logits]
     assert card["class_names"] == wine["order"]
     assert card["validation"]["rows"] >= 10 and "split of dataset" in card["validation"]["source"]
     assert "optimistic" in card["validation"]["note"]

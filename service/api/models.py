@@ -21,7 +21,7 @@ from kdserve.service.auth import Principal
 from kdserve.service.errors import ApiError, not_found
 from kdserve.service.filenames import content_disposition, safe_basename
 from kdserve.service.model_card import ModelCard, StoredArtifact, StoredBundle
-from kdserve.service.schemas import ModelOut, PredictIn, PredictOut
+from kdserve.service.schemas import ModelOut, ModelPatch, PredictIn, PredictOut
 from kdserve.service.serving.v2 import Serving, TensorError, check_finite, to_array, to_model_input
 from kdserve.service.store.db import Model
 
@@ -184,6 +184,21 @@ async def _predict_text(request: Request, ctx: Context, served, loaded, body: Pr
         answer = classified(out, served.card.class_names)
     metrics.observe_inference(served.model_id, protocol="v1", batch_size=len(texts), seconds=time.perf_counter() - t0)
     return answer
+
+
+@router.patch("/{model_id}", response_model=ModelOut, openapi_extra=body_openapi(ModelPatch))
+def rename_model(model_id: str, request: Request, body: ModelPatch = Depends(json_body(ModelPatch)),
+                 ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
+    """Rename a model; /v2/models/{name} answers with it from now on (names are not ids: a name
+    that looks like a model id would be read as one, so mdl_… is refused)."""
+    if body.name.startswith("mdl_"):
+        raise ApiError(422, "invalid_request", "a model name cannot start with mdl_ (that is how ids start)", "name")
+    with ctx.db.session() as s:
+        row = get_owned(s, Model, model_id, who, "model")
+        row.name = body.name
+        out = to_out(row)
+    request.app.state.serving.forget(model_id)  # its old name stops resolving here at once
+    return out
 
 
 @router.delete("/{model_id}", status_code=204)

@@ -7,7 +7,7 @@ rerun never publishes a second model."""
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,7 @@ def export_and_publish(ctx: RunContext, prep: Prepared, model: torch.nn.Module, 
                 onnx_export.export_student(model, inputs.spec, onnx_path, ctx.spec.export.opset)
             except Exception as exc:
                 raise JobFailed("export_failed", f"ONNX export failed: {type(exc).__name__}: {exc}")
+            inputs = drop_in_names(prep, inputs, onnx_path)
         with ctx.progress.stage("verifying"):
             fp32 = verify(ctx, inputs, onnx_path)
         files = [("fp32", onnx_path, fp32.artifact())]
@@ -79,6 +80,22 @@ def export_and_publish(ctx: RunContext, prep: Prepared, model: torch.nn.Module, 
                 files += quantize(ctx, inputs, onnx_path, fp32.accuracy)
         with ctx.progress.stage("publishing"):
             return publish(ctx, prep, model, metrics, inputs.spec, files, Path(tmp))
+
+
+def drop_in_names(prep: Prepared, inputs: ExportInputs, onnx_path: Path) -> ExportInputs:
+    """An ONNX teacher's input and logits names on the student's graph: a client written for the
+    teacher sends the same tensors to the student."""
+    row = prep.teacher_row
+    if prep.text or row is None or row.format != "onnx":
+        return inputs
+    teacher_in = (row.details or {}).get("input_name")
+    teacher_out = next((o["name"] for o in row.outputs or [] if o.get("logits")), None)
+    if not teacher_in or not teacher_out or teacher_in == teacher_out:
+        return inputs
+    spec = inputs.spec
+    onnx_export.rename_io(onnx_path, {spec.names[0]: teacher_in, spec.output: teacher_out})
+    renamed = replace(spec, inputs=(spec.inputs[0].model_copy(update={"name": teacher_in}),), output=teacher_out)
+    return replace(inputs, spec=renamed, val={teacher_in: inputs.val[spec.names[0]]})
 
 
 def _variant_args(ctx: RunContext, inputs: ExportInputs, out_dir: Path) -> dict:
