@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -216,16 +216,21 @@ def latency_ms(onnx_path: Path, spec: InputSpec | list[int], batch: int = 1, rep
 
 
 def time_session(session, feed: dict[str, np.ndarray], repeats: int, budget_s: float, warmup: int = 5) -> float:
-    """Median ms of `session.run` on `feed` (first output): `repeats` timed calls after `warmup`,
-    or fewer (at least 5) once `budget_s` is spent."""
+    """Median ms of `session.run` on `feed` (first output), as median_ms times it."""
     out = [session.get_outputs()[0].name]
+    return median_ms(lambda: session.run(out, feed), repeats, budget_s, warmup)
+
+
+def median_ms(call: Callable[[], Any], repeats: int, budget_s: float, warmup: int = 5) -> float:
+    """Median wall time of `call()` in ms: `repeats` timed calls after `warmup`, or fewer (at
+    least 5) once `budget_s` is spent."""
     for _ in range(warmup):
-        session.run(out, feed)
+        call()
     times: list[float] = []
     deadline = time.perf_counter() + budget_s
     while len(times) < repeats and (len(times) < 5 or time.perf_counter() < deadline):
         t0 = time.perf_counter()
-        session.run(out, feed)
+        call()
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1000)
 

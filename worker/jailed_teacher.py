@@ -104,6 +104,13 @@ class JailedTeacher(Teacher):
                             f"{len(names)} of {rows} rows each")
         return {n: torch.from_numpy(np.ascontiguousarray(o, dtype=np.float32)) for n, o in zip(names, outs)}
 
+    def latency_ms(self, x, repeats: int = 50, budget_s: float = 1.0) -> float:
+        """Median ms of one forward pass on these rows, timed inside the jail (the pipe not counted)."""
+        parts = x if isinstance(x, (tuple, list)) else (x,)
+        header, _ = self._ask({"op": "time", "repeats": repeats, "budget_s": budget_s},
+                              [p.detach().cpu().numpy() for p in parts], timeout=self.jail.call_timeout_s)
+        return float(header["ms"])
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """A text teacher's weights (for students that copy them), read from safetensors."""
         from safetensors.torch import load_file

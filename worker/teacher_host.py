@@ -8,6 +8,8 @@ stdin, one at a time, on its stdout (framed messages, service/sandbox/jail.py):
           (hf with files: tokenizer.json, config.json and the tokenizer files written to DIR)
     {"op": "run", "names": [...]} + [x] or [input_ids, attention_mask, token_type_ids]
         → {"ok": true} + one float32 array per name
+    {"op": "time", "repeats": N, "budget_s": S} + the same arrays
+        → {"ok": true, "ms": the median ms of one forward pass, in the teacher's own runtime}
     {"op": "state_dict", "out": DIR}        (hf) → the weights as DIR/state_dict.safetensors
     {"op": "refine", "params", "seed", "out": DIR} + [x, y]
         → {"event": "epoch", …} per epoch, then {"ok": true, "file": "teacher.pt"} (TorchScript, MCMI)
@@ -60,18 +62,29 @@ class Host:
             self.teacher.write_files(Path(req["out"]))
         return answer
 
-    def run(self, req: dict, arrays: list) -> tuple[dict, list]:
+    def _inputs(self, arrays: list):
         import numpy as np
         import torch
 
         if self.teacher is None:
             raise RuntimeError("run before load")
         if self.teacher.format == "hf":
-            x = tuple(torch.from_numpy(a.astype(np.int64, copy=False)) for a in arrays)
-        else:
-            x = torch.from_numpy(arrays[0].astype(np.float32, copy=False))
-        out = self.teacher.run(x, list(req["names"]))
+            return tuple(torch.from_numpy(a.astype(np.int64, copy=False)) for a in arrays)
+        return torch.from_numpy(arrays[0].astype(np.float32, copy=False))
+
+    def run(self, req: dict, arrays: list) -> tuple[dict, list]:
+        out = self.teacher.run(self._inputs(arrays), list(req["names"]))
         return {"ok": True}, [out[n].detach().cpu().float().numpy() for n in req["names"]]
+
+    def time(self, req: dict, arrays: list) -> dict:
+        """The median ms of one forward pass on these rows, in the teacher's own runtime: the
+        pipe to the worker is not counted, so the card compares runtimes, not transports."""
+        from kdserve.models.export import median_ms
+
+        x, names = self._inputs(arrays), [self.teacher.logits_name]
+        ms = median_ms(lambda: self.teacher.run(x, names), int(req.get("repeats", 50)),
+                       float(req.get("budget_s", 1.0)), warmup=2)
+        return {"ok": True, "ms": ms}
 
     def state_dict(self, req: dict) -> dict:
         from safetensors.torch import save_file
@@ -116,6 +129,8 @@ def serve(channel, send) -> None:
                 send(host.load(req))
             elif op == "run":
                 send(*host.run(req, arrays))
+            elif op == "time":
+                send(host.time(req, arrays))
             elif op == "state_dict":
                 send(host.state_dict(req))
             elif op == "refine":

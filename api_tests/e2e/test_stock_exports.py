@@ -153,6 +153,11 @@ def test_stock_teachers_are_accepted_and_distilled(client, wine, dataset, tmp_pa
     assert card["class_names"] == wine["order"]
     assert card["validation"]["rows"] >= 10 and "split of dataset" in card["validation"]["source"]
     assert "optimistic" in card["validation"]["note"]
+    timed = card["teacher_latency"]  # the teacher timed in its own runtime; the student's speed-up beside it
+    assert timed["latency_ms_batch1"] > 0 and timed["latency_ms_batch64"] > 0
+    assert timed["runtime"] == ("torch" if upload.endswith(".pt") else "onnxruntime")
+    assert card["speedup"]["batch1"] == pytest.approx(
+        timed["latency_ms_batch1"] / card["artifacts"][0]["latency_ms_batch1"], rel=0.01)
     codes = {w["code"] for w in job["warnings"]}
     assert ("teacher_probabilities" in codes) == ("probabilities" in adapted)
     assert ("teacher_row_by_row" in codes) == (upload == "one_row.onnx")

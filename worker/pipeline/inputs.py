@@ -242,6 +242,19 @@ def cache_teacher(ctx: RunContext, prep: Prepared) -> None:
                        data={"teacher_forward_seconds": round(seconds, 4), "reused": cached is not None})
     if prep.train.teacher_logits.shape[1] != prep.num_classes:
         raise JobFailed("teacher_output_mismatch", "the teacher's output width changed between calls")
+    if not prep.text:
+        ctx.teacher_latency = time_teacher(prep)
+
+
+def time_teacher(prep: Prepared) -> dict:
+    """The teacher's median latency at batch 1 and 64 (training rows), in its own runtime
+    (TorchScript in torch, ONNX in onnxruntime) inside its jail with the worker's threads, the
+    pipe not counted: what the card's speed-up compares the student's onnxruntime latency with."""
+    x = prep.train.x
+    rows = {1: x[:1], 64: x[:64].repeat((64 + len(x) - 1) // len(x), *[1] * (x.dim() - 1))[:64]}
+    timed = {f"latency_ms_batch{b}": round(prep.teacher.latency_ms(r), 5) for b, r in rows.items()}
+    return {**timed, "runtime": "onnxruntime" if prep.teacher.format == "onnx" else "torch",
+            "device": prep.teacher.device}
 
 
 # ---- the data -----------------------------------------------------------------------------------

@@ -203,8 +203,17 @@ def build_card(ctx: RunContext, prep: Prepared, model: torch.nn.Module, metrics:
         compression_ratio=round(t_params / n_params, 3) if t_params else None,
         metrics={k: metrics[k] for k in CARD_METRICS if k in metrics}, training=ctx.training,
         baseline=ctx.baseline, input_scaling=ctx.input_scaling, warnings=list(ctx.warnings) or None,
-        validation=ctx.validation, class_names=(dataset_row(ctx, ctx.spec.dataset_id).details or {}).get("class_names"),
+        validation=ctx.validation, teacher_latency=ctx.teacher_latency, speedup=speedup(ctx.teacher_latency, artifacts),
+        class_names=(dataset_row(ctx, ctx.spec.dataset_id).details or {}).get("class_names"),
         input=spec.inputs[0], output=spec.output_spec(), artifacts=artifacts, **extra)
+
+
+def speedup(teacher: dict | None, artifacts: list[StoredArtifact]) -> dict[str, float] | None:
+    fp32 = next((a for a in artifacts if a.precision == "fp32"), None)
+    if not teacher or fp32 is None:
+        return None
+    pairs = {f"batch{b}": (teacher.get(f"latency_ms_batch{b}"), getattr(fp32, f"latency_ms_batch{b}")) for b in (1, 64)}
+    return {k: round(t / s, 2) for k, (t, s) in pairs.items() if t and s} or None
 
 
 def _text_info(ctx: RunContext, prep: Prepared, spec: InputSpec) -> dict:
