@@ -1,7 +1,10 @@
 // kdserve dashboard: a small single-page app on the /v1 API, with no build step and no third-party
 // code (nothing can be fetched at run time). Pages are URL fragments:
 //   #/jobs            jobs table, refreshed every 2 s
-//   #/new             form to start a job (pickers filled from the API)
+//   #/new             form to start a job: pickers filled from the API and offering only the
+//                     teacher/dataset pairs, students and methods that go together
+//   #/new/<job id>    the same form, filled in from that job ("Clone job")
+//   #/data            teachers and datasets: upload forms (the API's multipart forms) and lists
 //   #/jobs/<id>       one job: progress, loss and accuracy curves per epoch (live, from its
 //                     Server-Sent Events), events, cancel, link to the model card
 //   #/models          models table
@@ -93,15 +96,17 @@ class ApiError extends Error {
   }
 }
 
-// fetch + the API's error shape; a 401 brings the key prompt back.
-async function api(path, { method = "GET", json, signal, raw = false } = {}) {
+// fetch + the API's error shape; a 401 brings the key prompt back (with the API's message only
+// when a key was sent: no error before the user has typed one). `form` is a FormData (uploads).
+async function api(path, { method = "GET", json, form, signal, raw = false } = {}) {
   const headers = authHeaders(json !== undefined ? { "Content-Type": "application/json" } : {});
-  const r = await fetch(path, { method, headers, signal, body: json !== undefined ? JSON.stringify(json) : undefined });
+  const body = json !== undefined ? JSON.stringify(json) : form;
+  const r = await fetch(path, { method, headers, signal, body });
   if (!r.ok) {
-    let body = null;
-    try { body = await r.json(); } catch (_) { /* not JSON: keep the status */ }
-    const e = new ApiError(r.status, body);
-    if (r.status === 401) showKeyPrompt(e.message);
+    let answer = null;
+    try { answer = await r.json(); } catch (_) { /* not JSON: keep the status */ }
+    const e = new ApiError(r.status, answer);
+    if (r.status === 401) showKeyPrompt(getKey() ? e.message : "");
     throw e;
   }
   if (raw) return r;
@@ -169,13 +174,17 @@ function showKeyPrompt(message) {
 
 document.getElementById("key-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
-  localStorage.setItem(KEY_STORAGE, document.getElementById("api-key").value.trim());
+  const key = document.getElementById("api-key").value.trim();
+  if (!key) { showKeyPrompt("Paste a key first."); return; }
+  localStorage.setItem(KEY_STORAGE, key);
   try {
     await api("/v1/jobs?limit=1");  // is the key good?
   } catch (e) {
     if (e.status !== 401) showKeyPrompt(e.message);
     return;
   }
+  showKeyPrompt("");  // clears a stale error
+  library = null;  // another key may be another tenant's
   document.getElementById("key-prompt").hidden = true;
   document.getElementById("view").hidden = false;
   document.getElementById("change-key").hidden = false;
@@ -324,182 +333,627 @@ function scatterChart({ id, title, points, xTarget, yTarget }) {
   return svg;
 }
 
+// ---- teachers and datasets: names for ids, and which pairs go together ----------------------
+
+const TEXT_DATASET_FORMATS = ["jsonl"];  // service/vocab.py: tokenised with a text (hf) teacher
+let library = null;  // {teachers, datasets, at}: both lists, re-read when older than 10 s or after an upload
+
+async function getLibrary(fresh = false) {
+  if (fresh || !library || Date.now() - library.at > 10000) {
+    const [teachers, datasets] = await Promise.all([api("/v1/teachers?limit=100"), api("/v1/datasets?limit=100")]);
+    library = { teachers: teachers.data, datasets: datasets.data, at: Date.now() };
+  }
+  return library;
+}
+
+const byId = (items, id) => items.find((x) => x.id === id) || null;
+const shapeText = (shape) => (shape || []).join("×");
+const isTextDataset = (d) => TEXT_DATASET_FORMATS.includes(d.format);
+const isEmbeddingTeacher = (t) => !!t && (t.details || {}).task === "embedding";
+
+// A name with its id after it in small type (ids are secondary); a deleted item shows its id.
+function named(item, id) {
+  if (!id) return "–";
+  return h("span", { class: "named" }, item ? item.name : "(deleted)", " ", h("code", { class: "id" }, id));
+}
+
+// Why teacher `t` (null: none) cannot train on dataset `d`, or null when they go together: the
+// API's own pre-flight rules (service/api/job_checks.py), so the pickers offer only pairs it takes.
+function pairProblem(t, d) {
+  const text = isTextDataset(d);
+  if (!t) {
+    if (text) return "a text dataset needs a text teacher (hf) for its tokenizer";
+    return d.labeled ? null : "without a teacher the dataset needs labels";
+  }
+  if (t.format === "hf") return text ? null : "a text teacher (hf) trains on a text dataset (jsonl)";
+  if (text) return "a text dataset needs a text teacher (hf)";
+  if (JSON.stringify(t.input_shape) !== JSON.stringify(d.feature_shape)) {
+    return `rows of shape [${d.feature_shape}], the teacher takes [${t.input_shape}]`;
+  }
+  if (d.num_classes !== null && d.num_classes > t.num_classes) return `${d.num_classes} classes, the teacher has ${t.num_classes}`;
+  return null;
+}
+
+// Whether a student architecture fits the data (text students for text) and the teacher.
+function archFits(a, t, d) {
+  if (!d) return a.inputs !== "text";
+  if ((a.inputs === "text") !== isTextDataset(d)) return false;
+  return !a.needs_teacher_weights || (!!t && t.format === "hf");
+}
+
+function methodFits(m, t, d) {
+  if (m.needs_teacher && !t) return false;
+  if (m.needs_labels && (!d || !d.labeled)) return false;
+  if (isEmbeddingTeacher(t) && (m.compares === "logits" || m.needs_labels)) return false;
+  // fitnet, lelp: they read a teacher output besides the logits
+  if (m.requires.includes("teacher_features") && !(t && (t.outputs || []).some((o) => !o.logits))) return false;
+  return true;
+}
+
+// The method the service picks when none is named: kd for a classifier, embedding_cosine for an
+// embedding model, ce without a teacher.
+const defaultMethod = (t) => (!t ? "ce" : isEmbeddingTeacher(t) ? "embedding_cosine" : "kd");
+
+const teacherLabel = (t) => `${t.name} · ${t.format} · ${t.format === "hf" ? (t.details || {}).task || "text"
+  : shapeText(t.input_shape)} → ${t.num_classes}`;
+const datasetLabel = (d) => `${d.name} · ${d.num_rows} rows · ${isTextDataset(d) ? "text" : shapeText(d.feature_shape)}` +
+  (d.labeled ? ` · ${d.num_classes} classes` : " · unlabelled");
+
+// Fill a <select> with [{value, label, disabled}] and select `want` when it is offered, else the
+// first enabled option. Returns the value selected.
+function setOptions(select, options, want) {
+  select.replaceChildren(...options.map((o) => h("option", { value: o.value, disabled: o.disabled }, o.label)));
+  const offered = options.filter((o) => !o.disabled).map((o) => o.value);
+  select.value = offered.includes(want) ? want : offered.length ? offered[0] : "";
+  return select.value;
+}
+
 // ---- views ---------------------------------------------------------------------------------
 
 const views = {};
 
+// A table inside a box that scrolls sideways on a narrow screen instead of widening the page.
+function table(id, columns, tbody) {
+  return h("div", { class: "table-wrap" },
+    h("table", { id }, h("thead", {}, h("tr", {}, columns.map((c) => h("th", {}, c)))), tbody));
+}
+
+// Run `refresh` now and every `ms`; an error is shown in `slot` until a later refresh succeeds.
+function poll(slot, refresh, ms) {
+  const run = () => refresh().then(() => fill(slot), (e) => fill(slot, errorText(e)));
+  run();
+  const timer = setInterval(run, ms);
+  return () => clearInterval(timer);
+}
+
+const errorText = (e) => h("p", { class: "error" }, `${e.code || "error"}: ${e.message}`);
+
 views.jobs = (el) => {
   const tbody = h("tbody");
+  const slot = h("div");
   el.append(
     h("div", { class: "toolbar" }, h("h1", {}, "Jobs"), h("a", { href: "#/new", class: "button", id: "new-job" }, "New job")),
-    h("table", { id: "jobs-table" },
-      h("thead", {}, h("tr", {}, ["job", "status", "stage", "progress", "epoch", "method", "student", "accuracy", "created"]
-        .map((c) => h("th", {}, c)))),
-      tbody));
-  async function refresh() {
-    const page = await api("/v1/jobs?limit=50");
-    tbody.replaceChildren(...page.data.map((j) => h("tr", { "data-job": j.id },
-      h("td", {}, h("a", { href: `#/jobs/${j.id}` }, j.id)),
-      h("td", {}, statusBadge(j.status)),
-      h("td", {}, j.stage || ""),
-      h("td", {}, progressBar(j.progress)),
-      h("td", {}, `${j.epoch}/${j.epochs}`),
-      h("td", {}, j.method.name),
-      h("td", {}, j.student.architecture),
-      h("td", {}, pct(j.metrics.student_accuracy)),
-      h("td", {}, when(j.created_at)))));
-    if (!page.data.length) tbody.append(h("tr", {}, h("td", { colspan: 9, class: "muted" }, "No jobs yet: start one.")));
-  }
-  refresh().catch(showError(el));
-  const timer = setInterval(() => refresh().catch(() => {}), 2000);
-  return () => clearInterval(timer);
+    slot,
+    table("jobs-table", ["job", "status", "teacher → dataset", "stage", "progress", "epoch", "method", "student",
+                         "accuracy", "created"], tbody));
+  const row = (j, lib) => h("tr", { "data-job": j.id },
+    h("td", {}, h("a", { href: `#/jobs/${j.id}` }, j.metadata.name ? named({ name: j.metadata.name }, j.id) : j.id)),
+    h("td", { class: "status-cell" }, statusBadge(j.status),
+      j.error ? h("div", { class: "row-error", title: j.error.code }, j.error.message) : null),
+    h("td", {}, j.teacher_id ? byId(lib.teachers, j.teacher_id)?.name || j.teacher_id : "no teacher", " → ",
+      byId(lib.datasets, j.dataset_id)?.name || j.dataset_id),
+    h("td", {}, j.stage || ""),
+    h("td", {}, progressBar(j.progress)),
+    h("td", {}, `${j.epoch}/${j.epochs}`),
+    h("td", {}, j.method.name),
+    h("td", {}, j.student.architecture),
+    h("td", {}, pct(j.metrics.student_accuracy)),
+    h("td", {}, when(j.created_at)));
+  return poll(slot, async () => {
+    const [page, lib] = await Promise.all([api("/v1/jobs?limit=50"), getLibrary()]);
+    tbody.replaceChildren(...page.data.map((j) => row(j, lib)));
+    if (!page.data.length) tbody.append(h("tr", {}, h("td", { colspan: 10, class: "muted" }, "No jobs yet: start one.")));
+  }, 2000);
 };
 
 views.models = (el) => {
   const tbody = h("tbody");
-  el.append(h("h1", {}, "Models"), h("table", { id: "models-table" },
-    h("thead", {}, h("tr", {}, ["model", "name", "method", "student", "parameters", "compression", "accuracy",
-                                "agreement", "created"].map((c) => h("th", {}, c)))),
-    tbody));
+  el.append(h("h1", {}, "Models"), table("models-table", ["model", "method", "student", "parameters", "compression",
+                                                            "accuracy", "agreement", "created"], tbody));
   api("/v1/models?limit=100").then((page) => {
     tbody.replaceChildren(...page.data.map((m) => h("tr", {},
-      h("td", {}, h("a", { href: `#/models/${m.id}` }, m.id)), h("td", {}, m.name), h("td", {}, m.method.name),
+      h("td", {}, h("a", { href: `#/models/${m.id}` }, named(m, m.id))), h("td", {}, m.method.name),
       h("td", {}, m.student.architecture), h("td", {}, m.num_parameters.toLocaleString()),
       h("td", {}, m.compression_ratio ? m.compression_ratio.toFixed(1) + "×" : "–"),
       h("td", {}, pct(m.metrics.student_accuracy)), h("td", {}, pct(m.metrics.agreement)),
       h("td", {}, when(m.created_at)))));
-    if (!page.data.length) tbody.append(h("tr", {}, h("td", { colspan: 9, class: "muted" }, "No models yet.")));
+    if (!page.data.length) tbody.append(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No models yet.")));
   }).catch(showError(el));
 };
+
+// ---- teachers and datasets page: upload forms and what is there ----------------------------
+
+// A labelled control: <label class="field"><span>text</span>control<small>hint</small></label>;
+// the hint is a text or a <small> of its own.
+function field(text, control, hint) {
+  return h("label", { class: "field" }, h("span", {}, text), control,
+           hint instanceof Node ? hint : hint ? h("small", {}, hint) : null);
+}
+
+const choice = (id, name, values, blank) => h("select", { name, id },
+  h("option", { value: "" }, blank), values.map((v) => h("option", { value: v }, v)));
+
+// "1, 28, 28" or "[1, 28, 28]" → [1, 28, 28]; "" → null; anything else → NaN in the list.
+function parseInts(text) {
+  const parts = text.replace(/[[\]]/g, " ").split(/[\s,]+/).filter(Boolean);
+  return parts.length ? parts.map((p) => (/^-?\d+$/.test(p) ? Number(p) : NaN)) : null;
+}
+
+// The multipart body an upload form sends: its filled fields only (an empty file part or field
+// would be a value); input_shape as the JSON list the API reads.
+function uploadBody(form) {
+  const body = new FormData();
+  for (const input of form.querySelectorAll("[name]")) {
+    if (input.type === "file") {
+      if (input.files.length) body.append(input.name, input.files[0]);
+    } else if (input.value.trim() !== "") {
+      const ints = input.name === "input_shape" ? parseInts(input.value) : null;
+      body.append(input.name, ints ? JSON.stringify(ints) : input.value.trim());
+    }
+  }
+  return body;
+}
+
+// An upload form: POST it, then show what was stored (and call `done`), or the API's error with
+// the field it names marked. A new attempt clears the last one's message.
+function uploadForm({ id, title, route, kind, fields, done }) {
+  const status = h("p", { class: "form-status", id: `${id}-status`, hidden: true });
+  const button = h("button", { type: "submit", id: `${id}-submit` }, `Upload ${kind}`);
+  const form = h("form", { id, class: "card upload" }, h("h2", {}, title), fields, button, status);
+  const say = (cls, ...text) => { status.className = "form-status " + cls; status.hidden = false; fill(status, ...text); };
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    status.hidden = true;
+    form.querySelectorAll(".invalid").forEach((x) => x.classList.remove("invalid"));
+    button.disabled = true;
+    button.textContent = kind === "teacher" ? "Uploading and checking…" : "Uploading…";
+    try {
+      const item = await api(route, { method: "POST", form: uploadBody(form) });
+      say("ok", `Uploaded ${item.name} `, h("code", { class: "id" }, item.id), " · ", h("a", { href: "#/new" }, "use it in a new job →"));
+      form.querySelectorAll('input[type="file"]').forEach((x) => { x.value = ""; });
+      done(item);
+    } catch (e) {
+      say("error", `${e.code}: ${e.message}`);
+      const marked = e.param && form.querySelector(`[name="${e.param}"]`);
+      if (marked) marked.classList.add("invalid");
+    } finally {
+      button.disabled = false;
+      button.textContent = `Upload ${kind}`;
+    }
+  });
+  return form;
+}
+
+function teacherUploadForm(done) {
+  return uploadForm({ id: "teacher-upload", title: "Upload a teacher", route: "/v1/teachers", kind: "teacher", done, fields: [
+    field("File", h("input", { type: "file", name: "file", id: "teacher-file", required: true }),
+          "TorchScript (.pt), ONNX (.onnx, or a zip of it and its data file), or a zip of a Hugging Face model folder"),
+    field("ONNX data", h("input", { type: "file", name: "data", id: "teacher-data" }),
+          "optional: the ONNX model's external data file, under the name the model refers to it by"),
+    field("Name", h("input", { type: "text", name: "name", id: "teacher-name", placeholder: "the file's name" })),
+    field("Format", choice("teacher-format", "format", ["torchscript", "onnx", "hf"], "detect from the file")),
+    field("Input shape", h("input", { type: "text", name: "input_shape", id: "input_shape", placeholder: "e.g. 1, 28, 28",
+                                      spellcheck: "false" }), "per sample; needed when the file does not say"),
+    field("Task", choice("task", "task", ["classification", "embedding"], "from config.json"), "hf only"),
+  ] });
+}
+
+function datasetUploadForm(done) {
+  return uploadForm({ id: "dataset-upload", title: "Upload a dataset", route: "/v1/datasets", kind: "dataset", done, fields: [
+    field("File", h("input", { type: "file", name: "file", id: "dataset-file", required: true }),
+          "npz (x, optional y), CSV with a header row, or JSONL texts"),
+    field("Name", h("input", { type: "text", name: "name", id: "dataset-name", placeholder: "the file's name" })),
+    field("Format", choice("dataset-format", "format", ["npz", "csv", "jsonl"], "detect from the file")),
+    field("Label column", h("input", { type: "text", name: "label_column", id: "label_column", spellcheck: "false",
+                                       placeholder: "label, target, class or y" }), "CSV and JSONL"),
+    field("Text field", h("input", { type: "text", name: "text_column", id: "text_column", placeholder: "text",
+                                     spellcheck: "false" }), "JSONL"),
+    field("Text pair field", h("input", { type: "text", name: "text_pair_column", id: "text_pair_column",
+                                          placeholder: "text_pair", spellcheck: "false" }), "JSONL, for pairs of texts"),
+  ] });
+}
+
+views.data = (el) => {
+  const teachers = h("tbody"), datasets = h("tbody");
+  const slot = h("div");
+  const show = async (fresh) => {
+    const lib = await getLibrary(fresh);
+    teachers.replaceChildren(...lib.teachers.map((t) => h("tr", { "data-teacher": t.id },
+      h("td", {}, named(t, t.id)), h("td", {}, t.format), h("td", {}, t.format === "hf" ? "text" : `[${t.input_shape}]`),
+      h("td", {}, t.num_classes), h("td", {}, t.num_parameters.toLocaleString()), h("td", {}, size(t.size_bytes)),
+      h("td", {}, when(t.created_at)))));
+    datasets.replaceChildren(...lib.datasets.map((d) => h("tr", { "data-dataset": d.id },
+      h("td", {}, named(d, d.id)), h("td", {}, d.format), h("td", {}, d.num_rows),
+      h("td", {}, isTextDataset(d) ? "text" : `[${d.feature_shape}]`), h("td", {}, d.labeled ? d.num_classes : "unlabelled"),
+      h("td", {}, size(d.size_bytes)), h("td", {}, when(d.created_at)))));
+    if (!lib.teachers.length) teachers.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No teachers yet.")));
+    if (!lib.datasets.length) datasets.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No datasets yet.")));
+  };
+  const refresh = () => show(true).then(() => fill(slot), (e) => fill(slot, errorText(e)));
+  el.append(h("h1", {}, "Teachers and datasets"),
+    h("div", { class: "uploads" }, teacherUploadForm(refresh), datasetUploadForm(refresh)),
+    slot,
+    h("h2", {}, "Teachers"),
+    table("teachers-table", ["teacher", "format", "input", "classes", "parameters", "size", "created"], teachers),
+    h("h2", {}, "Datasets"),
+    table("datasets-table", ["dataset", "format", "rows", "features", "classes", "stored", "created"], datasets));
+  refresh();
+};
+
+// ---- the new-job form ----------------------------------------------------------------------
+
+// How a parameter of a JSON schema is edited: a select for an enum, a checkbox for a boolean, a
+// number, a comma-separated list of integers, or (anything else) JSON. For anyOf [x, null] it is
+// x's control; any control left empty is not sent, so the server's default applies.
+function paramKind(p) {
+  const options = p.anyOf ? p.anyOf.filter((x) => x.type !== "null") : [p];
+  const inner = options.length === 1 ? options[0] : p;
+  if (inner.enum) return { kind: "enum", inner };
+  if (inner.type === "boolean") return { kind: "boolean", inner };
+  if (inner.type === "number" || inner.type === "integer") return { kind: "number", inner };
+  if (inner.type === "array" && inner.items && inner.items.type === "integer") return { kind: "ints", inner };
+  return { kind: "json", inner };
+}
+
+function paramInput(prefix, name, p) {
+  const { kind, inner } = paramKind(p);
+  const attrs = { name: `${prefix}.${name}`, id: `${prefix}-${name}`, "data-kind": kind,
+                  "data-default": JSON.stringify(p.default === undefined ? null : p.default) };
+  const blank = p.default === null || p.default === undefined ? "default" : "";
+  if (kind === "enum") {
+    return h("select", attrs, blank ? h("option", { value: "" }, blank) : null,
+      inner.enum.map((v) => h("option", { value: JSON.stringify(v), selected: v === p.default }, String(v))));
+  }
+  if (kind === "boolean") return h("input", { ...attrs, type: "checkbox", checked: !!p.default });
+  if (kind === "number") {
+    return h("input", { ...attrs, type: "number", step: inner.type === "integer" ? "1" : "any", min: inner.minimum,
+                        max: inner.maximum, value: p.default ?? "", placeholder: blank });
+  }
+  const shown = p.default === null || p.default === undefined ? "" : kind === "ints" ? p.default.join(", ") : JSON.stringify(p.default);
+  return h("input", { ...attrs, type: "text", value: shown, spellcheck: "false",
+                      placeholder: kind === "ints" ? "e.g. 64, 32" : blank || "JSON" });
+}
 
 // Inputs for a JSON schema's properties, named "<prefix>.<param>"; values left at their default
 // are not sent (the server fills defaults in, one source of truth).
 function paramFields(prefix, schema) {
   const props = (schema && schema.properties) || {};
   const fields = Object.entries(props).map(([name, p]) => {
-    const attrs = { name: `${prefix}.${name}`, id: `${prefix}-${name}`, "data-default": JSON.stringify(p.default) };
-    let input;
-    if (p.enum) {
-      input = h("select", attrs, p.enum.map((v) => h("option", { value: JSON.stringify(v), selected: v === p.default }, String(v))));
-    } else if (p.type === "boolean") {
-      input = h("input", { ...attrs, type: "checkbox", checked: !!p.default, "data-kind": "boolean" });
-    } else if (p.type === "number" || p.type === "integer") {
-      input = h("input", { ...attrs, type: "number", step: p.type === "integer" ? "1" : "any", value: p.default ?? "",
-                          "data-kind": "number" });
-    } else {
-      input = h("input", { ...attrs, type: "text", value: p.default === undefined ? "" : JSON.stringify(p.default),
-                          "data-kind": "json", spellcheck: "false" });
-    }
-    return h("label", { class: "field", title: p.description || "" }, h("span", {}, p.title || name), input,
-             p.description ? h("small", {}, p.description) : null);
+    const input = paramInput(prefix, name, p);
+    return h("label", { class: "field" + (input.type === "checkbox" ? " check" : ""), title: p.description || "" },
+      h("span", {}, p.title || name), input, p.description ? h("small", {}, p.description) : null);
   });
   return fields.length ? fields : [h("p", { class: "muted" }, "no parameters")];
 }
 
-function readParams(form, prefix) {
+function paramError(prefix, name, message) {
+  return new ApiError(422, { error: { code: "invalid_request", message: `${name}: ${message}`, param: `${prefix}.${name}` } });
+}
+
+// One input's value (undefined: left empty, so not sent).
+function paramValue(input, prefix, name) {
+  const kind = input.dataset.kind, text = input.value.trim();
+  if (kind === "boolean") return input.checked;
+  if (text === "") return undefined;
+  if (kind === "enum") return JSON.parse(text);
+  if (kind === "number") return Number(text);
+  if (kind === "ints") {
+    const ints = parseInts(text);
+    if (ints.some(Number.isNaN)) throw paramError(prefix, name, "whole numbers separated by commas (e.g. 64, 32)");
+    return ints;
+  }
+  try { return JSON.parse(text); } catch (_) { throw paramError(prefix, name, "not JSON"); }
+}
+
+function readParams(box, prefix) {
   const out = {};
-  for (const input of form.querySelectorAll(`[name^="${prefix}."]`)) {
+  for (const input of box.querySelectorAll(`[name^="${prefix}."]`)) {
     const name = input.name.slice(prefix.length + 1);
-    let value;
-    if (input.dataset.kind === "boolean") value = input.checked;
-    else if (input.dataset.kind === "number") { if (input.value === "") continue; value = Number(input.value); }
-    else if (input.tagName === "SELECT") value = JSON.parse(input.value);
-    else {
-      if (input.value.trim() === "") continue;
-      try { value = JSON.parse(input.value); } catch (_) { throw new ApiError(422, { error: {
-        code: "invalid_request", message: `${name}: not JSON (e.g. [32, 16])`, param: `${prefix}.params.${name}` } }); }
-    }
-    if (JSON.stringify(value) !== input.dataset.default) out[name] = value;
+    const value = paramValue(input, prefix, name);
+    if (value !== undefined && JSON.stringify(value) !== input.dataset.default) out[name] = value;
   }
   return out;
 }
 
-views.new = (el) => {
-  const form = h("form", { id: "job-form", class: "card" });
-  const error = h("p", { class: "error", id: "form-error", hidden: true });
-  el.append(h("h1", {}, "New job"), form);
-  Promise.all([api("/v1/teachers?limit=100"), api("/v1/datasets?limit=100"), api("/v1/architectures"),
-               api("/v1/methods")]).then(([teachers, datasets, archs, methods]) => {
-    const teacherSelect = h("select", { id: "teacher", name: "teacher_id" },
-      h("option", { value: "" }, "— none (self-distillation / supervised) —"),
-      teachers.data.map((t) => h("option", { value: t.id }, `${t.name} · ${t.format} · ${t.input_shape} → ${t.num_classes} (${t.id})`)));
-    if (teachers.data.length) teacherSelect.value = teachers.data[0].id;
-    const datasetSelect = h("select", { id: "dataset", name: "dataset_id", required: true },
-      datasets.data.map((d) => h("option", { value: d.id }, `${d.name} · ${d.num_rows} rows · ${d.feature_shape} (${d.id})`)));
-    const archSelect = h("select", { id: "architecture" }, archs.data.map((a) => h("option", { value: a.name }, a.name)));
-    const methodSelect = h("select", { id: "method" }, methods.data.map((m) => h("option", { value: m.name }, m.name)));
-    methodSelect.value = methods.data.some((m) => m.name === "kd") ? "kd" : methods.data[0].name;
-    const archParams = h("div", { class: "params", id: "student-params" });
-    const methodParams = h("div", { class: "params", id: "method-params" });
-    const archInfo = h("p", { class: "muted" }), methodInfo = h("p", { class: "muted" });
-    const showArch = () => {
-      const a = archs.data.find((x) => x.name === archSelect.value);
-      archInfo.textContent = a.description || "";
-      archParams.replaceChildren(...paramFields("student", a.params));
-    };
-    const showMethod = () => {
-      const m = methods.data.find((x) => x.name === methodSelect.value);
-      const needs = [m.needs_teacher ? "a teacher" : null, m.needs_labels ? "labels" : null].filter(Boolean);
-      methodInfo.textContent = (m.description || "") + (needs.length ? ` Needs ${needs.join(" and ")}.` : "");
-      methodParams.replaceChildren(...paramFields("method", m.params));
-    };
-    archSelect.addEventListener("change", showArch);
-    methodSelect.addEventListener("change", showMethod);
-    showArch();
-    showMethod();
-    const number = (id, value, attrs) => h("input", { id, type: "number", value, ...attrs });
-    form.append(
-      h("fieldset", {}, h("legend", {}, "Data"),
-        h("label", { class: "field" }, h("span", {}, "Teacher"), teacherSelect),
-        h("label", { class: "field" }, h("span", {}, "Dataset"), datasetSelect),
-        datasets.data.length ? null : h("p", { class: "error" }, "Upload a dataset first (kdserve datasets upload FILE).")),
-      h("fieldset", {}, h("legend", {}, "Student"), h("label", { class: "field" }, h("span", {}, "Architecture"), archSelect),
-        archInfo, archParams),
-      h("fieldset", {}, h("legend", {}, "Method"), h("label", { class: "field" }, h("span", {}, "Method"), methodSelect),
-        methodInfo, methodParams),
-      h("fieldset", {}, h("legend", {}, "Training"),
-        h("label", { class: "field" }, h("span", {}, "Epochs"), number("epochs", 20, { min: 1, step: 1 })),
-        h("label", { class: "field" }, h("span", {}, "Batch size"), number("batch_size", 64, { min: 1, step: 1 })),
-        h("label", { class: "field" }, h("span", {}, "Learning rate"), number("learning_rate", 0.001, { min: 0, step: "any" })),
-        h("label", { class: "field" }, h("span", {}, "Seed"), number("seed", 0, { min: 0, step: 1 })),
-        h("label", { class: "field" }, h("span", {}, "Also publish"),
-          h("span", { class: "checks" },
-            ["int8", "fp16"].map((p) => h("label", {}, h("input", { type: "checkbox", name: "quantize", value: p }), ` ${p}`))))),
-      error,
-      h("button", { id: "start-job", type: "submit" }, "Start job"));
-    form.addEventListener("submit", async (ev) => {
-      ev.preventDefault();
-      error.hidden = true;
-      form.querySelectorAll(".invalid").forEach((x) => x.classList.remove("invalid"));
-      try {
-        const body = {
-          teacher_id: teacherSelect.value || null,
-          dataset_id: datasetSelect.value,
-          student: { architecture: archSelect.value, params: readParams(form, "student") },
-          method: { name: methodSelect.value, params: readParams(form, "method") },
-          training: { epochs: Number(form.querySelector("#epochs").value),
-                      batch_size: Number(form.querySelector("#batch_size").value),
-                      learning_rate: Number(form.querySelector("#learning_rate").value),
-                      seed: Number(form.querySelector("#seed").value) },
-          export: { quantize: [...form.querySelectorAll('[name="quantize"]:checked')].map((c) => c.value) },
-        };
-        const job = await api("/v1/jobs", { method: "POST", json: body });
-        location.hash = `#/jobs/${job.id}`;
-      } catch (e) {
-        error.hidden = false;
-        error.textContent = `${e.code}: ${e.message}`;
-        const field = e.param && (form.querySelector(`[name="${e.param.replace(".params", "")}"]`) ||
-                                  form.querySelector(`#${e.param.split(".").pop()}`));
-        if (field) field.classList.add("invalid");
-      }
-    });
-  }).catch(showError(el));
+// Show `params` (a job's) in the inputs paramFields made.
+function setParams(box, prefix, params) {
+  for (const [name, value] of Object.entries(params || {})) {
+    const input = box.querySelector(`[name="${prefix}.${name}"]`);
+    if (!input) continue;
+    const kind = input.dataset.kind;
+    if (kind === "boolean") input.checked = !!value;
+    else if (value === null) input.value = "";
+    else if (kind === "enum") input.value = JSON.stringify(value);
+    else if (kind === "number") input.value = value;
+    else if (kind === "ints") input.value = value.join(", ");
+    else input.value = JSON.stringify(value);
+  }
+}
+
+// Deep-merge plain objects (the advanced JSON into the body the controls make).
+function merge(into, extra) {
+  for (const [k, v] of Object.entries(extra)) {
+    const both = v && typeof v === "object" && !Array.isArray(v) && into[k] && typeof into[k] === "object" && !Array.isArray(into[k]);
+    into[k] = both ? merge({ ...into[k] }, v) : v;
+  }
+  return into;
+}
+
+// What a cloned job brings that the form has no control for: the rest of its training and
+// export settings, as the advanced box's JSON.
+function cloneExtras(job) {
+  const shown = ["epochs", "batch_size", "learning_rate", "seed"];
+  const training = Object.fromEntries(Object.entries(job.training).filter(([k]) => !shown.includes(k)));
+  const exp = Object.fromEntries(Object.entries(job.export).filter(([k]) => !["quantize", "onnx"].includes(k)));
+  return { training, export: exp };
+}
+
+views.new = (el, cloneId) => {
+  el.append(h("div", { class: "toolbar" }, h("h1", {}, cloneId ? "New job, cloned from " : "New job",
+                                             cloneId ? h("code", {}, cloneId) : null),
+                h("a", { href: "#/data", class: "button secondary", id: "upload-link" }, "Upload a teacher or dataset")));
+  Promise.all([getLibrary(true), api("/v1/architectures"), api("/v1/methods"),
+               cloneId ? api(`/v1/jobs/${encodeURIComponent(cloneId)}`) : null])
+    .then(([lib, archs, methods, source]) => el.append(jobForm(lib, archs.data, methods.data, source)))
+    .catch(showError(el));
 };
+
+// The form's controls, which depend on each other: the teacher decides which datasets are offered,
+// the dataset (and teacher) which students and methods.
+function jobControls(lib) {
+  const select = (id, name) => h("select", { id, name });
+  const number = (id, value, attrs) => h("input", { id, name: id, type: "number", value, ...attrs });
+  return {
+    lib,
+    teacher: select("teacher", "teacher_id"),
+    dataset: select("dataset", "dataset_id"),
+    validation: select("validation_dataset", "validation_dataset_id"),
+    split: number("validation_split", 0.1, { min: 0.01, max: 0.89, step: "any" }),
+    teacherHint: h("small", { id: "teacher-hint" }),
+    datasetHint: h("small", { id: "dataset-hint" }),
+    pairNote: h("p", { class: "muted note", id: "pair-note" }),
+    arch: select("architecture", "student.architecture"),
+    methodPicked: false,  // set once the user chooses a method
+    archInfo: h("p", { class: "muted" }),
+    archParams: h("div", { class: "params", id: "student-params" }),
+    method: select("method", "method.name"),
+    methodInfo: h("p", { class: "muted" }),
+    methodParams: h("div", { class: "params", id: "method-params" }),
+    features: select("teacher_features", "teacher_features"),
+    epochs: number("epochs", 20, { min: 1, step: 1, placeholder: "auto" }),
+    batch: number("batch_size", 64, { min: 1, step: 1 }),
+    lr: number("learning_rate", 0.001, { min: 0, step: "any", placeholder: "auto" }),
+    seed: number("seed", 0, { min: 0, step: 1 }),
+    quantize: ["int8", "fp16"].map((p) => h("input", { type: "checkbox", name: "quantize", value: p, id: `quantize-${p}` })),
+    advanced: h("textarea", { id: "advanced-json", name: "advanced", rows: 5, spellcheck: "false",
+                              placeholder: '{"training": {"optimizer": "sgd"}, "baseline": true}' }),
+    error: h("p", { class: "error", id: "form-error", hidden: true }),
+  };
+}
+
+const chosenTeacher = (c) => byId(c.lib.teachers, c.teacher.value);
+const chosenDataset = (c) => byId(c.lib.datasets, c.dataset.value);
+
+function fillTeachers(c, want) {
+  const fits = (t) => c.lib.datasets.some((d) => !pairProblem(t, d));
+  const first = c.lib.teachers.find(fits);
+  setOptions(c.teacher, [
+    { value: "", label: "— none (supervised / self-distillation) —", disabled: !fits(null) },
+    ...c.lib.teachers.map((t) => ({ value: t.id, disabled: !fits(t),
+                                    label: `${teacherLabel(t)}${fits(t) ? "" : " · no matching dataset"} · ${t.id}` }))],
+  want !== undefined ? want : first ? first.id : "");
+}
+
+function fillDatasets(c, want) {
+  const t = chosenTeacher(c);
+  const fitting = c.lib.datasets.filter((d) => !pairProblem(t, d));
+  setOptions(c.dataset, fitting.map((d) => ({ value: d.id, label: `${datasetLabel(d)} · ${d.id}` })), want);
+  describePair(c);
+}
+
+// Under each picker its choice's id and facts; under both, how many datasets were left out (and
+// why, on hover) and a link to upload more.
+function describePair(c) {
+  const t = chosenTeacher(c), d = chosenDataset(c);
+  const out = c.lib.datasets.filter((x) => pairProblem(t, x));
+  const left = out.length;
+  fill(c.teacherHint, t ? [h("code", { class: "id" }, t.id), ` · input ${t.format === "hf" ? "text" : `[${t.input_shape}]`} · `,
+                           `${t.num_classes} outputs · ${t.num_parameters.toLocaleString()} parameters`]
+                        : "no teacher: the student learns from the labels");
+  fill(c.datasetHint, d ? [h("code", { class: "id" }, d.id), ` · ${d.num_rows} rows of `,
+                           isTextDataset(d) ? "text" : `[${d.feature_shape}]`, d.labeled ? ` · ${d.num_classes} classes` : " · unlabelled"]
+                        : h("span", { class: "error" }, c.lib.datasets.length ? "No dataset fits this teacher." : "No datasets yet."));
+  fill(c.pairNote,
+    left ? h("span", { title: out.map((x) => `${x.name}: ${pairProblem(t, x)}`).join("\n") },
+             `${left} dataset${left > 1 ? "s" : ""} not fitting ${t ? "this teacher" : "training without a teacher"} ` +
+             `${left > 1 ? "are" : "is"} left out. `) : null,
+    h("a", { href: "#/data" }, "Upload a teacher or dataset →"));
+}
+
+function fillValidation(c, want) {
+  const d = chosenDataset(c);
+  const same = (v) => d && v.id !== d.id && isTextDataset(v) === isTextDataset(d) &&
+    JSON.stringify(v.feature_shape) === JSON.stringify(d.feature_shape);
+  setOptions(c.validation, [{ value: "", label: "— split off the training data —" },
+    ...c.lib.datasets.filter(same).map((v) => ({ value: v.id, label: `${datasetLabel(v)} · ${v.id}` }))], want || "");
+  c.split.disabled = !!c.validation.value;
+}
+
+function fillArchs(c, archs, want) {
+  const t = chosenTeacher(c), d = chosenDataset(c);
+  const before = c.arch.value;
+  const now = setOptions(c.arch, archs.filter((a) => archFits(a, t, d)).map((a) => ({ value: a.name, label: a.name })),
+                         want || before);
+  if (now !== before || !c.archParams.childElementCount) showArch(c, archs);
+}
+
+function showArch(c, archs) {
+  const a = archs.find((x) => x.name === c.arch.value);
+  c.archInfo.textContent = a ? a.description || "" : "No student architecture fits this data.";
+  c.archParams.replaceChildren(...(a ? paramFields("student", a.params) : []));
+}
+
+function fillMethods(c, methods, want) {
+  const t = chosenTeacher(c), d = chosenDataset(c);
+  const before = c.method.value;
+  const fitting = methods.filter((m) => methodFits(m, t, d));
+  // a method the user picked stays while it fits; otherwise the one the service would pick
+  const preferred = want || (c.methodPicked && fitting.some((m) => m.name === before) ? before : defaultMethod(t));
+  const now = setOptions(c.method, fitting.map((m) => ({ value: m.name, label: m.name })), preferred);
+  if (now !== before || !c.methodParams.childElementCount) showMethod(c, methods);
+  fillFeatures(c, methods);
+}
+
+function showMethod(c, methods) {
+  const m = methods.find((x) => x.name === c.method.value);
+  if (!m) { c.methodInfo.textContent = "No method fits this teacher and data."; c.methodParams.replaceChildren(); return; }
+  const needs = [m.needs_teacher ? "a teacher" : null, m.needs_labels ? "labels" : null].filter(Boolean);
+  c.methodInfo.textContent = (m.description || "") + (needs.length ? ` Needs ${needs.join(" and ")}.` : "");
+  c.methodParams.replaceChildren(...paramFields("method", m.params));
+}
+
+// fitnet and lelp read one of the teacher's outputs: pick it from the outputs the probe found.
+function fillFeatures(c, methods, want) {
+  const m = methods.find((x) => x.name === c.method.value);
+  const t = chosenTeacher(c);
+  const needed = !!m && m.requires.includes("teacher_features");
+  c.features.closest(".field").hidden = !needed;
+  const outputs = needed && t ? (t.outputs || []).filter((o) => !o.logits) : [];
+  setOptions(c.features, outputs.map((o) => ({ value: o.name, label: `${o.name} [${o.shape}]` })), want || c.features.value);
+}
+
+function jobFieldsets(c) {
+  return [
+    h("fieldset", { id: "data-fields" }, h("legend", {}, "Data"),
+      field("Teacher", c.teacher, c.teacherHint), field("Dataset", c.dataset, c.datasetHint), c.pairNote,
+      field("Validation", c.validation), field("Validation split", c.split, "share of the rows held out when no validation dataset is chosen")),
+    h("fieldset", { id: "student-fields" }, h("legend", {}, "Student"), field("Architecture", c.arch), c.archInfo, c.archParams),
+    h("fieldset", { id: "method-fields" }, h("legend", {}, "Method"), field("Method", c.method), c.methodInfo, c.methodParams,
+      field("Teacher features", c.features, "the teacher output this method reads")),
+    h("fieldset", { id: "training-fields" }, h("legend", {}, "Training"),
+      field("Epochs", c.epochs, "empty: auto"), field("Batch size", c.batch), field("Learning rate", c.lr, "empty: auto"),
+      field("Seed", c.seed),
+      h("div", { class: "field" }, h("span", {}, "Also publish"),
+        h("span", { class: "checks" }, c.quantize.map((q) => h("label", {}, q, ` ${q.value}`))))),
+    h("details", { class: "advanced", id: "advanced" },
+      h("summary", {}, "Advanced: more of the request as JSON (optional)"),
+      h("p", { class: "muted" }, "Merged into the request body the fields above make, e.g. other ", h("code", {}, "training"),
+        " settings, ", h("code", {}, "text.max_length"), ", ", h("code", {}, "baseline"), ", ", h("code", {}, "metadata"), "."),
+      c.advanced),
+  ];
+}
+
+function jobBody(c) {
+  const optionalNumber = (input) => (input.value.trim() === "" ? undefined : Number(input.value));
+  const body = {
+    teacher_id: c.teacher.value || null,
+    dataset_id: c.dataset.value,
+    student: { architecture: c.arch.value, params: readParams(c.archParams, "student") },
+    method: { name: c.method.value, params: readParams(c.methodParams, "method") },
+    training: { epochs: optionalNumber(c.epochs), batch_size: Number(c.batch.value),
+                learning_rate: optionalNumber(c.lr), seed: Number(c.seed.value) },
+    export: { quantize: c.quantize.filter((q) => q.checked).map((q) => q.value) },
+  };
+  if (c.validation.value) body.validation_dataset_id = c.validation.value;
+  else body.validation_split = Number(c.split.value);
+  if (!c.features.closest(".field").hidden && c.features.value) body.teacher_features = c.features.value;
+  if (c.advanced.value.trim()) {
+    let extra;
+    try { extra = JSON.parse(c.advanced.value); } catch (e) { extra = null; }
+    if (!extra || typeof extra !== "object" || Array.isArray(extra)) {
+      throw new ApiError(422, { error: { code: "invalid_request", message: "advanced: a JSON object, e.g. {\"baseline\": true}",
+                                         param: "advanced" } });
+    }
+    merge(body, extra);
+  }
+  return body;
+}
+
+// The field an API error names: "method.params.alpha" → [name="method.alpha"], "dataset_id" → #dataset.
+function errorField(form, param) {
+  if (!param) return null;
+  const name = param.replace(".params.", ".");
+  return form.querySelector(`[name="${name}"]`) || form.querySelector(`#${CSS.escape(param.split(".").pop())}`);
+}
+
+function showFormError(form, c, e) {
+  c.error.hidden = false;
+  c.error.textContent = `${e.code}: ${e.message}`;
+  const marked = errorField(form, e.param);
+  if (marked) marked.classList.add("invalid");
+}
+
+// Editing the field an error marked clears the mark, and the error once no mark is left.
+function clearFixed(form, c, ev) {
+  if (!ev.target.classList || !ev.target.classList.contains("invalid")) return;
+  ev.target.classList.remove("invalid");
+  if (!form.querySelector(".invalid")) c.error.hidden = true;
+}
+
+function prefill(c, job) {
+  const { training } = job;
+  c.epochs.value = training.epochs === "auto" ? "" : training.epochs;
+  c.batch.value = training.batch_size;
+  c.lr.value = training.learning_rate === "auto" ? "" : training.learning_rate;
+  c.seed.value = training.seed;
+  c.quantize.forEach((q) => { q.checked = (job.export.quantize || []).includes(q.value); });
+  c.advanced.value = JSON.stringify(cloneExtras(job), null, 2);
+  c.advanced.closest("details").open = true;  // show what else was copied
+}
+
+function jobForm(lib, archs, methods, source) {
+  const c = jobControls(lib);
+  // novalidate: the API checks the values (one source of truth) and its message is shown
+  const form = h("form", { id: "job-form", class: "card", novalidate: true }, jobFieldsets(c), c.error,
+                 h("button", { id: "start-job", type: "submit" }, "Start job"));
+  const afterDataset = () => { fillValidation(c); fillArchs(c, archs); fillMethods(c, methods); };
+  fillTeachers(c, source ? source.teacher_id || "" : undefined);
+  fillDatasets(c, source && source.dataset_id);
+  fillValidation(c, source && source.validation_dataset_id);
+  fillArchs(c, archs, source && source.student.architecture);
+  fillMethods(c, methods, source && source.method.name);
+  if (source) {
+    setParams(c.archParams, "student", source.student.params);
+    setParams(c.methodParams, "method", source.method.params);
+    prefill(c, source);
+  }
+  c.teacher.addEventListener("change", () => { fillDatasets(c); afterDataset(); });
+  c.dataset.addEventListener("change", () => { describePair(c); afterDataset(); });
+  c.validation.addEventListener("change", () => { c.split.disabled = !!c.validation.value; });
+  c.arch.addEventListener("change", () => showArch(c, archs));
+  c.method.addEventListener("change", () => { c.methodPicked = true; showMethod(c, methods); fillFeatures(c, methods); });
+  form.addEventListener("input", (ev) => clearFixed(form, c, ev));
+  form.addEventListener("change", (ev) => clearFixed(form, c, ev));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    c.error.hidden = true;
+    form.querySelectorAll(".invalid").forEach((x) => x.classList.remove("invalid"));
+    try {
+      const job = await api("/v1/jobs", { method: "POST", json: jobBody(c) });
+      location.hash = `#/jobs/${job.id}`;
+    } catch (e) {
+      showFormError(form, c, e);
+    }
+  });
+  return form;
+}
 
 views.job = (el, id) => {
   const controller = new AbortController();
   const epochs = new Map();  // epoch → metrics event data
   let job = null;
+  let lib = { teachers: [], datasets: [] };  // for names; the page works without them
+  getLibrary().then((l) => { lib = l; if (job) drawHead(); }).catch(() => {});
   const head = h("div", { class: "job-head" });
   const facts = h("div", { class: "facts" });
   const charts = h("div", { class: "charts", id: "charts" });
@@ -548,13 +1002,16 @@ views.job = (el, id) => {
           job = await api(`/v1/jobs/${id}/cancel`, { method: "POST" }).catch((e) => { alert(e.message); return job; });
           drawHead();
         } }, "Cancel") : null,
+        h("a", { href: `#/new/${job.id}`, class: "button secondary", id: "clone-job",
+                 title: "a new job with this one's teacher, data, student, method and training" }, "Clone job"),
         job.model_id ? h("a", { href: `#/models/${job.model_id}`, class: "button", id: "model-link" }, "Model card →") : null),
       job.error ? h("p", { class: "error", id: "job-error" }, `${job.error.code}: ${job.error.message}`) : null,
       (job.warnings || []).length ? h("ul", { class: "warnings", id: "job-warnings" },
         job.warnings.map((w) => h("li", { "data-code": w.code }, w.message))) : null);
     const m = job.metrics;
     facts.replaceChildren(h("dl", {},
-      ...[["teacher", job.teacher_id || "–"], ["dataset", job.dataset_id],
+      ...[["teacher", job.teacher_id ? named(byId(lib.teachers, job.teacher_id), job.teacher_id) : "none"],
+          ["dataset", named(byId(lib.datasets, job.dataset_id), job.dataset_id)],
           ["student", `${job.student.architecture} ${JSON.stringify(job.student.params)}`],
           ["method", `${job.method.name} ${JSON.stringify(job.method.params)}`],
           ["training", `${job.training.epochs} epochs · batch ${job.training.batch_size} · lr ${job.training.learning_rate}`],
@@ -623,7 +1080,7 @@ views.model = (el, id) => {
     const m = card.metrics;
     const arts = card.artifacts;
     el.append(
-      h("div", { class: "toolbar" }, h("h1", {}, "Model card ", h("code", {}, card.id)),
+      h("div", { class: "toolbar" }, h("h1", {}, "Model card: ", named(card, card.id)),
         h("a", { href: `#/jobs/${card.job_id}`, class: "button secondary" }, "← job")),
       h("div", { class: "facts", id: "model-card" }, h("dl", {},
         ...[["name", card.name], ["method", `${card.method.name} ${JSON.stringify(card.method.params || {})}`],
@@ -645,9 +1102,8 @@ views.model = (el, id) => {
                    bars: arts.map((a) => ({ label: a.precision, value: a.size_bytes })) }),
         barChart({ id: "latency-bars", title: "CPU latency, batch 1", format: (v) => v.toFixed(3) + " ms",
                    bars: arts.map((a) => ({ label: a.precision, value: a.latency_ms_batch1 })) })),
-      h("table", { id: "artifacts-table" },
-        h("thead", {}, h("tr", {}, ["format", "precision", "size", "accuracy", "max |Δ| vs PyTorch", "argmax agreement",
-                                    "latency b=1", "sha256", ""].map((c) => h("th", {}, c)))),
+      table("artifacts-table", ["format", "precision", "size", "accuracy", "max |Δ| vs PyTorch", "argmax agreement",
+                                "latency b=1", "sha256", ""],
         h("tbody", {}, arts.map((a) => h("tr", {},
           h("td", {}, a.format), h("td", {}, a.precision), h("td", {}, size(a.size_bytes)), h("td", {}, pct(a.accuracy)),
           h("td", {}, a.max_abs_diff === null ? "–" : a.max_abs_diff.toExponential(2)), h("td", {}, pct(a.argmax_agreement)),
@@ -660,27 +1116,28 @@ views.model = (el, id) => {
 
 views.searches = (el) => {
   const tbody = h("tbody");
+  const slot = h("div");
   el.append(h("h1", {}, "Searches"),
     h("p", { class: "muted" }, "Start one with ", h("code", {}, "kdserve search create"), " or POST /v1/searches."),
-    h("table", { id: "searches-table" },
-      h("thead", {}, h("tr", {}, ["search", "status", "trials", "succeeded", "pruned", "recommended", "created"]
-        .map((c) => h("th", {}, c)))),
-      tbody));
-  async function refresh() {
-    const page = await api("/v1/searches?limit=50");
+    slot,
+    table("searches-table", ["search", "status", "teacher → dataset", "trials", "succeeded", "pruned", "recommended",
+                             "created"], tbody));
+  return poll(slot, async () => {
+    const [page, lib] = await Promise.all([api("/v1/searches?limit=50"), getLibrary()]);
     tbody.replaceChildren(...page.data.map((x) => {
       const r = x.result.recommended;
       return h("tr", { "data-search": x.id },
-        h("td", {}, h("a", { href: `#/searches/${x.id}` }, x.id)), h("td", {}, statusBadge(x.status)),
+        h("td", {}, h("a", { href: `#/searches/${x.id}` }, x.id)),
+        h("td", { class: "status-cell" }, statusBadge(x.status),
+          x.error ? h("div", { class: "row-error", title: x.error.code }, x.error.message) : null),
+        h("td", {}, byId(lib.teachers, x.teacher_id)?.name || x.teacher_id || "no teacher", " → ",
+          byId(lib.datasets, x.dataset_id)?.name || x.dataset_id),
         h("td", {}, `${x.trials.started}/${x.budget.trials}`), h("td", {}, x.trials.succeeded), h("td", {}, x.trials.pruned),
         h("td", {}, r ? `trial ${r.trial} ${r.precision}: ${pct(r.accuracy)}, ${num(r.latency_ms)} ms` : "–"),
         h("td", {}, when(x.created_at)));
     }));
-    if (!page.data.length) tbody.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No searches yet.")));
-  }
-  refresh().catch(showError(el));
-  const timer = setInterval(() => refresh().catch(() => {}), 2000);
-  return () => clearInterval(timer);
+    if (!page.data.length) tbody.append(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No searches yet.")));
+  }, 2000);
 };
 
 const fileText = (c) => (c ? `trial ${c.trial} ${c.precision}: score ${pct(c.score)}, accuracy ${pct(c.accuracy)}, ` +
@@ -692,9 +1149,11 @@ views.search = (el, id) => {
   const chart = h("div", { class: "charts", id: "search-chart" });
   const tbody = h("tbody");
   el.append(head, facts, h("h2", {}, "Files: score against latency"), chart, h("h2", {}, "Trials"),
-    h("table", { id: "trials-table" }, h("thead", {}, h("tr", {}, ["trial", "status", "method", "student", "lr",
-      "temperature", "epochs", "val score", "files", "job"].map((c) => h("th", {}, c)))), tbody));
+    table("trials-table", ["trial", "status", "method", "student", "lr", "temperature", "epochs", "val score", "files",
+                           "job"], tbody));
   let search = null;
+  let lib = { teachers: [], datasets: [] };
+  getLibrary().then((l) => { lib = l; }).catch(() => {});
   const draw = (trials) => {
     const r = search.result;
     const onFront = new Set(r.pareto.map((c) => `${c.trial}/${c.precision}`));
@@ -718,7 +1177,8 @@ views.search = (el, id) => {
     const t = search.targets;
     const targets = Object.entries(t).filter(([k, v]) => v !== null && k !== "batch_size").map(([k, v]) => `${k} ${v}`).join(" · ");
     facts.replaceChildren(h("dl", {},
-      ...[["teacher", search.teacher_id], ["dataset", search.dataset_id], ["targets", targets || "none"],
+      ...[["teacher", search.teacher_id ? named(byId(lib.teachers, search.teacher_id), search.teacher_id) : "none"],
+          ["dataset", named(byId(lib.datasets, search.dataset_id), search.dataset_id)], ["targets", targets || "none"],
           ["methods", search.space.methods.join(", ")],
           ["students", search.space.students.map((x) => `${x.architecture} ${JSON.stringify(x.params.hidden_sizes || x.params.channels || x.params)}`).join(" · ")],
           ["recommended", h("span", { id: "recommended" }, fileText(r.recommended))],
@@ -753,7 +1213,7 @@ views.search = (el, id) => {
 };
 
 function showError(el) {
-  return (e) => el.append(h("p", { class: "error" }, `${e.code || "error"}: ${e.message}`));
+  return (e) => el.append(errorText(e));
 }
 
 // ---- routing -------------------------------------------------------------------------------
@@ -769,7 +1229,8 @@ function route() {
   if (parts[0] === "jobs" && parts[1]) { page = "job"; args = [parts[1]]; }
   else if (parts[0] === "models" && parts[1]) { page = "model"; args = [parts[1]]; }
   else if (parts[0] === "searches" && parts[1]) { page = "search"; args = [parts[1]]; }
-  else if (["jobs", "new", "models", "searches"].includes(parts[0])) page = parts[0];
+  else if (parts[0] === "new" && parts[1]) { page = "new"; args = [parts[1]]; }  // clone that job
+  else if (["jobs", "new", "models", "searches", "data"].includes(parts[0])) page = parts[0];
   const section = { job: "jobs", model: "models", search: "searches" }[page] || page;
   document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === section));
   leave = views[page](view, ...args) || null;
@@ -780,6 +1241,7 @@ window.addEventListener("hashchange", () => {
 });
 
 (async function start() {
+  if (!getKey()) { showKeyPrompt(""); return; }  // nothing to check yet, so no error to show
   try {
     await api("/v1/jobs?limit=1");
   } catch (e) {
