@@ -221,6 +221,22 @@ def time_session(session, feed: dict[str, np.ndarray], repeats: int, budget_s: f
     return median_ms(lambda: session.run(out, feed), repeats, budget_s, warmup)
 
 
+def versions() -> dict[str, str]:
+    """What makes and checks the files (the card's `versions`)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        own = version("kdserve")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        own = "unknown"
+    return {"kdserve": own, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+            "python": platform.python_version()}
+
+
 def median_ms(call: Callable[[], Any], repeats: int, budget_s: float, warmup: int = 5) -> float:
     """Median wall time of `call()` in ms: `repeats` timed calls after `warmup`, or fewer (at
     least 5) once `budget_s` is spent."""

@@ -120,6 +120,8 @@ class CardFields(BaseModel):
                                                    "onnxruntime, inside its jail, the worker's threads)")
     speedup: dict[str, float] | None = Field(None, description="the teacher's latency over the fp32 student's "
                                              "onnxruntime latency, at batch 1 and 64 (batch1, batch64)")
+    versions: dict[str, str] | None = Field(None, description="what made the files: kdserve, torch, onnx, "
+                                            "onnxruntime and Python versions")
     class_names: list[str] | None = Field(None, description="the dataset's class names (labels uploaded as strings, "
                                           "numbered in sorted order): output i is class_names[i]")
     input: TensorSpec

@@ -283,6 +283,9 @@ class ModelOut(CardFields, ModelHead):  # served: id, object, name, job_id, the 
                                          "the tokenizer (GET …/download?format=zip&precision=…)")
     text: dict[str, Any] | None = Field(None, description="text students: task, max_length, output, normalized, "
                                         "pooling, text_pairs, vocab_size, tokenizer_files")
+    usage: dict[str, str] | None = Field(None, description="how to call this model, ready to paste once "
+                                         "$KDSERVE_URL and $KDSERVE_API_KEY are set: download, predict and v2_infer "
+                                         "(curl), onnxruntime (Python, tensor students), sdk (Python)")
 
 
 class ListOut(BaseModel):

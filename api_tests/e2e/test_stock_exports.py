@@ -9,6 +9,10 @@ answer, and each default job gives a student close to its teacher on rows neithe
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -128,7 +132,7 @@ def distil(client, teacher: dict, dataset: dict, wine: dict, tmp_path) -> tuple[
     ("softmax.pt", {"probabilities": "taken as their log"}),
     ("float64.pt", {"dtype": "float64"}),
 ])
-def test_stock_teachers_are_accepted_and_distilled(client, wine, dataset, tmp_path, upload, adapted):
+def test_stock_teachers_are_accepted_and_distilled(service, client, wine, dataset, tmp_path, upload, adapted):
     d = wine["dir"]
     if upload == "onnx+data":
         with open(d / "wine.onnx", "rb") as f, open(d / "wine.onnx.data", "rb") as g:
@@ -165,6 +169,22 @@ def test_stock_teachers_are_accepted_and_distilled(client, wine, dataset, tmp_pa
     r = client.post(f"/v1/models/{job['model_id']}/predict", json={"inputs": wine["x_test"][:4].tolist()})
     assert r.status_code == 200, r.text
     assert r.json()["labels"] == [wine["order"][i] for i in r.json()["predictions"]]
+    assert set(card["versions"]) == {"kdserve", "torch", "onnx", "onnxruntime", "python"}
+    if upload == "onnx+data":
+        run_the_usage_snippets(service, card, tmp_path)
+
+
+def run_the_usage_snippets(service, card: dict, tmp_path) -> None:
+    """The card's snippets run as shown, with only KDSERVE_URL and KDSERVE_API_KEY set."""
+    env = dict(os.environ, KDSERVE_URL=service.base_url, KDSERVE_API_KEY=service.api_key)
+    usage = card["usage"]
+    for name in ("download", "predict", "v2_infer"):
+        done = subprocess.run(["bash", "-c", usage[name]], env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, (name, done.stderr)
+    assert json.loads(done.stdout)["outputs"][0]["name"] == card["output"]["name"]
+    for name in ("onnxruntime", "sdk"):
+        done = subprocess.run([sys.executable, "-c", usage[name]], env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.strip().startswith("["), (name, done.stderr)
 
 
 def test_a_model_that_fails_on_a_batch_is_refused_with_the_cause_and_the_fix(client, tmp_path):

@@ -24,13 +24,15 @@ from kdserve.service.model_card import ModelCard, StoredArtifact, StoredBundle
 from kdserve.service.schemas import ModelOut, ModelPatch, PredictIn, PredictOut
 from kdserve.service.serving.v2 import Serving, TensorError, check_finite, to_array, to_model_input
 from kdserve.service.store.db import Model
+from kdserve.service.usage import snippets
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 def to_out(row: Model) -> ModelOut:
+    card = ModelCard.of(row.card)
     return ModelOut(id=row.id, name=row.name, job_id=row.job_id, created_at=row.created_at,
-                    **ModelCard.of(row.card).served())
+                    usage=snippets(row.id, row.name, card), **card.served())
 
 
 add_read_routes(router, Model, "model", to_out, ModelOut)
