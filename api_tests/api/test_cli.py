@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from api_tests.harness import REPO
+from api_tests.text_fixtures import save_jsonl, sentences
 
 
 def kdserve(service, *args: str, key: str | None = "default", env: dict | None = None, timeout: float = 600):
@@ -21,7 +22,7 @@ def kdserve(service, *args: str, key: str | None = "default", env: dict | None =
     if key is not None:
         flags += ["--api-key", service.api_key if key == "default" else key]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("KDSERVE_")}
-    full_env.update(env or {}, COLUMNS="200")
+    full_env.update({"COLUMNS": "200", **(env or {})})  # wide unless the test says otherwise
     return subprocess.run([sys.executable, "-m", "kdserve.cli", *flags, *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -178,7 +179,8 @@ def test_ids_are_never_cut_and_quiet_prints_only_ids(service, uploaded):
     narrow = kdserve(service, "datasets", "list", "--limit", "100", env={"COLUMNS": "80"})
     assert narrow.returncode == 0 and dataset["id"] in narrow.stdout, narrow.stdout
     narrow = kdserve(service, "teachers", "list", "--limit", "100", env={"COLUMNS": "60"})
-    assert narrow.returncode == 0 and teacher["id"] in narrow.stdout, narrow.stdout
+    assert narrow.returncode == 0 and f"id: {teacher['id']}\n" in narrow.stdout, narrow.stdout
+    assert "name: cli-teacher" in narrow.stdout and "┃" not in narrow.stdout  # a block per row, not a table
     quiet = kdserve(service, "teachers", "list", "--limit", "100", "-q")
     assert quiet.returncode == 0 and teacher["id"] in quiet.stdout.split()
     assert all(line.startswith("tch_") for line in quiet.stdout.split())
@@ -208,6 +210,30 @@ def test_a_pandas_csv_is_read_as_pandas_wrote_it(service, tmp_path):
     assert typo.returncode == 1 and "422" in typo.stderr and "'f0', 'f1', 'target'" in typo.stderr
 
 
+def test_upload_fields_reach_the_service(service, teacher_model, tmp_path):
+    """--data (an ONNX model's external data file, sent as a second part) and --text-column /
+    --text-pair-column (JSONL) are sent as the API's form fields."""
+    import torch
+
+    onnx = tmp_path / "digits.onnx"
+    torch.onnx.export(teacher_model, (torch.zeros(2, 64),), str(onnx), input_names=["input"], output_names=["logits"],
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=True)
+    data = onnx.with_name("digits.onnx.data")
+    teacher = as_json(kdserve(service, "teachers", "upload", str(onnx), "--data", str(data), "--format", "onnx",
+                              "--json"))
+    assert teacher["format"] == "onnx" and teacher["input_shape"] == [64] and teacher["num_classes"] == 10
+    alone = kdserve(service, "teachers", "upload", str(onnx), "--json")  # the weights are in the data file
+    assert alone.returncode == 1 and json.loads(alone.stdout)["status"] == 422
+
+    texts, labels = sentences(40)
+    jsonl = save_jsonl(tmp_path / "texts.jsonl", texts, labels, pairs=texts[::-1], text_key="sentence")
+    dataset = as_json(kdserve(service, "datasets", "upload", str(jsonl), "--text-column", "sentence",
+                              "--text-pair-column", "text_pair", "--json"))
+    assert dataset["format"] == "jsonl" and dataset["num_rows"] == 40 and dataset["labeled"]
+    missing = kdserve(service, "datasets", "upload", str(jsonl), "--json")  # no `text` field in the rows
+    assert missing.returncode == 1 and json.loads(missing.stdout)["status"] == 422
+
+
 def test_key_from_the_data_dir(service, tmp_path):
     """No --api-key: the CLI reads the key `kdserve up` wrote into KDSERVE_DATA_DIR."""
     result = subprocess.run([sys.executable, "-m", "kdserve.cli", "jobs", "list", "--json"], cwd=tmp_path,
@@ -232,3 +258,34 @@ def test_demo(service, tmp_path):
     assert human.returncode == 0, human.stderr
     for text in ("uploaded teacher", "distilling: job", "artifacts", "held-out digits"):
         assert text in human.stdout, human.stdout
+
+
+def operator(*args: str, cwd, **env: str) -> subprocess.CompletedProcess:
+    """`kdserve ARGS` as an operator runs it on the service's machine, with only `env` set."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KDSERVE_")}
+    return subprocess.run([sys.executable, "-m", "kdserve.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**clean, "PYTHONPATH": str(REPO), **env}, timeout=120)
+
+
+def test_keys_name_their_database_and_never_make_an_empty_one(tmp_path):
+    data = tmp_path / "not-the-service"
+    db = (data / "kdserve.db").resolve()
+    for args in (("keys", "create", "--tenant", "t"), ("keys", "list"), ("keys", "revoke", "key_x")):
+        refused = operator(*args, cwd=tmp_path, KDSERVE_DATA_DIR=str(data))
+        assert refused.returncode == 1 and refused.stdout == "", refused.stdout
+        assert f"database: sqlite:///{db}" in refused.stderr and f"no database at {db}" in refused.stderr
+        assert "KDSERVE_DATA_DIR" in refused.stderr and "KDSERVE_DATABASE_URL" in refused.stderr
+    as_json = json.loads(operator("keys", "list", "--json", cwd=tmp_path, KDSERVE_DATA_DIR=str(data)).stdout)
+    assert as_json["error"]["code"] == "no_database" and str(db) in as_json["error"]["message"]
+    elsewhere = operator("keys", "list", cwd=tmp_path, KDSERVE_DATABASE_URL="sqlite:///other.db")
+    assert elsewhere.returncode == 1 and f"no database at {tmp_path.resolve() / 'other.db'}" in elsewhere.stderr
+    assert not data.exists() and not (tmp_path / "other.db").exists()  # nothing was made
+
+    assert operator("db", "upgrade", cwd=tmp_path, KDSERVE_DATA_DIR=str(data)).returncode == 0  # what `up` also does
+    made = operator("keys", "create", "--tenant", "t", cwd=tmp_path, KDSERVE_DATA_DIR=str(data))
+    assert made.returncode == 0 and made.stdout.startswith("kd_") and len(made.stdout.split()) == 1  # the key alone
+    assert f"database: sqlite:///{db}" in made.stderr
+    listed = json.loads(operator("keys", "list", "--json", cwd=tmp_path, KDSERVE_DATA_DIR=str(data)).stdout)
+    assert [k["tenant"] for k in listed] == ["t"]
+    narrow = operator("keys", "list", cwd=tmp_path, KDSERVE_DATA_DIR=str(data), COLUMNS="60")
+    assert narrow.returncode == 0 and f"id: {listed[0]['id']}\n" in narrow.stdout and "tenant: t" in narrow.stdout

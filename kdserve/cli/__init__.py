@@ -4,7 +4,8 @@ Run the service: `up`, `worker`, manage API keys: `keys`, and migrate the databa
 (these talk to the database directly; operator.py).
 Use a running service: `teachers`, `datasets`, `jobs`, `models`, `predict`, `demo` (these go through
 the HTTP API with the SDK, kdserve.client, so they work against any kdserve, local or remote;
-uploads.py, jobs.py, models.py, with what they share in resources.py and render.py).
+uploads.py, jobs.py, models.py, with what they share in resources.py and render.py; the flags of
+`jobs create`'s request body are made from the service's schema by schema_flags.py).
 
 Every client command takes `--json` (machine-readable output only, on stdout) and reads the
 service's address and API key from the global `--url` / `--api-key` options, else KDSERVE_URL /

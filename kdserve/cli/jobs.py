@@ -14,9 +14,9 @@ from rich.text import Text
 from kdserve.cli.render import event_line, job_table, jobs_table, num, out, pct, print_json, print_page
 from kdserve.cli.resources import (AFTER_OPTION, JSON_OPTION, LIMIT_OPTION, QUIET_OPTION, api_command, client,
                                    json_file, parse_pairs, print_events, show_command)
+from kdserve.cli.schema_flags import JOB_FLAGS, field_help, merge_values, with_schema_flags
 from kdserve.client import Client, job_body
-from kdserve.service.schemas import EventOut, JobOut
-from kdserve.service.vocab import QUANTIZE, choices
+from kdserve.service.schemas import EventOut, ExportSpec, JobOut, MethodSpec, StudentSpec
 
 jobs_app = typer.Typer(help="Start, follow and cancel distillation jobs.", no_args_is_help=True)
 
@@ -114,39 +114,36 @@ def _merge_sections(body: dict[str, Any], student, student_param, method, param)
 
 @jobs_app.command("create")
 @api_command
+@with_schema_flags(JOB_FLAGS)
 def jobs_create(
     ctx: typer.Context,
     file: Optional[Path] = typer.Option(None, "--file", help="a job.json with the request body (flags override it)"),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="teacher id"),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="dataset id"),
-    validation_dataset: Optional[str] = typer.Option(None, "--validation-dataset", help="dataset id for validation"),
-    student: Optional[str] = typer.Option(None, "--student", help="architecture (see GET /v1/architectures)"),
+    validation_dataset: Optional[str] = typer.Option(None, "--validation-dataset", help="dataset id for validation "
+                                                     "(instead of --validation-split of the dataset)"),
+    student: Optional[str] = typer.Option(None, "--student",
+                                          help=field_help(StudentSpec, "architecture", accepts=False)),
     student_param: Optional[list[str]] = typer.Option(None, "--student-param", help="architecture param KEY=VALUE "
                                                       "(repeat; VALUE as JSON, e.g. hidden_sizes=[64])"),
-    method: Optional[str] = typer.Option(None, "--method", help="distillation method (see GET /v1/methods)"),
+    method: Optional[str] = typer.Option(None, "--method", help=field_help(MethodSpec, "name", accepts=False)),
     param: Optional[list[str]] = typer.Option(None, "--param", help="method param KEY=VALUE (repeat), e.g. temperature=4"),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    learning_rate: Optional[float] = typer.Option(None, "--lr", "--learning-rate"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N]"),
-    quantize: Optional[list[str]] = typer.Option(None, "--quantize", help=f"extra precision to publish: {choices(QUANTIZE)}"),
+    quantize: Optional[list[str]] = typer.Option(None, "--quantize", help=field_help(ExportSpec, "quantize")),
     metadata: Optional[list[str]] = typer.Option(None, "--metadata", help="KEY=VALUE kept with the job (repeat)"),
     idempotency_key: Optional[str] = typer.Option(None, "--idempotency-key", help="the same key and body return "
                                                   "the same job"),
     wait: bool = typer.Option(False, "--wait", help="follow the job with a live progress bar until it ends"),
     as_json: bool = JSON_OPTION,
+    schema_values: Optional[dict] = None,  # the request body's flags, by section (with_schema_flags)
 ):
     """Start a distillation job from flags and/or --file job.json. With --wait, exit status 0
-    means the job succeeded."""
+    means the job succeeded. The request body's fields (below) are described, with their
+    defaults, as the API's schema describes them (GET /openapi.json, JobCreate)."""
     body = json_file(file)
     _merge_sections(body, student, student_param, method, param)
-    training = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate),
-                                  ("seed", seed), ("device", device)) if v is not None}
-    if training:
-        body["training"] = {**body.get("training", {}), **training}
     if quantize:
-        body["export"] = {**body.get("export", {}), "quantize": quantize}
+        schema_values.setdefault("export", {})["quantize"] = quantize
+    merge_values(body, schema_values)
     if metadata:
         body["metadata"] = {**body.get("metadata", {}), **{k: str(v) for k, v in parse_pairs(metadata, "--metadata").items()}}
     body = job_body(body, teacher_id=teacher, dataset_id=dataset, validation_dataset_id=validation_dataset)

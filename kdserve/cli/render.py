@@ -40,9 +40,31 @@ def print_page(page, table: Callable[[list], Table], as_json: bool, quiet: bool 
         for row in page.data:
             print(row.id)
         return
-    out.print(whole_ids(table(page.data)))
+    print_table(table(page.data))
     if page.has_more:
         out.print(f"more: --after {page.data[-1].id}")
+
+
+NARROW = 80  # terminal columns: below this, a list is printed as blocks of `key: value` lines
+
+
+def print_table(table: Table, console: Console | None = None) -> None:
+    """A list: a table, or on a terminal narrower than NARROW one block of `column: value` lines
+    per row (empty values left out), where a squashed table would wrap or cut every cell. Ids are
+    whole either way (`whole_ids`; a block's lines are never wrapped by rich, only by the terminal)."""
+    console = console or out
+    if console.width >= NARROW:
+        console.print(whole_ids(table))
+        return
+    if table.title:
+        console.print(table.title, style="bold")
+    headers = [str(column.header) for column in table.columns]
+    for number, row in enumerate(zip(*(column._cells for column in table.columns))):
+        if number:
+            console.print()
+        for header, cell in zip(headers, row):
+            if str(cell):
+                console.print(Text.assemble((f"{header}: ", "bold"), cell), soft_wrap=True)
 
 
 def whole_ids(table: Table) -> Table:

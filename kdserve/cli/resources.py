@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from kdserve.cli.render import err, out, print_json, print_one, print_page
+from kdserve.cli.render import err, out, print_json, print_one, print_page, print_table
 from kdserve.client import Client, KdserveError, resolve_api_key
 
 JSON_OPTION = typer.Option(False, "--json", help="print machine-readable JSON only")
@@ -125,7 +125,7 @@ def upload(ctx: typer.Context, kind: str, path, table: Callable, as_json: bool, 
     """`<kind> upload`: send the file, then print what the service made of it (a one-row table)."""
     with client(ctx) as kd:
         made = getattr(kd, kind).create(path, **fields)
-    print_one(made, lambda value: out.print(table([value])), as_json)
+    print_one(made, lambda value: print_table(table([value])), as_json)
 
 
 def list_command(group: typer.Typer, kind: str, table: Callable, doc: str) -> None:

@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 from rich.live import Live
 
-from kdserve.cli.render import (event_line, out, print_json, print_page, search_card, searches_table, trials_table,
-                                whole_ids)
+from kdserve.cli.render import (event_line, out, print_json, print_page, print_table, search_card, searches_table,
+                                trials_table, whole_ids)
 from kdserve.cli.resources import (AFTER_OPTION, JSON_OPTION, LIMIT_OPTION, QUIET_OPTION, api_command, client,
                                    json_file, parse_pairs, print_events, show_command)
 from kdserve.client import Client, search_body
@@ -142,7 +142,7 @@ def search_trials(ctx: typer.Context, search_id: str, as_json: bool = JSON_OPTIO
         page = kd.searches.trials(search_id)
     if as_json:
         return print_json(page)
-    out.print(whole_ids(trials_table(page.data)))
+    print_table(trials_table(page.data))
 
 
 @searches_app.command("cancel")

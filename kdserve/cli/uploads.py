@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from kdserve.service.vocab import DATASET_FORMATS, TEACHER_FORMATS, choices, describe
+from kdserve.service.vocab import DATASET_FORMATS, TASKS, TEACHER_FORMATS, choices, describe
 from kdserve.cli.render import dataset_card, dataset_table, out, teacher_card, teacher_table
 from kdserve.cli.resources import (JSON_OPTION, api_command, delete_command, list_command, parse_json_option,
                                    show_command, upload)
@@ -19,27 +19,40 @@ datasets_app = typer.Typer(help=f"Upload and manage datasets ({choices(DATASET_F
 @teachers_app.command("upload")
 @api_command
 def teachers_upload(ctx: typer.Context, path: Path = typer.Argument(..., help=describe(TEACHER_FORMATS)),
+                    data: Optional[Path] = typer.Option(None, help="onnx only: the model's external data file (e.g. "
+                                                        "model.onnx.data), sent under its own name, the one the model "
+                                                        "refers to it by (or upload a zip of both as PATH)"),
                     name: Optional[str] = typer.Option(None, help="a name (default: the file name)"),
-                    format: Optional[str] = typer.Option(None, help=f"{choices(TEACHER_FORMATS)} (default: detected)"),
+                    format: Optional[str] = typer.Option(None, help=f"{choices(TEACHER_FORMATS)} (default: detected "
+                                                         "from the content)"),
                     input_shape: Optional[str] = typer.Option(None, help="per-sample input shape as JSON, e.g. "
                                                               "'[64]', when the file cannot tell"),
+                    task: Optional[str] = typer.Option(None, help=f"hf only: {describe(TASKS)} (default: from "
+                                                       "config.json's architectures)"),
                     as_json: bool = JSON_OPTION):
     """Upload a teacher; the service loads and test-runs it before accepting it."""
     shape = parse_json_option(input_shape, "--input-shape")
-    upload(ctx, "teachers", path, teacher_table, as_json, name=name, format=format, input_shape=shape)
+    upload(ctx, "teachers", path, teacher_table, as_json, data=data, name=name, format=format, input_shape=shape,
+           task=task)
 
 
 @datasets_app.command("upload")
 @api_command
 def datasets_upload(ctx: typer.Context, path: Path = typer.Argument(..., help=describe(DATASET_FORMATS)),
-                    label_column: Optional[str] = typer.Option(None, help="CSV label column (default: a column "
-                                                               "named label, target, class or y; a name that is not "
-                                                               "a column is refused with the columns)"),
+                    label_column: Optional[str] = typer.Option(None, help="csv and jsonl: the label column (default: "
+                                                               "a CSV column named label, target, class or y; JSONL's "
+                                                               "label; a name that is not a column is refused with "
+                                                               "the columns)"),
+                    text_column: Optional[str] = typer.Option(None, help="jsonl: the field holding the text "
+                                                              "(default: text)"),
+                    text_pair_column: Optional[str] = typer.Option(None, help="jsonl: the field holding the second "
+                                                                   "text of a pair, when present (default: text_pair)"),
                     name: Optional[str] = typer.Option(None, help="a name (default: the file name)"),
                     format: Optional[str] = typer.Option(None, help=f"{choices(DATASET_FORMATS)} (default: detected)"),
                     as_json: bool = JSON_OPTION):
     """Upload a dataset; it is parsed and checked at the door."""
-    upload(ctx, "datasets", path, dataset_table, as_json, label_column=label_column, name=name, format=format)
+    upload(ctx, "datasets", path, dataset_table, as_json, label_column=label_column, text_column=text_column,
+           text_pair_column=text_pair_column, name=name, format=format)
 
 
 def _list_show_delete(group: typer.Typer, kind: str, id_name: str, table, card, docs: tuple[str, str, str]) -> None:

@@ -10,9 +10,10 @@ import json
 import os
 import time
 import uuid
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import httpx
 from pydantic import BaseModel
@@ -68,7 +69,7 @@ class _Call:
     params: dict[str, Any] | None = None
     json: Any = None
     form: dict[str, str] | None = None
-    upload: Path | None = None            # sent as the multipart field `file`
+    files: dict[str, Path] | None = None  # multipart file parts by field name (`file`, a teacher's `data`)
     headers: dict[str, str] | None = None
     parse: Callable[[httpx.Response], Any] | None = None
     retry: bool = False                   # safe to send again after a connection error or 502/503/504
@@ -93,15 +94,22 @@ def _list_params(limit: int, after: str | None, **extra: Any) -> dict[str, Any]:
     return {k: v for k, v in {"limit": limit, "after": after, **extra}.items() if v is not None}
 
 
-def _upload_path(path: str | os.PathLike) -> Path:
+def _upload_path(path: str | os.PathLike, param: str = "file") -> Path:
     p = Path(path)
     if not p.is_file():
-        raise InvalidRequest(f"{p} is not a readable file", code="invalid_request", param="file")
+        raise InvalidRequest(f"{p} is not a readable file", code="invalid_request", param=param)
     return p
 
 
 def _form(**fields: Any) -> dict[str, str]:
     return {k: v for k, v in fields.items() if v is not None}
+
+
+@contextmanager
+def open_files(call: _Call) -> Iterator[dict[str, tuple[str, BinaryIO]]]:
+    """The call's file parts, opened for the request (httpx's `files=`), closed after it."""
+    with ExitStack() as stack:
+        yield {part: (path.name, stack.enter_context(open(path, "rb"))) for part, path in (call.files or {}).items()}
 
 
 class _ResourceCalls:
@@ -123,18 +131,21 @@ class _ResourceCalls:
 class _TeacherCalls(_ResourceCalls):
     kind, model = "teachers", TeacherOut
 
-    def _create(self, path, name, format, input_shape) -> _Call:
+    def _create(self, path, *, name=None, format=None, input_shape=None, task=None, data=None) -> _Call:
         shape = json.dumps(list(input_shape)) if input_shape is not None else None
-        return _Call("POST", "/v1/teachers", upload=_upload_path(path),
-                     form=_form(name=name, format=format, input_shape=shape), parse=_one(TeacherOut))
+        files = {"file": _upload_path(path), **({"data": _upload_path(data, "data")} if data is not None else {})}
+        return _Call("POST", "/v1/teachers", files=files,
+                     form=_form(name=name, format=format, input_shape=shape, task=task), parse=_one(TeacherOut))
 
 
 class _DatasetCalls(_ResourceCalls):
     kind, model = "datasets", DatasetOut
 
-    def _create(self, path, name, format, label_column) -> _Call:
-        return _Call("POST", "/v1/datasets", upload=_upload_path(path),
-                     form=_form(name=name, format=format, label_column=label_column), parse=_one(DatasetOut))
+    def _create(self, path, *, name=None, format=None, label_column=None, text_column=None,
+                text_pair_column=None) -> _Call:
+        return _Call("POST", "/v1/datasets", files={"file": _upload_path(path)},
+                     form=_form(name=name, format=format, label_column=label_column, text_column=text_column,
+                                text_pair_column=text_pair_column), parse=_one(DatasetOut))
 
 
 def _as_dict(value: Any, key: str | None = None) -> Any:

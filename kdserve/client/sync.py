@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from kdserve.client.calls import (RETRY_STATUSES, TERMINAL_STATUSES, _ArchitectureCalls, _Base, _Call, _DatasetCalls,
                                   _Download, _Follow, _JobCalls, _MethodCalls, _ModelCalls, _ResourceCalls,
-                                  _SearchCalls, _seg, _TeacherCalls, _v2_missing)
+                                  _SearchCalls, _seg, _TeacherCalls, _v2_missing, open_files)
 from kdserve.client.errors import NotFound, ServiceUnavailable, error_from_response
 from kdserve.client.results import ArchitectureInfo, DownloadResult, InferResponse, MethodInfo, Page
 from kdserve.client.sse import SSEDecoder
@@ -64,10 +64,10 @@ class Client(_Base):
         attempts = 1 + (self.max_retries if call.retry else 0)
         for attempt in range(attempts):
             try:
-                if call.upload is not None:
-                    with open(call.upload, "rb") as f:
+                if call.files:
+                    with open_files(call) as files:
                         response = self._http.request(call.method, call.path, params=call.params, data=call.form,
-                                                      files={"file": (call.upload.name, f)}, headers=call.headers)
+                                                      files=files, headers=call.headers)
                 else:
                     response = self._http.request(call.method, call.path, params=call.params, json=call.json,
                                                   headers=call.headers)
@@ -117,16 +117,25 @@ class _Resources(_ResourceCalls, Generic[M]):
 
 class Teachers(_Resources[TeacherOut], _TeacherCalls):
     def create(self, path: str | os.PathLike, *, name: str | None = None, format: str | None = None,
-               input_shape: list[int] | None = None) -> TeacherOut:
-        """Upload a TorchScript or ONNX teacher; it is probed on the server before it is accepted."""
-        return self._c._run(self._create(path, name, format, input_shape))
+               input_shape: list[int] | None = None, task: str | None = None,
+               data: str | os.PathLike | None = None) -> TeacherOut:
+        """Upload a teacher (every field of POST /v1/teachers): `format` one of
+        kdserve.service.vocab.TEACHER_FORMATS (torchscript, onnx, hf; default: detected), `task` one
+        of vocab.TASKS (hf only), `data` an ONNX model's external data file. It is probed on the
+        server before it is accepted."""
+        return self._c._run(self._create(path, name=name, format=format, input_shape=input_shape, task=task,
+                                         data=data))
 
 
 class Datasets(_Resources[DatasetOut], _DatasetCalls):
     def create(self, path: str | os.PathLike, *, label_column: str | None = None, name: str | None = None,
-               format: str | None = None) -> DatasetOut:
-        """Upload npz (x, optional y) or CSV (header row; `label_column`, default `label`)."""
-        return self._c._run(self._create(path, name, format, label_column))
+               format: str | None = None, text_column: str | None = None,
+               text_pair_column: str | None = None) -> DatasetOut:
+        """Upload a dataset (every field of POST /v1/datasets): `format` one of
+        kdserve.service.vocab.DATASET_FORMATS (npz, csv, jsonl; default: detected); `label_column`
+        for CSV and JSONL; `text_column` and `text_pair_column` for JSONL."""
+        return self._c._run(self._create(path, name=name, format=format, label_column=label_column,
+                                         text_column=text_column, text_pair_column=text_pair_column))
 
 
 class _Waiter:
