@@ -11,26 +11,38 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+# pip's output while .venv is set up (build warnings and all), beside the service's own logs
+# (`kdserve up` writes them to <KDSERVE_DATA_DIR>/logs/): shown, its end, only when a step fails
+INSTALL_LOG := $(or $(KDSERVE_DATA_DIR),.kdserve)/logs/install.log
+# `make run ARGS=-v`: every process's output on the terminal, not just the banner (kdserve up --help)
+ARGS ?=
+
+# $(call logged,COMMAND): run COMMAND with its output appended to INSTALL_LOG; if it fails, say
+# which step it was, show the log's last lines and stop
+logged = $(1) >>$(INSTALL_LOG) 2>&1 || { echo "make: this failed: $(1)"; tail -n 30 $(INSTALL_LOG); \
+                                         echo "(all of its output: $(INSTALL_LOG))"; exit 1; } >&2
 
 .PHONY: venv run worker demo test unit bench clean
 
+# torch first and pinned: an unpinned torch from PyPI is a multi-GB CUDA build. torchdistill:
+# independent reference implementations for the loss cross-checks; --no-deps: they must not
+# replace our torch (torchdistill's loss module imports without torchvision).
 $(STAMP): pyproject.toml Makefile
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first and pinned: an unpinned torch from PyPI is a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
-	# Independent reference implementations for the loss cross-checks. --no-deps: they must not
-	# replace our torch (torchdistill's loss module imports without torchvision).
-	$(BIN)/pip install -q --no-deps torchdistill==1.1.5
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+	@umask 077 && mkdir -p $(dir $(INSTALL_LOG)) && : > $(INSTALL_LOG)
+	@echo "setting up $(VENV) with pip (minutes the first time; its output: $(INSTALL_LOG))"
+	@test -x $(BIN)/python || $(call logged,$(PYTHON) -m venv $(VENV))
+	@$(call logged,$(BIN)/python -m pip install --upgrade pip)
+	@$(call logged,$(BIN)/pip install torch==2.13.0)
+	@$(call logged,$(BIN)/pip install -e '.[dev]')
+	@$(call logged,$(BIN)/pip install --no-deps torchdistill==1.1.5)
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
 
 venv: $(STAMP)
 
 run: venv
 	@scripts/ensure-jail
-	$(BIN)/kdserve up
+	@$(BIN)/kdserve up $(ARGS)
 
 worker: venv
 	$(BIN)/kdserve worker

@@ -191,6 +191,11 @@ class Settings(BaseSettings):
     def api_key_file(self) -> Path:
         return self.data_dir / "api_key"
 
+    @property
+    def log_dir(self) -> Path:
+        """Where `kdserve up` on a terminal (or with --quiet) writes its processes' output."""
+        return self.data_dir / "logs"
+
     def make_data_dir(self) -> Path:
         """The data dir, created if needed and made 0700: it holds the database, the blobs, the
         embedded Redis socket and the bootstrap key, none of them for other users of the machine."""

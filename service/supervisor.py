@@ -7,6 +7,9 @@ exit with code 70) is started again after a backoff: 1 s, then 2, 4, … up to 6
 dying young; a worker that lived HEALTHY_AFTER_S starts over at 1 s. Its job is not lost either
 way: the reaper of a live worker re-queues a job whose heartbeat stopped. Redis and the API are
 not restarted: when one of them exits, `kdserve up` stops everything and exits with status 1.
+
+A child started with a log file writes its output (stdout and stderr) there, appended, restarts
+included; without one it writes to `kdserve up`'s own terminal.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 # The children's working directory: the folder that holds kdserve's own packages (site-packages
 # in the images, the checkout in development). uvicorn and Celery put the working directory on
@@ -61,10 +65,36 @@ class Child:
     started_at: float = field(default_factory=time.monotonic)
     failures: int = 0
     restart_at: float | None = None  # set while waiting out the backoff
+    log: Path | None = None  # where its output goes; None: the terminal
 
     def spawn(self) -> None:
-        self.proc = subprocess.Popen(self.command, env=self.env, cwd=CODE_ROOT, start_new_session=True)
+        self.proc = launch(self.command, self.log, env=self.env, cwd=CODE_ROOT)
         self.started_at, self.restart_at = time.monotonic(), None
+
+
+def launch(command: list[str], log: Path | None, **popen: Any) -> subprocess.Popen:
+    """Start a child in a session of its own (Ctrl-C on the terminal reaches `kdserve up` alone,
+    which stops the children in STOP_ORDER), its stdout and stderr appended to `log` (None: the terminal)."""
+    with open(log, "ab") if log else nullcontext() as out:
+        return subprocess.Popen(command, start_new_session=True, stdout=out,
+                                stderr=subprocess.STDOUT if out else None, **popen)
+
+
+def rotate_log(path: Path) -> Path:
+    """Start a fresh log file for this run: the previous run's is kept beside it as <name>.1."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.exists():
+        path.replace(path.with_name(path.name + ".1"))
+    return path
+
+
+def log_tail(path: Path | None, lines: int = 20) -> str:
+    """The last `lines` lines of a log file ('' when there is none): what a failure is shown with."""
+    if path is None or not path.exists():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, 2) - 64 * 1024))  # the end is enough: a log may be large
+        return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
 
 
 class Supervisor:
@@ -72,12 +102,13 @@ class Supervisor:
         self.say = say
         self.children: list[Child] = []
 
-    def adopt(self, name: str, kind: str, proc: subprocess.Popen) -> None:
+    def adopt(self, name: str, kind: str, proc: subprocess.Popen, log: Path | None = None) -> None:
         """Watch a process started elsewhere (it is not restarted)."""
-        self.children.append(Child(name, kind, None, None, proc))
+        self.children.append(Child(name, kind, None, None, proc, log=log))
 
-    def start(self, name: str, kind: str, command: list[str], env: dict[str, str], restart: bool = False) -> Child:
-        child = Child(name, kind, command, env, None, restart=restart)
+    def start(self, name: str, kind: str, command: list[str], env: dict[str, str], restart: bool = False,
+              log: Path | None = None) -> Child:
+        child = Child(name, kind, command, env, None, restart=restart, log=log)
         child.spawn()
         self.children.append(child)
         return child
@@ -102,7 +133,8 @@ class Supervisor:
             delay = restart_delay(child.failures)
             child.restart_at = t + delay
             self.say(f"[yellow]{child.kind} {child.name} (pid {child.proc.pid}) {describe_exit(code)} after "
-                     f"{lived:.0f} s; restarting it in {delay:.0f} s[/]")
+                     f"{lived:.0f} s; restarting it in {delay:.0f} s[/]"
+                     + (f" (its output: {child.log})" if child.log else ""))
         return None
 
     def shutdown(self, grace: float = 15.0) -> None:
