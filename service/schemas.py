@@ -312,6 +312,26 @@ class ModelPatch(Strict):
                       "name), so a client written for the teacher's name can keep it")
 
 
+Precision = Literal["fp32", "int8", "fp16"]
+
+
+class ModelEvaluate(Strict):
+    dataset_id: str = Field(description="a stored dataset of the model's input shape, e.g. a test set uploaded with "
+                            "POST /v1/datasets; labels given as class names are matched to the model's by name")
+    precision: Precision = Field("fp32", description="which published file to score")
+
+
+class EvaluationOut(BaseModel):
+    model_id: str
+    dataset_id: str
+    precision: str
+    rows: int
+    labelled: int
+    accuracy: float | None = Field(description="on the labelled rows; null when none is labelled")
+    predicted_counts: dict[str, int] = Field(description="how many rows each class was predicted for (class names "
+                                             "when the model has them)")
+
+
 class PredictOut(BaseModel):
     logits: list[list[float]]
     predictions: list[int]
@@ -322,8 +342,6 @@ class PredictOut(BaseModel):
 
 
 # ---- searches -----------------------------------------------------------------------------
-
-Precision = Literal["fp32", "int8", "fp16"]
 
 
 class SearchTargets(Strict):

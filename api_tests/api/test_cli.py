@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from api_tests.harness import REPO
+from api_tests.harness import REPO, run_onnx
 from api_tests.text_fixtures import save_jsonl, sentences
 
 
@@ -165,6 +165,19 @@ def test_models_download_resume_and_predict(service, finished_job, tmp_path, dig
     assert inline["predictions"] == out["predictions"][:2]
     table = kdserve(service, "predict", model_id, "--input", str(samples))
     assert table.returncode == 0 and "prediction" in table.stdout
+
+    # a test set of the user's, scored by the service: the same accuracy as the downloaded file gives
+    test_csv = tmp_path / "test.csv"
+    test_csv.write_text("".join(",".join(f"{v:g}" for v in row) + f",{label}\n"
+                                for row, label in zip(digits.x_test[:200], digits.y_test[:200])))
+    test_csv.write_text(",".join(f"p{i}" for i in range(64)) + ",label\n" + test_csv.read_text())
+    scored = as_json(kdserve(service, "models", "evaluate", model_id, "--input", str(test_csv), "--json"))
+    local = float((run_onnx(dest, digits.x_test[:200]).argmax(1) == digits.y_test[:200]).mean())
+    assert scored["rows"] == scored["labelled"] == 200 and abs(scored["accuracy"] - local) < 1e-9
+    with service.client() as c:  # the uploaded test set was deleted afterwards
+        assert not [d for d in c.get("/v1/datasets", params={"limit": 100}).json()["data"] if d["name"] == "test.csv"]
+    human = kdserve(service, "models", "evaluate", model_id, "--input", str(test_csv))
+    assert human.returncode == 0 and "accuracy" in human.stdout and "predicted class" in human.stdout
 
 
 def test_models_delete(service, finished_job):

@@ -82,6 +82,7 @@ def wine(tmp_path_factory):
         torch.jit.trace(torch.nn.Sequential(model, torch.nn.Softmax(-1)), one).save(str(d / "softmax.pt"))
         torch.jit.trace(_double(model), one.double()).save(str(d / "float64.pt"))  # e.g. trained on numpy's float64
     train.to_csv(d / "wine.csv")  # pandas' defaults: the index as an unnamed first column
+    test.to_csv(d / "wine_test.csv")
     return {"dir": d, "x_test": x_test, "y_test": y_test, "teacher_acc": teacher_acc, "order": order}
 
 
@@ -172,6 +173,19 @@ def test_stock_teachers_are_accepted_and_distilled(service, client, wine, datase
     assert set(card["versions"]) == {"kdserve", "torch", "onnx", "onnxruntime", "python"}
     if upload == "onnx+data":
         run_the_usage_snippets(service, card, tmp_path)
+        # the held-out quarter, uploaded as the user has it (class names), scores the same on the service
+        test_set = upload_dataset(client, wine["dir"] / "wine_test.csv")
+        r = client.post(f"/v1/models/{job['model_id']}/evaluate", json={"dataset_id": test_set["id"]})
+        assert r.status_code == 200, r.text
+        assert r.json()["rows"] == r.json()["labelled"] == len(wine["y_test"])
+        assert r.json()["accuracy"] == pytest.approx(acc) and set(r.json()["predicted_counts"]) <= set(CLASSES)
+        assert_error(client.post(f"/v1/models/{job['model_id']}/evaluate", json={"dataset_id": dataset["id"][:-1]}),
+                     404, "not_found", "dataset_id")
+        np.savez(tmp_path / "narrow.npz", x=np.zeros((3, 5), np.float32))
+        narrow = upload_dataset(client, tmp_path / "narrow.npz")
+        r = client.post(f"/v1/models/{job['model_id']}/evaluate", json={"dataset_id": narrow["id"]})
+        assert_error(r, 422, "invalid_request", "dataset_id")
+        assert "[5]" in r.json()["error"]["message"] and "[13]" in r.json()["error"]["message"]
 
 
 def run_the_usage_snippets(service, card: dict, tmp_path) -> None:

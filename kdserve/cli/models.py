@@ -81,6 +81,39 @@ def _read_inputs(path: Path) -> Any:
         raise typer.BadParameter(f"{path}: not JSON ({exc})", param_hint="--input")
 
 
+@models_app.command("evaluate")
+@api_command
+def models_evaluate(ctx: typer.Context, model_id: str,
+                    input: Optional[Path] = typer.Option(None, "--input", "-i", help="a test set file (CSV, npz, as "
+                                                         "`datasets upload` takes): uploaded, scored, then deleted"),
+                    dataset_id: Optional[str] = typer.Option(None, "--dataset-id", help="a dataset already uploaded"),
+                    label_column: Optional[str] = typer.Option(None, "--label-column", help="--input CSV: the label "
+                                                               "column (default: one named label/target/class/y)"),
+                    precision: str = typer.Option(DEFAULT_PRECISION, help=f"which file to score: {choices(PRECISIONS)}"),
+                    keep: bool = typer.Option(False, "--keep", help="--input: keep the uploaded dataset"),
+                    as_json: bool = JSON_OPTION):
+    """Score a student on rows of yours, e.g. a test set its teacher never saw
+    (POST /v1/models/{id}/evaluate): accuracy on the labelled rows and the spread of predictions."""
+    if (input is None) == (dataset_id is None):
+        raise typer.BadParameter("give exactly one of --input FILE or --dataset-id ID")
+    with client(ctx) as kd:
+        uploaded = kd.datasets.create(input, label_column=label_column) if input is not None else None
+        try:
+            result = kd.models.evaluate(model_id, dataset_id or uploaded.id, precision=precision)
+        finally:
+            if uploaded is not None and not keep:
+                kd.datasets.delete(uploaded.id)
+    if as_json:
+        return print_json(result)
+    accuracy = f"{result.accuracy:.4f}" if result.accuracy is not None else "– (no labelled rows)"
+    out.print(f"{model_id} ({result.precision}) on {result.rows:,} rows ({result.labelled:,} labelled): "
+              f"accuracy {accuracy}")
+    table = Table("predicted class", "rows")
+    for name, count in sorted(result.predicted_counts.items(), key=lambda kv: -kv[1]):
+        table.add_row(name, f"{count:,}")
+    out.print(table)
+
+
 @api_command
 def predict(ctx: typer.Context, model_id: str,
             input: Optional[Path] = typer.Option(None, "--input", "-i", help=".json, .npy, .npz (x) or .csv samples"),
@@ -96,7 +129,9 @@ def predict(ctx: typer.Context, model_id: str,
     if as_json:
         return print_json(result)
     table = Table("sample", "prediction", "top logit", "margin")
-    for i, (logits, label) in enumerate(zip(result.logits, result.predictions)):
+    names = result.labels or [None] * len(result.predictions)
+    for i, (logits, label, name) in enumerate(zip(result.logits, result.predictions, names)):
         top = sorted(logits, reverse=True)
-        table.add_row(str(i), str(label), f"{top[0]:.3f}", f"{top[0] - top[1]:.3f}" if len(top) > 1 else "")
+        table.add_row(str(i), f"{label} ({name})" if name else str(label), f"{top[0]:.3f}",
+                      f"{top[0] - top[1]:.3f}" if len(top) > 1 else "")
     out.print(table)

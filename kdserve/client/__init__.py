@@ -45,9 +45,9 @@ from kdserve.client.results import ArchitectureInfo, DownloadResult, InferOutput
 from kdserve.client.sse import ServerSentEvent, SSEDecoder
 from kdserve.client.sync import Architectures, Client, Datasets, Jobs, Methods, Models, Searches, Teachers
 # the server's models that the SDK takes and returns
-from kdserve.service.schemas import (DatasetOut, EventOut, ExportSpec, JobCreate, JobOut, MethodSpec, ModelOut,
-                                     PredictOut, SearchBudget, SearchCreate, SearchOut, SearchSpace, SearchTargets,
-                                     StudentSpec, TeacherOut, TrainingSpec, TrialOut)
+from kdserve.service.schemas import (DatasetOut, EvaluationOut, EventOut, ExportSpec, JobCreate, JobOut, MethodSpec,
+                                     ModelOut, PredictOut, SearchBudget, SearchCreate, SearchOut, SearchSpace,
+                                     SearchTargets, StudentSpec, TeacherOut, TrainingSpec, TrialOut)
 
 __all__ = [
     "Client", "AsyncClient", "KdserveError", "APIConnectionError", "InvalidRequest", "Unauthorized",

@@ -16,9 +16,9 @@ from kdserve.client.calls import (RETRY_STATUSES, TERMINAL_STATUSES, _Architectu
 from kdserve.client.errors import NotFound, ServiceUnavailable, error_from_response
 from kdserve.client.results import ArchitectureInfo, DownloadResult, InferResponse, MethodInfo, Page
 from kdserve.client.sse import SSEDecoder
-from kdserve.service.schemas import (DatasetOut, EventOut, ExportSpec, JobCreate, JobOut, MethodSpec, ModelOut,
-                                     PredictOut, SearchBudget, SearchCreate, SearchOut, SearchSpace, SearchTargets,
-                                     StudentSpec, TeacherOut, TrainingSpec, TrialOut)
+from kdserve.service.schemas import (DatasetOut, EvaluationOut, EventOut, ExportSpec, JobCreate, JobOut, MethodSpec,
+                                     ModelOut, PredictOut, SearchBudget, SearchCreate, SearchOut, SearchSpace,
+                                     SearchTargets, StudentSpec, TeacherOut, TrainingSpec, TrialOut)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -295,6 +295,9 @@ class AsyncModels(_AsyncResources[ModelOut], _ModelCalls):
             result = plan.finish()
             if result is not None:
                 return result
+
+    async def evaluate(self, id: str, dataset_id: str, *, precision: str = "fp32") -> EvaluationOut:
+        return await self._c._run(self._evaluate(id, dataset_id, precision))
 
     async def predict(self, id: str, inputs: Any, *, precision: str = "fp32") -> PredictOut:
         return await self._c._run(self._predict(id, inputs, precision))

@@ -23,7 +23,7 @@ from kdserve.client.errors import (APIConnectionError, ChecksumMismatch, Invalid
 from kdserve.client.results import ArchitectureInfo, DownloadResult, InferResponse, MethodInfo, Page
 from kdserve.client.sse import ServerSentEvent
 from kdserve.service.filenames import safe_basename
-from kdserve.service.schemas import (DatasetOut, EventOut, JobCreate, JobOut, ModelOut, PredictOut, SearchCreate,
+from kdserve.service.schemas import (DatasetOut, EvaluationOut, EventOut, JobCreate, JobOut, ModelOut, PredictOut, SearchCreate,
                                      SearchOut, TeacherOut, TrialOut)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -227,6 +227,10 @@ def _rows(inputs: Any) -> list:
 
 class _ModelCalls(_ResourceCalls):
     kind, model = "models", ModelOut
+
+    def _evaluate(self, id: str, dataset_id: str, precision: str) -> _Call:
+        return _Call("POST", f"/v1/models/{_seg(id)}/evaluate", json={"dataset_id": dataset_id, "precision": precision},
+                     parse=_one(EvaluationOut), retry=True)
 
     def _predict(self, id: str, inputs: Any, precision: str) -> _Call:
         return _Call("POST", f"/v1/models/{_seg(id)}/predict", params={"precision": precision},

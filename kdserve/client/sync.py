@@ -16,9 +16,9 @@ from kdserve.client.calls import (RETRY_STATUSES, TERMINAL_STATUSES, _Architectu
 from kdserve.client.errors import NotFound, ServiceUnavailable, error_from_response
 from kdserve.client.results import ArchitectureInfo, DownloadResult, InferResponse, MethodInfo, Page
 from kdserve.client.sse import SSEDecoder
-from kdserve.service.schemas import (DatasetOut, EventOut, ExportSpec, JobCreate, JobOut, MethodSpec, ModelOut,
-                                     PredictOut, SearchBudget, SearchCreate, SearchOut, SearchSpace, SearchTargets,
-                                     StudentSpec, TeacherOut, TrainingSpec, TrialOut)
+from kdserve.service.schemas import (DatasetOut, EvaluationOut, EventOut, ExportSpec, JobCreate, JobOut, MethodSpec,
+                                     ModelOut, PredictOut, SearchBudget, SearchCreate, SearchOut, SearchSpace,
+                                     SearchTargets, StudentSpec, TeacherOut, TrainingSpec, TrialOut)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -314,6 +314,11 @@ class Models(_Resources[ModelOut], _ModelCalls):
             result = plan.finish()
             if result is not None:
                 return result
+
+    def evaluate(self, id: str, dataset_id: str, *, precision: str = "fp32") -> EvaluationOut:
+        """The model scored on a stored dataset (e.g. a test set you uploaded): accuracy on its
+        labelled rows and the spread of its predictions."""
+        return self._c._run(self._evaluate(id, dataset_id, precision))
 
     def predict(self, id: str, inputs: Any, *, precision: str = "fp32") -> PredictOut:
         """Logits and predicted classes for a batch (a list of samples or an array)."""

@@ -21,9 +21,11 @@ from kdserve.service.auth import Principal
 from kdserve.service.errors import ApiError, not_found
 from kdserve.service.filenames import content_disposition, safe_basename
 from kdserve.service.model_card import ModelCard, StoredArtifact, StoredBundle
-from kdserve.service.schemas import ModelOut, ModelPatch, PredictIn, PredictOut
+from kdserve.service.schemas import EvaluationOut, ModelEvaluate, ModelOut, ModelPatch, PredictIn, PredictOut
 from kdserve.service.serving.v2 import Serving, TensorError, check_finite, to_array, to_model_input
-from kdserve.service.store.db import Model
+from kdserve.service.serving import evaluate as evaluation
+from kdserve.service.store.datasets import TextParsed, load_canonical
+from kdserve.service.store.db import Dataset, Model
 from kdserve.service.usage import snippets
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -157,6 +159,33 @@ async def predict(request: Request, model_id: str, body: PredictIn = Depends(jso
     answer = classified(logits, served.card.class_names)
     metrics.observe_inference(model_id, protocol="v1", batch_size=len(x), seconds=time.perf_counter() - t0)
     return answer
+
+
+@router.post("/{model_id}/evaluate", response_model=EvaluationOut, openapi_extra=body_openapi(ModelEvaluate))
+async def evaluate_model(model_id: str, body: ModelEvaluate = Depends(json_body(ModelEvaluate)),
+                         ctx: Context = Depends(get_ctx), who: Principal = Depends(principal),
+                         srv: Serving = Depends(serving)):
+    """The student scored on a stored dataset of yours (e.g. a held-out test set): accuracy on its
+    labelled rows and the spread of predictions, from the same onnxruntime session /v2 serves."""
+    served = await srv.served(ctx, who, model_id, body.precision)
+    if served.model_id != model_id:
+        raise not_found("model", model_id)
+    if served.card.is_text:
+        raise ApiError(422, "invalid_request", "text students are scored by their job's card only, for now "
+                       "(POST …/predict with texts to check rows of yours)", "model_id")
+    with ctx.db.session() as s:
+        dataset = get_owned(s, Dataset, body.dataset_id, who, "dataset", "dataset_id")
+        blob_key, classes = dataset.blob_key, (dataset.details or {}).get("class_names")
+    data = await run_in_threadpool(load_canonical, ctx.blobs.local_path(blob_key))
+    if isinstance(data, TextParsed):
+        raise ApiError(422, "invalid_request", "a text dataset cannot score a tensor student", "dataset_id")
+    y = evaluation.labels_for(served.card, data.y, classes)
+    loaded = await srv.load(served)
+    try:
+        result = await run_in_threadpool(evaluation.evaluate, loaded, served.card, data.x, y)
+    except TensorError as exc:
+        raise ApiError(422, "invalid_request", str(exc), "dataset_id")
+    return EvaluationOut(model_id=model_id, dataset_id=body.dataset_id, precision=served.precision, **result)
 
 
 def classified(logits, class_names: list[str] | None) -> PredictOut:
