@@ -122,6 +122,9 @@ class CardFields(BaseModel):
                                              "onnxruntime latency, at batch 1 and 64 (batch1, batch64)")
     versions: dict[str, str] | None = Field(None, description="what made the files: kdserve, torch, onnx, "
                                             "onnxruntime and Python versions")
+    test: dict[str, Any] | None = Field(None, description="jobs with test_dataset_id: dataset_id, rows, labelled, "
+                                        "student_accuracy, teacher_accuracy, agreement (embeddings: mean_cosine, "
+                                        "neighbour_overlap_at_10) on it, scored once at the end")
     class_names: list[str] | None = Field(None, description="the dataset's class names (labels uploaded as strings, "
                                           "numbered in sorted order): output i is class_names[i]")
     input: TensorSpec

@@ -127,6 +127,9 @@ class JobCreate(Strict):
     dataset_id: str
     validation_dataset_id: str | None = None
     validation_split: float = Field(0.1, gt=0, lt=0.9)
+    test_dataset_id: str | None = Field(None, description="rows nobody chose anything on (no epoch, no learning rate): "
+                                        "the student, the teacher and their agreement are scored on them once, at the "
+                                        "end (the card's `test`)")
     student: StudentSpec = Field(default_factory=StudentSpec)
     method: MethodSpec = Field(default_factory=MethodSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -221,6 +224,7 @@ class JobOut(BaseModel):
     teacher_id: str | None
     dataset_id: str
     validation_dataset_id: str | None
+    test_dataset_id: str | None = None
     student: dict[str, Any]
     method: dict[str, Any]
     training: dict[str, Any]

@@ -113,9 +113,15 @@ def test_torch_onnx_export_defaults_need_their_data_file_and_say_how(client, win
     assert "wine.onnx.data" in r.json()["error"]["message"] and "external_data=False" in r.json()["error"]["message"]
 
 
-def distil(client, teacher: dict, dataset: dict, wine: dict, tmp_path) -> tuple[dict, dict, float]:
+@pytest.fixture(scope="module")
+def test_set(service, wine):
+    with service.client() as c:
+        return upload_dataset(c, wine["dir"] / "wine_test.csv")
+
+
+def distil(client, teacher: dict, dataset: dict, wine: dict, tmp_path, **extra) -> tuple[dict, dict, float]:
     r = client.post("/v1/jobs", json={"teacher_id": teacher["id"], "dataset_id": dataset["id"],
-                                      "training": {"epochs": 40}})
+                                      "training": {"epochs": 40}, **extra})
     assert r.status_code == 202, r.text
     job = wait_job(client, r.json()["id"])
     assert job["status"] == "succeeded", job["error"]
@@ -133,7 +139,7 @@ def distil(client, teacher: dict, dataset: dict, wine: dict, tmp_path) -> tuple[
     ("softmax.pt", {"probabilities": "taken as their log"}),
     ("float64.pt", {"dtype": "float64"}),
 ])
-def test_stock_teachers_are_accepted_and_distilled(service, client, wine, dataset, tmp_path, upload, adapted):
+def test_stock_teachers_are_accepted_and_distilled(service, client, wine, dataset, test_set, tmp_path, upload, adapted):
     d = wine["dir"]
     if upload == "onnx+data":
         with open(d / "wine.onnx", "rb") as f, open(d / "wine.onnx.data", "rb") as g:
@@ -147,7 +153,16 @@ def test_stock_teachers_are_accepted_and_distilled(service, client, wine, datase
     said = teacher["details"]["adaptations"]
     assert set(said) == set(adapted) and all(v in said[k] for k, v in adapted.items()), said
 
-    job, card, acc = distil(client, teacher, dataset, wine, tmp_path)
+    extra = {"test_dataset_id": test_set["id"]} if upload == "float64.pt" else {}
+    job, card, acc = distil(client, teacher, dataset, wine, tmp_path, **extra)
+    if extra:  # the held-out quarter scored by the job at the end, as the downloaded file scores it
+        assert job["test_dataset_id"] == test_set["id"]
+        test = card["test"]
+        assert test["rows"] == test["labelled"] == len(wine["y_test"]) and test["dataset_id"] == test_set["id"]
+        assert test["student_accuracy"] == pytest.approx(acc, abs=1.5 / len(wine["y_test"]))
+        assert test["teacher_accuracy"] == pytest.approx(wine["teacher_acc"]) and test["agreement"] > 0.9
+    else:
+        assert card.get("test") is None
     assert acc >= wine["teacher_acc"] - 0.1, (acc, wine["teacher_acc"])
     if upload.endswith((".onnx", "+data")):  # a drop-in replacement: the teacher's tensor names
         logits = next(o["name"] for o in teacher["outputs"] if o["logits"])
@@ -174,7 +189,6 @@ def test_stock_teachers_are_accepted_and_distilled(service, client, wine, datase
     if upload == "onnx+data":
         run_the_usage_snippets(service, card, tmp_path)
         # the held-out quarter, uploaded as the user has it (class names), scores the same on the service
-        test_set = upload_dataset(client, wine["dir"] / "wine_test.csv")
         r = client.post(f"/v1/models/{job['model_id']}/evaluate", json={"dataset_id": test_set["id"]})
         assert r.status_code == 200, r.text
         assert r.json()["rows"] == r.json()["labelled"] == len(wine["y_test"])
@@ -186,6 +200,9 @@ def test_stock_teachers_are_accepted_and_distilled(service, client, wine, datase
         r = client.post(f"/v1/models/{job['model_id']}/evaluate", json={"dataset_id": narrow["id"]})
         assert_error(r, 422, "invalid_request", "dataset_id")
         assert "[5]" in r.json()["error"]["message"] and "[13]" in r.json()["error"]["message"]
+        r = client.post("/v1/jobs", json={"teacher_id": teacher["id"], "dataset_id": dataset["id"],
+                                          "test_dataset_id": narrow["id"]})
+        assert_error(r, 422, "invalid_request", "test_dataset_id")
 
 
 def run_the_usage_snippets(service, card: dict, tmp_path) -> None:

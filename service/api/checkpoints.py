@@ -58,7 +58,8 @@ def publish_checkpoint(job_id: str, epoch: int, ctx: Context = Depends(get_ctx),
         spec = {**source.spec, "from_checkpoint": {"job_id": source.id, "epoch": epoch}}
         spec["metadata"] = {k: v for k, v in spec.get("metadata", {}).items() if k != "name"}
         job = Job(id=new_id("job"), tenant=who.tenant, status="queued", teacher_id=source.teacher_id,
-                  dataset_id=source.dataset_id, validation_dataset_id=source.validation_dataset_id, spec=spec,
+                  dataset_id=source.dataset_id, validation_dataset_id=source.validation_dataset_id,
+                  test_dataset_id=source.test_dataset_id, spec=spec,
                   metrics={}, dispatched_at=now())
         s.add(job)
         s.add(JobEvent(job_id=job.id, message=f"queued: publish epoch {epoch} of job {source.id}", type="stage",

@@ -86,6 +86,7 @@ add_read_routes(router, Dataset, "dataset", to_out, DatasetOut)
 @router.delete("/{dataset_id}", status_code=204)
 def delete_dataset(dataset_id: str, ctx: Context = Depends(get_ctx), who: Principal = Depends(principal)):
     delete_unused(ctx, who, Dataset, dataset_id, "dataset",
-                  (Job.dataset_id == dataset_id) | (Job.validation_dataset_id == dataset_id))
+                  (Job.dataset_id == dataset_id) | (Job.validation_dataset_id == dataset_id)
+                  | (Job.test_dataset_id == dataset_id))
     ctx.blobs.delete_prefix(f"datasets/{dataset_id}")
     return Response(status_code=204)

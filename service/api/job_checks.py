@@ -126,6 +126,18 @@ def student_input_facts(teacher: Teacher | None, dataset: Dataset) -> tuple[list
     return list(dataset.feature_shape or []), width, text
 
 
+def check_test_set(dataset: Dataset, test: Dataset) -> None:
+    """A test set has the training rows' shape and kind, and no class the training data lacks."""
+    if test.feature_shape != dataset.feature_shape or (test.format in TEXT_DATASET_FORMATS) != (
+            dataset.format in TEXT_DATASET_FORMATS):
+        raise ApiError(422, "invalid_request", f"test rows are {test.format} of shape {test.feature_shape}, training "
+                       f"rows {dataset.format} of shape {dataset.feature_shape}", "test_dataset_id")
+    names, test_names = (dataset.details or {}).get("class_names"), (test.details or {}).get("class_names")
+    if test_names and not set(test_names) <= set(names or []):
+        raise ApiError(422, "invalid_request", f"the test set's classes {sorted(set(test_names) - set(names or []))[:10]} "
+                       f"are not among the training data's {names or 'class ids'}", "test_dataset_id")
+
+
 def preflight(ctx: Context, body: JobCreate, who: Principal, s) -> None:
     """Everything a job needs, checked against its teacher and data before it is queued (after
     normalize())."""
@@ -136,6 +148,8 @@ def preflight(ctx: Context, body: JobCreate, who: Principal, s) -> None:
     if val is not None and val.feature_shape != dataset.feature_shape:
         raise ApiError(422, "invalid_request", f"validation rows have shape {val.feature_shape}, training rows "
                        f"{dataset.feature_shape}", "validation_dataset_id")
+    if body.test_dataset_id:
+        check_test_set(dataset, get_owned(s, Dataset, body.test_dataset_id, who, "dataset", "test_dataset_id"))
     if method.needs_labels and not dataset.labeled:
         raise ApiError(422, "invalid_request", f"method {method.name!r} needs labels and dataset {dataset.id} has none",
                        "dataset_id")

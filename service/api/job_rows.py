@@ -22,7 +22,7 @@ def to_out(job: Job) -> JobOut:
     return JobOut(
         id=job.id, status=job.status, stage=job.stage, progress=job.progress, epoch=job.epoch,
         epochs=spec["training"]["epochs"], teacher_id=job.teacher_id, dataset_id=job.dataset_id,
-        validation_dataset_id=job.validation_dataset_id, student=spec["student"], method=spec["method"],
+        validation_dataset_id=job.validation_dataset_id, test_dataset_id=job.test_dataset_id, student=spec["student"], method=spec["method"],
         training=spec["training"], export=spec["export"], metrics=job.metrics or {}, model_id=job.model_id,
         error=job.error, attempts=job.attempts, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, estimated_finish=job.estimated_finish, metadata=spec.get("metadata", {}),

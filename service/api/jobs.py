@@ -76,7 +76,7 @@ def _add_job(ctx: Context, s, body: JobCreate, who: Principal, spec: dict, idemp
     runs wholly before (the job is refused with 404) or wholly after (the DELETE answers 409)."""
     picked = resolve_auto(s, body, who, spec)
     preflight(ctx, body, who, s)
-    for table, ids, kind in ((Dataset, [body.dataset_id, body.validation_dataset_id], "dataset"),
+    for table, ids, kind in ((Dataset, [body.dataset_id, body.validation_dataset_id, body.test_dataset_id], "dataset"),
                              (Teacher, [body.teacher_id], "teacher")):
         ids = [i for i in ids if i]
         missing = set(ids) - ctx.db.lock_rows(s, table, ids, exclusive=False)
@@ -87,7 +87,8 @@ def _add_job(ctx: Context, s, body: JobCreate, who: Principal, spec: dict, idemp
     if spec["training"]["epochs"] == "auto":
         queued["epochs_auto"] = spec["training"]["epochs"] = resolve_epochs(s, body)
     job = Job(id=new_id("job"), tenant=who.tenant, status="queued", teacher_id=body.teacher_id,
-              dataset_id=body.dataset_id, validation_dataset_id=body.validation_dataset_id, spec=spec,
+              dataset_id=body.dataset_id, validation_dataset_id=body.validation_dataset_id,
+              test_dataset_id=body.test_dataset_id, spec=spec,
               metrics={}, idempotency_key=idempotency_key, request_hash=digest, dispatched_at=now())
     s.add(job)
     said = [*picked, *([f"epochs \"auto\": {queued['epochs_auto']} (about {AUTO_STEPS} optimizer steps)"]

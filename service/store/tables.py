@@ -86,6 +86,7 @@ class Job(Base):
     teacher_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
     dataset_id: Mapped[str] = mapped_column(String(40), index=True)
     validation_dataset_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    test_dataset_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the validated JobCreate body
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     model_id: Mapped[str | None] = mapped_column(String(40), nullable=True)

@@ -6,6 +6,7 @@ import torch
 
 from kdserve.worker import trainer
 from kdserve.worker.data import Split
+from kdserve.worker.pipeline.inputs import Prepared, test_split
 from kdserve.worker.pipeline.progress import RunContext
 
 
@@ -51,6 +52,23 @@ def neighbour_overlap(student: torch.Tensor, teacher: torch.Tensor, k: int) -> f
     a, b = knn(student), knn(teacher)
     hits = (a.unsqueeze(2) == b.unsqueeze(1)).any(2).float().sum(1)
     return float((hits / k).mean())
+
+
+TEST_METRICS = ("student_accuracy", "teacher_accuracy", "agreement", "mean_cosine", "neighbour_overlap_at_10")
+
+
+def score_test_set(ctx: RunContext, prep: Prepared, model: torch.nn.Module, result: trainer.TrainResult) -> dict | None:
+    """test_dataset_id: rows nothing was chosen on (no epoch, no learning rate), scored once at
+    the end — the student, the teacher and their agreement (the card's `test`)."""
+    if not ctx.spec.test_dataset_id:
+        return None
+    test = test_split(ctx, prep)
+    scored = final_metrics(trainer.predict(model, test), test, result, prep.embedding)
+    labelled = int((test.y >= 0).sum())
+    ctx.progress.event(f"scored on the test set {ctx.spec.test_dataset_id}: {len(test)} rows ({labelled} labelled)",
+                       data={k: scored.get(k) for k in TEST_METRICS if k in scored})
+    return {"dataset_id": ctx.spec.test_dataset_id, "rows": len(test), "labelled": labelled,
+            **{k: scored[k] for k in TEST_METRICS if k in scored}}
 
 
 FAR_BELOW = 0.10  # a student this far under its teacher's accuracy is worth a warning

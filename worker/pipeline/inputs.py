@@ -228,12 +228,8 @@ def cache_teacher(ctx: RunContext, prep: Prepared) -> None:
     for i, split in enumerate((prep.train, prep.val)):
         if cached is not None:
             split.teacher_logits, split.teacher_features = cached[i]
-        elif prep.text:
-            split.teacher_logits, split.teacher_features = text_teacher_outputs(
-                prep.teacher, split.x, split.mask, split.types, ctx.spec.teacher_features)
         else:
-            split.teacher_logits, split.teacher_features = teacher_outputs(prep.teacher, split.x,
-                                                                           ctx.spec.teacher_features)
+            run_teacher(ctx, prep, split)
     seconds = time.perf_counter() - t0
     if keep and cached is None:
         save_cached_outputs(ctx, prep.max_length, prep.train, prep.val)
@@ -244,6 +240,32 @@ def cache_teacher(ctx: RunContext, prep: Prepared) -> None:
         raise JobFailed("teacher_output_mismatch", "the teacher's output width changed between calls")
     if not prep.text:
         ctx.teacher_latency = time_teacher(prep)
+
+
+def run_teacher(ctx: RunContext, prep: Prepared, split: Split) -> None:
+    """The teacher's outputs (and the named feature) on every row of the split, set on it."""
+    if prep.text:
+        split.teacher_logits, split.teacher_features = text_teacher_outputs(
+            prep.teacher, split.x, split.mask, split.types, ctx.spec.teacher_features)
+    else:
+        split.teacher_logits, split.teacher_features = teacher_outputs(prep.teacher, split.x, ctx.spec.teacher_features)
+
+
+def test_split(ctx: RunContext, prep: Prepared) -> Split:
+    """training's test_dataset_id as a split, with the teacher's outputs; labels given as class
+    names numbered as the training data numbers them (a test set may meet fewer classes)."""
+    test = whole(_prepare(ctx, ctx.spec.test_dataset_id, prep.teacher)[0])
+    names = (dataset_row(ctx, ctx.spec.dataset_id).details or {}).get("class_names")
+    test_names = (dataset_row(ctx, ctx.spec.test_dataset_id).details or {}).get("class_names")
+    if test_names:
+        unknown = sorted(set(test_names) - set(names or []))
+        if unknown:
+            raise JobFailed("invalid_request", f"the test set's classes {unknown[:10]} are not the training data's")
+        ids = torch.tensor([names.index(n) for n in test_names] + [-1])
+        test.y = ids[torch.where(test.y >= 0, test.y, -1)]
+    if prep.teacher is not None:
+        run_teacher(ctx, prep, test)
+    return test
 
 
 def time_teacher(prep: Prepared) -> dict:

@@ -92,6 +92,7 @@ class RunContext:
     baseline: dict | None = None  # `baseline: true`: the ce student's accuracy and agreement, the card's `baseline`
     input_scaling: dict | None = None  # MLP students: whether they standardise their inputs and why (the card's)
     validation: dict | None = None  # the validation rows: how many, where from, whether the teacher saw them (card)
+    test: dict | None = None  # test_dataset_id: the student and teacher scored on it at the end (the card's)
     teacher_latency: dict | None = None  # tensor teachers: median ms at batch 1 and 64 in their own runtime (card)
     warnings: list = field(default_factory=list)  # [{code, message}]: the job's and the card's
 

@@ -203,7 +203,7 @@ def build_card(ctx: RunContext, prep: Prepared, model: torch.nn.Module, metrics:
         compression_ratio=round(t_params / n_params, 3) if t_params else None,
         metrics={k: metrics[k] for k in CARD_METRICS if k in metrics}, training=ctx.training,
         baseline=ctx.baseline, input_scaling=ctx.input_scaling, warnings=list(ctx.warnings) or None,
-        versions=onnx_export.versions(), validation=ctx.validation, teacher_latency=ctx.teacher_latency, speedup=speedup(ctx.teacher_latency, artifacts),
+        versions=onnx_export.versions(), validation=ctx.validation, test=ctx.test, teacher_latency=ctx.teacher_latency, speedup=speedup(ctx.teacher_latency, artifacts),
         class_names=(dataset_row(ctx, ctx.spec.dataset_id).details or {}).get("class_names"),
         input=spec.inputs[0], output=spec.output_spec(), artifacts=artifacts, **extra)
 

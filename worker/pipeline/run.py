@@ -33,7 +33,7 @@ from kdserve.worker.pipeline import inputs
 from kdserve.worker.pipeline.common import LEASE_LOST, Cancelled, JobFailed, context, fail, finish, log, pick_device
 from kdserve.worker.pipeline.baseline import train_baseline
 from kdserve.worker.pipeline.checkpoints import from_checkpoint, keep_epoch_weights, training_summary
-from kdserve.worker.pipeline.evaluate import compare_to_teacher, final_metrics
+from kdserve.worker.pipeline.evaluate import compare_to_teacher, final_metrics, score_test_set
 from kdserve.worker.pipeline.inputs import Prepared
 from kdserve.worker.pipeline.lease import Lease
 from kdserve.worker.pipeline.progress import Progress, RunContext
@@ -84,6 +84,7 @@ class JobRun:
             student_logits = trainer.predict(trained.model, prep.val)
             metrics = final_metrics(student_logits, prep.val, trained.result, prep.embedding)
             compare_to_teacher(ctx, metrics)
+            ctx.test = score_test_set(ctx, prep, trained.model, trained.result)
             if ctx.spec.baseline:
                 ctx.baseline = train_baseline(ctx, prep, device, metrics)
                 metrics.update(baseline_accuracy=ctx.baseline["accuracy"], baseline_agreement=ctx.baseline["agreement"])
