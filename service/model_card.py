@@ -103,7 +103,8 @@ class CardFields(BaseModel):
     metrics: dict[str, float | None]
     training: dict[str, Any] | None = Field(None, description="what training did: learning_rate and "
                                             "learning_rate_source (how \"auto\" chose it, lr_search: its rungs), "
-                                            "epochs_planned, epochs_run, best_epoch, published_epoch, stopped_early")
+                                            "epochs_planned, epochs_run, best_epoch, published_epoch, "
+                                            "published_because (why those weights), stopped_early")
     warnings: list[dict[str, Any]] | None = Field(None, description="what you should know about the run ({code, "
                                                   "message}): as the job's warnings")
     input_scaling: dict[str, Any] | None = Field(None, description="MLP students: whether the student standardises "

@@ -69,6 +69,7 @@ def test_the_best_epoch_is_published_and_epochs_are_listed(client, auto_job):
     best = listed[keys.index(max(keys))]
     assert best["best"] and sum(c["best"] for c in listed) == 1
     assert training["best_epoch"] == training["published_epoch"] == best["epoch"] == auto_job["metrics"]["best_epoch"]
+    assert training["published_because"].startswith(f"epoch {best['epoch']} had the best validation score")
     assert [c["epoch"] for c in listed if c["published"]] == [best["epoch"]]
     # the published epoch's validation metrics are the job's
     assert auto_job["metrics"]["student_accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-6)
@@ -95,6 +96,7 @@ def test_publishing_a_kept_epoch(client, auto_job, digits, tmp_path):
     card = client.get(f"/v1/models/{job['model_id']}").json()
     assert card["training"]["from_checkpoint"] == {"job_id": auto_job["id"], "epoch": chosen["epoch"]}
     assert card["training"]["published_epoch"] == chosen["epoch"]
+    assert card["training"]["published_because"] == f"epoch {chosen['epoch']} of job {auto_job['id']} was asked for"
     assert held_out_accuracy(client, job["model_id"], digits, tmp_path, "chosen") > 0.8
 
     not_kept = next(c["epoch"] for c in listed if not c["weights"])

@@ -43,7 +43,18 @@ def training_summary(result: trainer.TrainResult) -> dict:
     return {"learning_rate": result.learning_rate, "learning_rate_source": result.learning_rate_source,
             "lr_search": result.lr_search, "epochs_planned": result.epochs_planned, "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch, "published_epoch": result.published_epoch,
-            "stopped_early": result.stopped_early}
+            "published_because": published_because(result), "stopped_early": result.stopped_early}
+
+
+def published_because(result: trainer.TrainResult) -> str:
+    """Why the card's weights are the published epoch's, in words."""
+    if not result.published_epoch:
+        return "no epoch was trained"
+    if result.published_epoch == result.best_epoch:
+        why = f"epoch {result.published_epoch} had the best validation score of the {result.epochs_run} run"
+        return why + (" (training stopped early: no better score for `early_stopping_patience` epochs)"
+                      if result.stopped_early else "")
+    return f"epoch {result.published_epoch} is the last one run (training.publish: last)"
 
 
 def from_checkpoint(ctx: RunContext, prep: Prepared, device: torch.device) -> trainer.TrainResult:

@@ -96,7 +96,9 @@ class JobRun:
         ctx, spec = self.ctx, self.ctx.spec
         if spec.from_checkpoint is not None:
             result = from_checkpoint(ctx, prep, device)
-            ctx.training = {**training_summary(result), "from_checkpoint": spec.from_checkpoint.model_dump()}
+            ref = spec.from_checkpoint
+            ctx.training = {**training_summary(result), "from_checkpoint": ref.model_dump(),
+                            "published_because": f"epoch {ref.epoch} of job {ref.job_id} was asked for"}
             return Trained(trainer.predictor(prep.student.cpu().eval(), prep.loss_fn.cpu()), result)
         epochs = spec.training.epochs
         if not isinstance(epochs, int):  # a spec that did not come through POST /v1/jobs (which resolves it)
