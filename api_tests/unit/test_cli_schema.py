@@ -1,7 +1,9 @@
 """The CLI matches the service: its upload commands take every field and every value of the API's
-multipart forms (read from the app's own /openapi.json), `jobs create` has a described flag for
-every scalar field of the job schema and builds the same body as before from them, and a narrow
-terminal gets one block of `key: value` lines per row of a list."""
+multipart forms (read from the app's own /openapi.json), each option described as the form describes
+the field, `jobs create` has a described flag for every scalar field of the job schema and builds the
+same body as before from them, `search create` describes every key of its KEY=VALUE sections
+(targets, budget, space) with the schema's description and default, and a narrow terminal gets one
+block of `key: value` lines per row of a list."""
 
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ import click
 import pytest
 import typer
 from rich.console import Console
+from rich.text import Text
 from typer.testing import CliRunner
 
 from kdserve.cli import app, render
 from kdserve.cli import jobs as jobs_cli
+from kdserve.cli import searches as searches_cli
 from kdserve.cli.schema_flags import JOB_FLAGS
 from kdserve.client import Page
 from kdserve.service.app import create_app
@@ -46,6 +50,11 @@ def openapi(tmp_path_factory):
     return create_app(Settings(data_dir=tmp_path_factory.mktemp("data"))).openapi()
 
 
+def shown(help_text: str | None) -> str:
+    """An option's help as --help prints it: rich markup (the escapes) undone, white space as one space."""
+    return " ".join(Text.from_markup(help_text or "").plain.split())
+
+
 def form(openapi: dict, path: str) -> dict:
     return openapi["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
 
@@ -65,6 +74,9 @@ def test_upload_commands_take_every_form_field_and_value_of_the_api(openapi, pat
             assert value in help_text, f"{name}: {value!r} (accepted by the API) is not in the help: {help_text}"
         if "default" in spec:
             assert f"default: {spec['default']}" in help_text, f"{name}: the API's default is not in the help"
+        if name != "file" and "description" in spec:  # the argument PATH describes each format instead
+            assert " ".join(spec["description"].split()) in shown(help_text), \
+                f"--{name.replace('_', '-')}: the form's description is not in the help: {help_text!r}"
     file_help = params["file"].help
     for value in fields["format"]["enum"]:  # the argument describes every format the API takes
         assert f"{value}:" in file_help, f"{value!r} is not described in the file argument's help"
@@ -99,18 +111,41 @@ def test_every_job_schema_field_has_a_described_flag_with_its_default(openapi):
     assert len(every) == len(set(every)), "two flags of the same name"
 
 
-class FakeJobs:
-    def __init__(self):
-        self.bodies = []
+def test_search_create_describes_every_key_of_its_sections_with_its_default(openapi):
+    params = options(command("search", "create"))
+    schemas = openapi["components"]["schemas"]
+    for section, option in (("SearchTargets", "target"), ("SearchBudget", "budget"), ("SearchSpace", "space")):
+        keys = {}  # the help's paragraphs after the first, `name (or alias): text`, by name
+        for paragraph in (params[option].help or "").split("\n\n")[1:]:
+            key, _, text = shown(paragraph).partition(": ")
+            keys[key.split(" (or ")[0]] = text
+        for name, spec in schemas[section]["properties"].items():
+            assert name in keys, f"{section}.{name} is not in the help of --{option}: {params[option].help!r}"
+            assert " ".join(spec.get("description", "").split()) in keys[name], f"{section}.{name}: {keys[name]!r}"
+            default = spec.get("default")
+            assert f"default: {default if isinstance(default, str) else json.dumps(default)}" in keys[name], \
+                f"{section}.{name}: the schema's default is not in the help: {keys[name]!r}"
+        assert set(keys) == set(schemas[section]["properties"]), f"--{option} lists a key that is no field"
+    assert shown(schemas["SearchSpace"]["properties"]["methods"]["description"]) in shown(params["method"].help)
+    for name in ("validation_split", "seed"):  # the body's scalars are flags of their own
+        spec = schemas["SearchCreate"]["properties"][name]
+        assert spec.get("description", "") in params[name].help and f"default: {spec['default']}" in params[name].help
+
+
+class FakeResource:
+    """kd.jobs or kd.searches: `create` keeps the body it is sent and answers a queued resource."""
+
+    def __init__(self, prefix: str):
+        self.prefix, self.bodies = prefix, []
 
     def create(self, body, idempotency_key=None):
         self.bodies.append(body)
-        return {"id": "job_" + "0" * 24, "status": "queued"}
+        return {"id": f"{self.prefix}_" + "0" * 24, "status": "queued"}
 
 
 class FakeClient:
     def __init__(self):
-        self.jobs = FakeJobs()
+        self.jobs, self.searches = FakeResource("job"), FakeResource("srch")
 
     def __enter__(self):
         return self
@@ -120,9 +155,15 @@ class FakeClient:
 
 
 @pytest.fixture
-def sent(monkeypatch):
-    fake = FakeClient()
-    monkeypatch.setattr(jobs_cli, "client", lambda ctx: fake)
+def fake(monkeypatch):
+    kd = FakeClient()
+    for module in (jobs_cli, searches_cli):
+        monkeypatch.setattr(module, "client", lambda ctx: kd)
+    return kd
+
+
+@pytest.fixture
+def sent(fake):
     return fake.jobs.bodies
 
 
@@ -142,6 +183,20 @@ def test_job_flags_build_the_body_over_the_file(sent, tmp_path):
         "training": {"epochs": 6, "batch_size": 128, "learning_rate": 0.005, "seed": 3, "device": "cpu",
                      "grad_clip_norm": None, "standardize_inputs": True, "early_stopping_patience": "auto"},
         "export": {"opset": 17, "quantize": ["int8"]}, "text": {"max_length": 64}, "metadata": {"team": "cli"}}]
+
+
+def test_search_flags_build_the_body_over_the_file(fake, tmp_path):
+    spec = tmp_path / "search.json"
+    spec.write_text(json.dumps({"dataset_id": "ds_x", "targets": {"batch_size": 64}, "budget": {"trials": 10}}))
+    result = CliRunner().invoke(app, [
+        "search", "create", "--file", str(spec), "--teacher", "tch_x", "--target", "latency_ms=2", "--target",
+        "accuracy=0.97", "--budget", "parallel=4", "--method", "kd", "--method", "dkd", "--space",
+        "learning_rate=[0.001,0.01]", "--seed", "3", "--validation-split", "0.2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert fake.searches.bodies == [{
+        "dataset_id": "ds_x", "teacher_id": "tch_x", "validation_split": 0.2, "seed": 3,
+        "targets": {"batch_size": 64, "latency_ms": 2, "min_accuracy": 0.97}, "budget": {"trials": 10, "parallel": 4},
+        "space": {"methods": ["kd", "dkd"], "learning_rate": [0.001, 0.01]}}]
 
 
 @pytest.mark.parametrize("flag, value, says", [

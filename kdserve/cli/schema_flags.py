@@ -7,6 +7,10 @@ flag at once, described as the API describes it; nothing about it is written her
     @jobs_app.command("create")
     @with_schema_flags(JOB_FLAGS)
     def jobs_create(..., schema_values: dict):   # {"training": {"epochs": 6}, None: {"baseline": True}}
+
+The same words describe the other options made from a schema: a repeated KEY=VALUE option whose
+keys are a section's fields (`search create --target`, `pairs_help`) and an upload command's option
+for a field of its multipart form (kdserve.service.forms, `form_field_help`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.markup import escape
 
-from kdserve.service.schemas import ExportSpec, JobCreate, TextSpec, TrainingSpec
+from kdserve.service.schemas import ExportSpec, JobCreate, SearchCreate, TextSpec, TrainingSpec
 
 _SCALAR_TYPES = {"integer", "number", "string", "boolean", "null"}
 _METAVARS = {"integer": "INT", "number": "FLOAT", "string": "TEXT", "boolean": "BOOL", "null": "null"}
@@ -43,12 +47,23 @@ def _is_scalar(schema: dict) -> bool:
             and not (len(alternatives) == 1 and "const" in schema))
 
 
-def _accepts(schema: dict) -> str:
-    """What the field takes, from its JSON schema: `integer ≥ 1, ≤ 10000 | auto`."""
+def _accepts(schema: dict, repeat: bool = True) -> str:
+    """What the field takes, from its JSON schema: `integer ≥ 1, ≤ 10000 | auto`. A list is a flag
+    given once per item (`repeat`), else one JSON value (a KEY=VALUE option's)."""
     parts = []
     for a in _alternatives(schema):
-        if a.get("type") == "array":  # a flag given once per item
+        if a.get("type") == "array" and repeat:
             parts.append(f"{_accepts(a['items'])} (repeat the flag for more than one)")
+        elif a.get("type") == "array":
+            items = _accepts(a.get("items") or a["prefixItems"][0], repeat)  # a tuple's are alike: [low, high]
+            bounds = ([f"{a['minItems']}"] if "minItems" in a and a["minItems"] == a.get("maxItems") else
+                      [f"{sign} {a[key]}" for key, sign in (("minItems", "≥"), ("maxItems", "≤")) if key in a])
+            parts.append(f"JSON list of {f'({items})' if ' ' in items else items}"
+                         + (f", length {', '.join(bounds)}" if bounds else ""))
+        elif "$ref" in a:  # a section: its schema's name in /openapi.json
+            parts.append(a["$ref"].rsplit("/", 1)[-1])
+        elif a.get("type") == "object":
+            parts.append("JSON object")
         elif "const" in a or "enum" in a:
             parts.append(" | ".join(_shown(v) for v in a.get("enum", [a.get("const")])))
         else:
@@ -71,10 +86,48 @@ def _properties(model: type[BaseModel]) -> dict[str, dict]:
     return model.model_json_schema()["properties"]
 
 
-def field_help(model: type[BaseModel], name: str, accepts: bool = True) -> str:
-    """The help of a flag for `model.name`: the field's description (if it has one) and what it accepts."""
-    parts = [model.model_fields[name].description, f"accepts: {_accepts(_properties(model)[name])}" if accepts else None]
-    return escape(". ".join(part for part in parts if part))
+_REQUIRED = object()  # a field without a default
+
+
+def _help_text(description: str | None, accepts: str | None, default: Any = _REQUIRED) -> str:
+    """`description. accepts: …; default: …`, the parts there are (not yet escaped for rich)."""
+    text = ". ".join(part for part in (description, f"accepts: {accepts}" if accepts else None) if part)
+    if default is not _REQUIRED:
+        text += ("; " if text else "") + f"default: {_shown(default)}"
+    return text
+
+
+def _field_text(model: type[BaseModel], name: str, accepts: bool = True, default: bool = False,
+                repeat: bool = True) -> str:
+    field = model.model_fields[name]
+    return _help_text(field.description, _accepts(_properties(model)[name], repeat) if accepts else None,
+                      field.get_default(call_default_factory=True) if default and not field.is_required()
+                      else _REQUIRED)
+
+
+def field_help(model: type[BaseModel], name: str, accepts: bool = True, default: bool = False) -> str:
+    """The help of a flag for `model.name`: the field's description (if it has one), what it accepts
+    and (`default`) its default."""
+    return escape(_field_text(model, name, accepts, default))
+
+
+def pairs_help(model: type[BaseModel], lead: str, skip: tuple[str, ...] = (),
+               aliases: dict[str, str] | None = None) -> str:
+    """The help of a repeated KEY=VALUE option whose keys are the fields of `model` (but `skip`):
+    `lead`, then a paragraph per key with the field's description, what it accepts and its default."""
+    keys = [f"{name}{f' (or {aliases[name]})' if name in (aliases or {}) else ''}: "
+            f"{_field_text(model, name, default=True, repeat=False)}"
+            for name in model.model_fields if name not in skip]
+    return escape("\n\n".join([lead, *keys]))
+
+
+def form_field_help(spec: dict, more: str | None = None) -> str:
+    """The help of an upload option for a field of a multipart form (kdserve.service.forms, the
+    OpenAPI schema of the field): its description (then `more`, what the CLI adds), what it accepts
+    where that says more than its type (values, bounds) and its default."""
+    accepts = _accepts(spec)
+    return escape(_help_text("; ".join(part for part in (spec.get("description"), more) if part),
+                             accepts if accepts != spec.get("type") else None, spec.get("default", _REQUIRED)))
 
 
 @dataclass(frozen=True)
@@ -96,10 +149,8 @@ class SchemaFlag:
         return f"schema__{self.section or 'body'}__{self.name}"
 
     def option(self) -> Any:
-        field = self.model.model_fields[self.name]
-        default = "" if field.is_required() else f"; default: {_shown(field.get_default(call_default_factory=True))}"
         return typer.Option(None, *self.names, metavar=_metavar(_properties(self.model)[self.name]),
-                            help=field_help(self.model, self.name) + escape(default),
+                            help=field_help(self.model, self.name, default=True),
                             rich_help_panel=f"Request body: {self.section}" if self.section else "Request body")
 
     def parse(self, raw: str) -> Any:
@@ -135,6 +186,11 @@ JOB_FLAGS: tuple[SchemaFlag, ...] = (
     *schema_flags(ExportSpec, "export"),
     *schema_flags(TextSpec, "text"),
 )
+
+# `search create`: the scalars of POST /v1/searches but the ids (--teacher, …); its sections (targets,
+# space, budget) are KEY=VALUE options (`pairs_help`)
+SEARCH_FLAGS: tuple[SchemaFlag, ...] = tuple(
+    schema_flags(SearchCreate, skip=("teacher_id", "dataset_id", "validation_dataset_id")))
 
 
 def with_schema_flags(flags: tuple[SchemaFlag, ...]) -> Callable[[Callable], Callable]:

@@ -14,8 +14,9 @@ from kdserve.cli.render import (event_line, out, print_json, print_page, print_t
                                 trials_table, whole_ids)
 from kdserve.cli.resources import (AFTER_OPTION, JSON_OPTION, LIMIT_OPTION, QUIET_OPTION, api_command, client,
                                    json_file, parse_pairs, print_events, show_command)
+from kdserve.cli.schema_flags import SEARCH_FLAGS, field_help, merge_values, pairs_help, with_schema_flags
 from kdserve.client import Client, search_body
-from kdserve.service.schemas import EventOut, SearchOut
+from kdserve.service.schemas import EventOut, SearchBudget, SearchOut, SearchSpace, SearchTargets
 
 searches_app = typer.Typer(help="Search for the best student within targets (latency, size, accuracy).",
                            no_args_is_help=True)
@@ -59,33 +60,48 @@ def search_outcome(search: SearchOut, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
+# `--target accuracy=0.97` is short for the floor min_accuracy
+TARGET_ALIASES = {"min_accuracy": "accuracy", "min_agreement": "agreement"}
+
+
 @searches_app.command("create")
 @api_command
+@with_schema_flags(SEARCH_FLAGS)
 def search_create(
     ctx: typer.Context,
     file: Optional[Path] = typer.Option(None, "--file", help="a search.json with the request body (flags override it)"),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="teacher id"),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="dataset id"),
-    validation_dataset: Optional[str] = typer.Option(None, "--validation-dataset", help="dataset id for validation"),
-    target: Optional[list[str]] = typer.Option(None, "--target", help="KEY=VALUE (repeat): latency_ms, batch_size, "
-                                               "max_parameters, max_size_bytes, accuracy (min), agreement (min)"),
-    budget: Optional[list[str]] = typer.Option(None, "--budget", help="KEY=VALUE (repeat): trials, max_duration_s, "
-                                               "parallel"),
-    method: Optional[list[str]] = typer.Option(None, "--method", help="a method to try (repeat; default kd, dist, dkd)"),
-    space: Optional[list[str]] = typer.Option(None, "--space", help="KEY=VALUE of the space (repeat; VALUE as JSON): "
-                                              "epochs, learning_rate=\\[lo,hi], temperature=\\[lo,hi], "
-                                              "precisions=\\[\"fp32\",\"int8\"], max_params, students=\\[…]"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="the optimizer's and every trial's seed"),
+    validation_dataset: Optional[str] = typer.Option(None, "--validation-dataset", help="dataset id for validation "
+                                                     "(instead of --validation-split of the dataset)"),
+    target: Optional[list[str]] = typer.Option(
+        None, "--target", rich_help_panel="Request body: targets",
+        help=pairs_help(SearchTargets, "KEY=VALUE (repeat; VALUE as JSON), e.g. latency_ms=2 accuracy=0.97; a "
+                        "target left out is none. Keys:", aliases=TARGET_ALIASES)),
+    budget: Optional[list[str]] = typer.Option(
+        None, "--budget", rich_help_panel="Request body: budget",
+        help=pairs_help(SearchBudget, "KEY=VALUE (repeat; VALUE as JSON), e.g. trials=40. Keys:")),
+    method: Optional[list[str]] = typer.Option(
+        None, "--method", rich_help_panel="Request body: space",
+        help=field_help(SearchSpace, "methods", accepts=False) + " (repeat the flag for more than one)"),
+    space: Optional[list[str]] = typer.Option(
+        None, "--space", rich_help_panel="Request body: space",
+        help=pairs_help(SearchSpace, "KEY=VALUE (repeat; VALUE as JSON), e.g. learning_rate=[1e-4,1e-2] "
+                        "precisions='[\"fp32\",\"int8\"]'. Keys:")),
     wait: bool = typer.Option(False, "--wait", help="follow the trials in a live table until the search ends"),
     as_json: bool = JSON_OPTION,
+    schema_values: Optional[dict] = None,  # the request body's scalar flags (with_schema_flags)
 ):
     """Start a search: trials (jobs) chosen by Optuna within the targets; the result is the
-    cheapest file that meets every target. With --wait, exit status 0 means one did."""
+    cheapest file that meets every target. With --wait, exit status 0 means one did. The request
+    body's fields (below; the sections' as KEY=VALUE) are described, with their defaults, as the
+    API's schema describes them (GET /openapi.json, SearchCreate)."""
     body = json_file(file)
+    merge_values(body, schema_values)
     targets = parse_pairs(target, "--target")
-    for short in ("accuracy", "agreement"):  # --target accuracy=0.97 is a floor
+    for name, short in TARGET_ALIASES.items():  # --target accuracy=0.97 is a floor
         if short in targets:
-            targets[f"min_{short}"] = targets.pop(short)
+            targets[name] = targets.pop(short)
     if targets:
         body["targets"] = {**body.get("targets", {}), **targets}
     if budget:
@@ -95,8 +111,7 @@ def search_create(
         space_fields["methods"] = method
     if space_fields:
         body["space"] = {**body.get("space", {}), **space_fields}
-    body = search_body(body, teacher_id=teacher, dataset_id=dataset, validation_dataset_id=validation_dataset,
-                       seed=seed)
+    body = search_body(body, teacher_id=teacher, dataset_id=dataset, validation_dataset_id=validation_dataset)
     with client(ctx) as kd:
         search = kd.searches.create(body)
         if not wait:

@@ -7,28 +7,35 @@ from typing import Optional
 
 import typer
 
-from kdserve.service.vocab import DATASET_FORMATS, TASKS, TEACHER_FORMATS, choices, describe
 from kdserve.cli.render import dataset_card, dataset_table, out, teacher_card, teacher_table
 from kdserve.cli.resources import (JSON_OPTION, api_command, delete_command, list_command, parse_json_option,
                                    show_command, upload)
+from kdserve.cli.schema_flags import form_field_help
+from kdserve.service.forms import DATASET_FIELDS, TEACHER_FIELDS
+from kdserve.service.vocab import DATASET_FORMATS, TEACHER_FORMATS, choices, describe
 
 teachers_app = typer.Typer(help=f"Upload and manage teachers ({choices(TEACHER_FORMATS)}).", no_args_is_help=True)
 datasets_app = typer.Typer(help=f"Upload and manage datasets ({choices(DATASET_FORMATS)}).", no_args_is_help=True)
 
 
+def form_option(fields: dict[str, dict], name: str, more: str | None = None):
+    """The option for form field `name` (kdserve.service.forms: what the API documents and /openapi.json
+    shows): its help is the field's description, values and default, then `more`, what only the CLI adds."""
+    return typer.Option(None, help=form_field_help(fields[name], more))
+
+
+NAME_MORE = "a name (default: the file name)"  # the form documents only its length
+
+
 @teachers_app.command("upload")
 @api_command
 def teachers_upload(ctx: typer.Context, path: Path = typer.Argument(..., help=describe(TEACHER_FORMATS)),
-                    data: Optional[Path] = typer.Option(None, help="onnx only: the model's external data file (e.g. "
-                                                        "model.onnx.data), sent under its own name, the one the model "
-                                                        "refers to it by (or upload a zip of both as PATH)"),
-                    name: Optional[str] = typer.Option(None, help="a name (default: the file name)"),
-                    format: Optional[str] = typer.Option(None, help=f"{choices(TEACHER_FORMATS)} (default: detected "
-                                                         "from the content)"),
-                    input_shape: Optional[str] = typer.Option(None, help="per-sample input shape as JSON, e.g. "
-                                                              "'[64]', when the file cannot tell"),
-                    task: Optional[str] = typer.Option(None, help=f"hf only: {describe(TASKS)} (default: from "
-                                                       "config.json's architectures)"),
+                    data: Optional[Path] = form_option(TEACHER_FIELDS, "data", "or upload a zip of both as PATH"),
+                    name: Optional[str] = form_option(TEACHER_FIELDS, "name", NAME_MORE),
+                    format: Optional[str] = form_option(TEACHER_FIELDS, "format"),
+                    input_shape: Optional[str] = form_option(TEACHER_FIELDS, "input_shape", "e.g. '[64]', when the "
+                                                             "file cannot tell"),
+                    task: Optional[str] = form_option(TEACHER_FIELDS, "task"),
                     as_json: bool = JSON_OPTION):
     """Upload a teacher; the service loads and test-runs it before accepting it."""
     shape = parse_json_option(input_shape, "--input-shape")
@@ -39,16 +46,11 @@ def teachers_upload(ctx: typer.Context, path: Path = typer.Argument(..., help=de
 @datasets_app.command("upload")
 @api_command
 def datasets_upload(ctx: typer.Context, path: Path = typer.Argument(..., help=describe(DATASET_FORMATS)),
-                    label_column: Optional[str] = typer.Option(None, help="csv and jsonl: the label column (default: "
-                                                               "a CSV column named label, target, class or y; JSONL's "
-                                                               "label; a name that is not a column is refused with "
-                                                               "the columns)"),
-                    text_column: Optional[str] = typer.Option(None, help="jsonl: the field holding the text "
-                                                              "(default: text)"),
-                    text_pair_column: Optional[str] = typer.Option(None, help="jsonl: the field holding the second "
-                                                                   "text of a pair, when present (default: text_pair)"),
-                    name: Optional[str] = typer.Option(None, help="a name (default: the file name)"),
-                    format: Optional[str] = typer.Option(None, help=f"{choices(DATASET_FORMATS)} (default: detected)"),
+                    label_column: Optional[str] = form_option(DATASET_FIELDS, "label_column"),
+                    text_column: Optional[str] = form_option(DATASET_FIELDS, "text_column"),
+                    text_pair_column: Optional[str] = form_option(DATASET_FIELDS, "text_pair_column"),
+                    name: Optional[str] = form_option(DATASET_FIELDS, "name", NAME_MORE),
+                    format: Optional[str] = form_option(DATASET_FIELDS, "format", "detected when omitted"),
                     as_json: bool = JSON_OPTION):
     """Upload a dataset; it is parsed and checked at the door."""
     upload(ctx, "datasets", path, dataset_table, as_json, label_column=label_column, text_column=text_column,

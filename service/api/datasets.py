@@ -10,6 +10,7 @@ from kdserve.service.api.deps import (Context, add_read_routes, check_storage, d
                                       uploader)
 from kdserve.service.auth import Principal
 from kdserve.service.errors import ApiError
+from kdserve.service.forms import DATASET_FORM
 from kdserve.service.schemas import DatasetOut
 from kdserve.service.store.db import Dataset, Job, new_id
 
@@ -38,20 +39,6 @@ async def _parse(ctx: Context, upload: uploads.Upload, canonical) -> tuple[str, 
                                                columns=columns)
     except ingest.DatasetError as exc:
         raise ApiError(exc.status, exc.code, exc.message, exc.param)
-
-
-DATASET_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary",
-                 "description": "npz (x, optional y), CSV with a header row, or JSONL text (one object per line)"},
-        "name": {"type": "string", "maxLength": 255},
-        "format": {"type": "string", "enum": list(ingest.FORMATS)},
-        "label_column": {"type": "string", "description": "CSV and JSONL: the label column. Left out: a CSV column "
-                         "named label, target, class or y (the answer's details say which), JSONL's `label`; a "
-                         "column named but missing is a 422 that lists the columns"},
-        "text_column": {"type": "string", "default": "text", "description": "jsonl: the field holding the text"},
-        "text_pair_column": {"type": "string", "default": "text_pair",
-                             "description": "jsonl: the field holding the second text of a pair (when present)"}}}}}}}
 
 
 @router.post("", status_code=201, response_model=DatasetOut, openapi_extra=DATASET_FORM)

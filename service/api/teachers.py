@@ -20,6 +20,7 @@ from kdserve.service.sandbox.jail import sandbox_problem
 from kdserve.service.sandbox.probe import run_probe
 from kdserve.service.sandbox.sniff import ModelFileError, sniff
 from kdserve.service import metrics, uploads, vocab
+from kdserve.service.forms import TEACHER_FORM
 from kdserve.service.api.deps import (Context, add_read_routes, check_storage, delete_unused, get_ctx, parse_json_form,
                                       principal, uploader)
 from kdserve.service.auth import Principal
@@ -140,21 +141,6 @@ def probe_on_worker(ctx: Context, path: Path, fmt: str | None, input_shape, task
             pending.forget()
     finally:
         ctx.blobs.delete_prefix(staged)
-
-
-TEACHER_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary",
-                 "description": "TorchScript archive, ONNX file (or a zip of an ONNX file and its external data "
-                 "file), or a zip of a Hugging Face model folder (config.json, *.safetensors, tokenizer files)"},
-        "data": {"type": "string", "format": "binary",
-                 "description": "onnx only: the model's external data file (e.g. model.onnx.data), under the name "
-                 "the model refers to it by"},
-        "name": {"type": "string", "maxLength": 255},
-        "format": {"type": "string", "enum": list(FORMATS), "description": "detected from the content when omitted"},
-        "input_shape": {"type": "string", "description": "JSON list: the per-sample input shape"},
-        "task": {"type": "string", "enum": list(TASKS), "description": "hf only: classification (logits) or "
-                 "embedding (pooled sentence vector); default: from config.json's architectures"}}}}}}}
 
 
 @router.post("", status_code=201, response_model=TeacherOut, openapi_extra=TEACHER_FORM)
