@@ -211,7 +211,7 @@ def test_health_and_metadata(service, client, published):
     assert httpx.get(f"{service.base_url}/v2/health/live").status_code == 200
     assert httpx.get(f"{service.base_url}/v2/health/ready").json() == {"ready": True}
     server = client.get("/v2").json()
-    assert server["name"] == "kdserve" and isinstance(server["version"], str) and server["extensions"] == []
+    assert server["name"] == "kdserve" and isinstance(server["version"], str) and server["extensions"] == ["classification"]
     for ref in (card["id"], card["name"]):
         meta = client.get(f"/v2/models/{ref}").json()
         assert meta == {"name": card["name"], "versions": ["fp32"], "platform": "onnx_onnxv1",
@@ -297,6 +297,25 @@ def test_a_deleted_model_is_no_longer_served(client, published, digits):
     assert client.delete(f"/v1/models/{mid}").status_code == 204
     r = client.post(f"/v2/models/{mid}/infer", json=infer_body(digits.x_test[:1]))
     assert r.status_code == 404 and json.loads(r.text)["error"].startswith("no model")
+
+
+def test_the_classification_extension_answers_the_top_classes(client, published, direct, digits):
+    """Triton's classification extension: an output requested with parameters {"classification":
+    k} answers each row's k best classes as BYTES "score:index", best first."""
+    mid, x = published["card"]["id"], digits.x_test[:3]
+    body = infer_body(x, outputs=[{"name": "logits", "parameters": {"classification": 2}}])
+    r = client.post(f"/v2/models/{mid}/infer", json=body)
+    assert r.status_code == 200, r.text
+    (out,) = r.json()["outputs"]
+    assert out["datatype"] == "BYTES" and out["shape"] == [3, 2]
+    logits = direct(x)
+    want = [int(i) for row in np.argsort(-logits, axis=1, kind="stable")[:, :2] for i in row]
+    assert [int(cell.split(":")[1]) for cell in out["data"]] == want
+    assert [float(cell.split(":")[0]) for cell in out["data"]] == pytest.approx(
+        [float(logits[r, i]) for r in range(3) for i in want[2 * r:2 * r + 2]], rel=1e-5)
+    for bad in (0, "2", True):
+        body = infer_body(x, outputs=[{"name": "logits", "parameters": {"classification": bad}}])
+        assert client.post(f"/v2/models/{mid}/infer", json=body).status_code == 400
 
 
 def test_a_renamed_model_is_served_under_its_new_name(client, published, direct, digits):

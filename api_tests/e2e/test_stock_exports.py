@@ -186,6 +186,14 @@ def test_stock_teachers_are_accepted_and_distilled(service, client, wine, datase
     assert r.status_code == 200, r.text
     assert r.json()["labels"] == [wine["order"][i] for i in r.json()["predictions"]]
     assert set(card["versions"]) == {"kdserve", "torch", "onnx", "onnxruntime", "python"}
+    # /v2 answers class names too, through Triton's classification extension
+    x = wine["x_test"][:2]
+    r = client.post(f"/v2/models/{job['model_id']}/infer", json={
+        "inputs": [{"name": card["input"]["name"], "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
+        "outputs": [{"name": card["output"]["name"], "parameters": {"classification": 1}}]})
+    assert r.status_code == 200, r.text
+    labels = [cell.split(":")[2] for cell in r.json()["outputs"][0]["data"]]
+    assert labels == client.post(f"/v1/models/{job['model_id']}/predict", json={"inputs": x.tolist()}).json()["labels"]
     if upload == "onnx+data":
         run_the_usage_snippets(service, card, tmp_path)
         # the held-out quarter, uploaded as the user has it (class names), scores the same on the service

@@ -50,7 +50,8 @@ from kdserve.service.serving import text as text_serving
 from kdserve.service.serving import v2_binary
 from kdserve.service.serving.runtime import rows_of
 from kdserve.service.serving.v2 import (InferRequest, Served, Serving, TensorError, attach_binary, bad_request,
-                                        check_finite, decode_inputs, encode_output, model_metadata)
+                                        check_finite, classification_output, decode_inputs, encode_output,
+                                        model_metadata)
 from kdserve.service.settings import Settings
 
 router = APIRouter(prefix="/v2", tags=["inference (Open Inference Protocol v2)"])
@@ -136,7 +137,7 @@ async def ready(ctx: Context = Depends(context)):
 
 @router.get("")
 def server_metadata(request: Request, _: Principal = Depends(caller)):
-    return {"name": "kdserve", "version": request.app.version, "extensions": []}
+    return {"name": "kdserve", "version": request.app.version, "extensions": ["classification"]}
 
 
 @router.get("/models/{model}")
@@ -202,9 +203,11 @@ async def _run_infer(srv: Serving, served: Served, body: InferRequest, ctx: Cont
     answer: dict[str, Any] = {"model_name": served.name, "model_version": served.precision}
     if body.id is not None:
         answer["id"] = body.id
-    own = {o.name: o.parameters for o in body.outputs or []}
-    binary = [n for n in names if v2_binary.wants_binary(body.parameters, own.get(n))]
-    answer["outputs"] = [encode_output(n, outputs[n], info[n], binary=n in binary) for n in names]
+    own = {o.name: o.parameters or {} for o in body.outputs or []}
+    classify = {n: own[n]["classification"] for n in names if "classification" in own.get(n, {})}
+    binary = [n for n in names if n not in classify and v2_binary.wants_binary(body.parameters, own.get(n))]
+    answer["outputs"] = [classification_output(n, outputs[n], classify[n], served.card.class_names) if n in classify
+                         else encode_output(n, outputs[n], info[n], binary=n in binary) for n in names]
     rows = rows_of(feeds)
     if not binary:
         return answer, rows

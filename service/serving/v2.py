@@ -429,6 +429,21 @@ def encode_output(name: str, value: np.ndarray, info: TensorInfo, binary: bool =
     return out
 
 
+def classification_output(name: str, value: np.ndarray, k: Any, class_names: list[str] | None) -> dict:
+    """Triton's classification extension (an output requested with parameters {"classification":
+    k}): each row's k highest classes, best first, as BYTES "score:index" — "score:index:label"
+    when the model has class names (the card's class_names)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise bad_request(f"output {name!r}: parameters.classification must be a positive integer, not {k!r}")
+    if value.ndim != 2:
+        raise bad_request(f"output {name!r} is not a [batch, classes] tensor: it cannot be classified")
+    k = min(k, value.shape[1])
+    top = np.argsort(-value, axis=1, kind="stable")[:, :k]
+    names = class_names if class_names and len(class_names) == value.shape[1] else None
+    data = [f"{value[r, i]:g}:{i}" + (f":{names[i]}" if names else "") for r in range(len(value)) for i in top[r]]
+    return {"name": name, "shape": [len(value), k], "datatype": "BYTES", "data": data}
+
+
 def model_metadata(served: Served) -> dict:
     card = served.card
     inputs = text_serving.text_inputs_metadata(card) if card.is_text else [card.input.model_dump()]
