@@ -116,7 +116,7 @@ class CardFields(BaseModel):
     validation: dict[str, Any] | None = Field(None, description="the rows the card's scores are measured on: rows, "
                                               "labelled, source (split of the dataset, or validation_dataset_id) and "
                                               "a note when the teacher may have trained on them")
-    teacher_latency: dict[str, Any] | None = Field(None, description="tensor teachers: median latency_ms_batch1 / "
+    teacher_latency: dict[str, Any] | None = Field(None, description="median latency_ms_batch1 / "
                                                    "latency_ms_batch64 in the teacher's own runtime (torch or "
                                                    "onnxruntime, inside its jail, the worker's threads)")
     speedup: dict[str, float] | None = Field(None, description="the teacher's latency over the fp32 student's "

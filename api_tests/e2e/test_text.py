@@ -185,6 +185,8 @@ def test_classification_teacher_end_to_end(client, text, arch, params, method):
     assert fp32["precision"] == "fp32" and fp32["max_abs_diff"] <= 1e-4 and fp32["argmax_agreement"] == 1.0
     assert {a["precision"] for a in card["artifacts"]} == {"fp32", "int8"}  # within 5 points on this task
     assert card["compression_ratio"] > 1 and card["text"]["task"] == "classification"
+    assert card["teacher_latency"]["runtime"] == "torch" and card["teacher_latency"]["latency_ms_batch64"] > 0
+    assert card["speedup"]["batch1"] > 0 and card["speedup"]["batch64"] > 0
 
     onnx_bytes, tokenizer = check_download(client, card)
     held = text["held_texts"]
