@@ -200,6 +200,9 @@ class JobMetrics(BaseModel):
     learning_rate: float | None = Field(None, description="the peak learning rate the student trained at (chosen by "
                                         "the job when training.learning_rate is \"auto\")")
     best_epoch: int | None = Field(None, description="the epoch with the best validation score")
+    val_kl: float | None = Field(None, description="the published epoch's mean KL(teacher ‖ student) at temperature "
+                                 "1 over every validation row: how faithful the student is, on a continuous scale "
+                                 "(searches break score ties by it)")
     val_score: float | None = Field(None, description="the published epoch's validation score: accuracy and "
                                     "agreement weighted by the rows each is measured on (what epochs, learning rates "
                                     "and a search's trials are chosen by)")
@@ -251,6 +254,8 @@ class CheckpointOut(BaseModel):
     val_accuracy: float | None
     val_agreement: float | None
     val_cosine: float | None
+    val_kl: float | None = Field(None, description="mean KL(teacher ‖ student) at temperature 1 over every "
+                                 "validation row")
     val_score: float | None = Field(description="what the job chose its epoch and learning rate by: validation "
                                     "accuracy and agreement weighted by the rows each is measured on (embedding "
                                     "students: mean cosine)")
@@ -414,6 +419,8 @@ class Candidate(BaseModel):
     precision: str
     score: float | None = Field(description="what files are ranked by: the trial's validation score (accuracy and "
                                 "agreement weighted by their rows), less this file's accuracy drop from fp32")
+    val_kl: float | None = Field(None, description="the trial's mean KL(teacher ‖ student) on the validation split: "
+                                 "among files of equal score, the lower is ranked first")
     accuracy: float | None
     agreement: float | None
     latency_ms: float | None

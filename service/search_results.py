@@ -42,9 +42,10 @@ def violations(c: dict[str, Any], t: SearchTargets) -> dict[str, float]:
 
 
 def candidates_of(trial: int, job_id: str, model_id: str, card: dict | ModelCard, targets: SearchTargets,
-                  precisions: list[str], val_score: float | None) -> list[Candidate]:
+                  precisions: list[str], val_score: float | None, val_kl: float | None = None) -> list[Candidate]:
     """The files of one trial's published model that the search asked for. `val_score`: the trial
-    job's (metrics.val_score); each file's score is it less the file's accuracy drop from fp32."""
+    job's (metrics.val_score); each file's score is it less the file's accuracy drop from fp32.
+    `val_kl`: the trial's fidelity to the teacher (metrics.val_kl), what breaks score ties."""
     card = ModelCard.of(card)
     out = []
     for a in card.onnx_artifacts():
@@ -52,6 +53,7 @@ def candidates_of(trial: int, job_id: str, model_id: str, card: dict | ModelCard
             continue
         score = None if val_score is None else round(val_score + min(0.0, a.accuracy_delta or 0.0), 6)
         c = {"trial": trial, "job_id": job_id, "model_id": model_id, "precision": a.precision, "score": score,
+             "val_kl": val_kl,
              "accuracy": a.accuracy, "agreement": card.metrics.get("agreement"),
              "latency_ms": latency_of(a, targets.batch_size), "size_bytes": a.size_bytes,
              "num_parameters": card.num_parameters, "method": card.method.get("name"),
@@ -66,6 +68,13 @@ def _score(c: Candidate) -> float:
         if value is not None:
             return value
     return -1.0
+
+
+def _rank(c: Candidate) -> tuple[float, float]:
+    """Lower is better: the score, and among equal scores the student closer to its teacher. With few
+    labelled validation rows many trials tie on score (all 1.0); their KL to the teacher still
+    tells them apart, and it is measured on every validation row."""
+    return (-_score(c), c.val_kl if c.val_kl is not None else float("inf"))
 
 
 def _cost(c: Candidate) -> tuple[float, int]:
@@ -84,13 +93,13 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
 
 
 def summarize(cands: list[Candidate], targets: SearchTargets) -> SearchResult:
-    leaderboard = sorted(cands, key=lambda c: (-_score(c), _cost(c)))[:LEADERBOARD_SIZE]
+    leaderboard = sorted(cands, key=lambda c: (*_rank(c), _cost(c)))[:LEADERBOARD_SIZE]
     meeting = [c for c in cands if c.meets_targets]
     floors = targets.min_accuracy is not None or targets.min_agreement is not None
     if meeting:
         best = min(meeting, key=lambda c: (*_cost(c), -_score(c))) if floors else \
-            min(meeting, key=lambda c: (-_score(c), *_cost(c)))
+            min(meeting, key=lambda c: (*_rank(c), *_cost(c)))
         return SearchResult(recommended=best, meets_targets=True, pareto=pareto_front(cands), leaderboard=leaderboard)
-    closest = min(cands, key=lambda c: (sum(c.violations.values()), -_score(c)), default=None)
+    closest = min(cands, key=lambda c: (sum(c.violations.values()), *_rank(c)), default=None)
     return SearchResult(recommended=None, meets_targets=False, closest=closest, pareto=pareto_front(cands),
                         leaderboard=leaderboard)

@@ -212,7 +212,7 @@ def _step(db: Database, settings: Settings, search_id: str) -> list[str]:
 
 def _candidates(job: Job, cards: dict, spec: SearchCreate):
     return candidates_of(job.trial["number"], job.id, job.model_id, cards[job.model_id], spec.targets,
-                         spec.space.precisions, (job.metrics or {}).get("val_score"))
+                         spec.space.precisions, (job.metrics or {}).get("val_score"), (job.metrics or {}).get("val_kl"))
 
 
 def _launch(s, study: optuna.Study, search: Search, spec: SearchCreate, left: int | None) -> Job:

@@ -54,6 +54,7 @@ class EpochMetrics:
     lr: float
     val_cosine: float | None = None  # embedding students: mean cosine to the teacher's vectors
     val_score: float | None = None   # what epochs and learning rates are chosen by: selection_score()
+    val_kl: float | None = None      # mean KL(teacher ‖ student) at T = 1 on every validation row: fidelity
 
 
 @dataclass
@@ -589,7 +590,13 @@ def evaluate_epoch(student: Student, loss_fn: DistillLoss, batcher: Batcher, val
             F.cosine_similarity(out, val.teacher_logits.float(), dim=1).mean())
         return {"val_loss": total / len(val) if with_loss else None, "val_accuracy": None, "val_agreement": None,
                 "val_cosine": cosine}
-    pred = torch.cat(parts).argmax(1)
+    out = torch.cat(parts)
+    pred = out.argmax(1)
     acc = float((pred[labelled] == val.y[labelled]).float().mean()) if bool(labelled.any()) else None
-    agree = None if val.teacher_logits is None else float((pred == val.teacher_logits.argmax(1)).float().mean())
-    return {"val_loss": total / len(val) if with_loss else None, "val_accuracy": acc, "val_agreement": agree}
+    agree = kl = None
+    if val.teacher_logits is not None:
+        teacher = val.teacher_logits.float().to(out.device)
+        agree = float((pred == teacher.argmax(1)).float().mean())
+        kl = float(F.kl_div(F.log_softmax(out, 1), F.log_softmax(teacher, 1), reduction="batchmean", log_target=True))
+    return {"val_loss": total / len(val) if with_loss else None, "val_accuracy": acc, "val_agreement": agree,
+            "val_kl": kl}

@@ -10,8 +10,9 @@ from kdserve.service.search_results import pareto_front, summarize, violations
 
 
 def cand(trial: int, accuracy: float, latency: float, size: int, params: int = 1000, precision: str = "fp32",
-         targets: SearchTargets | None = None) -> Candidate:
+         targets: SearchTargets | None = None, val_kl: float | None = None) -> Candidate:
     c = {"trial": trial, "job_id": f"job_{trial}", "model_id": f"mdl_{trial}", "precision": precision, "score": None,
+         "val_kl": val_kl,
          "accuracy": accuracy, "agreement": accuracy, "latency_ms": latency, "size_bytes": size,
          "num_parameters": params, "method": "kd", "student": {"architecture": "mlp", "params": {}}}
     missed = violations(c, targets or SearchTargets())
@@ -48,6 +49,16 @@ def test_without_a_floor_the_most_accurate_file_within_the_cost_targets_is_recom
     cands = [cand(0, 0.97, 0.15, 9000, targets=t), cand(1, 0.92, 0.05, 4000, targets=t),
              cand(3, 0.99, 0.30, 20000, targets=t)]
     assert summarize(cands, t).recommended.trial == 0
+
+
+def test_equal_scores_go_to_the_student_closer_to_its_teacher():
+    """With a handful of labelled validation rows, many trials score 1.0: the one with the lower
+    KL to the teacher (measured on every validation row) ranks first, before cost decides."""
+    t = SearchTargets(latency_ms=0.2)
+    cands = [cand(0, 1.0, 0.05, 4000, targets=t, val_kl=0.20), cand(1, 1.0, 0.10, 9000, targets=t, val_kl=0.05),
+             cand(2, 1.0, 0.01, 1000, targets=t), cand(3, 0.99, 0.01, 1000, targets=t, val_kl=0.01)]
+    r = summarize(cands, t)
+    assert r.recommended.trial == 1 and [c.trial for c in r.leaderboard] == [1, 0, 2, 3]
 
 
 def test_when_nothing_meets_the_targets_the_closest_is_named_with_its_misses():

@@ -36,7 +36,8 @@ def list_checkpoints(job_id: str, ctx: Context = Depends(get_ctx), who: Principa
     best = (job.metrics or {}).get("best_epoch")
     out = [CheckpointOut(epoch=e, train_loss=d.get("train_loss"), val_loss=d.get("val_loss"),
                          val_accuracy=d.get("val_accuracy"), val_agreement=d.get("val_agreement"),
-                         val_cosine=d.get("val_cosine"), val_score=d.get("val_score"), lr=d.get("lr"),
+                         val_cosine=d.get("val_cosine"), val_kl=d.get("val_kl"), val_score=d.get("val_score"),
+                         lr=d.get("lr"),
                          best=e == best, published=e == published,
                          weights=ctx.blobs.exists(epoch_weights_key(job.id, e)))
            for e, d in sorted(epochs.items())]

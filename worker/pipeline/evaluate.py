@@ -19,6 +19,7 @@ def final_metrics(student_logits: torch.Tensor, val: Split, result: trainer.Trai
                "train_loss": published.train_loss if published else None,
                "val_loss": published.val_loss if published else None,
                "val_score": published.val_score if published else None,
+               "val_kl": published.val_kl if published else None,
                "learning_rate": result.learning_rate or None, "best_epoch": result.best_epoch}
     if embedding:
         metrics["mean_cosine"] = float(torch.nn.functional.cosine_similarity(
