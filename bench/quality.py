@@ -99,7 +99,9 @@ def train_teacher_file(setup: Setup, xtr, ytr, path: Path) -> None:
 
 
 def run_one(args) -> dict:
-    dataset, regime, method, seed, teacher_path = args
+    """One student: (dataset, regime, method, seed, teacher file[, method params])."""
+    dataset, regime, method, seed, teacher_path, *rest = args
+    params = rest[0] if rest else {}
     torch.set_num_threads(1)
     setup = SETUPS[dataset]
     xtr, ytr, xte, yte = load(dataset)
@@ -122,7 +124,7 @@ def run_one(args) -> dict:
     if needs_teacher or method == "ce":
         for split in (train, val):
             split.teacher_logits, split.teacher_features = teacher_outputs(teacher, split.x, feature)
-    loss_fn = build_loss(loss_name, {})
+    loss_fn = build_loss(loss_name, params)
     classes = int(ytr.max()) + 1
     torch.manual_seed(seed)  # as the pipeline does: the initial weights are part of the seeded run
     student = create_student("mlp", {"hidden_sizes": list(setup.student_hidden)}, [xtr.shape[1]],

@@ -45,7 +45,7 @@ def test_warmup_ramp():
     assert warmup_factor(19, 20) == 1.0
     assert warmup_factor(50, 20) == 1.0
     assert warmup_factor(0, 0) == 1.0
-    loss = build_loss("dkd", {"warmup": 4, "ce_weight": 0.0})
+    loss = build_loss("dkd", {"warmup": 4, "ce_weight": 0.0, "beta": 8.0})  # METHODS.md §19: β = 8
     full = 1.945721
     for epoch, factor in [(0, 0.25), (1, 0.5), (3, 1.0), (10, 1.0)]:
         value = loss(LossInputs(s19(), y19(), t19(), epoch=epoch, epochs=20)).item()

@@ -27,7 +27,7 @@ DEFAULTS = {
               "epsilon": 0.1, "n_iter": 20},
     "nkd": {"temperature": 3.0, "gamma": 3.5},
     "uskd": {"alpha": 0.1, "beta": 0.1, "mu": 0.1, "rank_score": "code"},
-    "dkd": {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20, "ce_weight": 1.0},
+    "dkd": {"alpha": 1.0, "beta": 2.0, "temperature": 4.0, "warmup": 20, "ce_weight": 1.0},
     "dist": {"temperature": 4.0, "beta": 2.0, "gamma": 2.0, "ce_weight": 1.0, "eps": 1e-8},
     "pld": {"temperature": 4.0},
     "dhkd": {"temperature": 2.0, "alpha": 1.0, "gamma": 1.0, "binary_kl": "norm", "kd_stop_epoch": None},
