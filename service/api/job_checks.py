@@ -20,6 +20,7 @@ from kdserve.service.spec.errors import SpecError
 from kdserve.service.spec.jobs import (DataFacts, TeacherFacts, auto_epochs, check_pairing, check_student,
                                        student_input, validate_params)
 from kdserve.service.store.blobs import epoch_weights_key
+from kdserve.service.store.datasets import unknown_classes
 from kdserve.service.store.db import Dataset, Job, Teacher
 from kdserve.service.vocab import TEXT_DATASET_FORMATS
 
@@ -132,10 +133,11 @@ def check_test_set(dataset: Dataset, test: Dataset) -> None:
             dataset.format in TEXT_DATASET_FORMATS):
         raise ApiError(422, "invalid_request", f"test rows are {test.format} of shape {test.feature_shape}, training "
                        f"rows {dataset.format} of shape {dataset.feature_shape}", "test_dataset_id")
-    names, test_names = (dataset.details or {}).get("class_names"), (test.details or {}).get("class_names")
-    if test_names and not set(test_names) <= set(names or []):
-        raise ApiError(422, "invalid_request", f"the test set's classes {sorted(set(test_names) - set(names or []))[:10]} "
-                       f"are not among the training data's {names or 'class ids'}", "test_dataset_id")
+    names = (dataset.details or {}).get("class_names")
+    unknown = unknown_classes((test.details or {}).get("class_names"), names)
+    if unknown:
+        raise ApiError(422, "invalid_request", f"the test set's classes {unknown[:10]} are not among the training "
+                       f"data's {names or 'class ids'}", "test_dataset_id")
 
 
 def preflight(ctx: Context, body: JobCreate, who: Principal, s) -> None:

@@ -13,6 +13,7 @@ from kdserve.service.errors import ApiError
 from kdserve.service.model_card import ModelCard
 from kdserve.service.serving.runtime import LoadedModel
 from kdserve.service.serving.v2 import to_model_input
+from kdserve.service.store.datasets import relabel, unknown_classes
 
 MAX_ROWS = 200_000  # a larger test set is a job for the downloaded file, not for the API process
 BATCH = 1024
@@ -25,12 +26,11 @@ def labels_for(card: ModelCard, y: np.ndarray, dataset_classes: list[str] | None
     if not card.class_names:
         raise ApiError(422, "invalid_request", "the dataset's labels are class names but the model was trained on class "
                        "ids: upload the labels as ids", "dataset_id")
-    unknown = sorted(set(dataset_classes) - set(card.class_names))
+    unknown = unknown_classes(dataset_classes, card.class_names)
     if unknown:
         raise ApiError(422, "invalid_request", f"the dataset has classes the model does not know: {unknown[:10]} (its "
                        f"classes: {card.class_names[:20]})", "dataset_id")
-    ids = np.array([card.class_names.index(n) for n in dataset_classes] + [-1], np.int64)
-    return ids[np.where(y >= 0, y, -1)]
+    return relabel(y, dataset_classes, card.class_names)
 
 
 def evaluate(loaded: LoadedModel, card: ModelCard, x: np.ndarray, y: np.ndarray) -> dict:

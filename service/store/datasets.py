@@ -27,6 +27,19 @@ def _label_summary(y: np.ndarray) -> dict:
     }
 
 
+
+def unknown_classes(names: list[str] | None, known: list[str] | None) -> list[str]:
+    """The class names of one dataset that another (or a model) lacks, sorted."""
+    return sorted(set(names or []) - set(known or []))
+
+
+def relabel(y: np.ndarray, names: list[str], into: list[str]) -> np.ndarray:
+    """Labels numbered by `names` (a dataset's class_names, sorted within that dataset) renumbered
+    by `into` (the training data's or a model's): a test set that meets fewer classes numbers them
+    differently. -1 (unlabelled) stays; every name must be in `into` (see unknown_classes)."""
+    ids = np.array([into.index(n) for n in names] + [-1], np.int64)
+    return ids[np.where(y >= 0, y, -1)]
+
 @dataclass
 class Parsed:
     """A tensor dataset."""

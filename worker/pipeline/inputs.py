@@ -19,7 +19,7 @@ from kdserve.models.teachers import teacher_outputs, text_teacher_outputs
 from kdserve.models.text import TextSource
 from kdserve.models.student import input_scaling
 from kdserve.models.zoo import ARCHITECTURES, ArchitectureError, create_student
-from kdserve.service.store.datasets import TextParsed, load_canonical
+from kdserve.service.store.datasets import TextParsed, load_canonical, relabel, unknown_classes
 from kdserve.service.sandbox.jail import JailError
 from kdserve.service.sandbox.sniff import ModelFileError
 from kdserve.service.serving import textio
@@ -257,11 +257,10 @@ def test_split(ctx: RunContext, prep: Prepared) -> Split:
     names = (dataset_row(ctx, ctx.spec.dataset_id).details or {}).get("class_names")
     test_names = (dataset_row(ctx, ctx.spec.test_dataset_id).details or {}).get("class_names")
     if test_names:
-        unknown = sorted(set(test_names) - set(names or []))
+        unknown = unknown_classes(test_names, names)
         if unknown:
             raise JobFailed("invalid_request", f"the test set's classes {unknown[:10]} are not the training data's")
-        ids = torch.tensor([names.index(n) for n in test_names] + [-1])
-        test.y = ids[torch.where(test.y >= 0, test.y, -1)]
+        test.y = torch.from_numpy(relabel(test.y.numpy(), test_names, names))
     if prep.teacher is not None:
         run_teacher(ctx, prep, test)
     return test
