@@ -24,6 +24,9 @@ method / seed:
   validation fraction), last epoch scored; `ce` is cross-entropy on the labelled rows, `kd` is
   torchdistill's KDLoss (T and α below; α weights the cross-entropy, which ignores unlabelled rows).
   There is no hand arm for the other methods.
+- trial (a "method" row): the default job with the method left out, so that the service picks it by a
+  short trial between kd and dist on the job's validation split; the table shows what each seed's
+  trial chose. Default arm only (no grid, no hand loop).
 
 Data: scikit-learn's bundled digits (teacher: a TorchScript CNN trained here; student MLP 64-32-10),
 in two regimes (all labels; 10 % labels with the other 90 % uploaded as label -1), and wine and
@@ -52,7 +55,8 @@ from bench.common import machine, table
 from testkit.service import Service, upload_dataset, upload_teacher, wait_job
 
 GRID_LR = (0.001, 0.003, 0.01, 0.03)
-METHODS = ("ce", "kd", "dist")
+METHODS = ("ce", "kd", "dist", "trial")  # trial: the method left out, so the service tries kd and dist
+TRIAL = "trial"
 HAND_METHODS = ("ce", "kd")
 HAND_LR = 3e-3
 KD_T, KD_ALPHA = 4.0, 0.9
@@ -244,6 +248,7 @@ def main() -> None:
     job_seconds: list[float] = []
     picked: dict[tuple, dict] = {}  # the ids-only jobs: what the service picked
     chosen_lr: dict[tuple, list[float]] = {}  # (dataset, regime, method): the rate each default job trained at
+    chosen_method: dict[tuple, list[str]] = {}  # (dataset, regime): the method each trial job chose
     def write_report(partial: str = "") -> float:
         wall = (time.time() - t_start) / 60
         rows, grid_rows, lost = [], [], []
@@ -261,12 +266,16 @@ def main() -> None:
                     rates_text = ", ".join(f"{lr:g}×{rates.count(lr)}" for lr in dict.fromkeys(rates)) or "–"
                     rows.append([d, r, m, mean_std(dflt), rates_text,
                                  f"{mean_std(scored[best])} (lr {best:g})" if best else "–", mean_std(hand)])
-                    grid_rows.append([d, r, m] + [mean_std(per_lr[lr]) for lr in GRID_LR])
+                    if m != TRIAL:
+                        grid_rows.append([d, r, m] + [mean_std(per_lr[lr]) for lr in GRID_LR])
                     if m == "ce" and dflt:
                         ce_default = statistics.mean(dflt)
                     if dflt and best and statistics.mean(scored[best]) - statistics.mean(dflt) > 0.005:
                         lost.append(f"{d} / {r} / {m}: default {statistics.mean(dflt):.3f} vs best grid "
                                     f"{statistics.mean(scored[best]):.3f} (lr {best:g})")
+                    if m == TRIAL:
+                        won = chosen_method.get((d, r), [])
+                        rows[-1][2] = "trial: " + (", ".join(f"{x}×{won.count(x)}" for x in dict.fromkeys(won)) or "–")
                     if m != "ce" and dflt and ce_default is not None and statistics.mean(dflt) < ce_default:
                         lost.append(f"{d} / {r} / {m}: default {statistics.mean(dflt):.3f} below ce's default {ce_default:.3f}")
                     if dflt and hand and statistics.mean(hand) > statistics.mean(dflt):
@@ -322,12 +331,13 @@ def main() -> None:
                     first = jobs[0][1]
                     ids_rows.append([d, r, mean_std(accs), f"{first['student']['architecture']} "
                                      f"{first['student']['params'].get('hidden_sizes')}", f"{first['params']:,}",
-                                     first["method"], ", ".join("–" if j["lr"] is None else f"{j['lr']:g}" for _, j in jobs),
+                                     ", ".join(j["method"] for _, j in jobs),
+                                     ", ".join("–" if j["lr"] is None else f"{j['lr']:g}" for _, j in jobs),
                                      f"{first['epochs']}", ", ".join(str(j["best_epoch"]) for _, j in jobs)])
             out += ["**Only the two ids**: a job of `{teacher_id, dataset_id, training: {seed}}`, everything else "
                     "picked by the service (student within a tenth of the teacher's parameters, method, epochs, "
                     "learning rate):", "",
-                    table(["dataset", "regime", "held-out accuracy", "student picked", "parameters", "method",
+                    table(["dataset", "regime", "held-out accuracy", "student picked", "parameters", "method per seed",
                            "lr per seed", "epochs (auto)", "best epoch per seed"], ids_rows), ""]
         if job_seconds:
             out.append(f"Jobs: {len(job_seconds)} succeeded, median {statistics.median(job_seconds):.1f} s from start to "
@@ -391,11 +401,13 @@ def main() -> None:
                             pending.append(((d, r, "picked", "ids", None, s),
                                             {"teacher_id": tid, "dataset_id": did, "training": {"seed": s}}))
                         for m in args.methods:
-                            base = {"teacher_id": tid, "dataset_id": did, "method": {"name": m},
+                            base = {"teacher_id": tid, "dataset_id": did,
                                     "student": {"architecture": "mlp",
                                                 "params": {"hidden_sizes": list(SETUPS[d].student_hidden)}}}
-                            lrs = list(GRID_LR)
-                            if not reuse or args.default_epochs == "service":
+                            if m != TRIAL:
+                                base["method"] = {"name": m}
+                            lrs = [] if m == TRIAL else list(GRID_LR)
+                            if not reuse or args.default_epochs == "service" or m == TRIAL:
                                 training = {"seed": s} | ({"epochs": args.epochs} if args.default_epochs == "set" else {})
                                 pending.append(((d, r, m, "default", None, s), base | {"training": training}))
                             for lr in lrs:
@@ -431,6 +443,8 @@ def main() -> None:
                                    "lr": job["metrics"].get("learning_rate"), "epochs": job["epochs"],
                                    "best_epoch": job["metrics"].get("best_epoch"),
                                    "params": c.get(f"/v1/models/{job['model_id']}").json()["num_parameters"]}
+                if key[2] == TRIAL:
+                    chosen_method.setdefault(key[:2], []).append(job["method"]["name"])
                 if key[3] == "default" and job["metrics"].get("learning_rate") is not None:
                     chosen_lr.setdefault(key[:3], []).append(job["metrics"]["learning_rate"])
                 if reuse and key[3] == "grid" and key[4] == dlr:

@@ -8,10 +8,13 @@ follows the input: an MLP for a flat feature vector, a CNN for an input with an 
 or else a small `transformer`. Parameter counts are service/budgets.py's, which match the real
 modules exactly for the tensor students.
 
-Method: `kd` for a classifier teacher (with or without labels: its KL term needs none; in
-bench/results/auto.md its default job is within 0.5 points of the best hand-picked learning rate
-on digits, wine and breast_cancer, and ahead of `dist` on breast_cancer), `embedding_cosine` for a
-sentence-embedding teacher, and `ce` without a teacher.
+Method: for a classifier teacher over tensors, a short trial between `kd` and `dist` (neither needs
+labels): the worker trains both side by side at each of the learning rates "auto" tries and keeps
+the better half at each rung of the same successive halving, so the method and the rate are chosen
+together on the job's own validation split (bench/results/auto.md: `dist` wins on digits, `kd` on
+breast_cancer, so neither is the right fixed default). `kd` for a text classifier (its students are
+too costly to train twice over), `embedding_cosine` for a sentence-embedding teacher, and `ce`
+without a teacher.
 """
 
 from __future__ import annotations
@@ -119,12 +122,23 @@ def pick_student(feature_shape: list[int], width: int, budget: int, why: str, te
                   f"{budget:,} parameters ({why})")
 
 
-def pick_method(has_teacher: bool, embedding_teacher: bool) -> tuple[str, str]:
-    """The method name for a job that names none, and why."""
+TRIAL_METHODS = ("kd", "dist")  # logit-only methods: a trial's arms differ in nothing but the loss
+
+
+def pick_method(has_teacher: bool, embedding_teacher: bool, text_teacher: bool = False
+                ) -> tuple[str, str, list[str] | None]:
+    """The method for a job that names none, why, and the candidates of a trial (None: no trial;
+    the worker then trains `name` as if it had been asked for)."""
     if not has_teacher:
-        return "ce", "ce: there is no teacher, so the student learns from the labels alone"
+        return "ce", "ce: there is no teacher, so the student learns from the labels alone", None
     if embedding_teacher:
         return "embedding_cosine", ("embedding_cosine: the teacher is a sentence-embedding model, and the student "
-                                    "learns its vectors' directions (what cosine search uses)")
-    return "kd", ("kd: the default for a classifier teacher, with or without labels (its KL term needs none); on "
-                  "the defaults benchmark it was within 0.5 points of the best hand-picked learning rate on every task")
+                                    "learns its vectors' directions (what cosine search uses)"), None
+    if text_teacher:
+        return "kd", ("kd: the default for a text classifier teacher, with or without labels (its KL term needs "
+                      "none)"), None
+    names = " or ".join(TRIAL_METHODS)
+    return TRIAL_METHODS[0], (f"{names}, whichever a short trial on this job's validation split favours: both train "
+                              "side by side at the learning rates tried, and the better half goes on at each rung "
+                              "(on the defaults benchmark each won on some task, so neither is a safe fixed "
+                              "choice)"), list(TRIAL_METHODS)

@@ -52,9 +52,14 @@ class StudentSpec(Strict):
 
 class MethodSpec(Strict):
     name: str | None = Field(None, description="a name from GET /v1/methods; left out, the service picks it for the "
-                             "teacher (kd for a classifier, embedding_cosine for an embedding model, ce without one)")
+                             "teacher: for a classifier over tensors, kd or dist by a short trial (see `candidates`); "
+                             "kd for a text classifier, embedding_cosine for an embedding model, ce without a teacher")
     params: dict[str, Any] = Field(default_factory=dict)
     reason: str | None = Field(None, description="set by the service when it picked the method: why")
+    candidates: list[str] | None = Field(None, description="set by the service when it left the method to a short "
+                                         "trial: the methods trained side by side (each at the rates learning_rate "
+                                         "\"auto\" tries) and halved by validation score; `name` is the first until "
+                                         "the trial has chosen, then the winner, and `reason` says why")
 
 
 class TrainingSpec(Strict):

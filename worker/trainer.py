@@ -28,7 +28,7 @@ from kdserve.models.zoo import Student
 from kdserve.service.schemas import TrainingSpec
 from kdserve.service.spec.jobs import auto_epochs
 from kdserve.worker.data import Split
-from kdserve.worker.losses import DistillLoss, LossInputs, PrepareData
+from kdserve.worker.losses import DistillLoss, LossInputs, PrepareData, build_loss
 
 
 class Stopped(Exception):
@@ -66,6 +66,9 @@ class TrainResult:
     learning_rate: float = 0.0           # the peak learning rate the run trained at
     learning_rate_source: str = ""       # "given", or how "auto" chose it
     lr_search: list[dict] | None = None  # the search's rungs: scores per rate, the rates kept
+    method: str | None = None            # a method trial's winner (None: the run had one method)
+    method_source: str = ""              # how the trial chose it
+    loss_fn: DistillLoss | None = None   # the loss holding the published state (the winner's, after a trial)
     epochs_planned: int = 0
     epochs_run: int = 0
     best_epoch: int | None = None
@@ -293,11 +296,13 @@ class Loop:
 
 
 class Arm:
-    """One training trajectory at one peak learning rate: the student, its loss, the batcher, the
-    optimizer, the shuffling, the history and its best epoch so far."""
+    """One training trajectory at one peak learning rate (and, in a method trial, with one of its
+    methods): the student, its loss, the batcher, the optimizer, the shuffling, the history and its
+    best epoch so far."""
 
-    def __init__(self, student: Student, loss_fn: DistillLoss, batcher: Batcher, lr: float, spec: TrainingSpec):
-        self.student, self.loss_fn, self.batcher, self.lr = student, loss_fn, batcher, lr
+    def __init__(self, student: Student, loss_fn: DistillLoss, batcher: Batcher, lr: float, spec: TrainingSpec,
+                 method: str | None = None):
+        self.student, self.loss_fn, self.batcher, self.lr, self.method = student, loss_fn, batcher, lr, method
         modules = [student, loss_fn, *([batcher.aux_head] if batcher.aux_head is not None else [])]
         self.optimizer = make_optimizer(param_groups(modules, spec.weight_decay), spec, lr)
         self.clip = spec.grad_clip_norm
@@ -357,13 +362,24 @@ class Arm:
             self.best = (record.epoch, rank_key(record), self.weights())
         return record
 
+    @property
+    def label(self) -> str:
+        """How the search's notes and rungs name the arm: its rate, after its method in a trial."""
+        return f"{self.lr:g}" if self.method is None else f"{self.method} {self.lr:g}"
+
     def recent_key(self, last: int = 3) -> tuple[float, float]:
-        """The mean rank key of the last few epochs (one epoch's score on a small validation split is noisy)."""
-        keys = [rank_key(m) for m in self.history[-last:]]
+        """How arms are compared: the mean selection score of the last few epochs (one epoch's score
+        on a small validation split is noisy), ties to the lower KL(teacher ‖ student), which unlike
+        each method's own loss means the same for every arm (the loss where there is no teacher)."""
+        def key(m: EpochMetrics) -> tuple[float, float]:
+            tie = m.val_kl if m.val_kl is not None else m.val_loss
+            return (m.val_score if m.val_score is not None else -math.inf,
+                    -tie if tie is not None and math.isfinite(tie) else -math.inf)
+        keys = [key(m) for m in self.history[-last:]]
         return tuple(sum(k[i] for k in keys) / len(keys) for i in range(2))  # type: ignore[return-value]
 
     def state_dict(self) -> dict:
-        return {"lr": self.lr, "step": self.step, "epoch": self.epoch, "student": self.student.state_dict(),
+        return {"lr": self.lr, "method": self.method, "step": self.step, "epoch": self.epoch, "student": self.student.state_dict(),
                 "loss": self.loss_fn.state_dict(), "batcher": self.batcher.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
                 "history": [m.__dict__ for m in self.history],
@@ -376,6 +392,7 @@ class Arm:
                            (self.optimizer, "optimizer")):
             part.load_state_dict(state[name])
         self.generator.set_state(state["generator"])
+        self.method = state.get("method")
         self.step, self.epoch = state["step"], state["epoch"]
         self.history = [EpochMetrics(**m) for m in state["history"]]
         best = state.get("best")
@@ -383,91 +400,146 @@ class Arm:
         self.samples, self.seconds = state["trained_samples"], state["train_seconds"]
 
 
-def rung_epochs(epochs: int) -> list[int]:
-    """Successive halving's checkpoints for four candidates: after an eighth of the run the best
-    two go on, after a quarter the best one (which then simply continues: its schedule was the
-    full run's from the start, so nothing is retrained). Cost: 1.5 runs instead of 4."""
-    first = max(1, round(epochs / 8))
-    return [first, max(first + 1, round(epochs / 4))]
+def rung_epochs(epochs: int, arms: int = 4) -> list[int]:
+    """Successive halving's checkpoints: the better half of the arms goes on at each, until one is
+    left (4 arms: 2 rungs, 8: 3). The last rung falls after a quarter of the run, each earlier one
+    after half as many epochs as the next (4 arms: an eighth, then a quarter); the survivor simply
+    continues, as its schedule was the full run's from the start, so nothing is retrained. Cost for
+    4 arms: 1.5 runs instead of 4; for 8: 1.75."""
+    rungs, alive = 0, arms
+    while alive > 1:
+        rungs, alive = rungs + 1, alive // 2
+    ends: list[int] = []
+    for k in range(rungs):
+        end = max(1, round(epochs / 2 ** (rungs + 1 - k)))
+        ends.append(max(ends[-1] + 1, end) if ends else end)
+    return ends
 
 
-def search_work(epochs: int) -> float:
-    """The search's training run in epochs of one arm: four arms to the first rung, two to the
-    second, one to the end (1.5 runs for 100 epochs)."""
-    first, second = rung_epochs(epochs)
-    return 4 * first + 2 * (second - first) + (epochs - second)
+def _segments(epochs: int, arms: int) -> list[tuple[int, int, int]]:
+    """The run as (first epoch, end epoch, arms alive) stretches between rungs."""
+    segments, start, alive = [], 0, arms
+    for end in rung_epochs(epochs, arms):
+        segments.append((start, end, alive))
+        start, alive = end, max(1, alive // 2)
+    return segments + [(start, epochs, alive)]
 
 
-def work_done(epoch: int, epochs: int, searched: bool) -> float:
-    """The fraction of the run's training work done once every live arm has trained `epoch` epochs."""
-    if not searched:
+def search_work(epochs: int, arms: int = 4) -> float:
+    """The search's training run in epochs of one arm (4 arms: four to the first rung, two to the
+    second, one to the end: 1.5 runs for 100 epochs)."""
+    return sum(alive * (end - start) for start, end, alive in _segments(epochs, arms))
+
+
+def work_done(epoch: int, epochs: int, arms: int = 1) -> float:
+    """The fraction of the run's training work done once every live arm has trained `epoch` epochs
+    (`arms`: how many the search started with; 1, no search)."""
+    if arms <= 1:
         return epoch / epochs
-    first, second = rung_epochs(epochs)
-    done = 4 * min(epoch, first) + 2 * max(0, min(epoch, second) - first) + max(0, epoch - second)
-    return min(1.0, done / search_work(epochs))
+    done = sum(alive * (min(epoch, end) - start) for start, end, alive in _segments(epochs, arms) if epoch > start)
+    return min(1.0, done / search_work(epochs, arms))
 
 
 def search_lr(arms: list[Arm], loop: Loop, on_note: Callable[[str, dict], None],
               on_progress: Callable[[int, float], None]) -> tuple[Arm, list[dict]]:
-    """Successive halving over the arms' learning rates; the survivor and the record of each rung.
-    The arms train in lockstep, an epoch each in turn, so that progress (and a cancel) is seen
-    every epoch, as in a run without a search."""
+    """Successive halving over the arms (learning rates, and methods in a trial); the survivor and
+    the record of each rung. The arms train in lockstep, an epoch each in turn, so that progress (and
+    a cancel) is seen every epoch, as in a run without a search."""
     record = []
-    epoch = 0
-    for end in rung_epochs(loop.epochs):
+    epoch, started = 0, len(arms)
+    what = "learning rate search" if all(a.method is None for a in arms) else "method and learning rate trial"
+    for end in rung_epochs(loop.epochs, started):
         while epoch < end:
-            scores = {f"{arm.lr:g}": arm.run_epoch(loop).val_score for arm in arms}
+            scores = {arm.label: arm.run_epoch(loop).val_score for arm in arms}
             epoch += 1
-            on_progress(epoch, work_done(epoch, loop.epochs, True))
-            on_note(f"learning rate search, epoch {epoch}/{end}: " + ", ".join(
-                f"lr {lr} → {'-' if v is None else f'{v:.4f}'}" for lr, v in scores.items()),
+            on_progress(epoch, work_done(epoch, loop.epochs, started))
+            on_note(f"{what}, epoch {epoch}/{end}: " + ", ".join(
+                f"{'' if ' ' in k else 'lr '}{k} → {'-' if v is None else f'{v:.4f}'}" for k, v in scores.items()),
                 {"lr_search_epoch": epoch, "val_scores": scores})
         ranked = sorted(arms, key=Arm.recent_key, reverse=True)
         arms = ranked[: max(1, len(arms) // 2)]
-        rung = {"epoch": end, "scores": {f"{a.lr:g}": round(a.recent_key()[0], 4) for a in ranked},
+        rung = {"epoch": end, "scores": {a.label: round(a.recent_key()[0], 4) for a in ranked},
                 "kept": [a.lr for a in arms]}
+        if arms[0].method is not None:
+            rung["kept_methods"] = [a.method for a in arms]
         record.append(rung)
-        on_note(f"learning rate search after epoch {end}: " + ", ".join(f"lr {k} → {v}" for k, v in rung["scores"].items())
-                + f"; kept {', '.join(f'{lr:g}' for lr in rung['kept'])}", {"lr_search": rung})
+        on_note(f"{what} after epoch {end}: " + ", ".join(f"{k} → {v}" for k, v in rung["scores"].items())
+                + f"; kept {', '.join(a.label for a in arms)}", {"lr_search": rung})
     return arms[0], record
 
 
-def _arms(student: Student, loss_fn: DistillLoss, batcher: Batcher, loop: Loop, lrs: tuple[float, ...]) -> list[Arm]:
-    """One arm per learning rate, all from the same initial weights: the first trains `student`
-    and `loss_fn` themselves, the others copies."""
-    arms = [Arm(student, loss_fn, batcher, lrs[0], loop.spec)]
-    for lr in lrs[1:]:
-        s, fn = copy.deepcopy(student), copy.deepcopy(loss_fn)
-        b = Batcher(s, fn, loop.train, loop.device)
-        b.load_state_dict(batcher.state_dict())
-        arms.append(Arm(s, fn, b, lr, loop.spec))
+def _arms(student: Student, loss_fn: DistillLoss, batcher: Batcher, loop: Loop, lrs: tuple[float, ...],
+          methods: tuple[str, ...] = ()) -> list[Arm]:
+    """One arm per learning rate (per method and rate in a method trial), all from the same initial
+    weights: the first trains `student` and `loss_fn` themselves, the others copies. `methods[0]` is
+    `loss_fn`'s; the others' losses are built with their defaults (methods that need nothing but
+    logits: no auxiliary head, features or extra state)."""
+    arms: list[Arm] = []
+    for i, method in enumerate(methods or (None,)):
+        for lr in lrs:
+            if not arms:
+                arms.append(Arm(student, loss_fn, batcher, lr, loop.spec, method))
+                continue
+            s = copy.deepcopy(student)
+            if i == 0:
+                fn = copy.deepcopy(loss_fn)
+                b = Batcher(s, fn, loop.train, loop.device)
+                b.load_state_dict(batcher.state_dict())
+            else:
+                fn = build_loss(method)
+                _prepared_batcher(copy.deepcopy(s), fn, loop.train, loop.device)  # prepares fn; s stays as copied
+                b = Batcher(s, fn, loop.train, loop.device)
+            arms.append(Arm(s, fn, b, lr, loop.spec, method))
     return arms
 
 
 def _first_arm(student: Student, loss_fn: DistillLoss, batcher: Batcher, loop: Loop, resume: dict | None,
-               lr_candidates: tuple[float, ...], on_note: Callable[[str, dict], None],
+               lr_candidates: tuple[float, ...], methods: tuple[str, ...], on_note: Callable[[str, dict], None],
                on_progress: Callable[[int, float], None], result: TrainResult) -> Arm:
     """The arm that trains to the end: resumed from a checkpoint, the given learning rate's, or the
-    survivor of the learning-rate search (its epochs so far become the run's first)."""
+    survivor of the search over learning rates (and `methods`, a trial; the first is `loss_fn`'s):
+    its epochs so far become the run's first."""
     spec = loop.spec
     if resume is not None:
         arm = Arm(student, loss_fn, batcher, resume["arm"]["lr"], spec)
         arm.load_state_dict(resume["arm"])
         result.learning_rate_source, result.lr_search = resume["lr_source"], resume["lr_search"]
+        result.method_source = resume.get("method_source", "")
         return arm
-    if spec.learning_rate != "auto":
-        result.learning_rate_source = "given"
-        return Arm(student, loss_fn, batcher, float(spec.learning_rate), spec)
+    auto = spec.learning_rate == "auto"
     if loop.epochs < AUTO_LR_MIN_EPOCHS:
-        lr = lr_candidates[1]
-        result.learning_rate_source = f"auto: {loop.epochs} epoch(s) are too few to compare rates; {lr:g} is the usual best"
-        on_note(f"learning rate {lr:g} (too few epochs for a search)", {"learning_rate": lr})
-        return Arm(student, loss_fn, batcher, lr, spec)
-    arm, result.lr_search = search_lr(_arms(student, loss_fn, batcher, loop, lr_candidates), loop, on_note,
-                                       on_progress)
-    result.learning_rate_source = (f"auto: successive halving over {', '.join(f'{lr:g}' for lr in lr_candidates)} on "
-                                   f"the validation split, decided after epoch {result.lr_search[-1]['epoch']}")
-    on_note(f"learning rate {arm.lr:g} chosen ({result.learning_rate_source})", {"learning_rate": arm.lr})
+        lrs = (lr_candidates[1],) if auto else (float(spec.learning_rate),)
+        if len(methods) > 1:
+            result.method_source = f"{methods[0]}: {loop.epochs} epoch(s) are too few for a trial"
+        methods = methods[:1]
+    else:
+        lrs = lr_candidates if auto else (float(spec.learning_rate),)
+    if len(lrs) * max(1, len(methods)) == 1:
+        if auto:
+            result.learning_rate_source = (f"auto: {loop.epochs} epoch(s) are too few to compare rates; {lrs[0]:g} "
+                                           "is the usual best")
+            on_note(f"learning rate {lrs[0]:g} (too few epochs for a search)", {"learning_rate": lrs[0]})
+        else:
+            result.learning_rate_source = "given"
+        return Arm(student, loss_fn, batcher, lrs[0], spec, methods[0] if methods else None)
+    arm, result.lr_search = search_lr(_arms(student, loss_fn, batcher, loop, lrs, methods), loop, on_note,
+                                      on_progress)
+    decided = result.lr_search[-1]["epoch"]
+    if auto:
+        result.learning_rate_source = (f"auto: successive halving over {', '.join(f'{lr:g}' for lr in lrs)} on "
+                                       f"the validation split, decided after epoch {decided}")
+        on_note(f"learning rate {arm.lr:g} chosen ({result.learning_rate_source})", {"learning_rate": arm.lr})
+    else:
+        result.learning_rate_source = "given"
+    if len(methods) > 1:
+        first = result.lr_search[0]["scores"]
+        best = {m: max(v for k, v in first.items() if k.split(" ")[0] == m) for m in methods}
+        others = [m for m in methods if m != arm.method]
+        result.method_source = (
+            f"{arm.method}: a short trial on the validation split favoured it over {', '.join(others)} (successive "
+            f"halving over methods × learning rates, decided after epoch {decided}; best score per method after "
+            f"epoch {result.lr_search[0]['epoch']}: " + ", ".join(f"{m} {v:.4f}" for m, v in best.items()) + ")")
+        on_note(f"method {arm.method} chosen ({result.method_source})", {"method": arm.method})
     return arm
 
 
@@ -499,6 +571,7 @@ def train(
     resume: dict | None = None,
     embedding: bool = False,
     lr_candidates: tuple[float, ...] = LR_GRIDS["default"],
+    methods: tuple[str, ...] = (),
     on_note: Callable[[str, dict], None] = lambda message, data: None,
     on_progress: Callable[[int, float], None] = lambda epoch, fraction: None,
 ) -> TrainResult:
@@ -507,6 +580,9 @@ def train(
     every epoch once the learning rate is settled; `resume` is such a state, and training goes on
     after its epoch exactly as if it had never stopped. `embedding`: the student outputs vectors,
     not class logits (validation reports their mean cosine to the teacher's instead of accuracy).
+    `methods`: a method trial, the methods compared side by side (the first is `loss_fn`'s) in the
+    same successive halving as the learning rates; `result.method` is the winner and
+    `result.loss_fn` its loss, which holds the published state.
     `on_note(message, data)`: the learning-rate search's findings, for the job's events.
     `on_progress(epoch, fraction)`: after every epoch, of the search's arms or of the run, the
     epochs trained and the fraction of the training work done (a search makes it 1.5 runs)."""
@@ -519,8 +595,8 @@ def train(
                 should_stop, embedding, bool(train_split.labelled.any()),
                 None if train_split.mask is None else train_split.mask.sum(1).cpu())
     result = TrainResult(epochs_planned=epochs)
-    arm = _first_arm(student, loss_fn, batcher, loop, resume, lr_candidates, on_note, on_progress, result)
-    searched = bool(result.lr_search)
+    arm = _first_arm(student, loss_fn, batcher, loop, resume, lr_candidates, methods, on_note, on_progress, result)
+    started = sum(len(r["scores"]) for r in result.lr_search[:1]) if result.lr_search else 1
     for m in arm.history[(resume or {}).get("arm", {}).get("epoch", 0):]:
         on_epoch(m)  # the survivor's search epochs, now that they are the run's
     patience = patience_of(spec, epochs)
@@ -531,23 +607,26 @@ def train(
                     f"epoch {arm.best[0]}", {"stopped_early": arm.epoch, "best_epoch": arm.best[0]})
             break
         on_epoch(arm.run_epoch(loop))
-        on_progress(arm.epoch, work_done(arm.epoch, epochs, searched))
+        on_progress(arm.epoch, work_done(arm.epoch, epochs, started))
         if checkpoint is not None:
             checkpoint({"epoch": arm.epoch, "arm": arm.state_dict(), "lr_source": result.learning_rate_source,
-                        "lr_search": result.lr_search})
+                        "lr_search": result.lr_search, "method_source": result.method_source})
     return _finish(arm, student, loss_fn, spec, result)
 
 
 def _finish(arm: Arm, student: Student, loss_fn: DistillLoss, spec: TrainingSpec, result: TrainResult) -> TrainResult:
-    """Leave the weights to publish in `student` and `loss_fn`, and say what the run did."""
+    """Leave the weights to publish in `student` and the loss (`loss_fn`, or after a method trial won
+    by another method, the winner's own), and say what the run did."""
     result.history, result.learning_rate, result.epochs_run = arm.history, arm.lr, arm.epoch
+    result.method = arm.method
+    result.loss_fn = loss_fn if type(arm.loss_fn) is type(loss_fn) else arm.loss_fn
     result.best_epoch = arm.best[0] if arm.best is not None else None
     if spec.publish == "best" and arm.best is not None:
         weights, result.published_epoch = arm.best[2], arm.best[0]
     else:
         weights, result.published_epoch = arm.weights(), arm.epoch
     student.load_state_dict(weights["student"])
-    loss_fn.load_state_dict(weights["loss"])
+    result.loss_fn.load_state_dict(weights["loss"])
     result.samples_per_second = arm.samples / arm.seconds if arm.seconds else 0.0
     result.cpu_samples_per_second = arm.cpu_samples / arm.cpu_seconds if arm.cpu_seconds else 0.0
     return result

@@ -155,14 +155,22 @@ def test_a_job_with_only_a_teacher_and_a_dataset_picks_and_trains_a_good_student
     budget = teacher["num_parameters"] // 10
     assert job["student"]["architecture"] == "mlp" and job["student"]["auto"]["max_params"] == budget
     assert "the teacher's" in job["student"]["reason"] and "/ 10" in job["student"]["reason"]
-    assert job["method"]["name"] == "kd" and job["method"]["reason"].startswith("kd:")
+    # the method is left to a short trial between kd and dist; kd (with its defaults) until it has chosen
+    assert job["method"]["name"] == "kd" and job["method"]["candidates"] == ["kd", "dist"]
+    assert job["method"]["reason"].startswith("kd or dist, whichever a short trial")
     assert job["method"]["params"]["temperature"] == 4.0  # completed with the method's defaults
     queued = events(client, job["id"])[0]
     assert queued["data"]["picked"] == {"student": job["student"]["reason"], "method": job["method"]["reason"]}
     job = wait_job(client, job["id"], timeout=600)
     assert job["status"] == "succeeded", job["error"]
+    winner = job["method"]["name"]
+    assert winner in ("kd", "dist") and job["method"]["reason"].startswith(f"{winner}: a short trial on the validation")
+    trial = [e for e in events(client, job["id"]) if "method" in (e.get("data") or {})]
+    assert trial and trial[-1]["data"]["method"] == winner
     card = client.get(f"/v1/models/{job['model_id']}").json()
-    assert card["student"]["reason"] == job["student"]["reason"] and card["method"]["reason"] == job["method"]["reason"]
+    assert card["student"]["reason"] == job["student"]["reason"] and card["method"] == job["method"]
+    assert set(card["training"]["lr_search"][0]["scores"]) == {f"{m} {lr:g}" for m in ("kd", "dist")
+                                                               for lr in (1e-3, 3e-3, 1e-2, 3e-2)}
     assert budget // 2 < card["num_parameters"] <= budget  # the largest MLP that fits, counted by torch
     assert held_out_accuracy(client, job["model_id"], digits, tmp_path, "only-ids") >= 0.95
 

@@ -53,9 +53,11 @@ def test_text_students_follow_the_teacher():
 
 
 def test_the_method_follows_the_teacher():
-    assert auto.pick_method(True, False)[0] == "kd"
-    assert auto.pick_method(True, True)[0] == "embedding_cosine"
-    assert auto.pick_method(False, False)[0] == "ce"
+    name, reason, candidates = auto.pick_method(True, False)
+    assert (name, candidates) == ("kd", ["kd", "dist"]) and reason.startswith("kd or dist, whichever a short trial")
+    assert auto.pick_method(True, False, text_teacher=True)[::2] == ("kd", None)
+    assert auto.pick_method(True, True)[::2] == ("embedding_cosine", None)
+    assert auto.pick_method(False, False)[::2] == ("ce", None)
 
 
 def test_an_mlp_scales_its_inputs_inside_and_old_weights_still_load():

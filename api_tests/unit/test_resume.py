@@ -24,7 +24,8 @@ def data(n=200, d=12, c=4, seed=0):
     return Split(x, y, t, x[:, :6].clone())
 
 
-def checkpoint_after(n: int, student, loss_fn, train_split: Split, val_split: Split, spec: TrainingSpec) -> dict:
+def checkpoint_after(n: int, student, loss_fn, train_split: Split, val_split: Split, spec: TrainingSpec,
+                     **kw) -> dict:
     """Train until the n-th checkpoint is written, stop there (as a cancel would), and return that
     checkpoint as a resumed run reads it (through torch.save/load)."""
     saved = []
@@ -36,7 +37,7 @@ def checkpoint_after(n: int, student, loss_fn, train_split: Split, val_split: Sp
 
     with pytest.raises(trainer.Stopped):
         trainer.train(student, loss_fn, train_split, val_split, spec, torch.device("cpu"), checkpoint=keep,
-                      should_stop=lambda: "cancelled" if len(saved) >= n else None)
+                      should_stop=lambda: "cancelled" if len(saved) >= n else None, **kw)
     return torch.load(io.BytesIO(saved[-1]), weights_only=True)
 
 

@@ -78,11 +78,44 @@ def test_search_work_counts_four_then_two_then_one_arm():
     first, second = trainer.rung_epochs(epochs)
     assert (first, second) == (10, 20)
     assert trainer.search_work(epochs) == 4 * 10 + 2 * 10 + 60
-    fractions = [trainer.work_done(e, epochs, True) for e in range(epochs + 1)]
+    fractions = [trainer.work_done(e, epochs, 4) for e in range(epochs + 1)]
     assert fractions[0] == 0 and fractions[-1] == 1
     assert all(a < b for a, b in zip(fractions, fractions[1:]))
     assert fractions[first] == pytest.approx(40 / 120)
-    assert trainer.work_done(20, 80, False) == 0.25
+    assert trainer.work_done(20, 80) == 0.25
+
+
+def test_a_method_trial_halves_eight_arms_in_three_rungs():
+    # two methods × four rates: 8 → 4 → 2 → 1, after a sixteenth, an eighth and a quarter of the run
+    assert trainer.rung_epochs(80, 8) == [5, 10, 20]
+    assert trainer.search_work(80, 8) == 8 * 5 + 4 * 5 + 2 * 10 + 60  # 1.75 runs
+    assert trainer.rung_epochs(80, 2) == [20]  # two methods at a given rate: one rung
+    assert trainer.rung_epochs(5, 8) == [1, 2, 3]  # strictly increasing however short the run
+    fractions = [trainer.work_done(e, 80, 8) for e in range(81)]
+    assert fractions[5] == pytest.approx(40 / 140) and fractions[-1] == 1
+    assert all(a < b for a, b in zip(fractions, fractions[1:]))
+
+
+def test_a_method_trial_picks_the_method_with_the_rate_and_publishes_its_weights():
+    spec = TrainingSpec(epochs=16, batch_size=32, learning_rate="auto", early_stopping_patience=None, seed=1)
+    notes = []
+    student, loss = fresh()
+    result = trainer.train(student, loss, data(), data(60, seed=1), spec, torch.device("cpu"),
+                           methods=("kd", "dist"), on_note=lambda msg, d: notes.append((msg, d)))
+    first = result.lr_search[0]
+    assert len(first["scores"]) == 8 and {k.split()[0] for k in first["scores"]} == {"kd", "dist"}
+    assert [len(r["kept"]) for r in result.lr_search] == [4, 2, 1]
+    assert result.lr_search[-1]["kept_methods"] == [result.method] and result.method in ("kd", "dist")
+    assert result.method_source.startswith(f"{result.method}: a short trial on the validation split favoured it")
+    assert type(result.loss_fn).__name__ == type(build_loss(result.method)).__name__
+    assert any(d.get("method") == result.method for _, d in notes)
+    # the survivor's own run: its scores match a plain run of that method and rate, epoch for epoch
+    s2, _ = fresh()
+    alone = TrainingSpec(**{**spec.model_dump(), "learning_rate": result.learning_rate})
+    plain = trainer.train(s2, build_loss(result.method), data(), data(60, seed=1), alone, torch.device("cpu"))
+    assert [m.train_loss for m in plain.history] == pytest.approx([m.train_loss for m in result.history])
+    for a, b in zip(student.state_dict().values(), s2.state_dict().values()):
+        assert torch.allclose(a, b)
 
 
 def test_auto_learning_rate_searches_reports_progress_and_publishes_the_best_epoch():
@@ -135,6 +168,24 @@ def test_a_run_with_auto_learning_rate_resumes_exactly_after_the_search():
     for a, b in zip(s_full.state_dict().values(), s_b.state_dict().values()):
         assert torch.equal(a, b)
     assert [m.train_loss for m in resumed.history] == [m.train_loss for m in full.history]
+
+
+def test_a_method_trial_resumes_with_the_winner_it_chose_before_the_checkpoint():
+    spec = TrainingSpec(epochs=12, batch_size=32, learning_rate="auto", early_stopping_patience=None, seed=2)
+    train_split, val_split = data(), data(60, seed=1)
+    s_full, l_full = fresh()
+    full = trainer.train(s_full, l_full, train_split, val_split, spec, torch.device("cpu"), methods=("kd", "dist"))
+
+    state = checkpoint_after(2, *fresh(), train_split, val_split, spec, methods=("kd", "dist"))
+    assert state["arm"]["method"] == full.method and state["method_source"] == full.method_source
+    # the pipeline rebuilds the winner's loss (the job's spec names it by then) and resumes
+    s_b = fresh()[0]
+    resumed = trainer.train(s_b, build_loss(full.method), train_split, val_split, spec, torch.device("cpu"),
+                            resume=state)
+    assert resumed.method == full.method and resumed.lr_search == full.lr_search
+    assert [m.train_loss for m in resumed.history] == [m.train_loss for m in full.history]
+    for a, b in zip(s_full.state_dict().values(), s_b.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_a_number_or_auto_field_reports_the_field_not_the_union_member():

@@ -36,7 +36,7 @@ def normalize(body: JobCreate) -> None:
     anything is looked up, so a replay is recognised even when the job's teacher or dataset has
     been deleted since. A student or method left out is picked later (resolve_auto), from the
     teacher and the data."""
-    body.student.reason = body.method.reason = None  # the service's to set
+    body.student.reason = body.method.reason = body.method.candidates = None  # the service's to set
     if body.student.architecture is None and body.student.params:
         raise ApiError(422, "invalid_request", "student.params needs student.architecture (or leave both out and the "
                        "service picks the student)", "student.params")
@@ -68,11 +68,12 @@ def _known(catalog: dict, name: str | None, what: str, param: str):
 
 
 def stored_spec(body: JobCreate) -> dict:
-    """The spec as the job stores and shows it: `student.auto`/`reason` and `method.reason` only
-    where the service picked them (a student and method named by the request look as sent)."""
+    """The spec as the job stores and shows it: `student.auto`/`reason` and `method.reason`/
+    `candidates` only where the service picked them (a student and method named by the request look
+    as sent)."""
     spec = body.model_dump(mode="json")
     for part in ("student", "method"):
-        spec[part] = {k: v for k, v in spec[part].items() if v is not None or k not in ("auto", "reason")}
+        spec[part] = {k: v for k, v in spec[part].items() if v is not None or k not in ("auto", "reason", "candidates")}
     return spec
 
 
@@ -95,7 +96,9 @@ def resolve_auto(s, body: JobCreate, who: Principal, spec: dict) -> list[str]:
     embedding_teacher = details.get("task") == "embedding"
     said = []
     if body.method.name is None:
-        body.method.name, body.method.reason = auto.pick_method(teacher is not None, embedding_teacher)
+        text_teacher = teacher is not None and teacher.format == "hf"
+        body.method.name, body.method.reason, body.method.candidates = auto.pick_method(
+            teacher is not None, embedding_teacher, text_teacher)
         body.method.params = validate_params(method_of(body).params, {}, "method.params")
         said.append(f"method {body.method.reason}")
     if body.student.architecture is None:

@@ -21,14 +21,14 @@ import torch
 
 from kdserve.service.sandbox.jail import JailError
 from kdserve.service.sandbox.sniff import ModelFileError
-from kdserve.service.schemas import JobCreate
+from kdserve.service.schemas import JobCreate, MethodSpec
 from kdserve.service.search_space import PRUNED
 from kdserve.service.settings import get_settings
 from kdserve.service.spec.jobs import auto_epochs
 from kdserve.service.store.blobs import BlobStore
 from kdserve.service.store.db import Database, Job, now
 from kdserve.worker import search, trainer
-from kdserve.worker.losses import METHODS
+from kdserve.worker.losses import METHODS, build_loss
 from kdserve.worker.pipeline import inputs
 from kdserve.worker.pipeline.common import LEASE_LOST, Cancelled, JobFailed, context, fail, finish, log, pick_device
 from kdserve.worker.pipeline.baseline import train_baseline
@@ -108,23 +108,40 @@ class JobRun:
         if resume is not None:
             ctx.progress.event(f"resumed from the checkpoint after epoch {resume['epoch']}",
                                data={"resume_epoch": resume["epoch"]})
+        loss_fn, trial = prep.loss_fn, tuple(spec.method.candidates or ())
+        if resume is not None and resume["arm"].get("method") not in (None, spec.method.name):
+            loss_fn = build_loss(resume["arm"]["method"])  # the trial's winner, chosen before the checkpoint
         on_epoch = ctx.progress.on_epoch
         if ctx.job.search_id is not None:  # a search's trial: each epoch reported to its pruner
             on_epoch = search.pruning(get_settings(), ctx.db, ctx.job, on_epoch)
         try:
             training = spec.training.model_copy(update={"epochs": epochs})  # resolved once, here
-            result = trainer.train(prep.student, prep.loss_fn, prep.train, prep.val, training, device,
+            result = trainer.train(prep.student, loss_fn, prep.train, prep.val, training, device,
                                    on_epoch=on_epoch, should_stop=ctx.lease.should_stop,
                                    checkpoint=self._save_checkpoint, resume=resume, embedding=prep.embedding,
                                    lr_candidates=trainer.lr_grid(spec.student.architecture, spec.training.optimizer),
-                                   on_note=ctx.progress.note, on_progress=ctx.progress.on_progress)
+                                   methods=trial, on_note=ctx.progress.note, on_progress=ctx.progress.on_progress)
         except trainer.SetupError as exc:
             raise JobFailed("invalid_request", str(exc))
         ctx.training = training_summary(result)
+        if trial:
+            self.chosen_method(result)
         # What is evaluated and exported: the student's main head only (auxiliary heads stay behind),
         # mapped to class logits by the method (LELP's subclass head), with the weights train() left
         # in it (the best epoch's unless training.publish is "last").
-        return Trained(trainer.predictor(prep.student.cpu().eval(), prep.loss_fn.cpu()), result)
+        return Trained(trainer.predictor(prep.student.cpu().eval(), result.loss_fn.cpu()), result)
+
+    def chosen_method(self, result: trainer.TrainResult) -> None:
+        """A method trial's outcome into the job's spec (as shown by GET /v1/jobs/{id}) and the card:
+        the winner with its default params, and why."""
+        ctx, method = self.ctx, self.ctx.spec.method
+        name = result.method or method.name
+        params = METHODS[name].params.model_validate({}).model_dump(mode="json")
+        ctx.spec.method = MethodSpec(name=name, params=params, candidates=method.candidates,
+                                     reason=result.method_source or method.reason)
+        spec = dict(ctx.job.spec)
+        spec["method"] = ctx.spec.method.model_dump(mode="json")
+        ctx.db.update_job(ctx.job.id, spec=spec)
 
     def succeeded(self, model_id: str, result: trainer.TrainResult) -> None:
         ctx, progress = self.ctx, self.ctx.progress
