@@ -108,7 +108,9 @@ class JobRun:
         if resume is not None:
             ctx.progress.event(f"resumed from the checkpoint after epoch {resume['epoch']}",
                                data={"resume_epoch": resume["epoch"]})
-        loss_fn, trial = prep.loss_fn, tuple(spec.method.candidates or ())
+        loss_fn, named = prep.loss_fn, spec.method.name
+        # a trial's first arm trains prep.loss_fn, the named method's (a retried run may name the winner already)
+        trial = (named, *[m for m in spec.method.candidates if m != named]) if spec.method.candidates else ()
         if resume is not None and resume["arm"].get("method") not in (None, spec.method.name):
             loss_fn = build_loss(resume["arm"]["method"])  # the trial's winner, chosen before the checkpoint
         on_epoch = ctx.progress.on_epoch
