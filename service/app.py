@@ -13,13 +13,13 @@ from fastapi import FastAPI
 from kdserve.service import errors, openapi, sweep
 from kdserve.service.bodies import BodyParser
 from kdserve.service.api import datasets, inference_v2, jobs, models, ops, teachers
-from kdserve.service.api import checkpoints, dashboard, searches
+from kdserve.service.api import checkpoints, dashboard, searches, webhooks
 from kdserve.service.api import metrics as metrics_api
 from kdserve.service.api.deps import Context, load_catalog
 from kdserve.service.probe_limits import ProbeLimiter
 from kdserve.service.schemas import JobCreate, PredictIn
 from kdserve.service.serving.v2 import InferRequest, Memo, Serving
-from kdserve.service.queue import make_celery
+from kdserve.service.queue import enqueue_deliveries, make_celery
 from kdserve.service.settings import Settings, get_settings
 from kdserve.service.store.blobs import make_blob_store
 from kdserve.service.store.db import Database
@@ -62,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db.migrate()
         ctx = Context(settings=settings, db=db, blobs=make_blob_store(settings), celery=make_celery(settings),
                       catalog={}, probes=ProbeLimiter(settings.probe_max_concurrent, settings.probe_max_per_tenant))
+        # webhook deliveries this process writes (a replay, a test, a cancel's event) go to a worker
+        db.on_deliveries = lambda ids: enqueue_deliveries(ctx.celery, ids, settings.queue)
         app.state.parser = BodyParser(settings.parse_processes)  # large JSON bodies, in child processes
         app.state.parser.start(InferRequest, PredictIn, JobCreate)
         ctx.catalog = load_catalog()
@@ -88,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Knowledge distillation as a service: upload a teacher and data, get a small ONNX student.")
     errors.install(app)
     for router in (ops.router, teachers.router, datasets.router, jobs.router, checkpoints.router, searches.router,
-                   models.router, inference_v2.router):
+                   models.router, webhooks.router, inference_v2.router):
         app.include_router(router)
     app.include_router(metrics_api.router)  # GET /metrics (Prometheus)
     app.include_router(dashboard.router)    # GET / (the dashboard) and its files under /web

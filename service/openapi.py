@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 
 from kdserve.service.serving.v2 import InferRequest
 from kdserve.service.schemas import ErrorResponse, JobCreate, ModelEvaluate, ModelPatch, PredictIn, SearchCreate
+from kdserve.service.webhooks.schemas import WebhookCreate, WebhookPatch
 
 V1_ERRORS = {"401": "missing or invalid API key", "404": "no such resource (or another tenant's)",
              "409": "conflicts with the resource's state", "413": "over a size limit or quota",
@@ -32,7 +33,8 @@ def install(app: FastAPI) -> None:
         components["ErrorResponse"] = {k: v for k, v in ErrorResponse.model_json_schema(
             ref_template="#/components/schemas/{model}").items() if k != "$defs"}
         # bodies the routes read themselves, after the key (deps.json_body, inference_v2.infer_body)
-        for model in (InferRequest, JobCreate, ModelEvaluate, ModelPatch, PredictIn, SearchCreate):
+        for model in (InferRequest, JobCreate, ModelEvaluate, ModelPatch, PredictIn, SearchCreate, WebhookCreate,
+                      WebhookPatch):
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(body.pop("$defs", {}))
             components[model.__name__] = body

@@ -14,6 +14,7 @@ from kdserve.service.settings import Settings
 RUN_JOB = "kdserve.run_job"
 ADVANCE_SEARCH = "kdserve.advance_search"  # a search's next step: tell finished trials, ask for new ones
 PROBE_TEACHER = "kdserve.probe_teacher"  # KDSERVE_PROBE=worker: an upload probed on a worker (torch there)
+DELIVER_WEBHOOKS = "kdserve.deliver_webhooks"  # webhook deliveries the API wrote: a worker's senders attempt them
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -43,6 +44,12 @@ def enqueue_job(app: Celery, job_id: str, queue: str) -> None:
 def enqueue_search(app: Celery, search_id: str, queue: str) -> None:
     """Ask a worker to take a search's next step now (workers' reapers also do, every round)."""
     app.send_task(ADVANCE_SEARCH, args=[search_id], queue=queue, retry=False)
+
+
+def enqueue_deliveries(app: Celery, delivery_ids: list[str], queue: str) -> None:
+    """Ask a worker to send these webhook deliveries now (the workers' sweep also does, every
+    round, so a lost message only delays them)."""
+    app.send_task(DELIVER_WEBHOOKS, args=[delivery_ids], queue=queue, retry=False)
 
 
 def probe_queue(settings: Settings) -> str:

@@ -133,6 +133,23 @@ class Settings(BaseSettings):
     dataset_parse_timeout_s: float = Field(900.0, gt=0, description="an upload whose parsing takes longer is refused "
                                            "with 413 (its child process is killed)")
 
+    # Webhooks (kdserve.service.webhooks): sent by the workers, signed per Standard Webhooks.
+    webhook_max_attempts: int = Field(8, ge=1, le=50, description="attempts to deliver one webhook message before "
+                                      "it is `failed` (retried on a non-2xx answer, a timeout, a connection error)")
+    webhook_retry_base_s: float = Field(5.0, gt=0, description="the wait before the first retry; later ones wait "
+                                        "6, 24, 120, 360, 720… times as long (5 s, 30 s, 2 min, 10 min, 30 min, 1 h…)")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=300, description="how long one delivery attempt waits to "
+                                     "connect and for the answer's headers (redirects are never followed)")
+    webhook_senders: int = Field(4, ge=1, le=64, description="delivery threads per worker process (a slow "
+                                 "receiver holds one for up to webhook_timeout_s; jobs never wait for them)")
+    webhook_max_per_tenant: int = Field(20, ge=1, description="webhook endpoints a tenant may have (429 past it)")
+    webhook_allow_private: bool = Field(False, description="let webhooks go to loopback, private, link-local and "
+                                        "other non-public addresses (by default refused at create and at delivery, "
+                                        "so no tenant can reach into the cluster); the service's own API port stays "
+                                        "refused")
+    webhook_allowed_networks: str = Field("", description="comma-separated host names and CIDRs (e.g. "
+                                          "`hooks.internal,10.1.0.0/16`) webhooks may reach although not public")
+
     # Serving (service/serving/runtime.py): onnxruntime sessions in the API process.
     preload_models: str = Field("", description="comma-separated model ids (`mdl_…` or `mdl_…:int8`) loaded at start "
                                 "instead of on first use")

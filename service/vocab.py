@@ -54,3 +54,14 @@ def choices(vocab: dict[str, str] | tuple[str, ...]) -> str:
 def describe(vocab: dict[str, str]) -> str:
     """'a: what a is; b: what b is': names with their descriptions, for longer help text."""
     return "; ".join(f"{name}: {text}" for name, text in vocab.items())
+
+# What a webhook endpoint can subscribe to (POST /v1/webhooks `events`); the deliveries' `type`.
+# Written by the outbox (kdserve.service.store.outbox) in the transaction that makes them true.
+WEBHOOK_EVENTS: dict[str, str] = {
+    **{f"job.{s}": f"a job became {s}" for s in ("queued", "running", "succeeded", "failed", "cancelled")},
+    **{f"search.{s}": f"a search became {s}" for s in ("queued", "running", "succeeded", "failed", "cancelled")},
+    "model.published": "a job published its model",
+    "model.variant_withheld": "a requested int8/fp16 variant was not published: its accuracy gate refused it",
+}
+# Sent by POST /v1/webhooks/{id}/test whatever the endpoint subscribes to.
+WEBHOOK_TEST_EVENT = "webhook.test"

@@ -40,17 +40,17 @@ def limit_memory(limit: int) -> None:
 
 @worker_ready.connect
 def _start_reaper(**_) -> None:
-    """Workers that take jobs watch over jobs; a prober alone (`--queues probe`) has no database to
+    """Workers that take jobs watch over jobs and send webhooks; a prober alone (`--queues probe`) has no database to
     watch (it runs untrusted teachers, so it is given no secrets: see README "teacher jail")."""
     from kdserve.service.queue import probe_queue
-    from kdserve.worker import reaper
+    from kdserve.worker import reaper, webhooks
     from kdserve.worker.pipeline import context
 
     settings = get_settings()
     if set(app.amqp.queues.consume_from or {}) == {probe_queue(settings)}:
         return
     db, blobs = context()
-    reaper.start(db, app, settings, blobs)
+    reaper.start(db, app, settings, blobs, webhooks.sender())
 
 
 @worker_ready.connect

@@ -10,6 +10,9 @@ Every worker runs it in a thread. Each round it
   (Database.claim_next), so what counts is how many messages there are, not which ids they carry:
   when Redis restarted empty or lost messages, or a worker died with the job it had taken, ids of
   waiting jobs are sent again until the counts match.
+- hands the webhook deliveries that are due (new ones whose message was lost, retries whose
+  backoff has passed, ones whose sender died) to this worker's sender threads, which claim each
+  before sending (kdserve.service.webhooks.sender), so a round never waits for a receiver.
 The database is the truth; the broker only carries ids. An atomic update of `dispatched_at`
 decides which reaper re-sends a job when several run, and the job's lease (see Database.claim_job)
 makes a duplicate delivery harmless: a worker woken for nothing finds no job and acknowledges.
@@ -26,6 +29,7 @@ from kdserve.service.queue import enqueue_job, redis_client, waiting_job_ids
 from kdserve.service.settings import Settings
 from kdserve.service.store.blobs import BlobStore
 from kdserve.service.store.db import Database, Job, JobEvent, Search, now, waiting
+from kdserve.service.webhooks.sender import Sender
 from kdserve.worker import search
 
 log = logging.getLogger("kdserve.reaper")
@@ -66,12 +70,18 @@ def step_searches(db: Database, celery_app, settings: Settings) -> None:
             log.warning("search %s: step failed: %s: %s", search_id, type(exc).__name__, exc)
 
 
-def reap_once(db: Database, celery_app, settings: Settings, blobs: BlobStore | None = None) -> list[str]:
+def reap_once(db: Database, celery_app, settings: Settings, blobs: BlobStore | None = None,
+              webhooks: Sender | None = None) -> list[str]:
     """One round; returns the ids it re-sent."""
     t = now()
     stale = t - int(settings.stale_after_s)
     end_orphaned_cancels(db, blobs, stale)
     step_searches(db, celery_app, settings)
+    if webhooks is not None:
+        try:
+            webhooks.sweep()
+        except Exception as exc:  # the jobs' part of the round goes on
+            log.warning("webhook sweep failed: %s: %s", type(exc).__name__, exc)
     with db.session() as s:
         # the oldest first: their wake-up has been missing longest
         candidates = list(s.scalars(select(Job.id).where(
@@ -101,12 +111,13 @@ def reap_once(db: Database, celery_app, settings: Settings, blobs: BlobStore | N
     return resent
 
 
-def start(db: Database, celery_app, settings: Settings, blobs: BlobStore | None = None) -> threading.Thread:
+def start(db: Database, celery_app, settings: Settings, blobs: BlobStore | None = None,
+          webhooks: Sender | None = None) -> threading.Thread:
     def loop() -> None:
         stop = threading.Event()
         while not stop.wait(settings.reaper_interval_s):
             try:
-                reap_once(db, celery_app, settings, blobs)
+                reap_once(db, celery_app, settings, blobs, webhooks)
             except Exception as exc:  # broker or database down: try again next round
                 log.warning("reaper round failed: %s: %s", type(exc).__name__, exc)
 

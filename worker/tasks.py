@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 
 from kdserve.service.sandbox.probe import refused, run_probe
-from kdserve.service.queue import ADVANCE_SEARCH, PROBE_TEACHER, RUN_JOB, enqueue_job
+from kdserve.service.queue import ADVANCE_SEARCH, DELIVER_WEBHOOKS, PROBE_TEACHER, RUN_JOB, enqueue_job
 from kdserve.service.settings import get_settings
-from kdserve.worker import search
+from kdserve.worker import search, webhooks
 from kdserve.worker.celery_app import app
 from kdserve.worker.pipeline import context
 from kdserve.worker.pipeline import run_job as run_pipeline
@@ -35,6 +35,13 @@ def advance_search(search_id: str) -> None:
     db, _blobs = context()
     settings = get_settings()
     search.advance(db, settings, search_id, lambda job_id: enqueue_job(app, job_id, settings.queue))
+
+
+@app.task(name=DELIVER_WEBHOOKS)
+def deliver_webhooks(delivery_ids: list[str]) -> None:
+    """Webhook deliveries the API wrote: handed to this process's sender threads, which claim and
+    send them beside whatever job comes next (the task returns at once)."""
+    webhooks.sender().submit(list(delivery_ids))
 
 
 @app.task(name=PROBE_TEACHER, ignore_result=False, acks_late=False)

@@ -2,9 +2,9 @@
 
 Run the service: `up`, `worker`, manage API keys: `keys`, and migrate the database schema: `db upgrade`
 (these talk to the database directly; operator.py).
-Use a running service: `teachers`, `datasets`, `jobs`, `models`, `predict`, `demo` (these go through
-the HTTP API with the SDK, kdserve.client, so they work against any kdserve, local or remote;
-uploads.py, jobs.py, models.py, with what they share in resources.py and render.py; the flags of
+Use a running service: `teachers`, `datasets`, `jobs`, `models`, `webhooks`, `predict`, `demo` (these go
+through the HTTP API with the SDK, kdserve.client, so they work against any kdserve, local or remote;
+uploads.py, jobs.py, models.py, webhooks.py, with what they share in resources.py and render.py; the flags of
 `jobs create`'s request body are made from the service's schema by schema_flags.py).
 
 Every client command takes `--json` (machine-readable output only, on stdout) and reads the
@@ -25,6 +25,7 @@ from kdserve.cli.searches import searches_app
 from kdserve.cli.models import models_app, predict
 from kdserve.cli.operator import WORKER_QUEUES, db_app, demo, keys_app, up, worker
 from kdserve.cli.uploads import datasets_app, teachers_app
+from kdserve.cli.webhooks import webhooks_app
 
 __all__ = ["WORKER_QUEUES", "app", "main"]
 
@@ -38,6 +39,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(searches_app, name="search")
 app.add_typer(searches_app, name="searches", hidden=True)  # the plural, as the other groups are named
 app.add_typer(models_app, name="models")
+app.add_typer(webhooks_app, name="webhooks")
 app.command()(methods)
 app.command()(architectures)
 app.command()(up)

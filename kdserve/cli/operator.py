@@ -171,6 +171,8 @@ def _start_processes(sup: Supervisor, settings: Settings, host: str, port: int, 
         return rotate_log(logs / f"{name}.log") if logs else None
 
     env = resolved_paths(settings)
+    # where the API listens, for every process: webhooks are never sent there (service/webhooks/addresses.py)
+    env.update(KDSERVE_HOST=host, KDSERVE_PORT=str(port))
     if settings.redis_url is None:
         redis_log = log("redis")
         sup.adopt("redis", "redis", start_embedded_redis(settings, redis_log), redis_log)

@@ -274,3 +274,36 @@ def trials_table(rows, title: str | None = None) -> Table:
                       f"{best.precision} {pct(best.accuracy)}" if best else "", num(best.latency_ms) if best else "",
                       size(best.size_bytes) if best else "", t.job_id)
     return table
+
+
+# -- webhooks
+
+
+def webhooks_table(rows) -> Table:
+    table = Table("id", "url", "events", "enabled", "description", "created")
+    for w in rows:
+        table.add_row(w.id, w.url, ", ".join(w.events), "yes" if w.enabled else "no", w.description or "",
+                      when(w.created_at))
+    return table
+
+
+def webhook_card(w) -> Table:
+    return kv_table(f"webhook {w.id}", [
+        ("url", w.url), ("events", ", ".join(w.events)), ("enabled", "yes" if w.enabled else "no"),
+        ("description", w.description), ("secret", w.secret), ("created", when(w.created_at)),
+        ("updated", when(w.updated_at))])
+
+
+_DELIVERY_STYLE = {"pending": "cyan", "succeeded": "green", "failed": "red"}
+
+
+def deliveries_table(rows) -> Table:
+    table = Table("id", "event", "status", "attempts", "last attempt", "next attempt", "message", "created")
+    for d in rows:
+        last = d.attempts[-1] if d.attempts else None
+        said = "" if last is None else (str(last.status_code) if last.status_code is not None else "") + (
+            f" {last.error}" if last.error else "") + f" ({last.duration_ms:.0f} ms)"
+        table.add_row(d.id, d.event_type, Text(d.status, style=_DELIVERY_STYLE.get(d.status, "")), str(len(d.attempts)),
+                      said.strip(), when(int(d.next_attempt_at)) if d.next_attempt_at else "", d.message_id,
+                      when(d.created_at))
+    return table

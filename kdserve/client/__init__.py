@@ -16,6 +16,9 @@
     search = kd.searches.wait(search.id)            # the same event following as jobs.wait
     best = search.result.recommended                # the cheapest file that meets every target
 
+    hook = kd.webhooks.create("https://example.com/kdserve", events=["job.succeeded", "job.failed"])
+    hook.secret                                     # verify deliveries with it (Standard Webhooks)
+
 How it is put together, for a newcomer:
 - calls.py: every API call is first described as a `_Call` (method, path, body, how to parse the
   answer) by a `_*Calls` class shared by both clients; `Client._run` (sync.py) and
@@ -35,7 +38,7 @@ The SDK never imports torch (nor numpy, unless `infer` is given numpy arrays' sh
 from __future__ import annotations
 
 from kdserve.client.aio import (AsyncArchitectures, AsyncClient, AsyncDatasets, AsyncJobs, AsyncMethods, AsyncModels,
-                                AsyncSearches, AsyncTeachers)
+                                AsyncSearches, AsyncTeachers, AsyncWebhooks)
 from kdserve.client.calls import (DEFAULT_URL, RETRY_STATUSES, TERMINAL_STATUSES, job_body, resolve_api_key,
                                   resolve_base_url, search_body)
 from kdserve.client.errors import (APIConnectionError, ChecksumMismatch, Conflict, InvalidRequest, KdserveError,
@@ -43,11 +46,12 @@ from kdserve.client.errors import (APIConnectionError, ChecksumMismatch, Conflic
                                    ServiceUnavailable, Unauthorized, WaitTimeout, error_from_response)
 from kdserve.client.results import ArchitectureInfo, DownloadResult, InferOutput, InferResponse, MethodInfo, Page
 from kdserve.client.sse import ServerSentEvent, SSEDecoder
-from kdserve.client.sync import Architectures, Client, Datasets, Jobs, Methods, Models, Searches, Teachers
+from kdserve.client.sync import Architectures, Client, Datasets, Jobs, Methods, Models, Searches, Teachers, Webhooks
 # the server's models that the SDK takes and returns
 from kdserve.service.schemas import (DatasetOut, EvaluationOut, EventOut, ExportSpec, JobCreate, JobOut, MethodSpec,
                                      ModelOut, PredictOut, SearchBudget, SearchCreate, SearchOut, SearchSpace,
                                      SearchTargets, StudentSpec, TeacherOut, TrainingSpec, TrialOut)
+from kdserve.service.webhooks.schemas import WebhookDeliveryOut, WebhookOut
 
 __all__ = [
     "Client", "AsyncClient", "KdserveError", "APIConnectionError", "InvalidRequest", "Unauthorized",
@@ -55,4 +59,5 @@ __all__ = [
     "ServerError", "ChecksumMismatch", "WaitTimeout", "Page", "MethodInfo", "ArchitectureInfo", "DownloadResult",
     "InferResponse", "InferOutput", "TERMINAL_STATUSES", "resolve_base_url", "resolve_api_key",
     "SearchCreate", "SearchOut", "SearchTargets", "SearchSpace", "SearchBudget", "TrialOut",
+    "WebhookOut", "WebhookDeliveryOut",
 ]

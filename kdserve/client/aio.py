@@ -12,13 +12,14 @@ from pydantic import BaseModel
 
 from kdserve.client.calls import (RETRY_STATUSES, TERMINAL_STATUSES, _ArchitectureCalls, _Base, _Call, _DatasetCalls,
                                   _Download, _Follow, _JobCalls, _MethodCalls, _ModelCalls, _ResourceCalls,
-                                  _SearchCalls, _seg, _TeacherCalls, _v2_missing, open_files)
+                                  _SearchCalls, _seg, _TeacherCalls, _v2_missing, _WebhookCalls, open_files)
 from kdserve.client.errors import NotFound, ServiceUnavailable, error_from_response
 from kdserve.client.results import ArchitectureInfo, DownloadResult, InferResponse, MethodInfo, Page
 from kdserve.client.sse import SSEDecoder
 from kdserve.service.schemas import (DatasetOut, EvaluationOut, EventOut, ExportSpec, JobCreate, JobOut, MethodSpec,
                                      ModelOut, PredictOut, SearchBudget, SearchCreate, SearchOut, SearchSpace,
                                      SearchTargets, StudentSpec, TeacherOut, TrainingSpec, TrialOut)
+from kdserve.service.webhooks.schemas import WebhookDeliveryOut, WebhookOut
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -36,6 +37,7 @@ class AsyncClient(_Base):
         self.jobs = AsyncJobs(self)
         self.searches = AsyncSearches(self)
         self.models = AsyncModels(self)
+        self.webhooks = AsyncWebhooks(self)
         self.methods = AsyncMethods(self)
         self.architectures = AsyncArchitectures(self)
 
@@ -334,3 +336,34 @@ class AsyncArchitectures(_ArchitectureCalls):
 
     async def list(self) -> Page[ArchitectureInfo]:
         return await self._c._run(self._list())
+
+
+class AsyncWebhooks(_AsyncResources[WebhookOut], _WebhookCalls):
+    """Webhook endpoints: the service POSTs its events there, signed per Standard Webhooks (verify
+    with the endpoint's `secret`, e.g. `standardwebhooks.Webhook(secret).verify(body, headers)`).
+    `get` shows the secret; `list` does not."""
+
+    async def create(self, url: str, *, events: list[str] | None = None, description: str | None = None,
+               secret: str | None = None) -> WebhookOut:
+        """A new endpoint for `events` (default: every event type); its secret is made unless given."""
+        return await self._c._run(self._create(url, events, description, secret))
+
+    async def update(self, id: str, *, url: str | None = None, events: list[str] | None = None,
+               description: str | None = None, enabled: bool | None = None) -> WebhookOut:
+        """Change the fields given (None: left as it is)."""
+        return await self._c._run(self._update(id, dict(url=url, events=events, description=description,
+                                                         enabled=enabled)))
+
+    async def deliveries(self, id: str, *, status: str | None = None, limit: int = 20,
+                   after: str | None = None) -> Page[WebhookDeliveryOut]:
+        """The endpoint's deliveries, newest first, each with its attempts (`status`: pending,
+        succeeded or failed)."""
+        return await self._c._run(self._deliveries(id, status, limit, after))
+
+    async def replay(self, id: str, delivery_id: str) -> WebhookDeliveryOut:
+        """Send a delivery's message again (a new delivery, the same webhook-id)."""
+        return await self._c._run(self._replay(id, delivery_id))
+
+    async def test(self, id: str) -> WebhookDeliveryOut:
+        """Send a `webhook.test` event to the endpoint."""
+        return await self._c._run(self._test(id))

@@ -25,6 +25,7 @@ from kdserve.client.sse import ServerSentEvent
 from kdserve.service.filenames import safe_basename
 from kdserve.service.schemas import (DatasetOut, EvaluationOut, EventOut, JobCreate, JobOut, ModelOut, PredictOut, SearchCreate,
                                      SearchOut, TeacherOut, TrialOut)
+from kdserve.service.webhooks.schemas import WebhookDeliveryOut, WebhookOut
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -218,6 +219,31 @@ def search_body(body: SearchCreate | dict | None = None, **fields: Any) -> dict:
     out = dict(_as_dict(body) or {})
     out.update({k: _as_dict(v) for k, v in fields.items() if v is not None})
     return out
+
+
+class _WebhookCalls(_ResourceCalls):
+    kind, model = "webhooks", WebhookOut
+
+    def _create(self, url: str, events, description, secret) -> _Call:
+        # not retried: a repeat after a lost answer would make a second endpoint
+        body = {k: v for k, v in {"url": url, "events": events, "description": description,
+                                  "secret": secret}.items() if v is not None}
+        return _Call("POST", "/v1/webhooks", json=body, parse=_one(WebhookOut))
+
+    def _update(self, id: str, fields: dict[str, Any]) -> _Call:
+        body = {k: v for k, v in fields.items() if v is not None}
+        return _Call("PATCH", f"/v1/webhooks/{_seg(id)}", json=body, parse=_one(WebhookOut), retry=True)
+
+    def _deliveries(self, id: str, status, limit, after) -> _Call:
+        return _Call("GET", f"/v1/webhooks/{_seg(id)}/deliveries", params=_list_params(limit, after, status=status),
+                     parse=_page(WebhookDeliveryOut), retry=True)
+
+    def _replay(self, id: str, delivery_id: str) -> _Call:  # not retried: each call sends the message once more
+        return _Call("POST", f"/v1/webhooks/{_seg(id)}/deliveries/{_seg(delivery_id)}/replay",
+                     parse=_one(WebhookDeliveryOut))
+
+    def _test(self, id: str) -> _Call:
+        return _Call("POST", f"/v1/webhooks/{_seg(id)}/test", parse=_one(WebhookDeliveryOut))
 
 
 def _rows(inputs: Any) -> list:

@@ -156,15 +156,18 @@ def paginate(s: Session, table, who: auth.Principal, limit: int, after: str | No
     return rows[:limit], len(rows) > limit
 
 
-def add_read_routes(router: APIRouter, table, kind: str, to_out: Callable, out_model: type[BaseModel]) -> None:
+def add_read_routes(router: APIRouter, table, kind: str, to_out: Callable, out_model: type[BaseModel],
+                    list_item: Callable | None = None) -> None:
     """GET "" (the caller's rows, newest first, a page at a time) and GET "/{<kind>_id}" (one row,
-    404 unless the caller's): the reads every stored resource has, written once."""
+    404 unless the caller's): the reads every stored resource has, written once. `list_item`: how
+    a row is shown in the list when not as `to_out` (a webhook's secret is shown only one at a time)."""
+    list_item = list_item or to_out
 
     def list_rows(limit: int = Query(20, ge=1, le=100), after: str | None = None,
                   ctx: Context = Depends(get_ctx), who: auth.Principal = Depends(principal)):
         with ctx.db.session() as s:
             rows, more = paginate(s, table, who, limit, after)
-            return ListOut(data=[to_out(r) for r in rows], has_more=more)
+            return ListOut(data=[list_item(r) for r in rows], has_more=more)
 
     def get_row(ctx: Context = Depends(get_ctx), who: auth.Principal = Depends(principal), **ids: str):
         with ctx.db.session() as s:

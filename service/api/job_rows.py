@@ -12,7 +12,7 @@ from kdserve.service.auth import Principal
 from kdserve.service.errors import ApiError
 from kdserve.service.queue import enqueue_job
 from kdserve.service.schemas import JobOut
-from kdserve.service.store.db import Job, JobEvent
+from kdserve.service.store.db import Job, JobEvent, WebhookDelivery
 
 log = logging.getLogger("kdserve.api")
 
@@ -40,12 +40,14 @@ def check_active_jobs(ctx: Context, s, who: Principal) -> None:
 
 
 def enqueue_or_undo(ctx: Context, job_id: str) -> None:
-    """Queue a job just inserted; when the broker is unreachable, delete it again and answer 503."""
+    """Queue a job just inserted; when the broker is unreachable, delete it again (and the webhook
+    deliveries that announced it) and answer 503."""
     try:
         enqueue_job(ctx.celery, job_id, ctx.settings.queue)
     except Exception as exc:
         log.warning("broker unavailable, job %s not accepted: %s", job_id, exc)
         with ctx.db.session() as s:
             s.query(JobEvent).filter_by(job_id=job_id).delete()
+            s.query(WebhookDelivery).filter_by(subject_id=job_id, status="pending").delete()
             s.query(Job).filter_by(id=job_id).delete()
         raise ApiError(503, "broker_unavailable", "the job queue is unreachable; nothing was created, retry shortly")

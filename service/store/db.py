@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import create_engine, event, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from kdserve.service.store import migrate
+from kdserve.service.store import migrate, outbox
 from kdserve.service.store.tables import (TERMINAL, ApiKey, Base, Dataset, Job, JobEvent, Model, Search, SearchEvent,
-                                          Teacher, new_id, now)
+                                          Teacher, Webhook, WebhookDelivery, new_id, now)
 
 __all__ = ["TERMINAL", "ApiKey", "Base", "Database", "Dataset", "Job", "JobEvent", "Model", "Search", "SearchEvent",
-           "Teacher", "new_id", "now", "waiting"]
+           "Teacher", "Webhook", "WebhookDelivery", "new_id", "now", "waiting"]
 
 
 class Database:
@@ -30,6 +30,14 @@ class Database:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Webhook deliveries are written with the changes they announce (service/store/outbox.py);
+        # once committed, their ids go to `on_deliveries` (set by the API and the workers: who sends them).
+        self.on_deliveries: Callable[[list[str]], None] | None = None
+        outbox.install(self._sessions, self._announce)
+
+    def _announce(self, delivery_ids: list[str]) -> None:
+        if self.on_deliveries is not None:
+            self.on_deliveries(delivery_ids)
 
     def migrate(self) -> str:
         """Create or upgrade the schema with the migrations (service/store/migrate.py); safe to call

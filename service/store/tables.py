@@ -168,4 +168,50 @@ class SearchEvent(Event, Base):
     search_id: Mapped[str] = mapped_column(String(40), ForeignKey("searches.id", ondelete="CASCADE"), index=True)
 
 
+
+class Webhook(Base):
+    """A tenant's webhook endpoint (POST /v1/webhooks): where its events are sent, signed with
+    `secret` (Standard Webhooks: "whsec_" + base64 of the key)."""
+
+    __tablename__ = "webhooks"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[Any]] = mapped_column(JSON)  # event types (kdserve.service.vocab.WEBHOOK_EVENTS)
+    description: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    secret: Mapped[str] = mapped_column(String(120))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    updated_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class WebhookDelivery(Base):
+    """One message to one endpoint, and every attempt to send it: the outbox. A row is written in
+    the transaction that makes its event true (kdserve.service.store.outbox) and sent by a worker
+    (kdserve.service.webhooks.sender), which claims it with a lease so that no two send one attempt.
+
+    `webhook_id` has no foreign key on purpose: a job's transaction that writes a delivery must
+    never fail because the endpoint was deleted meanwhile (the sender drops such orphans)."""
+
+    __tablename__ = "webhook_deliveries"
+    # the sweep's query: pending rows whose next attempt is due
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    webhook_id: Mapped[str] = mapped_column(String(40), index=True)
+    message_id: Mapped[str] = mapped_column(String(40))  # the `webhook-id` header: the same on every attempt and replay
+    event_type: Mapped[str] = mapped_column(String(50))
+    subject_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the job, search or model it is about
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"type", "timestamp", "data"}: the body sent
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | succeeded | failed
+    attempts: Mapped[list[Any]] = mapped_column(JSON, default=list)  # [{at, status_code, error, duration_ms}]
+    next_attempt_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # None once it ended
+    leased_by: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the sender attempting it now
+    leased_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    replay_of: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the delivery it replays
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
 TERMINAL = ("succeeded", "failed", "cancelled")
