@@ -596,7 +596,7 @@ def train(
                 None if train_split.mask is None else train_split.mask.sum(1).cpu())
     result = TrainResult(epochs_planned=epochs)
     arm = _first_arm(student, loss_fn, batcher, loop, resume, lr_candidates, methods, on_note, on_progress, result)
-    started = sum(len(r["scores"]) for r in result.lr_search[:1]) if result.lr_search else 1
+    started = len(result.lr_search[0]["scores"]) if result.lr_search else 1  # arms the search began with
     for m in arm.history[(resume or {}).get("arm", {}).get("epoch", 0):]:
         on_epoch(m)  # the survivor's search epochs, now that they are the run's
     patience = patience_of(spec, epochs)
